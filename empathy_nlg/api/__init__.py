@@ -1,0 +1,1 @@
+"""The engine's HTTP API: /nlg (Rasa's NLG protocol), /perceive, /health."""

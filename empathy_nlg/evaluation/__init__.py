@@ -1,0 +1,1 @@
+"""Evaluation harness: the seeds' metrics on any EmpatheticDialogues-format file."""

@@ -1,0 +1,112 @@
+"""The one interface every response generator implements, and the name registry.
+
+A generator turns a :class:`GenerationRequest` (the dialogue so far, what perception found, the
+knowledge retrieved and the stored emotion trajectory) into a reply. Each paper lives in its own
+module (``imagine``, ``nec``, ``mime``, ``cause_gated``, ``persona``) behind this interface and is
+registered by name; the engine and the evaluation harness only ever see names.
+
+Registration is lazy: :data:`_BUILTIN` maps names to ``"module:Class"`` so that importing the
+registry does not import torch or load a model.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Type
+
+from empathy_nlg.datasets import Utterance
+from empathy_nlg.perception.types import Perception
+
+
+@dataclass
+class GenerationRequest:
+    """Everything a generator may condition on.
+
+    ``context`` holds the dialogue so far, oldest first, ending with the user's (speaker's) turn;
+    roles are ``speaker`` (the user) and ``listener`` (the assistant), as in ED.
+    """
+
+    context: List[Utterance]
+    perception: Optional[Perception] = None
+    knowledge: Dict[str, List[str]] = field(default_factory=dict)
+    emotion_trajectory: List[str] = field(default_factory=list)  # earlier turns' emotions, oldest first
+    persona: Optional[str] = None
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    generator: str
+    version: str
+    knowledge: Dict[str, List[str]] = field(default_factory=dict)
+    details: Dict[str, Any] = field(default_factory=dict)
+
+
+class Generator(ABC):
+    """Base class of all generators. Subclasses set ``name`` and ``version``."""
+
+    name: str = "base"
+    version: str = "0"
+    #: whether :meth:`needs_perception` callers must run perception before generating
+    needs_perception: bool = True
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "Generator":
+        """Build the generator from its section of the engine config."""
+        return cls(**dict(config))  # type: ignore[call-arg]
+
+    @abstractmethod
+    def generate(self, requests: Sequence[GenerationRequest]) -> List[GenerationResult]:
+        """Reply to each request (a batch; deterministic for a fixed seed and config)."""
+
+    def score(self, requests: Sequence[GenerationRequest], references: Sequence[str]) -> Optional[Dict[str, float]]:
+        """Total negative log-likelihood and token count of ``references`` given the requests.
+
+        Returns ``{"nll": float, "tokens": int, "tokenizer": str}`` or ``None`` when the generator
+        cannot score text (then the harness reports no perplexity).
+        """
+        return None
+
+    def fit(self, texts: Sequence[str]) -> None:  # pragma: no cover - optional hook
+        """Optional: learn from training replies (used by trivial baselines)."""
+
+
+_BUILTIN: Dict[str, str] = {
+    "prompted": "empathy_nlg.generators.prompted:PromptedBackboneGenerator",
+    "frequent": "empathy_nlg.generators.frequent:MostFrequentReplyGenerator",
+}
+_REGISTERED: Dict[str, Type[Generator]] = {}
+
+
+def register_generator(name: str) -> Callable[[Type[Generator]], Type[Generator]]:
+    """Class decorator: make a generator available under ``name``."""
+
+    def wrap(cls: Type[Generator]) -> Type[Generator]:
+        _REGISTERED[name] = cls
+        cls.name = name
+        return cls
+
+    return wrap
+
+
+def available_generators() -> List[str]:
+    return sorted(set(_BUILTIN) | set(_REGISTERED))
+
+
+def generator_class(name: str) -> Type[Generator]:
+    if name in _REGISTERED:
+        return _REGISTERED[name]
+    if name not in _BUILTIN:
+        raise KeyError(f"unknown generator {name!r}; available: {', '.join(available_generators())}")
+    module_name, cls_name = _BUILTIN[name].split(":")
+    module = importlib.import_module(module_name)
+    cls = getattr(module, cls_name)
+    _REGISTERED.setdefault(name, cls)
+    return cls
+
+
+def create_generator(name: str, config: Optional[Mapping[str, Any]] = None) -> Generator:
+    """Instantiate the generator registered as ``name`` with its config section."""
+    return generator_class(name).from_config(config or {})

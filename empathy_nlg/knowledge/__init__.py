@@ -1,0 +1,1 @@
+"""Commonsense knowledge (experience projection): COMET checkpoints or the offline ATOMIC default."""

@@ -1,0 +1,1 @@
+"""Perception: emotion (32 ED labels + polarity), emotion causes, communication mechanisms, crisis."""

@@ -1,0 +1,1 @@
+"""Conversation state in SQL: SQLAlchemy models, repository, Alembic migrations."""

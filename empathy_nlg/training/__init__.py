@@ -1,0 +1,1 @@
+"""Training commands for perception models and generators."""
