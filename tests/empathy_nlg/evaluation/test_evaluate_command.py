@@ -1,0 +1,261 @@
+"""`empathy-nlg evaluate` end to end, resumability, determinism and input errors.
+
+Every data file here is written by the test (invented conversations, no dataset text).
+"""
+
+import json
+import random
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from empathy_nlg.cli import main
+from empathy_nlg.datasets import Utterance
+from empathy_nlg.evaluation import harness
+from empathy_nlg.generators.base import GenerationResult, Generator, register_generator
+from empathy_nlg.perception.types import Perception
+from empathy_nlg.taxonomy import EMOTIONS
+
+CONVS = [
+    ("c1", "sad", ["My dog got sick last week.", "Oh no, is he better now?", "Not yet, the vet is worried.", "I hope he pulls through."]),
+    ("c2", "joyful", ["I passed my driving test!", "Congratulations, how do you feel?", "Free, finally free.", "Where will you drive first?"]),
+    ("c3", "afraid", ["A storm knocked the power out last night.", "That sounds scary.", "I sat in the dark for hours."]),
+]
+TRAIN = [
+    ("t1", "sad", ["I lost my keys.", "What happened?", "I dropped them somewhere.", "Oh no, that is annoying."]),
+    ("t2", "proud", ["My son won the race.", "What happened?", "He ran the fastest lap.", "That is wonderful."]),
+    ("t3", "angry", ["Someone scratched my car.", "Oh no, that is annoying."]),
+]
+
+
+def write_ed(path: Path, convs) -> Path:
+    with path.open("w", encoding="utf-8") as fh:
+        for cid, emo, turns in convs:
+            rec = {
+                "conv_id": cid,
+                "emotion": emo,
+                "situation": turns[0],
+                "turns": [{"role": "speaker" if i % 2 == 0 else "listener", "text": t} for i, t in enumerate(turns)],
+            }
+            fh.write(json.dumps(rec) + "\n")
+    return path
+
+
+def write_ed_cause(path: Path, convs) -> Path:
+    with path.open("w", encoding="utf-8") as fh:
+        for cid, emo, turns in convs:
+            utters = [t.lower().replace(",", " ,").replace(".", " .").replace("?", " ?").replace("!", " !").split() for t in turns]
+            fh.write(json.dumps({"conv_id": cid, "utters": utters, "context": emo, "emotion_cause": [0]}) + "\n")
+    return path
+
+
+@pytest.fixture()
+def files(tmp_path):
+    return write_ed(tmp_path / "tiny.jsonl", CONVS), write_ed(tmp_path / "train.jsonl", TRAIN)
+
+
+class FakePerceiver:
+    """Says "sad" for everything (right on c1 only)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def perceive_batch(self, dialogues):
+        self.calls += len(dialogues)
+        probs = {e: (0.9 if e == "sad" else 0.1 / 31) for e in EMOTIONS}
+        return [
+            Perception(emotion="sad", emotion_probs=probs, polarity="negative", polarity_prob=0.9, causes=[],
+                       cm={"ER": 0.8, "IP": 0.1, "EX": 0.6}, crisis=False, crisis_score=0.0)
+            for _ in dialogues
+        ]
+
+
+class FakeCM:
+    """ER = the response says "oh no"; IP never; EX = it asks a question."""
+
+    def predict(self, seeker_posts, responses):
+        import numpy as np
+
+        assert len(seeker_posts) == len(responses)
+        return {
+            "ER": np.array(["oh no" in r.lower() for r in responses]),
+            "IP": np.zeros(len(responses), dtype=bool),
+            "EX": np.array(["?" in r for r in responses]),
+        }
+
+
+@register_generator("test-random-echo")
+class RandomEcho(Generator):
+    """Uses python's RNG (so seeding shows) and counts calls (so reuse shows); scores 1 nat/token."""
+
+    version = "t"
+    needs_perception = False
+    calls = 0
+
+    def generate(self, requests):
+        RandomEcho.calls += len(requests)
+        return [GenerationResult(text=f"{r.context[-1].text.split()[0]} {random.randint(0, 10**6)}?", generator=self.name, version=self.version)
+                for r in requests]
+
+    def score(self, requests, references):
+        tokens = sum(len(ref.split()) for ref in references)
+        return {"nll": float(tokens), "tokens": tokens, "tokenizer": "whitespace"}
+
+
+def _examples(path):
+    return harness.load_examples(path, "ed-jsonl")
+
+
+def test_examples_are_listener_turns_with_context(files):
+    data, _ = files
+    ex = _examples(data)
+    assert [(e.conv_id, e.turn_index) for e in ex] == [("c1", 1), ("c1", 3), ("c2", 1), ("c2", 3), ("c3", 1)]
+    assert ex[1].reference == "I hope he pulls through." and len(ex[1].context) == 3
+    assert [e.conv_id for e in harness.load_examples(data, "ed-jsonl", limit=2)] == ["c1", "c1"]
+    assert harness.seeker_post([Utterance("speaker", "a"), Utterance("listener", "b")]) == "a"
+
+
+def test_evaluate_with_injected_perceiver_and_cm_scorer(files, tmp_path):
+    data, _ = files
+    perceiver = FakePerceiver()
+    runs = harness.evaluate(_examples(data), {"test-random-echo": RandomEcho()}, tmp_path / "out",
+                            perceiver=perceiver, cm_scorer=FakeCM(), batch_size=2, seed=3, progress=False)
+    m = json.loads((tmp_path / "out" / "test-random-echo" / "metrics.json").read_text())
+    assert m["n"] == 5
+    assert m["emotion_acc"] == pytest.approx(40.0)  # c1's two examples are "sad"
+    assert m["ppl"] == pytest.approx(2.718281828, rel=1e-6) and m["ppl_tokenizer"] == "whitespace"
+    assert m["epitome_er"] == 0.0 and m["epitome_ex"] == 100.0 and m["epitome_ip"] == 0.0
+    # references: "Oh no, is he better now?" is ER and EX; 3 of 5 references ask something
+    assert m["ref_epitome_er"] == pytest.approx(20.0) and m["ref_epitome_ex"] == pytest.approx(60.0)
+    for key in ("bleu1", "bleu2", "bleu3", "bleu4", "dist1", "dist2", "sent_std", "top5_share", "avg_len", "seconds"):
+        assert key in m and key in m["definitions"] or key == "seconds"
+    rec = json.loads((tmp_path / "out" / "test-random-echo" / "predictions.jsonl").read_text().splitlines()[0])
+    for key in ("context", "reference", "reply", "perceived_emotion", "gold_emotion", "causes", "cm", "knowledge", "epitome"):
+        assert key in rec
+    assert rec["perceived_emotion"] == "sad" and rec["cm"]["ER"] == 0.8
+    assert runs["test-random-echo"].generated == 5
+
+
+def test_resumable_second_run_reuses_predictions(files, tmp_path):
+    data, _ = files
+    out = tmp_path / "out"
+    ex = _examples(data)
+    RandomEcho.calls = 0
+    harness.evaluate(ex, {"test-random-echo": RandomEcho()}, out, seed=1, progress=False)
+    first = (out / "test-random-echo" / "predictions.jsonl").read_text()
+    assert RandomEcho.calls == 5
+    runs = harness.evaluate(ex, {"test-random-echo": RandomEcho()}, out, seed=99, progress=False)
+    assert RandomEcho.calls == 5  # nothing generated again
+    assert runs["test-random-echo"].reused == 5 and runs["test-random-echo"].generated == 0
+    assert (out / "test-random-echo" / "predictions.jsonl").read_text() == first
+    # an interrupted run: two good records and a half-written line -> only the other three are made
+    lines = first.splitlines()
+    (out / "test-random-echo" / "predictions.jsonl").write_text(lines[0] + "\n" + lines[1] + "\n" + lines[2][:20])
+    runs = harness.evaluate(ex, {"test-random-echo": RandomEcho()}, out, seed=1, progress=False)
+    assert RandomEcho.calls == 8 and runs["test-random-echo"].generated == 3
+    again = (out / "test-random-echo" / "predictions.jsonl").read_text().splitlines()
+    assert again[:2] == lines[:2] and len(again) == 5  # the kept records are untouched, in example order
+    assert [json.loads(l)["turn_index"] for l in again] == [json.loads(l)["turn_index"] for l in lines]
+
+
+def test_deterministic_given_seed(files, tmp_path):
+    data, _ = files
+    ex = _examples(data)
+    outs = []
+    for d, seed in (("a", 7), ("b", 7), ("c", 8)):
+        harness.evaluate(ex, {"test-random-echo": RandomEcho()}, tmp_path / d, seed=seed, progress=False)
+        outs.append([json.loads(l)["reply"] for l in (tmp_path / d / "test-random-echo" / "predictions.jsonl").read_text().splitlines()])
+    assert outs[0] == outs[1]
+    assert outs[0] != outs[2]
+
+
+def _real_components_available() -> str:
+    """'' when the real perceiver and CM scorer load, else the reason they do not."""
+    perceiver = harness.load_perceiver({})
+    if perceiver is None:
+        return "the real Perceiver (empathy_nlg.perception.perceiver) or its artefacts are not available yet"
+    if harness.load_cm_scorer({}) is None:
+        return "the real EPITOME response classifiers (empathy_nlg.perception.cm) or their artefacts are not available yet"
+    return ""
+
+
+def test_command_end_to_end_with_frequent_baseline(files, tmp_path, capsys):
+    data, train = files
+    out = tmp_path / "eval"
+    rc = main(["evaluate", "--data", str(data), "--format", "ed-jsonl", "--generator", "frequent",
+               "--limit", "4", "--seed", "5", "--batch-size", "3", "--out", str(out),
+               "--train-data", str(train), "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "frequent" in printed and "B-1" in printed and "report:" in printed
+    m = json.loads((out / "frequent" / "metrics.json").read_text())
+    assert m["n"] == 4
+    assert m["ppl"] is None  # the baseline cannot score text
+    assert m["top5_share"] == 100.0 and m["sent_std"] == pytest.approx(3 ** 0.5)
+    recs = [json.loads(l) for l in (out / "frequent" / "predictions.jsonl").read_text().splitlines()]
+    assert {r["reply"] for r in recs} in ({"what happened ?"}, {"oh no , that is annoying ."})
+    report = (out / "report.md").read_text()
+    assert "published" in report and "NEC" in report and "MIME" in report and "IMAGINE" in report
+    assert "Gao et al. (soft gate)" in report and "Gao et al. (hard gate)" in report and "Human" in report
+    assert (out / "metrics.png").stat().st_size > 0 and (out / "reply_length_hist.png").stat().st_size > 0
+    # the real perception components, once built, are what the command uses
+    if not _real_components_available():
+        assert m["emotion_acc"] is not None and m["epitome_er"] is not None and m["ref_epitome_er"] is not None
+
+
+def test_command_uses_real_perceiver_and_cm_scorer(files, tmp_path):
+    reason = _real_components_available()
+    if reason:
+        pytest.skip(reason)
+    data, train = files
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--data", str(data), "--generator", "frequent", "--out", str(out),
+                 "--train-data", str(train), "--no-progress"]) == 0
+    m = json.loads((out / "frequent" / "metrics.json").read_text())
+    assert m["n"] == 5
+    assert 0.0 <= m["emotion_acc"] <= 100.0
+    for key in ("epitome_er", "epitome_ip", "epitome_ex", "ref_epitome_er", "ref_epitome_ip", "ref_epitome_ex"):
+        assert 0.0 <= m[key] <= 100.0
+    rec = json.loads((out / "frequent" / "predictions.jsonl").read_text().splitlines()[0])
+    assert rec["perceived_emotion"] in EMOTIONS and set(rec["epitome"]) == {"ER", "IP", "EX"}
+
+
+def test_cause_format_is_accepted(tmp_path):
+    data = write_ed_cause(tmp_path / "tiny_cause.jsonl", CONVS)
+    runs = harness.evaluate(harness.load_examples(data, "ed-cause-jsonl"), {"test-random-echo": RandomEcho()},
+                            tmp_path / "o", progress=False, write_report=False)
+    rec = runs["test-random-echo"].records[0]
+    assert rec["reference"] == "oh no , is he better now ?" and rec["gold_cause_indices"] == [0]
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    return err[-1]
+
+
+def test_malformed_file_gives_one_line_error_naming_the_line(files, tmp_path, capsys):
+    data, train = files
+    bad = tmp_path / "bad.jsonl"
+    good_line = data.read_text().splitlines()[0]
+    bad.write_text(good_line + "\n{not json\n")
+    rc = main(["evaluate", "--data", str(bad), "--generator", "frequent", "--out", str(tmp_path / "o"), "--train-data", str(train)])
+    assert rc == 2
+    line = _error_line(capsys)
+    assert line.startswith("empathy-nlg evaluate: error:") and "bad.jsonl: line 2" in line and "JSON" in line
+    bad.write_text(good_line + "\n" + json.dumps({"conv_id": "x", "emotion": "sleepy", "turns": []}) + "\n")
+    assert main(["evaluate", "--data", str(bad), "--generator", "frequent", "--out", str(tmp_path / "o")]) == 2
+    assert "line 2" in _error_line(capsys)
+
+
+def test_unknown_generator_and_format_are_clear_errors(files, tmp_path, capsys):
+    data, _ = files
+    assert main(["evaluate", "--data", str(data), "--generator", "nope", "--out", str(tmp_path / "o")]) == 2
+    line = _error_line(capsys)
+    assert "unknown generator 'nope'" in line and "frequent" in line
+    assert main(["evaluate", "--data", str(data), "--format", "csv", "--generator", "frequent", "--out", str(tmp_path / "o")]) == 2
+    assert "unknown format 'csv'" in _error_line(capsys)
+    assert main(["evaluate", "--data", str(tmp_path / "missing.jsonl"), "--generator", "frequent", "--out", str(tmp_path / "o")]) == 2
+    assert "does not exist" in _error_line(capsys)
+    assert main(["evaluate", "--data", str(data), "--generator", "frequent", "--limit", "0", "--out", str(tmp_path / "o")]) == 2
+    assert "--limit" in _error_line(capsys)
