@@ -1,0 +1,174 @@
+"""The engine's HTTP application (FastAPI; OpenAPI schema at ``/openapi.json``, docs at ``/docs``).
+
+* ``POST /nlg`` — Rasa's NLG protocol.
+* ``POST /perceive`` — emotion, causes, CM plan and crisis flag for a message in its context.
+* ``GET /health`` — 200 ``ok`` only once every model is loaded (503 ``loading`` before).
+* ``GET /conversations/{sender_id}`` — the stored empathy state of a conversation.
+
+Models load in a background thread at start, so ``/health`` answers at once. An optional bearer
+token guards every route but ``/health`` (``Authorization: Bearer …`` or Rasa's ``?token=…``).
+Bodies above ``server.max_body_bytes`` get 413; invalid bodies 422 with what is wrong; nothing is
+persisted for a rejected request.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+from contextlib import asynccontextmanager
+from typing import Any, Callable, Mapping, Optional
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from empathy_nlg import __version__
+from empathy_nlg.api.schemas import (
+    API_VERSION,
+    ErrorResponse,
+    HealthResponse,
+    NLGRequest,
+    NLGResponse,
+    PerceiveRequest,
+    PerceiveResponse,
+)
+from empathy_nlg.domain import UnknownResponseError
+from empathy_nlg.engine import EmpathyEngine
+
+log = logging.getLogger(__name__)
+
+
+class EngineHolder:
+    """Holds the engine while (and after) it loads in the background."""
+
+    def __init__(self, loader: Callable[[], EmpathyEngine]) -> None:
+        self._loader = loader
+        self.engine: Optional[EmpathyEngine] = None
+        self.error: Optional[str] = None
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._load, name="engine-loader", daemon=True)
+        self._thread.start()
+
+    def _load(self) -> None:
+        try:
+            self.engine = self._loader()
+        except Exception as exc:  # reported by /health; the process stays up to say why
+            log.exception("engine failed to load")
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def wait(self, timeout: Optional[float] = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def require(self) -> EmpathyEngine:
+        if self.engine is None:
+            raise HTTPException(status_code=503, detail=self.error or "models are still loading")
+        return self.engine
+
+
+def create_app(settings: Mapping[str, Any], loader: Optional[Callable[[], EmpathyEngine]] = None) -> FastAPI:
+    """Build the app; ``loader`` (default: :meth:`EmpathyEngine.load`) runs in a background thread."""
+    server = settings["server"]
+    token: Optional[str] = server.get("token") or None
+    max_body = int(server["max_body_bytes"])
+    max_chars = int(server["max_message_chars"])
+    max_events = int(server["max_events"])
+    holder = EngineHolder(loader or (lambda: EmpathyEngine.load(settings)))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        holder.start()
+        yield
+
+    app = FastAPI(
+        title="Empathy engine",
+        version=f"{__version__} (api v{API_VERSION})",
+        description="Perception, empathetic generation and conversation state for a Rasa assistant.",
+        lifespan=lifespan,
+        responses={401: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+    )
+    app.state.holder = holder
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > max_body:
+            return JSONResponse(status_code=413, content={"error": f"request body over {max_body} bytes"})
+        if request.method in ("POST", "PUT", "PATCH") and length is None:
+            body = await request.body()  # chunked upload: measure what arrived
+            if len(body) > max_body:
+                return JSONResponse(status_code=413, content={"error": f"request body over {max_body} bytes"})
+        return await call_next(request)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError):
+        problems = [
+            {"where": ".".join(str(p) for p in e.get("loc", ()) if p != "body"), "problem": e.get("msg")}
+            for e in exc.errors()
+        ]
+        summary = "; ".join(f"{p['where'] or 'body'}: {p['problem']}" for p in problems[:5])
+        return JSONResponse(status_code=422, content={"error": f"invalid request: {summary}", "detail": problems})
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, exc: HTTPException):
+        return JSONResponse(status_code=exc.status_code, content={"error": str(exc.detail)}, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(_request: Request, exc: Exception):
+        log.exception("unhandled error")
+        return JSONResponse(status_code=500, content={"error": f"internal error: {type(exc).__name__}"})
+
+    def authorise(request: Request) -> None:
+        if not token:
+            return
+        supplied = request.query_params.get("token")
+        header = request.headers.get("authorization", "")
+        if header.lower().startswith("bearer "):
+            supplied = header[7:].strip()
+        if not supplied or not hmac.compare_digest(supplied, token):
+            raise HTTPException(status_code=401, detail="missing or wrong token", headers={"WWW-Authenticate": "Bearer"})
+
+    @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+    async def health():
+        if holder.engine is not None:
+            return HealthResponse(status="ok", models=holder.engine.describe())
+        status = "error" if holder.error else "loading"
+        body = HealthResponse(status=status, detail=holder.error or "models are loading")
+        return JSONResponse(status_code=503, content=body.model_dump())
+
+    @app.post("/nlg", response_model=NLGResponse, dependencies=[Depends(authorise)])
+    async def nlg(body: NLGRequest):
+        if len(body.tracker.events) > max_events:
+            raise HTTPException(status_code=413, detail=f"tracker has {len(body.tracker.events)} events; limit {max_events}")
+        engine = holder.require()
+        try:
+            return await run_in_threadpool(engine.nlg, body.model_dump())
+        except UnknownResponseError as exc:
+            raise HTTPException(status_code=404, detail=str(exc)) from None
+
+    @app.post("/perceive", response_model=PerceiveResponse, dependencies=[Depends(authorise)])
+    async def perceive(body: PerceiveRequest):
+        if len(body.text) > max_chars:
+            raise HTTPException(status_code=422, detail=f"invalid request: text is {len(body.text)} characters; limit {max_chars}")
+        if not body.text.strip():
+            raise HTTPException(status_code=422, detail="invalid request: text is blank")
+        engine = holder.require()
+        history = [h.model_dump() for h in body.history]
+        perception, latency = await run_in_threadpool(
+            engine.perceive, body.text, history, body.sender_id, body.message_id, body.turn_index
+        )
+        return {**perception.to_dict(), "latency_ms": round(latency, 2)}
+
+    @app.get("/conversations/{sender_id}", dependencies=[Depends(authorise)])
+    async def conversation(sender_id: str):
+        engine = holder.require()
+        state = await run_in_threadpool(engine.repository.conversation, sender_id)
+        if state is None:
+            raise HTTPException(status_code=404, detail=f"no conversation {sender_id!r}")
+        return state
+
+    return app

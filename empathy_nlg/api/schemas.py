@@ -1,0 +1,103 @@
+"""Request and response bodies of the engine's HTTP API (the documented, versioned contract).
+
+``/nlg`` implements Rasa's NLG protocol exactly: Rasa sends ``{response, id, arguments, tracker,
+channel}`` and accepts ``{text, buttons, image, elements, attachment, custom}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+API_VERSION = "1"
+
+
+class TrackerState(BaseModel):
+    """The part of Rasa's tracker state the engine reads; other keys are accepted and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    sender_id: str = Field(min_length=1, max_length=255)
+    events: List[Dict[str, Any]] = Field(default_factory=list)
+    slots: Dict[str, Any] = Field(default_factory=dict)
+
+
+class ChannelInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: Optional[str] = None
+
+
+class NLGRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    response: str = Field(min_length=1, max_length=255, description="name of the response, e.g. utter_empathize")
+    id: Optional[str] = Field(default=None, description="response id (Rasa's response_ids), if any")
+    arguments: Dict[str, Any] = Field(default_factory=dict)
+    tracker: TrackerState
+    channel: ChannelInfo = Field(default_factory=ChannelInfo)
+
+
+class NLGResponse(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    text: Optional[str] = None
+    buttons: Optional[List[Dict[str, Any]]] = None
+    image: Optional[str] = None
+    elements: Optional[List[Dict[str, Any]]] = None
+    attachment: Optional[Any] = None
+    custom: Optional[Dict[str, Any]] = None
+
+
+class HistoryTurn(BaseModel):
+    role: Literal["user", "bot"]
+    text: str = Field(max_length=20000)
+
+
+class PerceiveRequest(BaseModel):
+    text: str = Field(min_length=1, description="the user's message")
+    history: List[HistoryTurn] = Field(default_factory=list, description="the conversation so far, oldest first")
+    sender_id: Optional[str] = Field(default=None, max_length=255, description="persist the turn under this conversation")
+    message_id: Optional[str] = Field(default=None, max_length=255)
+    turn_index: Optional[int] = Field(default=None, ge=0, description="0-based index of this user turn in the conversation")
+
+
+class EmotionScore(BaseModel):
+    label: str
+    prob: float
+
+
+class CauseOut(BaseModel):
+    index: int = Field(description="index into history + [text]")
+    text: str
+    score: float
+    spans: List[List[int]] = Field(default_factory=list, description="cause words as [start, end) character offsets")
+
+
+class PerceiveResponse(BaseModel):
+    emotion: str
+    emotion_probs: Dict[str, float]
+    emotion_top_k: List[EmotionScore]
+    polarity: Literal["positive", "negative"]
+    polarity_prob: float
+    causes: List[CauseOut]
+    cm: Dict[str, float] = Field(description="P(mechanism) for ER, IP, EX")
+    cm_plan: List[str]
+    crisis: bool
+    crisis_score: float
+    crisis_reasons: List[str]
+    models: Dict[str, str]
+    latency_ms: float
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "loading", "error"]
+    api_version: str = API_VERSION
+    detail: Optional[str] = None
+    models: Dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    detail: Any = None

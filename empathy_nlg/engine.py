@@ -1,0 +1,252 @@
+"""The engine: perception, generation and state for one request at a time.
+
+:class:`EmpathyEngine` is what the HTTP layer calls. It knows nothing about HTTP; it takes plain
+data (the Rasa NLG request, a /perceive request) and returns plain data. Models are loaded once
+by :meth:`EmpathyEngine.load`; a lock serialises model calls (they are CPU-bound; on a GPU host
+one process per device is the unit of scale).
+
+Per user turn the engine persists: sender, turn index, user text, emotion (top-k), polarity,
+causes, CM, crisis flag — and per reply: response name, text, generator and version, knowledge,
+latency. The emotion trajectory stored for earlier turns conditions the generator.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from empathy_nlg.datasets import Utterance
+from empathy_nlg.domain import DomainResponses
+from empathy_nlg.generators.base import GenerationRequest, Generator, create_generator
+from empathy_nlg.perception.types import Perception
+from empathy_nlg.state.repository import ReplyRecord, StateRepository, TurnRecord
+
+log = logging.getLogger(__name__)
+
+CRISIS_PREFIX = "utter_crisis_"
+CRISIS_RESPONSES = ("utter_crisis_support", "utter_crisis_resources")
+
+
+class EngineNotReady(RuntimeError):
+    pass
+
+
+@dataclass
+class DialogueView:
+    """The dialogue rebuilt from Rasa tracker events."""
+
+    turns: List[Utterance]
+    last_user_text: Optional[str]
+    last_message_id: Optional[str]
+    last_parse_data: Dict[str, Any]
+    user_turn_count: int
+    slots: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def turn_index(self) -> Optional[int]:
+        """0-based index of the latest user turn in the whole conversation."""
+        return self.user_turn_count - 1 if self.user_turn_count else None
+
+
+def dialogue_from_events(events: Sequence[Mapping[str, Any]], history_turns: int) -> DialogueView:
+    """User events become speaker turns, bot events listener turns; other events are skipped."""
+    turns: List[Utterance] = []
+    last_text = last_id = None
+    last_parse: Dict[str, Any] = {}
+    user_count = 0
+    for ev in events:
+        kind = ev.get("event")
+        text = ev.get("text")
+        if kind == "user":
+            user_count += 1
+            last_text = text or ""
+            last_id = ev.get("message_id")
+            last_parse = ev.get("parse_data") or {}
+            if text:
+                turns.append(Utterance("speaker", text))
+        elif kind == "bot" and text:
+            turns.append(Utterance("listener", text))
+    return DialogueView(
+        turns=turns[-history_turns:],
+        last_user_text=last_text,
+        last_message_id=last_id,
+        last_parse_data=last_parse,
+        user_turn_count=user_count,
+    )
+
+
+def history_from_roles(history: Sequence[Mapping[str, str]], text: str, history_turns: int) -> List[Utterance]:
+    """The /perceive input (``user``/``bot`` roles) as an ED-style dialogue ending with ``text``."""
+    turns = [Utterance("speaker" if h["role"] == "user" else "listener", h["text"]) for h in history if h["text"]]
+    turns.append(Utterance("speaker", text))
+    return turns[-history_turns:]
+
+
+class EmpathyEngine:
+    def __init__(
+        self,
+        settings: Mapping[str, Any],
+        *,
+        perceiver: Any,
+        generator: Generator,
+        repository: StateRepository,
+        domain: DomainResponses,
+    ) -> None:
+        self.settings = settings
+        self.perceiver = perceiver
+        self.generator = generator
+        self.repository = repository
+        self.domain = domain
+        gen = settings["generation"]
+        self.generated_responses = {r for r in gen["generated_responses"] if not r.startswith(CRISIS_PREFIX)}
+        self.history_turns = int(settings["server"]["history_turns"])
+        self._model_lock = threading.Lock()
+        missing = [r for r in CRISIS_RESPONSES if r not in domain]
+        if missing:
+            raise ValueError(f"the domain must define the scripted crisis responses {missing}")
+
+    # -- construction -----------------------------------------------------------------------
+    @classmethod
+    def load(cls, settings: Mapping[str, Any]) -> "EmpathyEngine":
+        """Load every model and open the database (migrating it). Takes seconds to a minute."""
+        from empathy_nlg.perception.perceiver import Perceiver
+
+        p = settings["perception"]
+        start = time.perf_counter()
+        repository = StateRepository(settings["state"]["database_url"])
+        repository.migrate()
+        domain = DomainResponses.load(settings["domain"])
+        perceiver = Perceiver.load(artifacts_dir=p.get("artifacts"), encoder_path=p.get("encoder"), device=p.get("device"))
+        name = settings["generation"]["generator"]
+        gen_config = dict(settings["generation"].get("generators", {}).get(name, {}))
+        generator = create_generator(name, gen_config)
+        log.info("engine loaded in %.1f s (generator %s %s)", time.perf_counter() - start, name, generator.version)
+        return cls(settings, perceiver=perceiver, generator=generator, repository=repository, domain=domain)
+
+    def describe(self) -> Dict[str, Any]:
+        return {
+            "generator": self.generator.name,
+            "generator_version": self.generator.version,
+            "perception": dict(getattr(self.perceiver, "versions", {})),
+            "generated_responses": sorted(self.generated_responses),
+        }
+
+    # -- perception -------------------------------------------------------------------------
+    def _perceive(self, dialogue: Sequence[Utterance]) -> Perception:
+        with self._model_lock:
+            return self.perceiver.perceive(list(dialogue))
+
+    def perceive(
+        self,
+        text: str,
+        history: Sequence[Mapping[str, str]] = (),
+        sender_id: Optional[str] = None,
+        message_id: Optional[str] = None,
+        turn_index: Optional[int] = None,
+    ) -> Tuple[Perception, float]:
+        """Perceive ``text`` in its context; persist the turn when the sender is known."""
+        start = time.perf_counter()
+        dialogue = history_from_roles(history, text, self.history_turns)
+        perception = self._perceive(dialogue)
+        if sender_id is not None and turn_index is not None:
+            self.repository.record_turn(
+                TurnRecord(sender_id=sender_id, turn_index=turn_index, user_text=text, message_id=message_id, perception=perception)
+            )
+        return perception, (time.perf_counter() - start) * 1000
+
+    # -- NLG --------------------------------------------------------------------------------
+    def nlg(self, request: Mapping[str, Any]) -> Dict[str, Any]:
+        """Answer one Rasa NLG request ``{response, id, arguments, tracker, channel}``."""
+        start = time.perf_counter()
+        response_name: str = request["response"]
+        tracker = request["tracker"]
+        sender_id: str = tracker["sender_id"]
+        channel = (request.get("channel") or {}).get("name")
+        slots = dict(tracker.get("slots") or {})
+        view = dialogue_from_events(tracker.get("events") or [], self.history_turns)
+
+        perception: Optional[Perception] = None
+        knowledge: Dict[str, List[str]] = {}
+        if view.last_user_text is not None:
+            perception = self._perception_for(view)
+
+        generate = response_name in self.generated_responses and view.turns and view.turns[-1].role == "speaker"
+        if generate and perception is not None and perception.crisis:
+            # Safety: a crisis turn never gets a generated reply, whatever Rasa asked for.
+            message = self._render_crisis(slots, channel)
+            generator_name, version = "crisis-override", "scripted"
+        elif generate:
+            message, generator_name, version, knowledge = self._generate(response_name, view, perception, sender_id, slots, channel)
+        else:
+            message = self.domain.render(response_name, slots, channel)
+            generator_name, version = "template", "domain"
+
+        latency_ms = (time.perf_counter() - start) * 1000
+        if view.turn_index is not None:
+            self.repository.record_reply(
+                TurnRecord(
+                    sender_id=sender_id,
+                    turn_index=view.turn_index,
+                    user_text=view.last_user_text or "",
+                    message_id=view.last_message_id,
+                    perception=perception,
+                ),
+                ReplyRecord(
+                    response_name=response_name,
+                    text=message.get("text") or "",
+                    generator=generator_name,
+                    generator_version=version,
+                    latency_ms=latency_ms,
+                    knowledge=knowledge,
+                ),
+            )
+        message["custom"] = {
+            "emotion": perception.top_k(3) if perception else None,
+            "polarity": perception.polarity if perception else None,
+            "causes": [{"index": c.index, "text": c.text, "score": round(c.score, 4)} for c in perception.causes] if perception else [],
+            "cm": perception.cm_plan if perception else [],
+            "cm_probs": {k: round(v, 4) for k, v in perception.cm.items()} if perception else {},
+            "crisis": bool(perception.crisis) if perception else False,
+            "knowledge": knowledge,
+            "generator": generator_name,
+            "generator_version": version,
+            "response": response_name,
+            "turn_index": view.turn_index,
+            "latency_ms": round(latency_ms, 1),
+        }
+        return message
+
+    def _perception_for(self, view: DialogueView) -> Perception:
+        """Use what the Rasa components already perceived; compute only what is missing."""
+        stored = view.last_parse_data.get("empathy")
+        if isinstance(stored, Mapping) and stored.get("emotion_probs"):
+            try:
+                return Perception.from_dict(dict(stored))
+            except (TypeError, ValueError, KeyError) as exc:
+                log.warning("ignoring malformed parse_data.empathy (%s); perceiving again", exc)
+        dialogue = list(view.turns)
+        if not dialogue or dialogue[-1].role != "speaker":
+            dialogue.append(Utterance("speaker", view.last_user_text or ""))
+        return self._perceive(dialogue)
+
+    def _render_crisis(self, slots: Mapping[str, Any], channel: Optional[str]) -> Dict[str, Any]:
+        parts = [self.domain.render(name, slots, channel).get("text", "") for name in CRISIS_RESPONSES]
+        return {"text": "\n\n".join(p for p in parts if p)}
+
+    def _generate(self, response_name, view, perception, sender_id, slots, channel):
+        trajectory = self.repository.emotion_trajectory(sender_id, before_turn=view.turn_index)
+        request = GenerationRequest(
+            context=list(view.turns),
+            perception=perception,
+            emotion_trajectory=trajectory,
+            persona=self.repository.persona(sender_id),
+        )
+        with self._model_lock:
+            result = self.generator.generate([request])[0]
+        if result.text.strip():
+            return {"text": result.text.strip()}, result.generator, result.version, result.knowledge
+        log.warning("generator %s returned an empty reply for %s; using the domain text", result.generator, response_name)
+        return self.domain.render(response_name, slots, channel), "template-fallback", "domain", {}

@@ -1,0 +1,94 @@
+"""Engine configuration: packaged defaults ← a YAML file ← environment, validated by a JSON schema.
+
+``load_settings(path)`` returns a plain nested dict. Relative paths in the file (``domain``,
+SQLite files) are resolved against the config file's folder, so the engine behaves the same
+from any working directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+import yaml
+
+from empathy_nlg.paths import CONFIG_DIR
+
+DEFAULTS_FILE = CONFIG_DIR / "engine.default.yml"
+SCHEMA_FILE = CONFIG_DIR / "engine.schema.json"
+
+ENV_OVERRIDES = {
+    "DATABASE_URL": ("state", "database_url"),
+    "EMPATHY_NLG_TOKEN": ("server", "token"),
+    "EMPATHY_NLG_GENERATOR": ("generation", "generator"),
+    "EMPATHY_NLG_DEVICE": ("perception", "device"),
+}
+
+
+class ConfigError(ValueError):
+    """The engine configuration is invalid; the message says where."""
+
+
+def _merge(base: Dict[str, Any], override: Mapping[str, Any]) -> Dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_yaml(path: Path) -> Dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return data
+
+
+def validate(settings: Mapping[str, Any], source: str = "config") -> None:
+    import jsonschema
+
+    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(settings), key=lambda e: list(e.path))
+    if errors:
+        lines = [f"{'.'.join(str(p) for p in e.path) or '(top level)'}: {e.message}" for e in errors]
+        raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(lines))
+
+
+def _resolve_sqlite(url: str, base: Path) -> str:
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith("sqlite:////") and url != "sqlite:///:memory:":
+        return prefix + str((base / url[len(prefix) :]).resolve())
+    return url
+
+
+def load_settings(path: Optional[Path | str] = None, overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Defaults, then ``path`` (if given), then environment variables, then ``overrides``."""
+    settings = _read_yaml(DEFAULTS_FILE)
+    base = Path.cwd()
+    source = str(DEFAULTS_FILE)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"engine config {path} does not exist")
+        settings = _merge(settings, _read_yaml(path))
+        base = path.resolve().parent
+        source = str(path)
+    for var, (section, key) in ENV_OVERRIDES.items():
+        value = os.environ.get(var)
+        if value:
+            settings[section][key] = value
+    if overrides:
+        settings = _merge(settings, overrides)
+    validate(settings, source)
+    settings["state"]["database_url"] = _resolve_sqlite(settings["state"]["database_url"], base)
+    domain = Path(settings["domain"])
+    settings["domain"] = str(domain if domain.is_absolute() else (base / domain).resolve())
+    return settings

@@ -1,0 +1,255 @@
+"""The state repository: the only code that reads or writes the engine's tables.
+
+Every write is one transaction: a reply is stored together with its turn (created or updated) or
+not at all. ``DATABASE_URL`` selects the database (SQLite file by default; PostgreSQL with
+``postgresql+psycopg://…``). :meth:`StateRepository.migrate` brings the schema to the newest
+Alembic revision and is safe to call at every start.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from sqlalchemy import create_engine, event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from empathy_nlg.perception.types import Perception
+from empathy_nlg.state.models import Conversation, Reply, Turn, utcnow
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# The engine's own Alembic version table, so its history never collides with another app's.
+VERSION_TABLE = "empathy_alembic_version"
+
+
+def normalise_url(url: str) -> str:
+    """Accept the URL spellings users paste (``postgres://``, ``postgresql://``) and pick psycopg 3."""
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://") :]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return url
+
+
+def database_url(explicit: Optional[str] = None) -> str:
+    url = explicit or os.environ.get("DATABASE_URL")
+    if not url:
+        raise ValueError("no database configured: set DATABASE_URL or `state.database_url` in the engine config")
+    return normalise_url(url)
+
+
+@dataclass
+class TurnRecord:
+    sender_id: str
+    turn_index: int
+    user_text: str
+    message_id: Optional[str] = None
+    perception: Optional[Perception] = None
+
+
+@dataclass
+class ReplyRecord:
+    response_name: str
+    text: str
+    generator: str
+    generator_version: str
+    latency_ms: float
+    knowledge: Optional[Dict[str, List[str]]] = None
+
+
+class StateRepository:
+    def __init__(self, url: str, echo: bool = False) -> None:
+        self.url = normalise_url(url)
+        kwargs: Dict[str, Any] = {"echo": echo, "future": True}
+        if self.url.startswith("sqlite"):
+            # Rasa's tracker store may share the file: wait for its locks instead of failing.
+            kwargs["connect_args"] = {"timeout": 30, "check_same_thread": False}
+            path = self.url.split("///", 1)[-1]
+            if path and path != ":memory:" and "///" in self.url:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        else:
+            kwargs["pool_pre_ping"] = True
+        self.engine: Engine = create_engine(self.url, **kwargs)
+        if self.url.startswith("sqlite"):
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    # -- schema -----------------------------------------------------------------------------
+    def migrate(self, revision: str = "head") -> None:
+        """Upgrade the schema with Alembic (idempotent)."""
+        import logging
+
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        from alembic import command
+
+        with self.engine.begin() as connection:
+            cfg = alembic_config(self.url)
+            cfg.attributes["connection"] = connection
+            command.upgrade(cfg, revision)
+
+    def current_revision(self) -> Optional[str]:
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as connection:
+            return MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_revision()
+
+    # -- writes -----------------------------------------------------------------------------
+    def _conversation(self, session: Session, sender_id: str) -> Conversation:
+        conv = session.scalar(select(Conversation).where(Conversation.sender_id == sender_id))
+        if conv is None:
+            conv = Conversation(sender_id=sender_id)
+            session.add(conv)
+            session.flush()
+        return conv
+
+    def _upsert_turn(self, session: Session, record: TurnRecord) -> Turn:
+        conv = self._conversation(session, record.sender_id)
+        turn = session.scalar(
+            select(Turn).where(Turn.conversation_id == conv.id, Turn.turn_index == record.turn_index)
+        )
+        if turn is None:
+            turn = Turn(conversation_id=conv.id, turn_index=record.turn_index, user_text=record.user_text)
+            session.add(turn)
+        turn.user_text = record.user_text
+        if record.message_id:
+            turn.message_id = record.message_id
+        p = record.perception
+        if p is not None:
+            turn.emotion = p.emotion
+            turn.emotion_top_k = p.top_k(5)
+            turn.polarity = p.polarity
+            turn.causes = [{"index": c.index, "text": c.text, "score": round(c.score, 4), "spans": c.spans} for c in p.causes]
+            turn.cm = {k: round(v, 4) for k, v in p.cm.items()}
+            turn.crisis = bool(p.crisis)
+            turn.crisis_score = float(p.crisis_score)
+            turn.perception_models = dict(p.models)
+        turn.updated_at = utcnow()
+        conv.updated_at = utcnow()
+        session.flush()
+        return turn
+
+    def record_turn(self, record: TurnRecord) -> int:
+        """Create or update the turn's row; returns its id."""
+        with self._sessions.begin() as session:
+            return self._upsert_turn(session, record).id
+
+    def record_reply(self, record: TurnRecord, reply: ReplyRecord) -> int:
+        """Store a reply with its turn, atomically; returns the reply id."""
+        with self._sessions.begin() as session:
+            turn = self._upsert_turn(session, record)
+            row = Reply(
+                turn_id=turn.id,
+                response_name=reply.response_name,
+                text=reply.text,
+                generator=reply.generator,
+                generator_version=reply.generator_version,
+                knowledge=reply.knowledge or None,
+                latency_ms=float(reply.latency_ms),
+            )
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def set_persona(self, sender_id: str, persona: Optional[str]) -> None:
+        with self._sessions.begin() as session:
+            self._conversation(session, sender_id).persona = persona
+
+    # -- reads ------------------------------------------------------------------------------
+    def emotion_trajectory(self, sender_id: str, before_turn: Optional[int] = None, limit: int = 5) -> List[str]:
+        """Emotions of the conversation's earlier turns, oldest first (at most ``limit``)."""
+        with self._sessions() as session:
+            stmt = (
+                select(Turn.emotion)
+                .join(Conversation)
+                .where(Conversation.sender_id == sender_id, Turn.emotion.is_not(None))
+                .order_by(Turn.turn_index.desc())
+                .limit(limit)
+            )
+            if before_turn is not None:
+                stmt = stmt.where(Turn.turn_index < before_turn)
+            return [e for e in reversed(session.scalars(stmt).all())]
+
+    def persona(self, sender_id: str) -> Optional[str]:
+        with self._sessions() as session:
+            return session.scalar(select(Conversation.persona).where(Conversation.sender_id == sender_id))
+
+    def conversation(self, sender_id: str) -> Optional[Dict[str, Any]]:
+        """The stored state of one conversation as plain data (``None`` when unknown)."""
+        with self._sessions() as session:
+            conv = session.scalar(
+                select(Conversation)
+                .where(Conversation.sender_id == sender_id)
+                .options(selectinload(Conversation.turns).selectinload(Turn.replies))
+            )
+            if conv is None:
+                return None
+            return {
+                "sender_id": conv.sender_id,
+                "persona": conv.persona,
+                "created_at": conv.created_at.isoformat(),
+                "turns": [
+                    {
+                        "turn_index": t.turn_index,
+                        "message_id": t.message_id,
+                        "user_text": t.user_text,
+                        "emotion": t.emotion,
+                        "emotion_top_k": t.emotion_top_k,
+                        "polarity": t.polarity,
+                        "causes": t.causes,
+                        "cm": t.cm,
+                        "crisis": t.crisis,
+                        "created_at": t.created_at.isoformat(),
+                        "replies": [
+                            {
+                                "response": r.response_name,
+                                "text": r.text,
+                                "generator": r.generator,
+                                "generator_version": r.generator_version,
+                                "knowledge": r.knowledge,
+                                "latency_ms": r.latency_ms,
+                                "created_at": r.created_at.isoformat(),
+                            }
+                            for r in t.replies
+                        ],
+                    }
+                    for t in conv.turns
+                ],
+            }
+
+    def count_rows(self) -> Dict[str, int]:
+        from sqlalchemy import func
+
+        with self._sessions() as session:
+            return {
+                "conversations": session.scalar(select(func.count()).select_from(Conversation)) or 0,
+                "turns": session.scalar(select(func.count()).select_from(Turn)) or 0,
+                "replies": session.scalar(select(func.count()).select_from(Reply)) or 0,
+            }
+
+    def ping(self) -> bool:
+        from sqlalchemy import text
+
+        with self.engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        return True
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # pragma: no cover - trivial
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def alembic_config(url: str):
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
