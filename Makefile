@@ -1,0 +1,24 @@
+# The two commands a new user needs:  make chat   and   make test
+.PHONY: chat serve test setup train-rasa clean help
+SHELL := /bin/bash
+
+help:
+	@echo "make chat    set up (first run only), start engine + actions, talk in rasa shell"
+	@echo "make serve   set up, start engine + actions + rasa run (REST + socket.io) on :5005"
+	@echo "make test    set up, run every test (engine, agent, actions, Rasa stories, end to end)"
+	@echo "make setup   only the idempotent setup (environments, backbone cache, Rasa model)"
+
+setup:
+	@bash scripts/setup.sh
+
+chat: setup
+	@.venvs/engine/bin/python scripts/stack.py chat
+
+serve: setup
+	@.venvs/engine/bin/python scripts/stack.py serve
+
+test: setup
+	@bash scripts/test.sh
+
+clean:
+	rm -rf .venvs .stamps models results var logs

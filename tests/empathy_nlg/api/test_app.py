@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from empathy_nlg.api.app import create_app
+from empathy_nlg.domain import DomainResponses
+from empathy_nlg.engine import EmpathyEngine
+from empathy_nlg.settings import load_settings
+from empathy_nlg.state.repository import StateRepository
+from tests.empathy_nlg.conftest import EchoGenerator, KeywordPerceiver
+
+
+def build(domain_file, sqlite_url, **server):
+    settings = load_settings(overrides={"state": {"database_url": sqlite_url}, "domain": str(domain_file), "server": server})
+
+    def loader():
+        repo = StateRepository(sqlite_url)
+        repo.migrate()
+        return EmpathyEngine(settings, perceiver=KeywordPerceiver(), generator=EchoGenerator(), repository=repo, domain=DomainResponses.load(domain_file))
+
+    app = create_app(settings, loader)
+    return app
+
+
+@pytest.fixture
+def client(domain_file, sqlite_url):
+    app = build(domain_file, sqlite_url, max_body_bytes=4096, max_message_chars=200)
+    with TestClient(app) as c:
+        app.state.holder.wait(30)
+        yield c
+
+
+def rasa_body(response="utter_empathize", text="I had an awful day", sender="s1"):
+    return {
+        "response": response,
+        "id": None,
+        "arguments": {},
+        "tracker": {"sender_id": sender, "slots": {}, "latest_message": {}, "events": [{"event": "user", "text": text, "message_id": "m1", "parse_data": {}}]},
+        "channel": {"name": "collector"},
+    }
+
+
+def rows(app):
+    return app.state.holder.engine.repository.count_rows()
+
+
+def test_health_ready_and_openapi(client):
+    r = client.get("/health")
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+    assert r.json()["models"]["generator"] == "echo"
+    spec = client.get("/openapi.json").json()
+    assert {"/nlg", "/perceive", "/health"} <= set(spec["paths"])
+
+
+def test_health_is_503_while_loading(domain_file, sqlite_url):
+    import threading
+
+    gate = threading.Event()
+    settings = load_settings(overrides={"state": {"database_url": sqlite_url}, "domain": str(domain_file)})
+    app = create_app(settings, lambda: (gate.wait(10), None)[1])
+    with TestClient(app) as c:
+        r = c.get("/health")
+        assert r.status_code == 503 and r.json()["status"] == "loading"
+        assert c.post("/nlg", json=rasa_body()).status_code == 503
+        gate.set()
+
+
+def test_health_reports_load_error(domain_file, sqlite_url):
+    settings = load_settings(overrides={"state": {"database_url": sqlite_url}, "domain": str(domain_file)})
+
+    def broken():
+        raise FileNotFoundError("no perception artefacts")
+
+    app = create_app(settings, broken)
+    with TestClient(app) as c:
+        app.state.holder.wait(10)
+        r = c.get("/health")
+        assert r.status_code == 503 and "no perception artefacts" in r.json()["detail"]
+
+
+def test_nlg_follows_rasa_protocol(client):
+    r = client.post("/nlg", json=rasa_body())
+    assert r.status_code == 200
+    body = r.json()
+    assert body["text"] == "I hear that you feel sad."
+    assert {"emotion", "causes", "cm", "knowledge", "generator", "latency_ms"} <= set(body["custom"])
+    # the optional NLG fields Rasa knows are present and empty (Rasa validates them as nullable)
+    assert all(body[k] is None for k in ("buttons", "image", "elements", "attachment"))
+
+
+@pytest.mark.parametrize(
+    "mutate, where",
+    [
+        (lambda b: b.pop("tracker"), "tracker"),
+        (lambda b: b.pop("response"), "response"),
+        (lambda b: b["tracker"].pop("sender_id"), "tracker.sender_id"),
+        (lambda b: b.__setitem__("response", ""), "response"),
+        (lambda b: b["tracker"].__setitem__("events", "nope"), "tracker.events"),
+    ],
+)
+def test_malformed_nlg_bodies_are_422_and_persist_nothing(client, mutate, where):
+    body = rasa_body()
+    mutate(body)
+    r = client.post("/nlg", json=body)
+    assert r.status_code == 422
+    assert where in r.json()["error"]
+    assert rows(client.app) == {"conversations": 0, "turns": 0, "replies": 0}
+
+
+def test_not_json_and_unknown_response(client):
+    r = client.post("/nlg", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    r = client.post("/nlg", json=rasa_body(response="utter_does_not_exist"))
+    assert r.status_code == 404 and "utter_does_not_exist" in r.json()["error"]
+    assert rows(client.app)["replies"] == 0
+
+
+def test_body_size_limit(client):
+    r = client.post("/nlg", json=rasa_body(text="x" * 5000))
+    assert r.status_code == 413
+    assert rows(client.app)["turns"] == 0
+
+
+def test_perceive(client):
+    r = client.post("/perceive", json={"text": "I got promoted!", "history": [{"role": "user", "text": "hi"}, {"role": "bot", "text": "hello"}], "sender_id": "p1", "turn_index": 1})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["emotion"] == "proud" and body["polarity"] == "positive" and body["cm_plan"] == ["ER", "EX"]
+    assert body["causes"][0]["index"] == 2
+    assert client.get("/conversations/p1").json()["turns"][0]["turn_index"] == 1
+    assert client.get("/conversations/nobody").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body, status",
+    [({"text": ""}, 422), ({"text": "   "}, 422), ({"text": "x" * 201}, 422), ({"text": "hi", "history": [{"role": "alien", "text": "x"}]}, 422), ({}, 422)],
+)
+def test_perceive_rejects_bad_input(client, body, status):
+    r = client.post("/perceive", json=body)
+    assert r.status_code == status and r.json()["error"]
+
+
+def test_token_required_when_configured(domain_file, sqlite_url):
+    app = build(domain_file, sqlite_url, token="s3cret")
+    with TestClient(app) as c:
+        app.state.holder.wait(30)
+        assert c.post("/perceive", json={"text": "hi"}).status_code == 401
+        assert c.post("/perceive", json={"text": "hi"}, headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert c.post("/perceive", json={"text": "hi"}, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert c.post("/perceive?token=s3cret", json={"text": "hi"}).status_code == 200  # how Rasa sends `token:`
+        assert c.get("/health").status_code == 200  # health stays open for probes

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import inspect, text
+
+from empathy_nlg.state.repository import ReplyRecord, StateRepository, TurnRecord, normalise_url
+from tests.empathy_nlg.conftest import POSTGRES_URL, make_perception, postgres_available
+
+
+def _exercise(repo: StateRepository, sender: str) -> None:
+    repo.migrate()
+    repo.migrate()  # idempotent
+    assert repo.current_revision() == "0001_initial"
+    repo.record_turn(TurnRecord(sender, 0, "I lost my job", message_id="m0", perception=make_perception("sad")))
+    repo.record_reply(
+        TurnRecord(sender, 0, "I lost my job", message_id="m0", perception=make_perception("sad")),
+        ReplyRecord("utter_empathize", "I'm so sorry.", "prompted", "v1", 1234.5, {"affect": ["upset"]}),
+    )
+    repo.record_reply(
+        TurnRecord(sender, 1, "and my dog is sick", perception=make_perception("anxious")),
+        ReplyRecord("utter_empathize", "That is a lot at once.", "prompted", "v1", 900.0),
+    )
+    repo.record_turn(TurnRecord(sender, 2, "but I got promoted", perception=make_perception("proud")))
+
+    state = repo.conversation(sender)
+    assert [t["turn_index"] for t in state["turns"]] == [0, 1, 2]
+    first = state["turns"][0]
+    assert first["emotion"] == "sad" and first["polarity"] == "negative"
+    assert first["emotion_top_k"][0]["label"] == "sad" and len(first["emotion_top_k"]) == 5
+    assert first["replies"][0]["generator"] == "prompted" and first["replies"][0]["knowledge"] == {"affect": ["upset"]}
+    assert first["message_id"] == "m0"
+    assert len(first["replies"]) == 1  # the turn row was updated, not duplicated
+    assert repo.emotion_trajectory(sender) == ["sad", "anxious", "proud"]
+    assert repo.emotion_trajectory(sender, before_turn=2) == ["sad", "anxious"]
+    assert repo.emotion_trajectory(sender, limit=1) == ["proud"]
+    assert repo.conversation("nobody-" + sender) is None
+    repo.set_persona(sender, "a night-shift nurse")
+    assert repo.persona(sender) == "a night-shift nurse"
+
+
+def test_repository_on_sqlite(sqlite_url):
+    repo = StateRepository(sqlite_url)
+    _exercise(repo, "alice")
+    assert repo.count_rows() == {"conversations": 1, "turns": 3, "replies": 2}
+    tables = set(inspect(repo.engine).get_table_names())
+    assert {"empathy_conversations", "empathy_turns", "empathy_replies", "empathy_alembic_version"} <= tables
+
+
+def test_crisis_flag_is_stored(sqlite_url):
+    repo = StateRepository(sqlite_url)
+    repo.migrate()
+    repo.record_turn(TurnRecord("bob", 0, "...", perception=make_perception("sad", crisis=True)))
+    assert repo.conversation("bob")["turns"][0]["crisis"] is True
+
+
+def test_failed_reply_write_leaves_nothing(sqlite_url):
+    repo = StateRepository(sqlite_url)
+    repo.migrate()
+    with pytest.raises(Exception):
+        # text=None violates NOT NULL: the whole transaction (conversation + turn) must roll back
+        repo.record_reply(TurnRecord("carol", 0, "hello"), ReplyRecord("utter_greet", None, "template", "d", 1.0))  # type: ignore[arg-type]
+    assert repo.count_rows() == {"conversations": 0, "turns": 0, "replies": 0}
+
+
+def test_url_normalisation():
+    assert normalise_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert normalise_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert normalise_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not postgres_available(), reason="local PostgreSQL server not reachable")
+def test_repository_on_postgresql():
+    repo = StateRepository(POSTGRES_URL)
+    sender = f"pg-{uuid.uuid4().hex[:8]}"
+    try:
+        _exercise(repo, sender)
+        with repo.engine.connect() as c:
+            n = c.execute(text("select count(*) from empathy_turns t join empathy_conversations c on c.id=t.conversation_id where c.sender_id=:s"), {"s": sender}).scalar()
+        assert n == 3
+    finally:
+        with repo.engine.begin() as c:
+            c.execute(text("delete from empathy_conversations where sender_id=:s"), {"s": sender})
+        repo.dispose()

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import pytest
+
+from empathy_nlg.domain import DomainResponses
+from empathy_nlg.engine import EmpathyEngine, dialogue_from_events, history_from_roles
+from empathy_nlg.settings import load_settings
+from empathy_nlg.state.repository import StateRepository
+from tests.empathy_nlg.conftest import EchoGenerator, KeywordPerceiver, make_perception
+
+
+def user(text, mid=None, parse=None):
+    return {"event": "user", "text": text, "message_id": mid, "parse_data": parse or {}}
+
+
+def bot(text):
+    return {"event": "bot", "text": text}
+
+
+@pytest.fixture
+def engine(domain_file, sqlite_url):
+    settings = load_settings(overrides={"state": {"database_url": sqlite_url}, "domain": str(domain_file)})
+    repo = StateRepository(sqlite_url)
+    repo.migrate()
+    return EmpathyEngine(
+        settings, perceiver=KeywordPerceiver(), generator=EchoGenerator(), repository=repo, domain=DomainResponses.load(domain_file)
+    )
+
+
+def nlg_request(response, events, sender="u1", slots=None):
+    return {"response": response, "id": None, "arguments": {}, "tracker": {"sender_id": sender, "events": events, "slots": slots or {}}, "channel": {"name": "collector"}}
+
+
+def test_dialogue_from_events_roles_and_turn_index():
+    events = [{"event": "action", "name": "action_listen"}, user("hi", "a"), bot("hello"), {"event": "slot"}, user("I am sad", "b")]
+    view = dialogue_from_events(events, history_turns=8)
+    assert [(t.role, t.text) for t in view.turns] == [("speaker", "hi"), ("listener", "hello"), ("speaker", "I am sad")]
+    assert view.turn_index == 1 and view.last_message_id == "b"
+    assert len(dialogue_from_events(events, history_turns=2).turns) == 2
+    assert dialogue_from_events([], 8).turn_index is None
+
+
+def test_history_from_roles():
+    turns = history_from_roles([{"role": "user", "text": "a"}, {"role": "bot", "text": "b"}], "c", 8)
+    assert [t.role for t in turns] == ["speaker", "listener", "speaker"]
+
+
+def test_generated_turn_is_persisted_with_perception(engine):
+    out = engine.nlg(nlg_request("utter_empathize", [user("My exam went badly", "m1")]))
+    assert out["text"] == "I hear that you feel sad."
+    assert out["custom"]["generator"] == "echo" and out["custom"]["emotion"][0]["label"] == "sad"
+    state = engine.repository.conversation("u1")
+    assert state["turns"][0]["emotion"] == "sad"
+    assert state["turns"][0]["replies"][0]["text"] == "I hear that you feel sad."
+
+
+def test_uses_parse_data_perception_instead_of_recomputing(engine):
+    stored = make_perception("grateful").to_dict()
+    engine.nlg(nlg_request("utter_empathize", [user("thanks to my friends", "m1", {"empathy": stored})]))
+    assert engine.perceiver.calls == []  # nothing recomputed
+    assert engine.generator.requests[0].perception.emotion == "grateful"
+
+
+def test_emotion_trajectory_from_stored_state_reaches_the_generator(engine):
+    events = [user("I failed my exam", "m1")]
+    engine.nlg(nlg_request("utter_empathize", events))
+    events += [bot("I hear that you feel sad."), user("but I got promoted at work", "m2")]
+    engine.nlg(nlg_request("utter_empathize", events))
+    assert engine.generator.requests[-1].emotion_trajectory == ["sad"]
+    assert engine.generator.requests[-1].perception.emotion == "proud"
+
+
+def test_templated_response_renders_domain_and_is_recorded(engine):
+    out = engine.nlg(nlg_request("utter_greet", [user("hello", "m1")], slots={"name": "Ana"}))
+    assert out["text"] == "Hi Ana!" and out["custom"]["generator"] == "template"
+    assert engine.generator.requests == []
+    assert engine.repository.conversation("u1")["turns"][0]["replies"][0]["response"] == "utter_greet"
+
+
+def test_crisis_turn_is_never_generated(engine):
+    out = engine.nlg(nlg_request("utter_empathize", [user("I want to kill myself", "m1")]))
+    assert engine.generator.requests == []
+    assert "988" in out["text"] and out["custom"]["crisis"] is True
+    assert out["custom"]["generator"] == "crisis-override"
+    assert engine.repository.conversation("u1")["turns"][0]["crisis"] is True
+
+
+def test_empty_generation_falls_back_to_domain_text(engine):
+    engine.generator.reply = "   "
+    out = engine.nlg(nlg_request("utter_empathize", [user("meh", "m1")]))
+    assert out["text"] == "That sounds hard. Tell me more?"
+    assert out["custom"]["generator"] == "template-fallback"
+
+
+def test_perceive_persists_turn_when_sender_given(engine):
+    p, latency = engine.perceive("I got promoted!", [], sender_id="s9", message_id="x", turn_index=0)
+    assert p.emotion == "proud" and latency >= 0
+    assert engine.repository.conversation("s9")["turns"][0]["emotion"] == "proud"
+    engine.perceive("no sender", [])
+    assert engine.repository.count_rows()["conversations"] == 1
+
+
+def test_engine_requires_crisis_responses(tmp_path, sqlite_url):
+    d = tmp_path / "d.yml"
+    d.write_text("responses:\n  utter_greet:\n    - text: hi\n")
+    settings = load_settings(overrides={"state": {"database_url": sqlite_url}, "domain": str(d)})
+    with pytest.raises(ValueError, match="utter_crisis"):
+        EmpathyEngine(settings, perceiver=KeywordPerceiver(), generator=EchoGenerator(), repository=StateRepository(sqlite_url), domain=DomainResponses.load(d))
