@@ -276,7 +276,8 @@ def _generate_missing(
     batch_size: int,
     progress: bool,
 ) -> Tuple[int, float]:
-    todo = [ex for ex in examples if _stale(existing.get((ex.conv_id, ex.turn_index)), ex)]
+    uses_perception = bool(getattr(gen, "needs_perception", True)) and perceptions.perceiver is not None
+    todo = [ex for ex in examples if _stale(existing.get((ex.conv_id, ex.turn_index)), ex, uses_perception)]
     if not todo:
         return 0, 0.0
     can_score = type(gen).score is not Generator.score
@@ -298,9 +299,25 @@ def _generate_missing(
     return len(todo), time.perf_counter() - start
 
 
-def _stale(rec: Optional[Dict[str, Any]], ex: GenerationExample) -> bool:
-    """A stored record is reusable only for the same example (same reference text)."""
-    return rec is None or rec.get("reference") != ex.reference
+def _stale(rec: Optional[Dict[str, Any]], ex: GenerationExample, uses_perception: bool = False) -> bool:
+    """A stored record is reusable only for the same example (same reference text), and — for a
+    generator that conditions on perception — only if it was generated with perception."""
+    if rec is None or rec.get("reference") != ex.reference:
+        return True
+    return uses_perception and rec.get("perceived_emotion") is None
+
+
+def _fill_perception(
+    records: Sequence[Dict[str, Any]], examples: Sequence[GenerationExample], perceptions: "_PerceptionCache", batch_size: int
+) -> None:
+    """Add perception to reused records made without it (replies of such generators do not depend on it)."""
+    if perceptions.perceiver is None:
+        return
+    missing = [(rec, ex) for rec, ex in zip(records, examples) if rec.get("perceived_emotion") is None]
+    for i in range(0, len(missing), batch_size):
+        chunk = missing[i : i + batch_size]
+        for (rec, _), p in zip(chunk, perceptions.get([ex for _, ex in chunk])):
+            rec.update(_perception_fields(p))
 
 
 def _label_cm(
@@ -400,12 +417,14 @@ def evaluate(
         gdir.mkdir(parents=True, exist_ok=True)
         pred_path = gdir / PREDICTIONS
         existing = read_predictions(pred_path)
-        reusable = sum(not _stale(existing.get((ex.conv_id, ex.turn_index)), ex) for ex in examples)
+        uses_perception = bool(getattr(gen, "needs_perception", True)) and perceiver is not None
+        reusable = sum(not _stale(existing.get((ex.conv_id, ex.turn_index)), ex, uses_perception) for ex in examples)
         if reusable:
             log.info("%s: reusing %d of %d predictions from %s", name, reusable, len(examples), pred_path)
         seed_everything(seed)
         generated, seconds = _generate_missing(name, gen, examples, existing, pred_path, perceptions, batch_size, progress)
         records = [existing[(ex.conv_id, ex.turn_index)] for ex in examples]
+        _fill_perception(records, examples, perceptions, batch_size)
         _label_cm(records, cm_scorer, ref_cache, batch_size)
         extras = [r for k, r in existing.items() if k not in wanted]
         _write_records(pred_path, list(records) + extras)
@@ -414,6 +433,7 @@ def evaluate(
         m["generator_version"] = getattr(gen, "version", None)
         m["reused_predictions"] = len(examples) - generated
         m["generated_predictions"] = generated
+        m["seconds_per_generated"] = round(seconds / generated, 3) if generated else None
         m["seed"] = seed
         if meta:
             m["data"] = meta

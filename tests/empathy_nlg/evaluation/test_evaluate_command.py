@@ -259,3 +259,33 @@ def test_unknown_generator_and_format_are_clear_errors(files, tmp_path, capsys):
     assert "does not exist" in _error_line(capsys)
     assert main(["evaluate", "--data", str(data), "--generator", "frequent", "--limit", "0", "--out", str(tmp_path / "o")]) == 2
     assert "--limit" in _error_line(capsys)
+
+
+@register_generator("test-perceiving-echo")
+class PerceivingEcho(RandomEcho):
+    needs_perception = True
+
+    def generate(self, requests):
+        RandomEcho.calls += len(requests)
+        return [GenerationResult(text=f"you feel {r.perception.emotion if r.perception else 'something'}", generator=self.name,
+                                 version=self.version) for r in requests]
+
+
+def test_resume_adds_perception_and_epitome_later_without_regenerating(files, tmp_path):
+    data, _ = files
+    ex, out = _examples(data), tmp_path / "out"
+    RandomEcho.calls = 0
+    gens = lambda: {"test-random-echo": RandomEcho(), "test-perceiving-echo": PerceivingEcho()}
+    first = harness.evaluate(ex, gens(), out, progress=False)  # no perceiver, no CM scorer yet
+    assert first["test-random-echo"].metrics["emotion_acc"] is None and first["test-random-echo"].metrics["epitome_er"] is None
+    assert RandomEcho.calls == 10
+    perceiver = FakePerceiver()
+    runs = harness.evaluate(ex, gens(), out, perceiver=perceiver, cm_scorer=FakeCM(), progress=False)
+    # the perception-free generator keeps its replies and only gains the labels ...
+    assert runs["test-random-echo"].generated == 0
+    assert runs["test-random-echo"].metrics["emotion_acc"] == pytest.approx(40.0)
+    assert runs["test-random-echo"].metrics["epitome_ex"] == 100.0
+    # ... the one that conditions on perception is regenerated with it; each context perceived once
+    assert runs["test-perceiving-echo"].generated == 5
+    assert {r["reply"] for r in runs["test-perceiving-echo"].records} == {"you feel sad"}
+    assert perceiver.calls == 5 and RandomEcho.calls == 15
