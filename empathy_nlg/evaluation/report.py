@@ -31,21 +31,30 @@ def _row(label: str, values: Mapping[str, Any]) -> str:
     return "| " + label + " | " + " | ".join(_fmt(values.get(k)) for _, k in COLUMNS) + " |"
 
 
-def results_table(metrics_by_gen: Mapping[str, Mapping[str, Any]], published: Sequence[PublishedRow] = PUBLISHED_ROWS) -> str:
+def reference_metrics(records: Sequence[Mapping[str, Any]], any_metrics: Mapping[str, Any]) -> Dict[str, Any]:
+    """The human references scored like a system (no BLEU/PPL/emotion): our own "human" row."""
+    refs = [r.get("reference") or "" for r in records]
+    vals: Dict[str, Any] = {"n": len(refs)}
+    if refs:
+        m = M.reply_metrics(refs, refs)
+        vals.update({k: m[k] for k in ("dist1", "dist2", "sent_std", "top5_share", "avg_len")})
+    for c in ("er", "ip", "ex"):
+        vals[f"epitome_{c}"] = any_metrics.get(f"ref_epitome_{c}")
+    return vals
+
+
+def results_table(
+    metrics_by_gen: Mapping[str, Mapping[str, Any]],
+    published: Sequence[PublishedRow] = PUBLISHED_ROWS,
+    references: Mapping[str, Any] | None = None,
+) -> str:
     head = "| system | " + " | ".join(t for t, _ in COLUMNS) + " |"
     sep = "|---|" + "|".join("---:" for _ in COLUMNS) + "|"
     lines = [head, sep]
     for name, m in metrics_by_gen.items():
         lines.append(_row(f"**{name}** (this run)", m))
-    refs = next(iter(metrics_by_gen.values()), None)
-    if refs is not None and any(refs.get(f"ref_epitome_{c}") is not None for c in ("er", "ip", "ex")):
-        ref_vals = {
-            "n": refs.get("n"),
-            "epitome_er": refs.get("ref_epitome_er"),
-            "epitome_ip": refs.get("ref_epitome_ip"),
-            "epitome_ex": refs.get("ref_epitome_ex"),
-        }
-        lines.append(_row("references (this run, EPITOME only)", ref_vals))
+    if references:
+        lines.append(_row("human references (this run)", references))
     for row in published:
         lines.append(_row(f"{row.system} — *published*", row.metrics))
     return "\n".join(lines)
@@ -113,6 +122,9 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     plots = _plots(out, metrics_by_gen, records_by_gen)
     n = next((m.get("n") for m in metrics_by_gen.values()), 0)
+    first_records = next(iter(records_by_gen.values()), [])
+    first_metrics = next(iter(metrics_by_gen.values()), {})
+    refs_row = reference_metrics(first_records, first_metrics) if first_records else None
     lines: List[str] = [
         "# Response-generation evaluation",
         "",
@@ -128,9 +140,10 @@ def write_report(
         "Rows marked **(this run)** are measured here; rows marked *published* are copied from the",
         "papers (ED **test** split, the papers' own metric implementations — see the notes below) and",
         "are orientation, not a like-for-like comparison. Empty cells: not reported / not found.",
-        "All numbers in % except n, Sent-Std, PPL, Len (tokens) and sec.",
+        "All numbers in % except n, Sent-Std, PPL, Len (tokens) and sec. The *human references* row scores",
+        "the reference replies of the same examples like a system (diversity, length, EPITOME).",
         "",
-        results_table(metrics_by_gen),
+        results_table(metrics_by_gen, references=refs_row),
         "",
     ]
     for name, m in metrics_by_gen.items():
