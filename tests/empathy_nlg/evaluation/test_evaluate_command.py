@@ -85,10 +85,10 @@ class FakeCM:
         }
 
 
-@register_generator("test-random-echo")
 class RandomEcho(Generator):
     """Uses python's RNG (so seeding shows) and counts calls (so reuse shows); scores 1 nat/token."""
 
+    name = "test-random-echo"
     version = "t"
     needs_perception = False
     calls = 0
@@ -101,6 +101,18 @@ class RandomEcho(Generator):
     def score(self, requests, references):
         tokens = sum(len(ref.split()) for ref in references)
         return {"nll": float(tokens), "tokens": tokens, "tokenizer": "whitespace"}
+
+
+@pytest.fixture(autouse=True)
+def _test_generators_registered():
+    """Register the fake generators for this module only (the registry is process-global)."""
+    from empathy_nlg.generators import base
+
+    for cls in (RandomEcho, PerceivingEcho):
+        register_generator(cls.name)(cls)
+    yield
+    for cls in (RandomEcho, PerceivingEcho):
+        base._REGISTERED.pop(cls.name, None)
 
 
 def _examples(path):
@@ -261,8 +273,8 @@ def test_unknown_generator_and_format_are_clear_errors(files, tmp_path, capsys):
     assert "--limit" in _error_line(capsys)
 
 
-@register_generator("test-perceiving-echo")
 class PerceivingEcho(RandomEcho):
+    name = "test-perceiving-echo"
     needs_perception = True
 
     def generate(self, requests):
