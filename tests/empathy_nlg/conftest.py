@@ -111,3 +111,7 @@ def postgres_available() -> bool:
             return True
     except Exception:
         return False
+
+
+# Tiny random Llama/BART checkpoints (session-scoped fixtures) for every backbone/generator test.
+from tests.empathy_nlg.tiny_models import tiny_bart, tiny_llama  # noqa: E402,F401
