@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+from rasa.shared.core.events import ActionExecuted, BotUttered, UserUttered
+from rasa.shared.core.trackers import DialogueStateTracker
+from rasa.shared.nlu.training_data.message import Message
+from rasa.shared.nlu.training_data.training_data import TrainingData
+
+from agent.cause_extractor import CauseExtractor
+from agent.cm_predictor import CommunicationMechanismPredictor
+from agent.crisis_detector import CrisisDetector
+from agent.emotion_perceiver import EmotionPerceiver
+from tests.agent.conftest import perception
+
+
+def build(cls, graph_context, url, **config):
+    storage, resource, context = graph_context
+    return cls.create({**cls.get_default_config(), "engine_url": url, **config}, storage, resource, context)
+
+
+def tracker_with_history():
+    return DialogueStateTracker.from_events(
+        "alice",
+        [
+            ActionExecuted("action_listen"),
+            UserUttered("my dog died", intent={"name": "share_feeling", "confidence": 0.9}),
+            BotUttered("I'm so sorry."),
+            ActionExecuted("action_listen"),
+        ],
+    )
+
+
+def message(text="I keep thinking about him", intent="share_feeling"):
+    m = Message(data={"text": text, "message_id": "m-2"})
+    m.set("intent", {"name": intent, "confidence": 0.8}, add_to_output=True)
+    m.set("intent_ranking", [{"name": intent, "confidence": 0.8}], add_to_output=True)
+    return m
+
+
+def entity(m, name):
+    found = [e for e in m.get("entities", []) if e["entity"] == name]
+    return found[0] if found else None
+
+
+def test_pipeline_calls_perceive_once_and_exposes_everything(graph_context, fake_engine):
+    components = [build(c, graph_context, fake_engine.url) for c in (EmotionPerceiver, CauseExtractor, CommunicationMechanismPredictor, CrisisDetector)]
+    m = message()
+    tracker = tracker_with_history()
+    for c in components:
+        c.process([m], tracker)
+    assert len(fake_engine.requests) == 1  # one /perceive per message
+    sent = fake_engine.requests[0]["body"]
+    assert sent["text"] == "I keep thinking about him"
+    assert sent["history"] == [{"role": "user", "text": "my dog died"}, {"role": "bot", "text": "I'm so sorry."}]
+    assert sent["sender_id"] == "alice" and sent["turn_index"] == 1 and sent["message_id"] == "m-2"
+    assert entity(m, "emotion")["value"] == "sad" and entity(m, "emotion")["confidence_entity"] == 0.7
+    assert entity(m, "polarity")["value"] == "negative"
+    assert entity(m, "cm")["value"] == "ER+EX"
+    assert entity(m, "crisis") is None and m.get("intent")["name"] == "share_feeling"
+    assert m.get("emotion_causes")[0]["text"] == "my dog died"
+    output = m.as_dict(only_output_properties=True)
+    assert output["empathy"]["available"] is True and output["emotion_ranking"][0]["label"] == "sad"
+    assert output["cm_probs"]["ER"] == 0.8
+
+
+def test_crisis_overrides_the_intent(graph_context, fake_engine):
+    fake_engine.handler = lambda path, body: (200, perception("devastated", crisis=True))
+    m = message("i don't want to be here anymore", intent="share_feeling")
+    build(CrisisDetector, graph_context, fake_engine.url).process([m], tracker_with_history())
+    assert m.get("intent") == {"name": "crisis", "confidence": 1.0}
+    assert m.get("intent_ranking")[0]["name"] == "crisis"
+    assert [r["name"] for r in m.get("intent_ranking")].count("crisis") == 1
+    assert entity(m, "crisis")["value"] is True
+    assert m.get("crisis_override")["previous_intent"] == "share_feeling"
+
+
+def test_engine_down_degrades_gracefully(graph_context):
+    m = message()
+    c = build(EmotionPerceiver, graph_context, "http://127.0.0.1:9", timeout_s=0.5, retries=0)
+    c.process([m], tracker_with_history())
+    assert m.get("empathy")["available"] is False and "did not answer" in m.get("empathy")["error"]
+    assert entity(m, "emotion") is None and m.get("intent")["name"] == "share_feeling"
+    # the breaker now fails fast instead of waiting for another timeout
+    m2 = message()
+    c.process([m2], tracker_with_history())
+    assert "cooling down" in m2.get("empathy")["error"]
+
+
+def test_engine_refusal_is_not_retried(graph_context, fake_engine):
+    fake_engine.handler = lambda path, body: (422, {"error": "invalid request: text is blank"})
+    m = message()
+    build(EmotionPerceiver, graph_context, fake_engine.url, retries=3).process([m], None)
+    assert len(fake_engine.requests) == 1
+    assert "HTTP 422" in m.get("empathy")["error"]
+
+
+def test_engine_loading_is_retried(graph_context, fake_engine):
+    answers = iter([(503, {"error": "loading"}), (200, perception("joyful"))])
+    fake_engine.handler = lambda path, body: next(answers)
+    m = message()
+    build(EmotionPerceiver, graph_context, fake_engine.url, retries=1).process([m], None)
+    assert entity(m, "emotion")["value"] == "joyful" and len(fake_engine.requests) == 2
+
+
+def test_commands_and_training_data_are_left_alone(graph_context, fake_engine):
+    c = build(EmotionPerceiver, graph_context, fake_engine.url)
+    m = Message(data={"text": "/greet"})
+    c.process([m], None)
+    assert fake_engine.requests == [] and m.get("empathy")["available"] is False
+    data = TrainingData([Message(data={"text": "hello", "intent": "greet"})])
+    assert c.process_training_data(data) is data
+
+
+def test_token_is_sent(graph_context, fake_engine, monkeypatch):
+    monkeypatch.setenv("EMPATHY_NLG_TOKEN", "s3cret")
+    build(EmotionPerceiver, graph_context, fake_engine.url).process([message()], None)
+    assert fake_engine.requests[0]["headers"]["Authorization"] == "Bearer s3cret"

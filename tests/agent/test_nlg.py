@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import asyncio
+
+from rasa.shared.core.domain import Domain
+from rasa.shared.core.events import UserUttered
+from rasa.shared.core.trackers import DialogueStateTracker
+from rasa.utils.endpoints import EndpointConfig
+
+from agent.nlg import EngineNaturalLanguageGenerator
+
+DOMAIN = Domain.from_yaml(
+    """
+version: "3.1"
+responses:
+  utter_empathize:
+    - text: "That sounds hard. Tell me more?"
+  utter_crisis_support:
+    - text: "You deserve support right now."
+"""
+)
+
+
+def nlg(url, **kwargs):
+    return EngineNaturalLanguageGenerator(EndpointConfig(url=url + "/nlg", type="agent.nlg.EngineNaturalLanguageGenerator", **kwargs), DOMAIN)
+
+
+def tracker():
+    return DialogueStateTracker.from_events("bob", [UserUttered("my day was awful")])
+
+
+def generate(gen, response="utter_empathize"):
+    return asyncio.run(gen.generate(response, tracker(), "collector", domain_responses=DOMAIN.responses))
+
+
+def test_engine_reply_is_used_and_custom_kept_out_of_the_channel(fake_engine):
+    fake_engine.handler = lambda path, body: (200, {"text": "I'm sorry your day was awful.", "custom": {"generator": "prompted"}})
+    out = generate(nlg(fake_engine.url))
+    assert out["text"] == "I'm sorry your day was awful."
+    assert "custom" not in out and out["empathy"] == {"generator": "prompted"}
+    sent = fake_engine.requests[0]["body"]
+    assert sent["response"] == "utter_empathize" and sent["tracker"]["sender_id"] == "bob"
+    assert sent["channel"] == {"name": "collector"} and "arguments" in sent and "id" in sent
+
+
+def test_forward_custom_when_asked(fake_engine):
+    fake_engine.handler = lambda path, body: (200, {"text": "ok", "custom": {"a": 1}})
+    assert generate(nlg(fake_engine.url, forward_custom=True))["custom"] == {"a": 1}
+
+
+def test_engine_down_falls_back_to_domain_text():
+    out = generate(nlg("http://127.0.0.1:9", timeout=1))
+    assert out["text"] == "That sounds hard. Tell me more?"
+    assert out["empathy"]["generator"] == "agent-fallback"
+
+
+def test_engine_error_or_empty_text_falls_back(fake_engine):
+    fake_engine.handler = lambda path, body: (500, {"error": "boom"})
+    assert generate(nlg(fake_engine.url))["text"] == "That sounds hard. Tell me more?"
+    fake_engine.handler = lambda path, body: (200, {"text": "   "})
+    assert generate(nlg(fake_engine.url))["text"] == "That sounds hard. Tell me more?"
+
+
+def test_slow_engine_falls_back_after_timeout(fake_engine):
+    import time
+
+    def slow(path, body):
+        time.sleep(2)
+        return 200, {"text": "too late"}
+
+    fake_engine.handler = slow
+    assert generate(nlg(fake_engine.url, timeout=0.5))["text"] == "That sounds hard. Tell me more?"
+
+
+def test_crisis_scripts_cannot_be_altered_by_the_engine(fake_engine):
+    fake_engine.handler = lambda path, body: (200, {"text": "a generated crisis reply"})
+    assert generate(nlg(fake_engine.url), "utter_crisis_support")["text"] == "You deserve support right now."
+    fake_engine.handler = lambda path, body: (200, {"text": "You deserve support right now.", "custom": {}})
+    assert generate(nlg(fake_engine.url), "utter_crisis_support")["text"] == "You deserve support right now."
