@@ -84,7 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", default=None,
         help="YAML/JSON file: {generators: {NAME: {...}}, perceiver: {artifacts_dir: ...}} "
-        "(a top-level NAME: {...} section also works)",
+        "(a top-level NAME: {...} or the engine config's generation.generators.NAME also work; "
+        "default: the engine's default generator settings)",
     )
     parser.add_argument(
         "--train-data", default=None,
@@ -470,10 +471,30 @@ def _load_config(path: Optional[str]) -> Dict[str, Any]:
     return data
 
 
+def _engine_default_generators() -> Dict[str, Any]:
+    """``generation.generators`` of the engine's default config (how the engine builds them)."""
+    from empathy_nlg.paths import CONFIG_DIR
+
+    path = CONFIG_DIR / "engine.default.yml"
+    if not path.is_file():
+        return {}
+    import yaml
+
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return dict(((data.get("generation") or {}).get("generators")) or {})
+
+
 def _generator_config(config: Mapping[str, Any], name: str) -> Dict[str, Any]:
-    section = (config.get("generators") or {}).get(name)
-    if section is None:
-        section = config.get(name)
+    """A generator's constructor arguments: ``generators.NAME``, ``NAME`` or ``generation.generators.NAME``
+    of --config; without one, the engine's default config for that generator."""
+    candidates = [
+        (config.get("generators") or {}).get(name),
+        config.get(name),
+        ((config.get("generation") or {}).get("generators") or {}).get(name),
+    ]
+    section = next((c for c in candidates if c is not None), None)
+    if section is None and not config:
+        section = _engine_default_generators().get(name)
     if section is None:
         return {}
     if not isinstance(section, dict):

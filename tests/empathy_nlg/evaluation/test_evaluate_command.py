@@ -301,3 +301,20 @@ def test_resume_adds_perception_and_epitome_later_without_regenerating(files, tm
     assert runs["test-perceiving-echo"].generated == 5
     assert {r["reply"] for r in runs["test-perceiving-echo"].records} == {"you feel sad"}
     assert perceiver.calls == 5 and RandomEcho.calls == 15
+
+
+def test_config_file_sections_reach_the_generator(files, tmp_path, capsys):
+    data, _ = files
+    cfg = tmp_path / "eval.json"
+    cfg.write_text(json.dumps({"generators": {"frequent": {"reply": "Tell me more."}}}))
+    out = tmp_path / "o"
+    # a configured reply needs no training data: point --train-data at nothing to prove it is not read
+    assert main(["evaluate", "--data", str(data), "--generator", "frequent", "--config", str(cfg), "--out", str(out),
+                 "--train-data", str(tmp_path / "absent.jsonl"), "--no-progress", "--no-perception", "--no-cm-scorer"]) == 0
+    assert {json.loads(l)["reply"] for l in (out / "frequent" / "predictions.jsonl").read_text().splitlines()} == {"Tell me more."}
+    cfg.write_text(json.dumps({"generators": {"frequent": {"colour": "blue"}}}))
+    assert main(["evaluate", "--data", str(data), "--generator", "frequent", "--config", str(cfg), "--out", str(out)]) == 2
+    assert "bad config for generator 'frequent'" in _error_line(capsys)
+    cfg.write_text("{oops")
+    assert main(["evaluate", "--data", str(data), "--generator", "frequent", "--config", str(cfg), "--out", str(out)]) == 2
+    assert "not valid JSON" in _error_line(capsys)
