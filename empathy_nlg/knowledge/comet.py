@@ -1,0 +1,123 @@
+"""COMET-ATOMIC-2020 (BART) from a local checkpoint folder.
+
+For users who have the released ``comet-atomic_2020_BART`` model (Hwang et al. 2021): a folder
+with ``config.json``, the weights and the tokenizer files (the release adds the relation names
+and ``[GEN]`` to the tokenizer). Nothing is downloaded: loading is ``local_files_only``.
+
+Querying follows the release's ``generation_example.py``: the input is
+``"{head} {relation} [GEN]"``, decoded with beam search (5 beams, 5 returned sequences), in
+batches. IMAGINE and NEC both use COMET this way (five inferences per relation).
+
+Adaptation: COMET was trained on ``PersonX`` heads, users write in the first person; with
+``personx_queries`` (default on) "I lost my keys" is sent as "PersonX lost PersonX's keys", and
+``PersonX``/``PersonY`` in the answers are rewritten into the user's wording ("PersonY helps
+PersonX" → "someone helps me"; verbs are not re-inflected), see
+:func:`~empathy_nlg.knowledge.atomic.atomic_to_user`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any, List, Mapping, Optional, Sequence
+
+from empathy_nlg.knowledge.atomic import atomic_to_user, user_to_atomic
+from empathy_nlg.knowledge.base import KnowledgeSource, Query
+
+log = logging.getLogger(__name__)
+
+GEN_TOKEN = "[GEN]"
+
+
+def format_comet_query(head: str, relation: str) -> str:
+    """The COMET-ATOMIC-2020 BART input for one query."""
+    return f"{head} {relation} {GEN_TOKEN}"
+
+
+class CometKnowledgeSource(KnowledgeSource):
+    """A COMET BART checkpoint, loaded from ``path`` on the device picked at run time."""
+
+    name = "comet"
+
+    def __init__(
+        self,
+        path: Path | str,
+        device: Optional[str] = None,
+        batch_size: int = 16,
+        num_beams: int = 5,
+        num_return_sequences: int = 5,
+        max_new_tokens: int = 24,
+        personx_queries: bool = True,
+        cache_size: int = 4096,
+        disk_cache: Optional[Path | str] = None,
+    ) -> None:
+        super().__init__(cache_size=cache_size, disk_cache=disk_cache)
+        import torch
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        from empathy_nlg.perception.encoder import pick_device
+
+        self.path = Path(path)
+        if not (self.path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"no COMET checkpoint at {self.path} (expected config.json, weights and tokenizer "
+                "files); set knowledge.path in the engine config or pass --comet-path DIR"
+            )
+        self.device = pick_device(device)
+        self.batch_size = int(batch_size)
+        self.num_beams = int(num_beams)
+        self.num_return_sequences = min(int(num_return_sequences), self.num_beams)
+        self.max_new_tokens = int(max_new_tokens)
+        self.personx_queries = bool(personx_queries)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+        self.model = AutoModelForSeq2SeqLM.from_pretrained(str(self.path), local_files_only=True)
+        self.model.to(self.device).eval()
+        self._torch = torch
+        digest = hashlib.sha256((self.path / "config.json").read_bytes())
+        for weights in ("model.safetensors", "pytorch_model.bin"):
+            p = self.path / weights
+            if p.is_file():
+                digest.update(f"{weights}:{p.stat().st_size}:{int(p.stat().st_mtime)}".encode())
+        self._version = (
+            f"comet-{digest.hexdigest()[:12]}-b{self.num_beams}-r{self.num_return_sequences}"
+            f"-t{self.max_new_tokens}-px{int(self.personx_queries)}"
+        )
+        log.info("COMET checkpoint %s on %s", self.path, self.device)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], **objects: Any) -> "CometKnowledgeSource":
+        config = dict(config)
+        if "path" not in config:
+            raise ValueError("a comet knowledge source needs 'path': the local checkpoint folder")
+        return cls(**config)
+
+    @property
+    def version(self) -> str:
+        return self._version
+
+    def _generate(self, queries: Sequence[Query], k: int) -> List[List[str]]:
+        torch = self._torch
+        texts = [
+            format_comet_query(user_to_atomic(h) if self.personx_queries else h, r) for h, r in queries
+        ]
+        n_ret = self.num_return_sequences
+        out: List[List[str]] = []
+        for start in range(0, len(texts), self.batch_size):
+            chunk = texts[start : start + self.batch_size]
+            batch = self.tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=64)
+            batch = {key: v.to(self.device) for key, v in batch.items() if key in ("input_ids", "attention_mask")}
+            with torch.inference_mode():
+                generated = self.model.generate(
+                    **batch,
+                    num_beams=self.num_beams,
+                    num_return_sequences=n_ret,
+                    max_new_tokens=self.max_new_tokens,
+                    early_stopping=True,
+                    do_sample=False,
+                )
+            decoded = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+            for i in range(len(chunk)):
+                outs = decoded[i * n_ret : (i + 1) * n_ret]
+                out.append([atomic_to_user(t.strip()) for t in outs])
+        return out
