@@ -12,6 +12,7 @@ latency. The emotion trajectory stored for earlier turns conditions the generato
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from empathy_nlg.datasets import Utterance
-from empathy_nlg.domain import DomainResponses
+from empathy_nlg.domain import DomainResponses, UnknownResponseError
 from empathy_nlg.generators.base import GenerationRequest, Generator, create_generator
 from empathy_nlg.perception.types import Perception
 from empathy_nlg.state.repository import ReplyRecord, StateRepository, TurnRecord
@@ -46,9 +47,15 @@ class DialogueView:
     slots: Dict[str, Any] = field(default_factory=dict)
 
     @property
-    def turn_index(self) -> Optional[int]:
-        """0-based index of the latest user turn in the whole conversation."""
-        return self.user_turn_count - 1 if self.user_turn_count else None
+    def message_key(self) -> Optional[str]:
+        """Identifies the latest user turn: Rasa's message id (a stable stand-in when a client sends none)."""
+        if self.last_user_text is None:
+            return None
+        return self.last_message_id or anonymous_message_key(self.user_turn_count, self.last_user_text)
+
+
+def anonymous_message_key(position: int, text: str) -> str:
+    return f"anon-{position}-{hashlib.sha1(text.encode('utf-8')).hexdigest()[:12]}"
 
 
 def dialogue_from_events(events: Sequence[Mapping[str, Any]], history_turns: int) -> DialogueView:
@@ -147,14 +154,17 @@ class EmpathyEngine:
         message_id: Optional[str] = None,
         turn_index: Optional[int] = None,
     ) -> Tuple[Perception, float]:
-        """Perceive ``text`` in its context; persist the turn when the sender is known."""
+        """Perceive ``text`` in its context; persist the turn when the sender is known.
+
+        ``turn_index`` (the client's count of earlier user turns) only names the turn when the
+        client sends no ``message_id``; the stored index is assigned by the repository.
+        """
         start = time.perf_counter()
         dialogue = history_from_roles(history, text, self.history_turns)
         perception = self._perceive(dialogue)
-        if sender_id is not None and turn_index is not None:
-            self.repository.record_turn(
-                TurnRecord(sender_id=sender_id, turn_index=turn_index, user_text=text, message_id=message_id, perception=perception)
-            )
+        if sender_id is not None:
+            key = message_id or anonymous_message_key((turn_index or 0) + 1, text)
+            self.repository.record_turn(TurnRecord(sender_id=sender_id, message_id=key, user_text=text, perception=perception))
         return perception, (time.perf_counter() - start) * 1000
 
     # -- NLG --------------------------------------------------------------------------------
@@ -167,11 +177,17 @@ class EmpathyEngine:
         channel = (request.get("channel") or {}).get("name")
         slots = dict(tracker.get("slots") or {})
         view = dialogue_from_events(tracker.get("events") or [], self.history_turns)
+        if response_name not in self.generated_responses and response_name not in self.domain:
+            raise UnknownResponseError(f"response {response_name!r} is not defined in the domain")
 
         perception: Optional[Perception] = None
         knowledge: Dict[str, List[str]] = {}
-        if view.last_user_text is not None:
+        turn: Optional[TurnRecord] = None
+        turn_index: Optional[int] = None
+        if view.message_key is not None:
             perception = self._perception_for(view)
+            turn = TurnRecord(sender_id, view.message_key, view.last_user_text or "", perception)
+            turn_index = self.repository.record_turn(turn)
 
         generate = response_name in self.generated_responses and view.turns and view.turns[-1].role == "speaker"
         if generate and perception is not None and perception.crisis:
@@ -179,21 +195,15 @@ class EmpathyEngine:
             message = self._render_crisis(slots, channel)
             generator_name, version = "crisis-override", "scripted"
         elif generate:
-            message, generator_name, version, knowledge = self._generate(response_name, view, perception, sender_id, slots, channel)
+            message, generator_name, version, knowledge = self._generate(response_name, view, perception, sender_id, turn_index, slots, channel)
         else:
             message = self.domain.render(response_name, slots, channel)
             generator_name, version = "template", "domain"
 
         latency_ms = (time.perf_counter() - start) * 1000
-        if view.turn_index is not None:
+        if turn is not None:
             self.repository.record_reply(
-                TurnRecord(
-                    sender_id=sender_id,
-                    turn_index=view.turn_index,
-                    user_text=view.last_user_text or "",
-                    message_id=view.last_message_id,
-                    perception=perception,
-                ),
+                turn,
                 ReplyRecord(
                     response_name=response_name,
                     text=message.get("text") or "",
@@ -214,7 +224,7 @@ class EmpathyEngine:
             "generator": generator_name,
             "generator_version": version,
             "response": response_name,
-            "turn_index": view.turn_index,
+            "turn_index": turn_index,
             "latency_ms": round(latency_ms, 1),
         }
         return message
@@ -236,8 +246,8 @@ class EmpathyEngine:
         parts = [self.domain.render(name, slots, channel).get("text", "") for name in CRISIS_RESPONSES]
         return {"text": "\n\n".join(p for p in parts if p)}
 
-    def _generate(self, response_name, view, perception, sender_id, slots, channel):
-        trajectory = self.repository.emotion_trajectory(sender_id, before_turn=view.turn_index)
+    def _generate(self, response_name, view, perception, sender_id, turn_index, slots, channel):
+        trajectory = self.repository.emotion_trajectory(sender_id, before_turn=turn_index)
         request = GenerationRequest(
             context=list(view.turns),
             perception=perception,

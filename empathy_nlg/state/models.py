@@ -40,12 +40,15 @@ class Turn(Base):
     """One user turn: the message and what perception found in it (with its context)."""
 
     __tablename__ = "empathy_turns"
-    __table_args__ = (UniqueConstraint("conversation_id", "turn_index", name="uq_turn_per_conversation"),)
+    __table_args__ = (
+        UniqueConstraint("conversation_id", "turn_index", name="uq_turn_per_conversation"),
+        UniqueConstraint("conversation_id", "message_id", name="uq_message_per_conversation"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     conversation_id: Mapped[int] = mapped_column(ForeignKey("empathy_conversations.id", ondelete="CASCADE"), index=True)
     turn_index: Mapped[int] = mapped_column(Integer)
-    message_id: Mapped[Optional[str]] = mapped_column(String(255), nullable=True)
+    message_id: Mapped[str] = mapped_column(String(255))
     user_text: Mapped[str] = mapped_column(Text)
     emotion: Mapped[Optional[str]] = mapped_column(String(32), nullable=True)
     emotion_top_k: Mapped[Optional[Any]] = mapped_column(JSON, nullable=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import create_engine, event, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -43,10 +43,16 @@ def database_url(explicit: Optional[str] = None) -> str:
 
 @dataclass
 class TurnRecord:
+    """A user turn, identified by its message id (Rasa gives every user message one).
+
+    The conversation-wide ``turn_index`` is assigned by the repository (0, 1, 2, … in arrival
+    order), because Rasa hands over only the current session's events: counting them would start
+    again at 0 after a session expires.
+    """
+
     sender_id: str
-    turn_index: int
+    message_id: str
     user_text: str
-    message_id: Optional[str] = None
     perception: Optional[Perception] = None
 
 
@@ -108,14 +114,18 @@ class StateRepository:
     def _upsert_turn(self, session: Session, record: TurnRecord) -> Turn:
         conv = self._conversation(session, record.sender_id)
         turn = session.scalar(
-            select(Turn).where(Turn.conversation_id == conv.id, Turn.turn_index == record.turn_index)
+            select(Turn).where(Turn.conversation_id == conv.id, Turn.message_id == record.message_id)
         )
         if turn is None:
-            turn = Turn(conversation_id=conv.id, turn_index=record.turn_index, user_text=record.user_text)
+            last = session.scalar(select(func.max(Turn.turn_index)).where(Turn.conversation_id == conv.id))
+            turn = Turn(
+                conversation_id=conv.id,
+                turn_index=0 if last is None else last + 1,
+                message_id=record.message_id,
+                user_text=record.user_text,
+            )
             session.add(turn)
         turn.user_text = record.user_text
-        if record.message_id:
-            turn.message_id = record.message_id
         p = record.perception
         if p is not None:
             turn.emotion = p.emotion
@@ -132,9 +142,9 @@ class StateRepository:
         return turn
 
     def record_turn(self, record: TurnRecord) -> int:
-        """Create or update the turn's row; returns its id."""
+        """Create or update the turn's row; returns its conversation-wide turn index."""
         with self._sessions.begin() as session:
-            return self._upsert_turn(session, record).id
+            return self._upsert_turn(session, record).turn_index
 
     def record_reply(self, record: TurnRecord, reply: ReplyRecord) -> int:
         """Store a reply with its turn, atomically; returns the reply id."""
@@ -220,8 +230,6 @@ class StateRepository:
             }
 
     def count_rows(self) -> Dict[str, int]:
-        from sqlalchemy import func
-
         with self._sessions() as session:
             return {
                 "conversations": session.scalar(select(func.count()).select_from(Conversation)) or 0,

@@ -31,13 +31,15 @@ def nlg_request(response, events, sender="u1", slots=None):
     return {"response": response, "id": None, "arguments": {}, "tracker": {"sender_id": sender, "events": events, "slots": slots or {}}, "channel": {"name": "collector"}}
 
 
-def test_dialogue_from_events_roles_and_turn_index():
+def test_dialogue_from_events_roles_and_message_key():
     events = [{"event": "action", "name": "action_listen"}, user("hi", "a"), bot("hello"), {"event": "slot"}, user("I am sad", "b")]
     view = dialogue_from_events(events, history_turns=8)
     assert [(t.role, t.text) for t in view.turns] == [("speaker", "hi"), ("listener", "hello"), ("speaker", "I am sad")]
-    assert view.turn_index == 1 and view.last_message_id == "b"
+    assert view.message_key == "b" and view.user_turn_count == 2
     assert len(dialogue_from_events(events, history_turns=2).turns) == 2
-    assert dialogue_from_events([], 8).turn_index is None
+    assert dialogue_from_events([], 8).message_key is None
+    anonymous = dialogue_from_events([user("I am sad")], 8).message_key
+    assert anonymous.startswith("anon-1-") and anonymous == dialogue_from_events([user("I am sad")], 8).message_key
 
 
 def test_history_from_roles():
@@ -98,6 +100,23 @@ def test_perceive_persists_turn_when_sender_given(engine):
     assert engine.repository.conversation("s9")["turns"][0]["emotion"] == "proud"
     engine.perceive("no sender", [])
     assert engine.repository.count_rows()["conversations"] == 1
+    # /nlg for the same message completes the same turn row instead of adding one
+    engine.nlg(nlg_request("utter_empathize", [user("I got promoted!", "x")], sender="s9"))
+    assert engine.repository.count_rows() == {"conversations": 1, "turns": 1, "replies": 1}
+
+
+def test_perceive_and_nlg_agree_on_turns_without_message_ids(engine):
+    engine.perceive("hello", [], sender_id="s8", turn_index=0)
+    engine.nlg(nlg_request("utter_greet", [user("hello")], sender="s8"))
+    assert engine.repository.count_rows()["turns"] == 1
+
+
+def test_unknown_response_writes_nothing(engine):
+    from empathy_nlg.domain import UnknownResponseError
+
+    with pytest.raises(UnknownResponseError):
+        engine.nlg(nlg_request("utter_nope", [user("hi", "m1")]))
+    assert engine.repository.count_rows()["turns"] == 0
 
 
 def test_engine_requires_crisis_responses(tmp_path, sqlite_url):

@@ -128,7 +128,8 @@ def test_perceive(client):
     body = r.json()
     assert body["emotion"] == "proud" and body["polarity"] == "positive" and body["cm_plan"] == ["ER", "EX"]
     assert body["causes"][0]["index"] == 2
-    assert client.get("/conversations/p1").json()["turns"][0]["turn_index"] == 1
+    stored = client.get("/conversations/p1").json()["turns"]
+    assert [(t["turn_index"], t["user_text"], t["emotion"]) for t in stored] == [(0, "I got promoted!", "proud")]
     assert client.get("/conversations/nobody").status_code == 404
 
 

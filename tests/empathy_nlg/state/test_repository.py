@@ -13,16 +13,17 @@ def _exercise(repo: StateRepository, sender: str) -> None:
     repo.migrate()
     repo.migrate()  # idempotent
     assert repo.current_revision() == "0001_initial"
-    repo.record_turn(TurnRecord(sender, 0, "I lost my job", message_id="m0", perception=make_perception("sad")))
+    assert repo.record_turn(TurnRecord(sender, "m0", "I lost my job", make_perception("sad"))) == 0
     repo.record_reply(
-        TurnRecord(sender, 0, "I lost my job", message_id="m0", perception=make_perception("sad")),
+        TurnRecord(sender, "m0", "I lost my job", make_perception("sad")),
         ReplyRecord("utter_empathize", "I'm so sorry.", "prompted", "v1", 1234.5, {"affect": ["upset"]}),
     )
     repo.record_reply(
-        TurnRecord(sender, 1, "and my dog is sick", perception=make_perception("anxious")),
+        TurnRecord(sender, "m1", "and my dog is sick", make_perception("anxious")),
         ReplyRecord("utter_empathize", "That is a lot at once.", "prompted", "v1", 900.0),
     )
-    repo.record_turn(TurnRecord(sender, 2, "but I got promoted", perception=make_perception("proud")))
+    assert repo.record_turn(TurnRecord(sender, "m2", "but I got promoted", make_perception("proud"))) == 2
+    assert repo.record_turn(TurnRecord(sender, "m0", "I lost my job", make_perception("sad"))) == 0  # same message, same turn
 
     state = repo.conversation(sender)
     assert [t["turn_index"] for t in state["turns"]] == [0, 1, 2]
@@ -51,7 +52,7 @@ def test_repository_on_sqlite(sqlite_url):
 def test_crisis_flag_is_stored(sqlite_url):
     repo = StateRepository(sqlite_url)
     repo.migrate()
-    repo.record_turn(TurnRecord("bob", 0, "...", perception=make_perception("sad", crisis=True)))
+    repo.record_turn(TurnRecord("bob", "m0", "...", make_perception("sad", crisis=True)))
     assert repo.conversation("bob")["turns"][0]["crisis"] is True
 
 
@@ -60,8 +61,19 @@ def test_failed_reply_write_leaves_nothing(sqlite_url):
     repo.migrate()
     with pytest.raises(Exception):
         # text=None violates NOT NULL: the whole transaction (conversation + turn) must roll back
-        repo.record_reply(TurnRecord("carol", 0, "hello"), ReplyRecord("utter_greet", None, "template", "d", 1.0))  # type: ignore[arg-type]
+        repo.record_reply(TurnRecord("carol", "m0", "hello"), ReplyRecord("utter_greet", None, "template", "d", 1.0))  # type: ignore[arg-type]
     assert repo.count_rows() == {"conversations": 0, "turns": 0, "replies": 0}
+
+
+def test_turn_indices_continue_across_rasa_sessions(sqlite_url):
+    """Rasa sends only the current session's events; the stored index must not restart at 0."""
+    repo = StateRepository(sqlite_url)
+    repo.migrate()
+    for i in range(3):
+        repo.record_turn(TurnRecord("dan", f"session1-{i}", f"msg {i}", make_perception("sad")))
+    assert repo.record_turn(TurnRecord("dan", "session2-0", "back again", make_perception("hopeful"))) == 3
+    turns = repo.conversation("dan")["turns"]
+    assert [t["user_text"] for t in turns] == ["msg 0", "msg 1", "msg 2", "back again"]
 
 
 def test_url_normalisation():

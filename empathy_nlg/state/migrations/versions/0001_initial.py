@@ -34,7 +34,7 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("turn_index", sa.Integer(), nullable=False),
-        sa.Column("message_id", sa.String(255), nullable=True),
+        sa.Column("message_id", sa.String(255), nullable=False),
         sa.Column("user_text", sa.Text(), nullable=False),
         sa.Column("emotion", sa.String(32), nullable=True),
         sa.Column("emotion_top_k", sa.JSON(), nullable=True),
@@ -47,6 +47,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.UniqueConstraint("conversation_id", "turn_index", name="uq_turn_per_conversation"),
+        sa.UniqueConstraint("conversation_id", "message_id", name="uq_message_per_conversation"),
     )
     op.create_index("ix_empathy_turns_conversation_id", "empathy_turns", ["conversation_id"])
     op.create_table(
