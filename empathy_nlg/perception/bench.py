@@ -1,0 +1,90 @@
+"""``empathy-nlg bench-perceive``: latency of :meth:`Perceiver.perceive` on a CPU-sized context.
+
+Loads the committed perception models, warms up, then times ``--n`` calls on a ``--turns``-turn
+dialogue (ending with the user's turn; the text is our own, varied per call so nothing is
+memoised) and prints p50 / p95 / mean in milliseconds. Target: p95 ≤ 50 ms on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import List
+
+import numpy as np
+
+from empathy_nlg.datasets import Utterance
+
+_SPEAKER = (
+    "I finally got the results of my exam back this morning and I failed it by two points.",
+    "I studied every evening for a month, so it feels really unfair.",
+    "My parents keep asking about it and I don't know what to tell them.",
+    "I guess I can retake it in the spring, but I'm worried it will happen again.",
+)
+_LISTENER = (
+    "Oh no, that sounds so frustrating after all that work.",
+    "Do you know which part of the exam went wrong?",
+    "That's a lot of pressure to carry on top of the disappointment.",
+)
+
+
+def make_dialogue(turns: int, variant: int) -> List[Utterance]:
+    """A ``turns``-long dialogue alternating user/assistant and ending with the user."""
+    roles = ["speaker" if (turns - 1 - i) % 2 == 0 else "listener" for i in range(turns)]
+    out, s, l = [], 0, 0
+    for role in roles:
+        if role == "speaker":
+            text = _SPEAKER[s % len(_SPEAKER)]
+            s += 1
+        else:
+            text = _LISTENER[l % len(_LISTENER)]
+            l += 1
+        out.append(Utterance(role, text))
+    last = out[-1]
+    out[-1] = Utterance(last.role, f"{last.text} (take {variant})")
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--n", type=int, default=200, help="timed calls")
+    parser.add_argument("--turns", type=int, default=5, help="utterances per dialogue")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--artifacts", type=Path, default=None)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from empathy_nlg.perception.perceiver import Perceiver
+
+    if args.n < 1 or args.turns < 1:
+        raise ValueError("--n and --turns must be positive")
+    torch.set_num_threads(max(1, args.threads))
+    t0 = time.perf_counter()
+    perceiver = Perceiver.load(args.artifacts, device=args.device)
+    load_s = time.perf_counter() - t0
+    for k in range(args.warmup):
+        perceiver.perceive(make_dialogue(args.turns, -k - 1))
+    times = []
+    for k in range(args.n):
+        dlg = make_dialogue(args.turns, k)
+        t = time.perf_counter()
+        perceiver.perceive(dlg)
+        times.append((time.perf_counter() - t) * 1000)
+    arr = np.asarray(times)
+    result = {
+        "device": perceiver.encoder.device, "threads": torch.get_num_threads(), "turns": args.turns, "n": args.n,
+        "load_s": round(load_s, 2), "p50_ms": round(float(np.percentile(arr, 50)), 2),
+        "p95_ms": round(float(np.percentile(arr, 95)), 2), "mean_ms": round(float(arr.mean()), 2),
+    }
+    print(f"perceive latency, {args.turns}-turn context, {args.n} calls on {result['device']} "
+          f"({result['threads']} threads), load {result['load_s']} s")
+    print(f"p50 {result['p50_ms']} ms | p95 {result['p95_ms']} ms | mean {result['mean_ms']} ms")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0

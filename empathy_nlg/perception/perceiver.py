@@ -1,0 +1,162 @@
+"""The Perceiver: one object the server and the evaluation harness use for all of perception.
+
+One MiniLM pass over the dialogue's (unique) utterances gives contextual token states; their
+masked mean (normalised) is the sentence embedding every head shares:
+
+* emotion head  ← 4-view dialogue feature → 32 ED emotions + MIME polarity,
+* CM context head ← the same dialogue feature → P(ER), P(IP), P(EX) for the reply,
+* cause pair head ← (last speaker turn, each earlier speaker turn, predicted emotion word),
+  cause span head ← token states of the chosen cause utterances → character spans,
+* crisis detector ← patterns over the user's turns + similarity of their embeddings to prototypes.
+
+Only the most recent ``max_turns`` utterances are encoded (older turns cannot be causes), so the
+cost of a call is bounded whatever the dialogue length.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from empathy_nlg.datasets import Utterance
+from empathy_nlg.perception.cause import CauseModel
+from empathy_nlg.perception.cm import ContextCMPredictor
+from empathy_nlg.perception.common import DEFAULT_ARTIFACTS_DIR
+from empathy_nlg.perception.crisis import CrisisDetector
+from empathy_nlg.perception.emotion import EmotionClassifier, dialogue_features, result_from_probs
+from empathy_nlg.perception.types import CauseUtterance, Perception
+from empathy_nlg.taxonomy import CM_CODES
+
+ROLES = ("speaker", "listener")
+
+
+class Perceiver:
+    """Emotion, causes, communication mechanisms and crisis flag for a dialogue."""
+
+    def __init__(self, encoder, emotion: EmotionClassifier, cause: CauseModel, cm: ContextCMPredictor,
+                 crisis: CrisisDetector, max_turns: int = 12) -> None:
+        self.encoder = encoder
+        self.emotion = emotion
+        self.cause = cause
+        self.cm = cm
+        self.crisis = crisis
+        self.max_turns = max_turns
+        self.versions: Dict[str, str] = {
+            "encoder": encoder.name,
+            "emotion": emotion.version,
+            "cause": cause.version,
+            "cm": cm.version,
+            "crisis": crisis.version,
+        }
+
+    @classmethod
+    def load(cls, artifacts_dir: Path | None = None, encoder_path: Path | str | None = None,
+             device: str | None = None) -> "Perceiver":
+        """Load the committed heads from ``artifacts_dir`` and the packaged encoder (a few seconds)."""
+        from empathy_nlg.perception.encoder import SentenceEncoder
+
+        art = Path(artifacts_dir) if artifacts_dir else DEFAULT_ARTIFACTS_DIR
+        if not art.is_dir():
+            raise FileNotFoundError(f"perception artefacts folder {art} does not exist")
+        settings = {}
+        if (art / "perceiver.json").is_file():
+            settings = json.loads((art / "perceiver.json").read_text())
+        encoder = SentenceEncoder(encoder_path, device=device)
+        return cls(
+            encoder=encoder,
+            emotion=EmotionClassifier.load(art),
+            cause=CauseModel.load(art),
+            cm=ContextCMPredictor.load(art),
+            crisis=CrisisDetector.with_encoder(encoder),
+            max_turns=int(settings.get("max_turns", 12)),
+        )
+
+    # -- encoding -------------------------------------------------------------------------
+
+    def _encode(self, texts: Sequence[str], batch_size: int) -> Tuple[np.ndarray, List[np.ndarray], List[List[Tuple[int, int]]]]:
+        """Sentence embeddings + per-text token states and offsets, one encoder pass."""
+        import torch
+
+        texts = [t if t.strip() else "." for t in texts]
+        pooled = np.zeros((len(texts), self.encoder.dim), dtype=np.float32)
+        hidden_out: List[np.ndarray] = [np.zeros((0, self.encoder.dim), dtype=np.float32)] * len(texts)
+        offsets_out: List[List[Tuple[int, int]]] = [[] for _ in texts]
+        order = np.argsort([len(t) for t in texts])[::-1]
+        for start in range(0, len(texts), batch_size):
+            idx = order[start : start + batch_size]
+            hidden, mask, offsets = self.encoder.token_embeddings([texts[i] for i in idx])
+            m = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled_t = torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1).clamp(min=1e-9), p=2, dim=1)
+            pooled[idx] = pooled_t.float().cpu().numpy()
+            hidden_np = hidden.float().cpu().numpy()
+            lengths = mask.sum(1).cpu().numpy()
+            for k, i in enumerate(idx):
+                n = int(lengths[k])
+                hidden_out[i] = hidden_np[k, :n]
+                offsets_out[i] = [tuple(map(int, o)) for o in offsets[k, :n].tolist()]
+        return pooled, hidden_out, offsets_out
+
+    # -- public API -----------------------------------------------------------------------
+
+    def perceive(self, dialogue: Sequence[Utterance]) -> Perception:
+        """Perception of one dialogue (it should end with the user's speaker turn)."""
+        return self.perceive_batch([dialogue])[0]
+
+    def perceive_batch(self, dialogues: Sequence[Sequence[Utterance]], batch_size: int = 32) -> List[Perception]:
+        """Perception of many dialogues with one encoder pass over all their unique utterances."""
+        if not dialogues:
+            return []
+        windows: List[Tuple[int, List[Utterance]]] = []
+        for n, dlg in enumerate(dialogues):
+            dlg = list(dlg)
+            if not dlg:
+                raise ValueError(f"dialogue {n} is empty")
+            for u in dlg:
+                if u.role not in ROLES:
+                    raise ValueError(f"dialogue {n}: role {u.role!r} is not one of {ROLES}")
+            start = max(0, len(dlg) - self.max_turns)
+            windows.append((start, dlg[start:]))
+        texts = sorted({u.text if u.text.strip() else "." for _, w in windows for u in w})
+        index = {t: i for i, t in enumerate(texts)}
+        emb, hidden, offsets = self._encode(texts, batch_size)
+        rows = [[index[u.text if u.text.strip() else "."] for u in w] for _, w in windows]
+        feats = np.stack([dialogue_features([u.role for u in w], emb[r]) for (_, w), r in zip(windows, rows)])
+        emo_probs = self.emotion.predict_proba(feats)
+        cm_probs = self.cm.predict_proba(feats)
+        out: List[Perception] = []
+        for (offset, window), r, p_emo, p_cm in zip(windows, rows, emo_probs, cm_probs):
+            emo = result_from_probs(p_emo)
+            E = emb[r]
+            roles = [u.role for u in window]
+            speaker_pos = [i for i, role in enumerate(roles) if role == "speaker"]
+            causes: List[CauseUtterance] = []
+            if speaker_pos:
+                target = speaker_pos[-1]
+                scores = self.cause.score_candidates(E, roles, target, speaker_pos, emo.emotion)
+                chosen = [k for k, s in enumerate(scores) if s >= self.cause.ed_threshold]
+                if not chosen:  # every ED dialogue has a cause: keep the most likely one
+                    chosen = [int(np.argmax(scores))]
+                for k in chosen:
+                    pos = speaker_pos[k]
+                    t_idx = r[pos]
+                    spans = self.cause.token_spans(window[pos].text, hidden[t_idx], offsets[t_idx], E[target], emo.emotion)
+                    causes.append(CauseUtterance(index=offset + pos, text=window[pos].text, score=round(float(scores[k]), 4), spans=spans))
+            crisis = self.crisis.detect([window[i].text for i in speaker_pos], E[speaker_pos] if speaker_pos else None)
+            out.append(
+                Perception(
+                    emotion=emo.emotion,
+                    emotion_probs=emo.probs,
+                    polarity=emo.polarity,
+                    polarity_prob=emo.polarity_prob,
+                    causes=causes,
+                    cm={c: float(v) for c, v in zip(CM_CODES, p_cm)},
+                    crisis=crisis.crisis,
+                    crisis_score=crisis.score,
+                    crisis_reasons=crisis.reasons,
+                    models=dict(self.versions),
+                )
+            )
+        return out

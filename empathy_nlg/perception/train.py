@@ -1,0 +1,147 @@
+"""``empathy-nlg train-perception``: train the emotion, cause and CM heads and write the artefacts.
+
+All heads sit on the frozen shared MiniLM encoder; sentence embeddings are computed once and
+cached under ``--cache-dir`` (default ``.cache/perception``), so re-runs only train heads.
+Training is seeded (``--seed``) and uses at most ``--threads`` CPU threads.
+
+Also ``--annotate-causes OUT.jsonl``: label ED conversations (``--annotate-input``, default ED
+train) with cause indices using the trained cause model, instead of training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Dict
+
+from empathy_nlg.paths import default_data_dir
+from empathy_nlg.perception.common import DEFAULT_ARTIFACTS_DIR
+
+log = logging.getLogger(__name__)
+TASKS = ("emotion", "cause", "cm", "all")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", choices=TASKS, default="all", help="which model(s) to train")
+    parser.add_argument("--data-dir", type=Path, default=None, help="shared data folder (default: empathy_nlg.paths.default_data_dir())")
+    parser.add_argument("--out", type=Path, default=None, help=f"artefacts folder (default {DEFAULT_ARTIFACTS_DIR})")
+    parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (keep it small on shared machines)")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default .cache/perception)")
+    parser.add_argument("--max-train-convs", type=int, default=0, help="use only the first N ED train conversations (0 = all)")
+    parser.add_argument("--annotate-causes", type=Path, default=None, metavar="OUT.jsonl",
+                        help="instead of training: write ED conversations annotated with cause indices to this path")
+    parser.add_argument("--annotate-input", type=Path, default=None,
+                        help="ed-jsonl file to annotate (default: <data-dir>/empathetic_dialogues/train.jsonl)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _paths(data_dir: Path) -> Dict[str, Path]:
+    return {
+        "ed_train": data_dir / "empathetic_dialogues" / "train.jsonl",
+        "ed_valid": data_dir / "empathetic_dialogues" / "valid.jsonl",
+        "ed_valid_cause": data_dir / "empathetic_dialogues" / "valid_with_cause.jsonl",
+        "sit_train": data_dir / "ed_situations" / "train.csv",
+        "reccon_train": data_dir / "reccon" / "dailydialog_train.json",
+        "reccon_valid": data_dir / "reccon" / "dailydialog_valid.json",
+        "epitome_dir": data_dir / "epitome",
+    }
+
+
+def ed_valid_with_raw_text(valid_raw, valid_cause):
+    """Gao et al.'s cause labels on the raw-text valid conversations (matched by ``conv_id``).
+
+    Their file is lower-cased and tokenised; the raw text is what the engine sees at run time.
+    Conversations whose turn counts differ keep the tokenised text.
+    """
+    from empathy_nlg.datasets import Conversation
+
+    raw = {c.conv_id: c for c in valid_raw}
+    out = []
+    for c in valid_cause:
+        r = raw.get(c.conv_id)
+        turns = r.turns if r is not None and len(r.turns) == len(c.turns) else c.turns
+        out.append(Conversation(conv_id=c.conv_id, emotion=c.emotion, turns=turns, cause_indices=c.cause_indices))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from empathy_nlg import datasets as D
+    from empathy_nlg.perception.common import EmbeddingCache, set_threads
+    from empathy_nlg.perception.encoder import SentenceEncoder
+    from empathy_nlg.taxonomy import CM_CODES, CM_FILE_STEMS
+
+    set_threads(args.threads)
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    out = Path(args.out) if args.out else DEFAULT_ARTIFACTS_DIR
+    p = _paths(data_dir)
+    progress = not args.quiet
+    encoder = SentenceEncoder()
+    cache = EmbeddingCache(encoder, args.cache_dir)
+
+    if args.annotate_causes:
+        from empathy_nlg.perception.cause import CauseModel, annotate_conversations
+
+        convs = D.read_ed_jsonl(args.annotate_input or p["ed_train"])
+        n = annotate_conversations(convs, CauseModel.load(out), cache, args.annotate_causes, progress=progress)
+        print(f"wrote {n} annotated conversations to {args.annotate_causes}")
+        return 0
+
+    tasks = ("emotion", "cause", "cm") if args.task == "all" else (args.task,)
+    out.mkdir(parents=True, exist_ok=True)
+    summary: Dict[str, Dict] = {}
+    timings: Dict[str, float] = {}
+    ed_train = ed_valid = None
+    if "emotion" in tasks or "cm" in tasks:
+        ed_train = D.read_ed_jsonl(p["ed_train"])
+        if args.max_train_convs:
+            ed_train = ed_train[: args.max_train_convs]
+        ed_valid = D.read_ed_jsonl(p["ed_valid"])
+
+    if "emotion" in tasks:
+        from empathy_nlg.perception.emotion import train_emotion
+
+        t0 = time.time()
+        summary["emotion"] = train_emotion(ed_train, D.read_situations_csv(p["sit_train"]), ed_valid, cache, out,
+                                           seed=args.seed, progress=progress)
+        timings["emotion"] = time.time() - t0
+
+    if "cause" in tasks:
+        from empathy_nlg.perception.cause import train_cause
+
+        t0 = time.time()
+        ed_dev = None
+        if p["ed_valid_cause"].is_file():
+            ed_dev = ed_valid_with_raw_text(ed_valid or D.read_ed_jsonl(p["ed_valid"]), D.read_ed_cause_jsonl(p["ed_valid_cause"]))
+        summary["cause"] = train_cause(D.read_reccon_json(p["reccon_train"]), D.read_reccon_json(p["reccon_valid"]), ed_dev,
+                                       encoder, cache, out, seed=args.seed, progress=progress)
+        timings["cause"] = time.time() - t0
+
+    if "cm" in tasks:
+        from empathy_nlg.perception.cm import train_context_predictor, train_response_classifiers
+
+        t0 = time.time()
+        files = {c: D.read_epitome_csv(p["epitome_dir"] / f"{CM_FILE_STEMS[c]}-train.csv") for c in CM_CODES}
+        metrics = train_response_classifiers(files, cache, out, seed=args.seed, progress=progress)
+        metrics.update(train_context_predictor(ed_train, ed_valid, cache, out, seed=args.seed, progress=progress, encoder=encoder))
+        summary["cm"] = metrics
+        timings["cm"] = time.time() - t0
+
+    settings_path = out / "perceiver.json"
+    settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
+    settings.setdefault("max_turns", 12)
+    settings["encoder"] = encoder.name
+    settings.setdefault("training", {})
+    for task in tasks:
+        settings["training"][task] = {"seed": args.seed, "seconds": round(timings[task], 1), "dev_metrics": summary[task]}
+    settings_path.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
+
+    print("\n== perception dev metrics (percent) ==")
+    for task, metrics in summary.items():
+        shown = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+        print(f"{task:8s} ({timings[task]:.0f}s): {shown}")
+    print(f"artefacts written to {out}")
+    return 0

@@ -1,0 +1,109 @@
+"""eval-perception end to end on tiny files for every task/format, and its error paths."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from empathy_nlg.cli import main
+
+SPEAKER_TURNS = ["I got a puppy for my birthday and I love him!", "My car broke down on the highway last night."]
+
+
+def _ed_jsonl(path):
+    rows = [
+        {"conv_id": "a", "emotion": "joyful", "situation": "x", "turns": [
+            {"role": "speaker", "text": SPEAKER_TURNS[0]}, {"role": "listener", "text": "That is wonderful!"}]},
+        {"conv_id": "b", "emotion": "Annoyed", "situation": "y", "turns": [
+            {"role": "speaker", "text": SPEAKER_TURNS[1]}, {"role": "listener", "text": "Oh no, are you ok?"},
+            {"role": "speaker", "text": "Yes, but I had to wait three hours for a tow truck."}]},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def _ed_cause_jsonl(path):
+    rows = [
+        {"conv_id": "a", "utters": [SPEAKER_TURNS[0].lower().split(), ["that", "is", "wonderful", "!"]], "context": "joyful", "emotion_cause": [0]},
+        {"conv_id": "b", "utters": [SPEAKER_TURNS[1].lower().split(), ["oh", "no", "."], ["i", "waited", "hours", "."]],
+         "context": "annoyed", "emotion_cause": [0, 2]},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def _situations(path):
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["situation", "paraphrase", "emotion"])
+        w.writerow([SPEAKER_TURNS[0], "p", "joyful"])
+        w.writerow(["I was scared walking home alone in the dark.", "p", "afraid"])
+
+
+def _reccon(path):
+    data = {"d1": [[
+        {"turn": 1, "speaker": "A", "utterance": "I passed my exam !", "emotion": "happiness", "expanded emotion cause evidence": [1]},
+        {"turn": 2, "speaker": "B", "utterance": "Great news , congratulations !", "emotion": "happy", "expanded emotion cause evidence": [1]},
+    ]]}
+    path.write_text(json.dumps(data))
+
+
+def _epitome(path):
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["sp_id", "rp_id", "seeker_post", "response_post", "level", "rationales"])
+        w.writerow(["s1", "r1", "I lost my job today.", "I'm so sorry, that must feel awful.", "2", "so sorry|"])
+        w.writerow(["s2", "r2", "I can't sleep at night.", "Have you tried tea?", "0", ""])
+
+
+CASES = [
+    ("emotion", "ed-jsonl", "ed.jsonl", _ed_jsonl, {"n", "accuracy", "macro_f1", "top3_accuracy", "polarity_accuracy"}),
+    ("emotion", "ed-cause-jsonl", "edc.jsonl", _ed_cause_jsonl, {"n", "accuracy", "macro_f1", "top3_accuracy", "polarity_accuracy"}),
+    ("emotion", "situations-csv", "sit.csv", _situations, {"n", "accuracy", "macro_f1", "top3_accuracy", "polarity_accuracy"}),
+    ("cause", "reccon-json", "rec.json", _reccon, {"n", "pos_f1", "neg_f1", "macro_f1"}),
+    ("cause", "ed-cause-jsonl", "edc.jsonl", _ed_cause_jsonl, {"n", "pos_f1", "neg_f1", "macro_f1", "utterance_accuracy"}),
+    ("cm", "epitome-csv", "emotional-reactions-test.csv", _epitome, {"n", "er_f1"}),
+]
+
+
+@pytest.mark.parametrize("task,fmt,name,writer,keys", CASES)
+def test_eval_perception_end_to_end(tmp_path, task, fmt, name, writer, keys):
+    data = tmp_path / name
+    writer(data)
+    out = tmp_path / "out"
+    rc = main(["eval-perception", "--task", task, "--data", str(data), "--format", fmt, "--out", str(out), "--quiet"])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert keys <= set(metrics)
+    assert all(0 <= metrics[k] <= 100 for k in keys if k != "n")
+    assert metrics["n"] == {"emotion": 2, "cause": 3 if fmt == "reccon-json" else 4, "cm": 2}[task]
+    report = (out / "report.md").read_text()
+    assert "percentages" in report
+    if task == "emotion":
+        assert (out / "confusion_matrix.png").stat().st_size > 1000
+    if task == "cm":
+        assert "ip_f1" not in metrics and "ex_f1" not in metrics
+
+
+def test_invalid_combination_is_a_clear_error(tmp_path, capsys):
+    data = tmp_path / "sit.csv"
+    _situations(data)
+    rc = main(["eval-perception", "--task", "cause", "--data", str(data), "--format", "situations-csv", "--out", str(tmp_path / "o")])
+    assert rc == 2
+    assert "does not accept --format situations-csv" in capsys.readouterr().err
+
+
+def test_malformed_file_is_a_clear_error(tmp_path, capsys):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"conv_id": "a", "emotion": "joyful", "turns": [{"role": "speaker", "text": "hi"}]}\n{not json\n')
+    rc = main(["eval-perception", "--task", "emotion", "--data", str(data), "--format", "ed-jsonl", "--out", str(tmp_path / "o")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl" in err and "line 2" in err
+
+
+def test_missing_mechanism_in_filename(tmp_path, capsys):
+    data = tmp_path / "responses.csv"
+    _epitome(data)
+    rc = main(["eval-perception", "--task", "cm", "--data", str(data), "--format", "epitome-csv", "--out", str(tmp_path / "o")])
+    assert rc == 2 and "mechanism" in capsys.readouterr().err

@@ -1,0 +1,62 @@
+"""Perceiver on the committed artefacts: a valid Perception, batch = single, bad input errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from empathy_nlg.datasets import Utterance
+from empathy_nlg.perception.perceiver import Perceiver
+from empathy_nlg.perception.types import Perception
+from empathy_nlg.taxonomy import CM_CODES, EMOTIONS, POSITIVE_EMOTIONS, polarity_of
+
+
+@pytest.fixture(scope="module")
+def perceiver() -> Perceiver:
+    return Perceiver.load()
+
+
+DIALOGUE = [
+    Utterance("speaker", "My best friend moved to another country last month."),
+    Utterance("listener", "Oh, that must be hard. Do you still talk?"),
+    Utterance("speaker", "Not much, and the weekends feel so empty without her."),
+    Utterance("listener", "I'm sorry, that sounds lonely."),
+    Utterance("speaker", "Yeah, I really miss her."),
+]
+
+
+def test_perceive_returns_valid_perception(perceiver):
+    p = perceiver.perceive(DIALOGUE)
+    assert isinstance(p, Perception)
+    assert list(p.emotion_probs) == list(EMOTIONS)
+    assert abs(sum(p.emotion_probs.values()) - 1.0) < 1e-4
+    assert p.emotion == max(p.emotion_probs, key=p.emotion_probs.get)
+    assert p.polarity == polarity_of(p.emotion) or p.polarity_prob >= 0.5
+    pos = sum(p.emotion_probs[e] for e in POSITIVE_EMOTIONS)
+    assert abs(p.polarity_prob - (pos if p.polarity == "positive" else 1 - pos)) < 1e-4 and p.polarity_prob >= 0.5
+    assert p.polarity == "negative" and p.emotion in {"lonely", "sad", "nostalgic", "sentimental", "disappointed", "devastated"}
+    assert p.causes and all(DIALOGUE[c.index].role == "speaker" and c.text == DIALOGUE[c.index].text for c in p.causes)
+    for c in p.causes:
+        assert 0 <= c.score <= 1
+        assert all(0 <= s < e <= len(c.text) for s, e in c.spans)
+    assert set(p.cm) == set(CM_CODES) and all(0 <= v <= 1 for v in p.cm.values())
+    assert not p.crisis
+    assert p.models == perceiver.versions and {"emotion", "cause", "cm", "crisis"} <= set(p.models)
+    Perception.from_dict(p.to_dict())  # serialisable round trip
+
+
+def test_batch_matches_single_and_flags_crisis(perceiver):
+    crisis_dialogue = [Utterance("speaker", "I can't do this anymore."), Utterance("listener", "What's going on?"),
+                       Utterance("speaker", "I want to end my life.")]
+    batch = perceiver.perceive_batch([DIALOGUE, crisis_dialogue, [Utterance("speaker", "I won the race today!")]])
+    single = perceiver.perceive(DIALOGUE)
+    assert batch[0].emotion == single.emotion
+    assert abs(batch[0].emotion_probs["lonely"] - single.emotion_probs["lonely"]) < 1e-4
+    assert batch[1].crisis and "end_life" in batch[1].crisis_reasons
+    assert batch[2].polarity == "positive" and batch[2].causes[0].index == 0
+
+
+def test_bad_input(perceiver):
+    with pytest.raises(ValueError):
+        perceiver.perceive([])
+    with pytest.raises(ValueError):
+        perceiver.perceive([Utterance("user", "hi")])
