@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
         index = build_index(args.data_dir, encoder, cache_root=args.cache_dir)
         metrics = evaluate_retrieval(index, encoder, holdout=args.holdout, seed=args.seed, k=args.k,
                                      top_heads=args.top_heads, scoring=args.scoring)
-        command = "empathy-nlg knowledge eval " + " ".join(
-            shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["knowledge"] else None
+        command = ("empathy-nlg knowledge " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+                   if sys.argv[1:2] == ["knowledge"] else None)
         mpath, rpath = write_report(metrics, args.out, command=command, include_examples=args.with_examples)
         c = metrics["counts"]
         print(f"held-out pairs: {c['heldout_pairs_scored']} ({c['heldout_heads']} heads); "

@@ -186,6 +186,7 @@ class RetrievalKnowledgeSource(KnowledgeSource):
         generation_penalty: float = 0.05,
         min_similarity: float = 0.0,
         scoring: str = "vote",
+        temperature: float = 0.0,
         cache_size: int = 4096,
         disk_cache: Optional[Path | str] = None,
     ) -> None:
@@ -199,11 +200,13 @@ class RetrievalKnowledgeSource(KnowledgeSource):
         if scoring not in ("nearest", "vote"):
             raise ValueError(f"scoring must be 'nearest' or 'vote', got {scoring!r}")
         self.scoring = scoring
+        self.temperature = float(temperature)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], encoder: Any = None, **_: Any) -> "RetrievalKnowledgeSource":
         """Config keys: ``data_dir``, ``cache_dir``, ``encoder_path``, ``device``, ``top_heads``,
-        ``use_generations``, ``generation_penalty``, ``min_similarity``, ``scoring``, ``cache_size``,
+        ``use_generations``, ``generation_penalty``, ``min_similarity``, ``scoring``, ``temperature``
+        (0: votes weighted by cosine; > 0: by ``exp((cos - best) / T)``), ``cache_size``,
         ``disk_cache`` (a path, or ``true`` for ``<cache>/knowledge/infer-retrieval.json``)."""
         config = dict(config)
         data_dir = config.pop("data_dir", None)
@@ -221,7 +224,7 @@ class RetrievalKnowledgeSource(KnowledgeSource):
     def version(self) -> str:
         return (
             f"retrieval-{self.index.key}-h{self.top_heads}-g{int(self.use_generations)}"
-            f"-p{self.generation_penalty:g}-m{self.min_similarity:g}-{self.scoring}"
+            f"-p{self.generation_penalty:g}-m{self.min_similarity:g}-{self.scoring}-t{self.temperature:g}"
         )
 
     def neighbours(self, query_embedding: np.ndarray, relation: str, n: int) -> List[tuple]:
@@ -246,7 +249,10 @@ class RetrievalKnowledgeSource(KnowledgeSource):
         """
         scored: Dict[str, list] = {}  # key -> [score, first order, text]
         order = 0
+        best = max((sim for _, sim in neighbours), default=0.0)
         for row_id, sim in neighbours:
+            if self.temperature > 0:  # sharpen: weight exp((sim - best) / T) in (0, 1]
+                sim = float(np.exp((sim - best) / self.temperature))
             row = self.index.rows[row_id]
             weighted = [(t, sim) for t in row.tails if not is_none_tail(t)]
             if self.use_generations:

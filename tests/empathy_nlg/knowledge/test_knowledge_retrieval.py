@@ -101,3 +101,10 @@ def test_real_minilm_maps_first_person_to_personx(sample_dir: Path) -> None:
     out = src.infer(["I didn't pass my driving exam", "I misplaced my keys"], ["xReact", "xNeed"], k=3)
     assert out[0]["xReact"][0] == "sad"
     assert out[1]["xNeed"] == ["to have keys"]
+
+
+def test_temperature_sharpens_votes(sample_dir: Path, fake_encoder: Any) -> None:
+    sharp = make_source(sample_dir, fake_encoder, top_heads=3, temperature=0.01)
+    assert "-t0.01" in sharp.version
+    # with a very sharp weighting the nearest head's tails outrank everything else
+    assert sharp.infer(["I won the lottery"], ["xReact"], k=3)[0]["xReact"] == ["happy", "excited", "rich"]
