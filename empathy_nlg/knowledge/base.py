@@ -112,6 +112,7 @@ class KnowledgeSource(ABC):
         self.cache_size = int(cache_size)
         self._lru: "OrderedDict[str, List[str]]" = OrderedDict()
         self._disk = JsonDiskCache(disk_cache) if disk_cache else None
+        self._cache_lock = threading.RLock()  # the engine may call infer from several threads
         self.cache_hits = 0
         self.cache_misses = 0
 
@@ -130,9 +131,10 @@ class KnowledgeSource(ABC):
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
     def _cache_get(self, key: str) -> Optional[List[str]]:
-        if key in self._lru:
-            self._lru.move_to_end(key)
-            return list(self._lru[key])
+        with self._cache_lock:
+            if key in self._lru:
+                self._lru.move_to_end(key)
+                return list(self._lru[key])
         if self._disk is not None:
             value = self._disk.get(key)
             if value is not None:
@@ -141,14 +143,16 @@ class KnowledgeSource(ABC):
         return None
 
     def _lru_put(self, key: str, value: List[str]) -> None:
-        self._lru[key] = list(value)
-        self._lru.move_to_end(key)
-        while len(self._lru) > self.cache_size:
-            self._lru.popitem(last=False)
+        with self._cache_lock:
+            self._lru[key] = list(value)
+            self._lru.move_to_end(key)
+            while len(self._lru) > self.cache_size:
+                self._lru.popitem(last=False)
 
     def clear_cache(self) -> None:
         """Forget the in-memory cache (the disk file is left alone)."""
-        self._lru.clear()
+        with self._cache_lock:
+            self._lru.clear()
 
     # ------------------------------------------------------------------ public API
     def infer(self, heads: Sequence[str], relations: Sequence[str], k: int = 5) -> List[Dict[str, List[str]]]:

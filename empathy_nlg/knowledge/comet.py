@@ -6,7 +6,11 @@ and ``[GEN]`` to the tokenizer). Nothing is downloaded: loading is ``local_files
 
 Querying follows the release's ``generation_example.py``: the input is
 ``"{head} {relation} [GEN]"``, decoded with beam search (5 beams, 5 returned sequences), in
-batches. IMAGINE and NEC both use COMET this way (five inferences per relation).
+batches (the release used batch size 1; padding does not change a BART encoder's outputs). Like
+the release, the checkpoint's ``task_specific_params["summarization"]`` decoding settings
+(``no_repeat_ngram_size``, ``length_penalty``, ``min_length``, ``max_length``, ``early_stopping``)
+are applied when present; ``max_new_tokens`` given explicitly wins over ``max_length``. IMAGINE and
+NEC both use COMET this way (five inferences per relation).
 
 Adaptation: COMET was trained on ``PersonX`` heads, users write in the first person; with
 ``personx_queries`` (default on) "I lost my keys" is sent as "PersonX lost PersonX's keys", and
@@ -47,8 +51,9 @@ class CometKnowledgeSource(KnowledgeSource):
         batch_size: int = 16,
         num_beams: int = 5,
         num_return_sequences: int = 5,
-        max_new_tokens: int = 24,
+        max_new_tokens: Optional[int] = None,
         personx_queries: bool = True,
+        task_params: Optional[str] = "summarization",
         cache_size: int = 4096,
         disk_cache: Optional[Path | str] = None,
     ) -> None:
@@ -68,20 +73,21 @@ class CometKnowledgeSource(KnowledgeSource):
         self.batch_size = int(batch_size)
         self.num_beams = int(num_beams)
         self.num_return_sequences = min(int(num_return_sequences), self.num_beams)
-        self.max_new_tokens = int(max_new_tokens)
         self.personx_queries = bool(personx_queries)
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
         self.model = AutoModelForSeq2SeqLM.from_pretrained(str(self.path), local_files_only=True)
         self.model.to(self.device).eval()
+        self.generation_kwargs = self._decoding_settings(task_params, max_new_tokens)
         self._torch = torch
         digest = hashlib.sha256((self.path / "config.json").read_bytes())
         for weights in ("model.safetensors", "pytorch_model.bin"):
             p = self.path / weights
             if p.is_file():
                 digest.update(f"{weights}:{p.stat().st_size}:{int(p.stat().st_mtime)}".encode())
+        settings = ",".join(f"{key}={value}" for key, value in sorted(self.generation_kwargs.items()))
         self._version = (
-            f"comet-{digest.hexdigest()[:12]}-b{self.num_beams}-r{self.num_return_sequences}"
-            f"-t{self.max_new_tokens}-px{int(self.personx_queries)}"
+            f"comet-{digest.hexdigest()[:12]}-"
+            f"{hashlib.sha256(settings.encode()).hexdigest()[:8]}-px{int(self.personx_queries)}"
         )
         log.info("COMET checkpoint %s on %s", self.path, self.device)
 
@@ -91,6 +97,20 @@ class CometKnowledgeSource(KnowledgeSource):
         if "path" not in config:
             raise ValueError("a comet knowledge source needs 'path': the local checkpoint folder")
         return cls(**config)
+
+    def _decoding_settings(self, task_params: Optional[str], max_new_tokens: Optional[int]) -> dict:
+        """Beam search settings: the release's task-specific params, then ours."""
+        kwargs: dict = {"early_stopping": True}
+        specific = getattr(self.model.config, "task_specific_params", None) or {}
+        if task_params and isinstance(specific.get(task_params), dict):
+            for key in ("early_stopping", "length_penalty", "max_length", "min_length", "no_repeat_ngram_size"):
+                if key in specific[task_params]:
+                    kwargs[key] = specific[task_params][key]
+        if max_new_tokens is not None or "max_length" not in kwargs:
+            kwargs.pop("max_length", None)
+            kwargs["max_new_tokens"] = int(max_new_tokens or 24)
+        kwargs.update(num_beams=self.num_beams, num_return_sequences=self.num_return_sequences, do_sample=False)
+        return kwargs
 
     @property
     def version(self) -> str:
@@ -108,15 +128,10 @@ class CometKnowledgeSource(KnowledgeSource):
             batch = self.tokenizer(chunk, return_tensors="pt", padding=True, truncation=True, max_length=64)
             batch = {key: v.to(self.device) for key, v in batch.items() if key in ("input_ids", "attention_mask")}
             with torch.inference_mode():
-                generated = self.model.generate(
-                    **batch,
-                    num_beams=self.num_beams,
-                    num_return_sequences=n_ret,
-                    max_new_tokens=self.max_new_tokens,
-                    early_stopping=True,
-                    do_sample=False,
-                )
-            decoded = self.tokenizer.batch_decode(generated, skip_special_tokens=True)
+                generated = self.model.generate(**batch, **self.generation_kwargs)
+            decoded = self.tokenizer.batch_decode(
+                generated, skip_special_tokens=True, clean_up_tokenization_spaces=False
+            )
             for i in range(len(chunk)):
                 outs = decoded[i * n_ret : (i + 1) * n_ret]
                 out.append([atomic_to_user(t.strip()) for t in outs])

@@ -36,6 +36,8 @@ def build_tiny_comet(folder: Path) -> Path:
         encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
         max_position_embeddings=64, pad_token_id=1, bos_token_id=0, eos_token_id=2,
         decoder_start_token_id=2, forced_bos_token_id=None, forced_eos_token_id=None,
+        task_specific_params={"summarization": {"no_repeat_ngram_size": 3, "min_length": 3, "max_length": 8,
+                                                "length_penalty": 1.0, "early_stopping": True}},
     )
     torch.manual_seed(0)
     BartForConditionalGeneration(config).save_pretrained(folder)
@@ -52,9 +54,13 @@ def test_query_format() -> None:
 
 
 def test_tiny_comet_generates_through_the_real_code_path(tiny_comet: Path) -> None:
-    source = load_knowledge_source({"type": "comet", "path": str(tiny_comet), "batch_size": 2,
-                                    "max_new_tokens": 6, "device": "cpu"})
+    source = load_knowledge_source({"type": "comet", "path": str(tiny_comet), "batch_size": 2, "device": "cpu"})
     assert isinstance(source, CometKnowledgeSource)
+    # the release's task-specific decoding settings are applied, beams/returns are COMET's 5/5
+    assert source.generation_kwargs["no_repeat_ngram_size"] == 3 and source.generation_kwargs["max_length"] == 8
+    override = CometKnowledgeSource(tiny_comet, device="cpu", max_new_tokens=4)
+    assert "max_length" not in override.generation_kwargs and override.generation_kwargs["max_new_tokens"] == 4
+    assert override.version != source.version
     assert source.device == "cpu" and source.num_beams == 5 and source.num_return_sequences == 5
     heads = ["I failed my driving test", "PersonX eats cake", "I lost my keys"]
     out = source.infer(heads, ["xReact", "xWant"], k=5)
