@@ -187,7 +187,8 @@ DEFINITIONS: Mapping[str, str] = {
     "counts of the distinct normalised replies padded with zeros to N bins, population std = "
     "sqrt(mean((c_i-1)^2)); 0 = no reply repeated, sqrt(N-1) = one reply for everything; lower "
     "is better; depends on N",
-    "top5_share": "% of replies identical (after normalisation) to one of the 5 most frequent replies",
+    "top5_share": "% of replies identical (after normalisation) to one of the 5 most frequent replies "
+    "(floor: min(100, 500/N) % even when no reply repeats, so compare on the same N)",
     "emotion_acc": "% of examples whose perceived emotion (perceiver on the context) equals the "
     "conversation's gold emotion (32 ED labels); null without a perceiver",
     "ppl": "exp(sum NLL / sum tokens) of the reference replies given the context under the "
