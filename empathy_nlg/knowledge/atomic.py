@@ -30,6 +30,8 @@ COMET_JSONL = "comet_bart_generations.jsonl"
 
 #: bump when :func:`atomic_to_user` changes: it is part of every index key
 MAPPING_VERSION = "1"
+#: bump when :func:`atomic_tail_to_user` changes: it is part of every source version
+TAIL_MAPPING_VERSION = "2"
 
 _NONE_TAILS = {"none", "", "n/a", "na", "nothing"}
 
@@ -74,6 +76,14 @@ def atomic_to_user(text: str) -> str:
     out = out.replace("___", "something")
     out = re.sub(r"\s+", " ", out).strip()
     return out
+
+
+def atomic_tail_to_user(tail: str) -> str:
+    """A tail in user wording: ATOMIC's x-relation tails leave the subject implicit ("cries"),
+    but some annotators wrote it ("PersonX cries"); a leading ``PersonX`` is dropped so both read
+    the same (and de-duplicate), then :func:`atomic_to_user` rewrites the rest."""
+    stripped = re.sub(r"^\s*Person\s?X\s+(?!'s\b)", "", tail)
+    return atomic_to_user(stripped if stripped.strip() else tail)
 
 
 _USER_PATTERNS: Tuple[Tuple[str, str], ...] = (
@@ -194,7 +204,7 @@ def unique_in_order(items: Iterable[str]) -> List[str]:
 
 
 __all__: Sequence[str] = (
-    "AtomicRow", "atomic_to_user", "user_to_atomic", "is_none_tail", "normalise_key",
+    "AtomicRow", "atomic_to_user", "atomic_tail_to_user", "user_to_atomic", "is_none_tail", "normalise_key",
     "resolve_atomic_paths", "read_atomic_tsv", "read_comet_generations", "load_atomic_rows",
     "unique_in_order",
 )

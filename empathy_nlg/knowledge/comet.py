@@ -26,7 +26,7 @@ import logging
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence
 
-from empathy_nlg.knowledge.atomic import atomic_to_user, user_to_atomic
+from empathy_nlg.knowledge.atomic import TAIL_MAPPING_VERSION, atomic_tail_to_user, user_to_atomic
 from empathy_nlg.knowledge.base import KnowledgeSource, Query
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class CometKnowledgeSource(KnowledgeSource):
         settings = ",".join(f"{key}={value}" for key, value in sorted(self.generation_kwargs.items()))
         self._version = (
             f"comet-{digest.hexdigest()[:12]}-"
-            f"{hashlib.sha256(settings.encode()).hexdigest()[:8]}-px{int(self.personx_queries)}"
+            f"{hashlib.sha256(settings.encode()).hexdigest()[:8]}-px{int(self.personx_queries)}-tm{TAIL_MAPPING_VERSION}"
         )
         log.info("COMET checkpoint %s on %s", self.path, self.device)
 
@@ -134,5 +134,5 @@ class CometKnowledgeSource(KnowledgeSource):
             )
             for i in range(len(chunk)):
                 outs = decoded[i * n_ret : (i + 1) * n_ret]
-                out.append([atomic_to_user(t.strip()) for t in outs])
+                out.append([atomic_tail_to_user(t.strip()) for t in outs])
         return out

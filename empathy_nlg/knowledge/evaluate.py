@@ -14,7 +14,8 @@ Protocol (``empathy-nlg knowledge eval``):
    habit), ``best-of-k F1`` takes the best of the ``k`` and ``hit@k`` counts exact matches.
 
 Systems: ``retrieval`` (the default source: gold tails + COMET-BART generations of the nearest
-heads), ``retrieval-gold-only`` (ablation), ``random-same-relation`` (``k`` random index tails of
+heads), ``retrieval-no-entity-floor`` (ablation: entity relations answered even when no entity
+head is similar), ``retrieval-gold-only`` (ablation: no generations), ``random-same-relation`` (``k`` random index tails of
 the same relation — the floor that makes the numbers mean something), ``frequent-same-relation``
 (the ``k`` most frequent index gold tails of the relation, whatever the head — shows how much comes
 from the head at all), and ``comet-bart`` (the
@@ -34,7 +35,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from empathy_nlg.knowledge.atomic import AtomicRow, atomic_to_user, is_none_tail, normalise_key
+from empathy_nlg.knowledge.atomic import AtomicRow, atomic_tail_to_user, atomic_to_user, is_none_tail, normalise_key
 from empathy_nlg.knowledge.base import clean_tails
 from empathy_nlg.knowledge.retrieval import AtomicIndex, RetrievalKnowledgeSource
 
@@ -117,6 +118,7 @@ def evaluate_retrieval(
     top_heads: int = 10,
     generation_penalty: float = 0.05,
     scoring: str = "vote",
+    relation_min_similarity: Optional[Dict[str, float]] = None,
 ) -> Dict[str, Any]:
     """Run the protocol in the module docstring; returns the metrics dictionary."""
     started = time.time()
@@ -131,12 +133,18 @@ def evaluate_retrieval(
                 skipped_none += 1
             else:
                 held_rows.append(row)
-    refs = [clean_tails([atomic_to_user(t) for t in row.tails], 100) for row in held_rows]
+    refs = [clean_tails([atomic_tail_to_user(t) for t in row.tails], 100) for row in held_rows]
 
     systems: Dict[str, List[List[str]]] = {}
-    for name, use_gen in (("retrieval", True), ("retrieval-gold-only", False)):
+    variants = (
+        ("retrieval", True, relation_min_similarity),
+        ("retrieval-no-entity-floor", True, {}),
+        ("retrieval-gold-only", False, relation_min_similarity),
+    )
+    for name, use_gen, floors in variants:
         source = RetrievalKnowledgeSource(idx_part, encoder, top_heads=top_heads, use_generations=use_gen,
-                                          generation_penalty=generation_penalty, scoring=scoring)
+                                          generation_penalty=generation_penalty, scoring=scoring,
+                                          relation_min_similarity=floors)
         by_rel: Dict[str, List[int]] = defaultdict(list)
         for i, row in enumerate(held_rows):
             by_rel[row.relation].append(i)
@@ -150,7 +158,7 @@ def evaluate_retrieval(
     rng = random.Random(seed)
     pool: Dict[str, List[str]] = defaultdict(list)
     for row in idx_part.rows:
-        pool[row.relation].extend(atomic_to_user(t) for t in row.tails if not is_none_tail(t))
+        pool[row.relation].extend(atomic_tail_to_user(t) for t in row.tails if not is_none_tail(t))
     systems["random-same-relation"] = [
         clean_tails(rng.sample(pool[row.relation], min(len(pool[row.relation]), 4 * k)), k)
         if pool.get(row.relation) else []
@@ -165,7 +173,7 @@ def evaluate_retrieval(
         frequent[rel] = [first[key] for key, _ in counts.most_common(4 * k)]
     systems["frequent-same-relation"] = [clean_tails(frequent.get(row.relation, []), k) for row in held_rows]
     if any(row.generations for row in held_rows):
-        systems["comet-bart"] = [clean_tails([atomic_to_user(t) for t in row.generations], k) for row in held_rows]
+        systems["comet-bart"] = [clean_tails([atomic_tail_to_user(t) for t in row.generations], k) for row in held_rows]
 
     bleu = _Bleu()
     results: Dict[str, Any] = {}

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
@@ -39,7 +40,9 @@ import numpy as np
 
 from empathy_nlg.knowledge.atomic import (
     MAPPING_VERSION,
+    TAIL_MAPPING_VERSION,
     AtomicRow,
+    atomic_tail_to_user,
     atomic_to_user,
     is_none_tail,
     load_atomic_rows,
@@ -50,6 +53,16 @@ from empathy_nlg.knowledge.base import KnowledgeSource, Query
 log = logging.getLogger(__name__)
 
 INDEX_VERSION = "1"
+
+#: Entity-style relations have bare noun-phrase heads ("keys", "telephone"). With only 19–192
+#: rows each, an unrelated query still has *some* nearest head ("dog" → AtLocation of "fight"),
+#: so below this cosine nothing is returned rather than another entity's facts.
+ENTITY_RELATIONS = ("ObjectUse", "AtLocation", "MadeUpOf", "HasProperty", "CapableOf", "Desires", "NotDesires")
+DEFAULT_RELATION_MIN_SIMILARITY: Dict[str, float] = {r: 0.5 for r in ENTITY_RELATIONS}
+
+
+def _mapping_digest(mapping: Mapping[str, float]) -> str:
+    return hashlib.sha256(json.dumps(sorted(mapping.items())).encode()).hexdigest()[:6]
 
 
 def encoder_name(encoder: Any) -> str:
@@ -84,6 +97,14 @@ class AtomicIndex:
         for i, row in enumerate(self.rows):
             by_rel.setdefault(row.relation, []).append(i)
         self._by_relation = {r: np.asarray(ids, dtype=np.int64) for r, ids in by_rel.items()}
+        self._relation_matrix: Dict[str, np.ndarray] = {}
+
+    def relation_matrix(self, relation: str) -> np.ndarray:
+        """Head embeddings of ``relation``'s rows, aligned with :meth:`rows_for` (memoised)."""
+        if relation not in self._relation_matrix:
+            heads = np.asarray([self.row_head[i] for i in self.rows_for(relation)], dtype=np.int64)
+            self._relation_matrix[relation] = self.embeddings[heads] if heads.size else self.embeddings[:0]
+        return self._relation_matrix[relation]
 
     @property
     def relations(self) -> List[str]:
@@ -158,8 +179,13 @@ def build_index(
     log.info("embedding %d ATOMIC rows' heads with %s (once; cached in %s)", len(rows), encoder_name(encoder), folder)
     index = AtomicIndex.from_rows(rows, encoder, key, progress=progress)
     folder.mkdir(parents=True, exist_ok=True)
-    np.save(emb_path, index.embeddings)
-    heads_path.write_text(json.dumps(index.heads, ensure_ascii=False), encoding="utf-8")
+    # Atomic writes: a concurrent reader never sees half a file.
+    tmp = folder / f".embeddings.{os.getpid()}.npy"
+    np.save(tmp, index.embeddings)
+    os.replace(tmp, emb_path)
+    tmp_heads = folder / f".heads.{os.getpid()}.json"
+    tmp_heads.write_text(json.dumps(index.heads, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp_heads, heads_path)
     return index
 
 
@@ -185,6 +211,7 @@ class RetrievalKnowledgeSource(KnowledgeSource):
         use_generations: bool = True,
         generation_penalty: float = 0.05,
         min_similarity: float = 0.0,
+        relation_min_similarity: Optional[Mapping[str, float]] = None,
         scoring: str = "vote",
         temperature: float = 0.0,
         cache_size: int = 4096,
@@ -197,6 +224,9 @@ class RetrievalKnowledgeSource(KnowledgeSource):
         self.use_generations = bool(use_generations)
         self.generation_penalty = float(generation_penalty)
         self.min_similarity = float(min_similarity)
+        self.relation_min_similarity: Dict[str, float] = dict(
+            DEFAULT_RELATION_MIN_SIMILARITY if relation_min_similarity is None else relation_min_similarity
+        )
         if scoring not in ("nearest", "vote"):
             raise ValueError(f"scoring must be 'nearest' or 'vote', got {scoring!r}")
         self.scoring = scoring
@@ -205,7 +235,8 @@ class RetrievalKnowledgeSource(KnowledgeSource):
     @classmethod
     def from_config(cls, config: Mapping[str, Any], encoder: Any = None, **_: Any) -> "RetrievalKnowledgeSource":
         """Config keys: ``data_dir``, ``cache_dir``, ``encoder_path``, ``device``, ``top_heads``,
-        ``use_generations``, ``generation_penalty``, ``min_similarity``, ``scoring``, ``temperature``
+        ``use_generations``, ``generation_penalty``, ``min_similarity``, ``relation_min_similarity``
+        (relation → cosine floor; default 0.5 for entity relations), ``scoring``, ``temperature``
         (0: votes weighted by cosine; > 0: by ``exp((cos - best) / T)``), ``cache_size``,
         ``disk_cache`` (a path, or ``true`` for ``<cache>/knowledge/infer-retrieval.json``)."""
         config = dict(config)
@@ -225,6 +256,7 @@ class RetrievalKnowledgeSource(KnowledgeSource):
         return (
             f"retrieval-{self.index.key}-h{self.top_heads}-g{int(self.use_generations)}"
             f"-p{self.generation_penalty:g}-m{self.min_similarity:g}-{self.scoring}-t{self.temperature:g}"
+            f"-r{_mapping_digest(self.relation_min_similarity)}-tm{TAIL_MAPPING_VERSION}"
         )
 
     def neighbours(self, query_embedding: np.ndarray, relation: str, n: int) -> List[tuple]:
@@ -232,12 +264,12 @@ class RetrievalKnowledgeSource(KnowledgeSource):
         row_ids = self.index.rows_for(relation)
         if row_ids.size == 0:
             return []
-        head_ids = np.asarray([self.index.row_head[i] for i in row_ids], dtype=np.int64)
-        sims = self.index.embeddings[head_ids] @ query_embedding
+        sims = self.index.relation_matrix(relation) @ query_embedding
         n = min(n, sims.shape[0])
         top = np.argpartition(-sims, n - 1)[:n]
         top = top[np.argsort(-sims[top], kind="stable")]
-        return [(int(row_ids[j]), float(sims[j])) for j in top if sims[j] >= self.min_similarity]
+        floor = max(self.min_similarity, self.relation_min_similarity.get(relation, self.min_similarity))
+        return [(int(row_ids[j]), float(sims[j])) for j in top if sims[j] >= floor]
 
     def _candidates(self, neighbours: Sequence[tuple]) -> List[str]:
         """Rank the neighbours' tails.
@@ -258,9 +290,10 @@ class RetrievalKnowledgeSource(KnowledgeSource):
             if self.use_generations:
                 weighted += [(t, sim - self.generation_penalty) for t in row.generations if not is_none_tail(t)]
             for text, weight in weighted:
-                key = normalise_key(atomic_to_user(text))
+                user_text = atomic_tail_to_user(text)
+                key = normalise_key(user_text)
                 if key not in scored:
-                    scored[key] = [weight, order, atomic_to_user(text)]
+                    scored[key] = [weight, order, user_text]
                     order += 1
                 elif self.scoring == "vote":
                     scored[key][0] += weight

@@ -8,7 +8,7 @@ from typing import List, Sequence
 
 import pytest
 
-from empathy_nlg.knowledge.atomic import atomic_to_user, user_to_atomic
+from empathy_nlg.knowledge.atomic import atomic_tail_to_user, atomic_to_user, user_to_atomic
 from empathy_nlg.knowledge.base import (
     KnowledgeSource,
     NoKnowledgeSource,
@@ -110,3 +110,7 @@ def test_wording_maps() -> None:
     assert atomic_to_user("PersonZ's car") == "someone else's car"
     assert user_to_atomic("I lost my keys and they mocked me") == "PersonX lost PersonX's keys and they mocked PersonX"
     assert user_to_atomic("I'm sad") == "PersonX is sad"
+    # tails: an explicit leading PersonX subject is dropped (ATOMIC's x-tails leave it implicit)
+    assert atomic_tail_to_user("PersonX cries") == "cries"
+    assert atomic_tail_to_user("PersonX's dog dies") == "my dog dies"
+    assert atomic_tail_to_user("PersonY thanks PersonX") == "someone thanks me"

@@ -25,7 +25,7 @@ def test_eval_writes_metrics_and_report(sample_dir: Path, tmp_path: Path, capsys
                    "--out", str(out)])
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {"retrieval", "retrieval-gold-only", "random-same-relation", "frequent-same-relation", "comet-bart"} <= set(metrics["systems"])
+    assert {"retrieval", "retrieval-gold-only", "random-same-relation", "frequent-same-relation", "comet-bart", "retrieval-no-entity-floor"} <= set(metrics["systems"])
     for m in metrics["systems"].values():
         assert 0.0 <= m["top1_bleu1"] <= 100.0 and 0.0 <= m["top1_f1"] <= 1.0
     assert metrics["counts"]["heldout_pairs_scored"] > 0

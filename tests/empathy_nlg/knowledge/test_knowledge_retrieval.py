@@ -108,3 +108,11 @@ def test_temperature_sharpens_votes(sample_dir: Path, fake_encoder: Any) -> None
     assert "-t0.01" in sharp.version
     # with a very sharp weighting the nearest head's tails outrank everything else
     assert sharp.infer(["I won the lottery"], ["xReact"], k=3)[0]["xReact"] == ["happy", "excited", "rich"]
+
+
+def test_entity_relations_need_a_similar_entity(sample_dir: Path, fake_encoder: Any) -> None:
+    src = make_source(sample_dir, fake_encoder)
+    assert src.infer(["dog"], ["AtLocation", "CapableOf"])[0] == {"AtLocation": [], "CapableOf": ["bark"]}
+    no_floor = make_source(sample_dir, fake_encoder, relation_min_similarity={})
+    assert no_floor.infer(["dog"], ["AtLocation"])[0]["AtLocation"]  # someone else's location
+    assert no_floor.version != src.version
