@@ -245,6 +245,7 @@ class _PerceptionCache:
     def __init__(self, perceiver: Optional[PerceiverLike]) -> None:
         self.perceiver = perceiver
         self.cache: Dict[Key, Optional[Perception]] = {}
+        self.seconds = 0.0  # time spent perceiving (kept out of the generators' seconds)
 
     def get(self, examples: Sequence[GenerationExample]) -> List[Optional[Perception]]:
         keys = [(ex.conv_id, ex.turn_index) for ex in examples]
@@ -252,7 +253,9 @@ class _PerceptionCache:
             return [None] * len(examples)
         todo = [ex for ex, k in zip(examples, keys) if k not in self.cache]
         if todo:
+            t0 = time.perf_counter()
             found = self.perceiver.perceive_batch([ex.context for ex in todo])
+            self.seconds += time.perf_counter() - t0
             if len(found) != len(todo):
                 raise RuntimeError(f"perceiver returned {len(found)} results for {len(todo)} dialogues")
             for ex, p in zip(todo, found):
@@ -282,7 +285,7 @@ def _generate_missing(
     if not todo:
         return 0, 0.0
     can_score = type(gen).score is not Generator.score
-    start = time.perf_counter()
+    start, perceiving_before = time.perf_counter(), perceptions.seconds
     with pred_path.open("a", encoding="utf-8") as fh, _progress(len(todo), name, progress) as bar:
         for batch in _batches(todo, batch_size):
             percs = perceptions.get(batch)
@@ -297,7 +300,7 @@ def _generate_missing(
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
             fh.flush()
             bar.update(len(batch))
-    return len(todo), time.perf_counter() - start
+    return len(todo), time.perf_counter() - start - (perceptions.seconds - perceiving_before)
 
 
 def _stale(rec: Optional[Dict[str, Any]], ex: GenerationExample, uses_perception: bool = False) -> bool:
@@ -440,6 +443,8 @@ def evaluate(
             m["data"] = meta
         (gdir / METRICS).write_text(json.dumps(m, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         runs[name] = GeneratorRun(name, records, len(examples) - generated, generated, seconds, m)
+    if meta is not None:
+        meta["perception_seconds"] = round(perceptions.seconds, 3)
     if write_report:
         from empathy_nlg.evaluation.report import write_report as _write_report
 
@@ -486,14 +491,14 @@ def _engine_default_generators() -> Dict[str, Any]:
 
 def _generator_config(config: Mapping[str, Any], name: str) -> Dict[str, Any]:
     """A generator's constructor arguments: ``generators.NAME``, ``NAME`` or ``generation.generators.NAME``
-    of --config; without one, the engine's default config for that generator."""
+    of --config; when it has none, the engine's default config for that generator."""
     candidates = [
         (config.get("generators") or {}).get(name),
         config.get(name),
         ((config.get("generation") or {}).get("generators") or {}).get(name),
     ]
     section = next((c for c in candidates if c is not None), None)
-    if section is None and not config:
+    if section is None:
         section = _engine_default_generators().get(name)
     if section is None:
         return {}

@@ -203,5 +203,6 @@ DEFINITIONS: Mapping[str, str] = {
     "ref_epitome_ex": "epitome_ex of the reference replies",
     "avg_len": "mean reply length in tokens",
     "seconds": "wall-clock seconds spent generating (and scoring) the replies that this run "
-    "computed; reused predictions count 0",
+    "computed, perception excluded (shared by all generators; see data.perception_seconds); reused "
+    "predictions count 0",
 }

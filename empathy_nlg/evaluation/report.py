@@ -131,7 +131,9 @@ def write_report(
         f"- data: `{meta.get('path', '?')}` ({meta.get('format', '?')}), {n} examples"
         + (f" (first {meta['limit']})" if meta.get("limit") else "")
         + f"; seed {meta.get('seed', '?')}; batch size {meta.get('batch_size', '?')}",
-        f"- perceiver: {meta.get('perceiver') or 'none'}; EPITOME scorer: {meta.get('cm_scorer') or 'none'}"
+        f"- perceiver: {meta.get('perceiver') or 'none'}"
+        + (f" ({meta['perception_seconds']:.1f} s perceiving, shared)" if meta.get("perception_seconds") else "")
+        + f"; EPITOME scorer: {meta.get('cm_scorer') or 'none'}"
         + (f"; training replies (fit): `{meta['train_data']}`" if meta.get("train_data") else ""),
         f"- written {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         "",
