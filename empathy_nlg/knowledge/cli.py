@@ -83,9 +83,9 @@ def run(args: argparse.Namespace) -> int:
         c = metrics["counts"]
         print(f"held-out pairs: {c['heldout_pairs_scored']} ({c['heldout_heads']} heads); "
               f"index: {c['index_heads']} heads")
-        print(f"{'system':<22} {'top1 B1':>8} {'top1 B2':>8} {'top1 F1':>8} {'topk B1':>8} {'best F1':>8} {'hit@k':>6}")
+        print(f"{'system':<26} {'top1 B1':>8} {'top1 B2':>8} {'top1 F1':>8} {'topk B1':>8} {'best F1':>8} {'hit@k':>6}")
         for name, m in metrics["systems"].items():
-            print(f"{name:<22} {m['top1_bleu1']:8.1f} {m['top1_bleu2']:8.1f} {m['top1_f1']:8.3f} "
+            print(f"{name:<26} {m['top1_bleu1']:8.1f} {m['top1_bleu2']:8.1f} {m['top1_f1']:8.3f} "
                   f"{m['topk_bleu1']:8.1f} {m['bestk_f1']:8.3f} {m['hit_at_k']:6.3f}")
         print(f"wrote {mpath} and {rpath}")
         return 0

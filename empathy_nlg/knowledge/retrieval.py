@@ -290,6 +290,7 @@ class RetrievalKnowledgeSource(KnowledgeSource):
             if self.use_generations:
                 weighted += [(t, sim - self.generation_penalty) for t in row.generations if not is_none_tail(t)]
             for text, weight in weighted:
+                weight = max(weight, 1e-6)  # a dissimilar neighbour never votes *against* a tail
                 user_text = atomic_tail_to_user(text)
                 key = normalise_key(user_text)
                 if key not in scored:
