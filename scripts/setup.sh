@@ -11,6 +11,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 export RASA_TELEMETRY_ENABLED=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+export PYTHONWARNINGS=ignore  # Rasa 3.6 imports print pages of deprecation warnings
 STAMPS="$ROOT/.stamps"
 mkdir -p "$STAMPS" var logs
 START=$(date +%s)
