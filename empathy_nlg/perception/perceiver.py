@@ -10,12 +10,15 @@ masked mean (normalised) is the sentence embedding every head shares:
 * crisis detector ← patterns over the user's turns + similarity of their embeddings to prototypes.
 
 Only the most recent ``max_turns`` utterances are encoded (older turns cannot be causes), so the
-cost of a call is bounded whatever the dialogue length.
+cost of a call is bounded whatever the dialogue length. Encoder outputs are kept in a small LRU
+cache keyed by utterance text (``cache_size`` entries): in a live conversation every earlier turn
+was already encoded by the previous call, so a call usually encodes only the new turns.
 """
 
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -37,8 +40,10 @@ class Perceiver:
     """Emotion, causes, communication mechanisms and crisis flag for a dialogue."""
 
     def __init__(self, encoder, emotion: EmotionClassifier, cause: CauseModel, cm: ContextCMPredictor,
-                 crisis: CrisisDetector, max_turns: int = 12) -> None:
+                 crisis: CrisisDetector, max_turns: int = 12, cache_size: int = 1024) -> None:
         self.encoder = encoder
+        self.cache_size = cache_size
+        self._cache: "OrderedDict[str, Tuple[np.ndarray, np.ndarray, List[Tuple[int, int]]]]" = OrderedDict()
         self.emotion = emotion
         self.cause = cause
         self.cm = cm
@@ -72,15 +77,34 @@ class Perceiver:
             cm=ContextCMPredictor.load(art),
             crisis=CrisisDetector.with_encoder(encoder),
             max_turns=int(settings.get("max_turns", 12)),
+            cache_size=int(settings.get("cache_size", 1024)),
         )
 
     # -- encoding -------------------------------------------------------------------------
 
     def _encode(self, texts: Sequence[str], batch_size: int) -> Tuple[np.ndarray, List[np.ndarray], List[List[Tuple[int, int]]]]:
+        """Sentence embeddings + token states/offsets per text: LRU-cached ones + one pass for the rest."""
+        texts = [t if t.strip() else "." for t in texts]
+        todo = [t for t in texts if t not in self._cache]
+        if todo:
+            pooled, hidden, offsets = self._encode_uncached(todo, batch_size)
+            for k, t in enumerate(todo):
+                self._cache[t] = (pooled[k], hidden[k], offsets[k])
+        out_p, out_h, out_o = [], [], []
+        for t in texts:
+            p, h, o = self._cache[t]
+            self._cache.move_to_end(t)
+            out_p.append(p)
+            out_h.append(h)
+            out_o.append(o)
+        while len(self._cache) > max(self.cache_size, len(texts)):
+            self._cache.popitem(last=False)
+        return np.stack(out_p), out_h, out_o
+
+    def _encode_uncached(self, texts: Sequence[str], batch_size: int) -> Tuple[np.ndarray, List[np.ndarray], List[List[Tuple[int, int]]]]:
         """Sentence embeddings + per-text token states and offsets, one encoder pass."""
         import torch
 
-        texts = [t if t.strip() else "." for t in texts]
         pooled = np.zeros((len(texts), self.encoder.dim), dtype=np.float32)
         hidden_out: List[np.ndarray] = [np.zeros((0, self.encoder.dim), dtype=np.float32)] * len(texts)
         offsets_out: List[List[Tuple[int, int]]] = [[] for _ in texts]
