@@ -60,3 +60,20 @@ def test_bad_input(perceiver):
         perceiver.perceive([])
     with pytest.raises(ValueError):
         perceiver.perceive([Utterance("user", "hi")])
+
+
+def test_annotate_conversations_writes_cause_indices(perceiver, tmp_path):
+    import json
+
+    from empathy_nlg.datasets import Conversation
+    from empathy_nlg.perception.cause import CauseModel, annotate_conversations
+    from empathy_nlg.perception.common import DEFAULT_ARTIFACTS_DIR, NoCache
+
+    convs = [Conversation("c1", "lonely", list(DIALOGUE)), Conversation("c2", "proud", [Utterance("speaker", "I won the race today!")])]
+    out = tmp_path / "annotated.jsonl"
+    n = annotate_conversations(convs, CauseModel.load(DEFAULT_ARTIFACTS_DIR), NoCache(perceiver.encoder), out, progress=False)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert n == 2 and [r["conv_id"] for r in rows] == ["c1", "c2"]
+    assert rows[0]["utters"] == [u.text for u in DIALOGUE] and rows[0]["context"] == "lonely"
+    assert rows[0]["emotion_cause"] and all(DIALOGUE[i].role == "speaker" for i in rows[0]["emotion_cause"])
+    assert rows[1]["emotion_cause"] == [0]
