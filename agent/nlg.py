@@ -49,7 +49,13 @@ class EngineNaturalLanguageGenerator(CallbackNaturalLanguageGenerator):
         output_channel: Text,
         **kwargs: Any,
     ) -> Optional[Dict[Text, Any]]:
-        reply = await self._from_engine(utter_action, tracker, output_channel, dict(kwargs))
+        # Rasa creates the NLG before the model (and so the domain) is loaded, and refreshes only
+        # its own templated NLG afterwards; but it hands the domain's responses to every call.
+        domain_responses = kwargs.pop("domain_responses", None)
+        if domain_responses:
+            self.responses = domain_responses
+            self.templated.responses = domain_responses
+        reply = await self._from_engine(utter_action, tracker, output_channel, {**kwargs, "domain_responses": domain_responses})
         if reply is not None:
             return reply
         fallback = await self.templated.generate(utter_action, tracker, output_channel, **kwargs)

@@ -54,6 +54,20 @@ def test_engine_down_falls_back_to_domain_text():
     assert out["empathy"]["generator"] == "agent-fallback"
 
 
+def test_fallback_uses_the_domain_rasa_passes_at_call_time():
+    """`rasa run` creates the NLG with an empty domain (before loading the model)."""
+    gen = EngineNaturalLanguageGenerator(EndpointConfig(url="http://127.0.0.1:9/nlg", timeout=1), None)
+    out = asyncio.run(gen.generate("utter_empathize", tracker(), "collector", domain_responses=DOMAIN.responses))
+    assert out["text"] == "That sounds hard. Tell me more?"
+
+
+def test_crisis_scripts_are_accepted_with_a_late_domain(fake_engine):
+    gen = EngineNaturalLanguageGenerator(EndpointConfig(url=fake_engine.url + "/nlg"), None)
+    fake_engine.handler = lambda path, body: (200, {"text": "You deserve support right now.", "custom": {"generator": "template"}})
+    out = asyncio.run(gen.generate("utter_crisis_support", tracker(), "collector", domain_responses=DOMAIN.responses))
+    assert out["text"] == "You deserve support right now." and out["empathy"]["generator"] == "template"
+
+
 def test_engine_error_or_empty_text_falls_back(fake_engine):
     fake_engine.handler = lambda path, body: (500, {"error": "boom"})
     assert generate(nlg(fake_engine.url))["text"] == "That sounds hard. Tell me more?"

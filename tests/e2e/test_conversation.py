@@ -1,0 +1,101 @@
+"""A real conversation through `rasa run`'s REST channel, with the engine, the action server and
+SQL state: multi-turn, restarts, the engine going down, and crisis routing."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from tests.e2e.conftest import ROOT
+
+DOMAIN = yaml.safe_load((ROOT / "domain.yml").read_text())
+CRISIS_TEXTS = {v["text"] for name in ("utter_crisis_support", "utter_crisis_resources") for v in DOMAIN["responses"][name]}
+FALLBACK_TEXTS = {v["text"] for v in DOMAIN["responses"]["utter_empathize"]}
+
+BAD_DAY = [
+    "hi there",
+    "I had a terrible day. My manager criticised my work in front of the whole team.",
+    "I worked on that project for months and nobody even noticed.",
+    "thanks for listening",
+]
+
+
+def texts(replies):
+    return [r.get("text") for r in replies]
+
+
+def test_four_turn_conversation_is_answered_and_stored(assistant, sender):
+    conversation = []
+    for message in BAD_DAY:
+        replies = assistant.say(sender, message)
+        assert replies and all(t and t.strip() for t in texts(replies)), (message, replies)
+        conversation.append((message, texts(replies)))
+    print(json.dumps(conversation, indent=1))  # visible with -s: what the assistant said
+
+    rows = assistant.engine_turns(sender)
+    assert sorted({r[0] for r in rows}) == [0, 1, 2, 3]  # one engine row per user turn
+    assert all(r[4] is not None for r in rows)  # every turn has its reply stored
+    generated = [r for r in rows if r[4] == "utter_empathize"]
+    assert len(generated) >= 2 and all(r[6] == "prompted" for r in generated)
+    assert all(r[2] for r in rows)  # an emotion perceived for every turn
+    bad_day = [r for r in rows if r[0] == 1][0]
+    assert bad_day[2] not in ("joyful", "proud", "excited", "grateful", "content")
+
+    # Rasa's events are in the same SQL database, with the perception in parse_data
+    events = assistant.sql("select type_name, data from events where sender_id = ? order by id", sender)
+    users = [json.loads(d) for t, d in events if t == "user"]
+    assert [u["text"] for u in users] == BAD_DAY
+    assert all(u["parse_data"]["empathy"]["available"] for u in users)
+    bots = [json.loads(d) for t, d in events if t == "bot"]
+    assert any(b["metadata"].get("empathy", {}).get("generator") == "prompted" for b in bots)
+
+
+def test_history_survives_restarting_rasa_and_the_engine(assistant, sender):
+    assistant.say(sender, "My best friend is moving to another country next week.")
+    before = assistant.tracker_events(sender)
+    assistant.stack.stop("rasa")
+    assistant.stack.stop("engine")
+    assistant.start_engine()
+    assistant.start_rasa()
+    replies = assistant.say(sender, "I'm going to miss her so much.")
+    assert replies and all(t.strip() for t in texts(replies))
+    after = assistant.tracker_events(sender)
+    user_texts = [e["text"] for e in after if e["event"] == "user"]
+    assert user_texts == ["My best friend is moving to another country next week.", "I'm going to miss her so much."]
+    assert len(after) > len(before)
+    rows = assistant.engine_turns(sender)
+    assert sorted({r[0] for r in rows}) == [0, 1]  # the engine continued the same conversation
+
+
+def test_crisis_phrasings_get_the_scripted_replies_and_are_flagged(assistant):
+    phrasings = [
+        "I want to kill myself",
+        "i dont want to be alive anymore",
+        "I've been thinking about ending my life",
+        "I'm going to hurt myself tonight",
+    ]
+    for i, message in enumerate(phrasings):
+        sender = f"crisis-{i}"
+        replies = texts(assistant.say(sender, message))
+        assert replies and all(r in CRISIS_TEXTS for r in replies), (message, replies)
+        rows = assistant.engine_turns(sender)
+        assert rows and all(r[3] == 1 for r in rows), (message, rows)  # flagged in SQL
+        assert {r[6] for r in rows} == {"template"}  # scripted, never generated
+
+
+def test_engine_down_still_answers_and_loses_nothing(assistant, sender):
+    assistant.say(sender, "hello")
+    assistant.stack.stop("engine")
+    try:
+        replies = texts(assistant.say(sender, "Everything went wrong today and I feel awful."))
+        assert replies and all(r and r.strip() for r in replies)
+        assert any(r in FALLBACK_TEXTS for r in replies)
+        events = assistant.tracker_events(sender)
+        assert [e["text"] for e in events if e["event"] == "user"] == ["hello", "Everything went wrong today and I feel awful."]
+        assert [e for e in events if e["event"] == "bot"][-1]["text"] in replies
+        # a crisis message is still routed to the scripts by the NLU classifier alone
+        assert all(r in CRISIS_TEXTS for r in texts(assistant.say(sender, "i want to end my life")))
+    finally:
+        assistant.start_engine()
+    assert texts(assistant.say(sender, "thanks"))
