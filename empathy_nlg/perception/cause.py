@@ -303,8 +303,6 @@ def ed_matrix(conversations: Sequence[Conversation], cache, emotion_vectors, spe
 
 def _span_training_data(dialogues: Sequence[RecconDialogue], encoder, emotion_vectors, cache, max_items: int, seed: int):
     """Token features/labels from RECCON positive pairs whose span strings are found in the candidate."""
-    from empathy_nlg.datasets import RecconDialogue as _RD  # noqa: F401  (type clarity)
-
     items = []
     for dlg in dialogues:
         for t, utt in enumerate(dlg.utterances):
