@@ -76,7 +76,9 @@ class EngineNaturalLanguageGenerator(CallbackNaturalLanguageGenerator):
             if not isinstance(response, dict) or not self.validate_response(response):
                 raise ValueError(f"unexpected NLG answer {str(response)[:200]!r}")
         except Exception as exc:  # any failure: answer from the domain, never stay silent
-            log.warning("empathy engine NLG failed for %s (%s); falling back to the domain text", utter_action, exc)
+            log.warning(
+                "empathy engine NLG failed for %s (%s: %s); falling back to the domain text", utter_action, type(exc).__name__, exc
+            )
             return None
         text = (response.get("text") or "").strip()
         if not text and not any(response.get(k) for k in ("buttons", "image", "elements", "attachment")):

