@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from empathy_nlg.datasets import Utterance
 from empathy_nlg.generators.base import GenerationRequest, GenerationResult, Generator
 
 log = logging.getLogger(__name__)
