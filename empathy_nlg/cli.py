@@ -22,6 +22,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "train-perception": ("empathy_nlg.perception.train", "train the perception models (emotion, cause, cm)"),
     "eval-perception": ("empathy_nlg.evaluation.perception_eval", "evaluate perception on a data file"),
     "bench-perceive": ("empathy_nlg.perception.bench", "measure /perceive latency (p50/p95)"),
+    "train": ("empathy_nlg.training.generator", "train a generator's adapters (imagine, nec)"),
     "evaluate": ("empathy_nlg.evaluation.harness", "evaluate generators on an ED-format file"),
     "knowledge": ("empathy_nlg.knowledge.cli", "build / evaluate / query the commonsense knowledge source"),
 }

@@ -182,6 +182,7 @@ class EmpathyEngine:
 
         perception: Optional[Perception] = None
         knowledge: Dict[str, List[str]] = {}
+        details: Dict[str, Any] = {}
         turn: Optional[TurnRecord] = None
         turn_index: Optional[int] = None
         if view.message_key is not None:
@@ -195,7 +196,8 @@ class EmpathyEngine:
             message = self._render_crisis(slots, channel)
             generator_name, version = "crisis-override", "scripted"
         elif generate:
-            message, generator_name, version, knowledge = self._generate(response_name, view, perception, sender_id, turn_index, slots, channel)
+            message, generator_name, version, knowledge, details = self._generate(
+                response_name, view, perception, sender_id, turn_index, slots, channel)
         else:
             message = self.domain.render(response_name, slots, channel)
             generator_name, version = "template", "domain"
@@ -221,6 +223,7 @@ class EmpathyEngine:
             "cm_probs": {k: round(v, 4) for k, v in perception.cm.items()} if perception else {},
             "crisis": bool(perception.crisis) if perception else False,
             "knowledge": knowledge,
+            "generation": details,
             "generator": generator_name,
             "generator_version": version,
             "response": response_name,
@@ -257,6 +260,7 @@ class EmpathyEngine:
         with self._model_lock:
             result = self.generator.generate([request])[0]
         if result.text.strip():
-            return {"text": result.text.strip()}, result.generator, result.version, result.knowledge
+            details = {k: v for k, v in (result.details or {}).items() if k not in ("raw", "system_prompt")}
+            return {"text": result.text.strip()}, result.generator, result.version, result.knowledge, details
         log.warning("generator %s returned an empty reply for %s; using the domain text", result.generator, response_name)
-        return self.domain.render(response_name, slots, channel), "template-fallback", "domain", {}
+        return self.domain.render(response_name, slots, channel), "template-fallback", "domain", {}, {}

@@ -508,16 +508,23 @@ def _generator_config(config: Mapping[str, Any], name: str) -> Dict[str, Any]:
 
 
 def build_generators(names: Sequence[str], config: Mapping[str, Any]) -> Dict[str, Generator]:
-    unknown = [n for n in names if n not in available_generators()]
+    """Generators by name. A name that is not registered may be a *label* whose config section
+    says which registered generator it is (``generators: {imagine-no-cm: {generator: imagine,
+    model_dir: …}}``) — how ablations and checkpoints are compared side by side."""
+    sections = {n: _generator_config(config, n) for n in names}
+    unknown = [n for n in names if n not in available_generators() and "generator" not in sections[n]]
     if unknown:
-        raise ValueError(f"unknown generator {unknown[0]!r}; available: {', '.join(available_generators())}")
+        raise ValueError(f"unknown generator {unknown[0]!r}; available: {', '.join(available_generators())} "
+                         "(or a label whose --config section names its `generator:`)")
     dupes = {n for n in names if list(names).count(n) > 1}
     if dupes:
         raise ValueError(f"generator {sorted(dupes)[0]!r} given twice")
     gens: Dict[str, Generator] = {}
     for name in names:
+        section = dict(sections[name])
+        kind = str(section.pop("generator", name))
         try:
-            gens[name] = create_generator(name, _generator_config(config, name))
+            gens[name] = create_generator(kind, section)
         except KeyError as exc:
             raise ValueError(str(exc).strip("'\"")) from None
         except TypeError as exc:

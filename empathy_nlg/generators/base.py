@@ -76,6 +76,8 @@ class Generator(ABC):
 _BUILTIN: Dict[str, str] = {
     "prompted": "empathy_nlg.generators.prompted:PromptedBackboneGenerator",
     "frequent": "empathy_nlg.generators.frequent:MostFrequentReplyGenerator",
+    "imagine": "empathy_nlg.generators.imagine:ImagineGenerator",
+    "nec": "empathy_nlg.generators.nec:NecGenerator",
 }
 _REGISTERED: Dict[str, Type[Generator]] = {}
 

@@ -60,6 +60,7 @@ class EchoGenerator(Generator):
     def __init__(self, reply: str | None = None) -> None:
         self.requests: List[GenerationRequest] = []
         self.reply = reply
+        self.details: dict = {}
 
     def generate(self, requests: Sequence[GenerationRequest]) -> List[GenerationResult]:
         self.requests.extend(requests)
@@ -68,6 +69,7 @@ class EchoGenerator(Generator):
                 text=self.reply if self.reply is not None else f"I hear that you feel {r.perception.emotion}.",
                 generator=self.name,
                 version=self.version,
+                details=dict(self.details),
             )
             for r in requests
         ]

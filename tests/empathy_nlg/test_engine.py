@@ -56,6 +56,14 @@ def test_generated_turn_is_persisted_with_perception(engine):
     assert state["turns"][0]["replies"][0]["text"] == "I hear that you feel sad."
 
 
+def test_generator_details_reach_custom_without_the_raw_text(engine):
+    engine.generator.details = {"emotion": "sad", "cm_plan": ["ER"], "cause_utterances": ["x"], "raw": "long raw"}
+    out = engine.nlg(nlg_request("utter_empathize", [user("My exam went badly", "m1")]))
+    assert out["custom"]["generation"] == {"emotion": "sad", "cm_plan": ["ER"], "cause_utterances": ["x"]}
+    templated = engine.nlg(nlg_request("utter_greet", [user("hi", "m2")]))
+    assert templated["custom"]["generation"] == {}
+
+
 def test_uses_parse_data_perception_instead_of_recomputing(engine):
     stored = make_perception("grateful").to_dict()
     engine.nlg(nlg_request("utter_empathize", [user("thanks to my friends", "m1", {"empathy": stored})]))

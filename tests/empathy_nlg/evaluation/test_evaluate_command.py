@@ -273,6 +273,22 @@ def test_unknown_generator_and_format_are_clear_errors(files, tmp_path, capsys):
     assert "--limit" in _error_line(capsys)
 
 
+def test_labels_compare_configured_variants_side_by_side(files, tmp_path, capsys):
+    data, train = files
+    cfg = tmp_path / "cfg.yml"
+    cfg.write_text("generators:\n  freq-a: {generator: frequent}\n  freq-b: {generator: frequent, reply: hello there}\n")
+    rc = main(["evaluate", "--data", str(data), "--generator", "freq-a", "--generator", "freq-b", "--limit", "3",
+               "--config", str(cfg), "--out", str(tmp_path / "o"), "--train-data", str(train), "--no-progress",
+               "--no-perception", "--no-cm-scorer"])
+    assert rc == 0
+    b = [json.loads(l) for l in (tmp_path / "o" / "freq-b" / "predictions.jsonl").read_text().splitlines()]
+    assert {r["reply"] for r in b} == {"hello there"}
+    assert (tmp_path / "o" / "freq-a" / "metrics.json").is_file()
+    assert main(["evaluate", "--data", str(data), "--generator", "freq-c", "--config", str(cfg),
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "unknown generator 'freq-c'" in _error_line(capsys)
+
+
 class PerceivingEcho(RandomEcho):
     name = "test-perceiving-echo"
     needs_perception = True

@@ -1,0 +1,412 @@
+"""Shared machinery of the trained generators (IMAGINE, NEC): a backbone with LoRA adapters that is
+conditioned on *prefix vectors*.
+
+A paper module computes, per example, a sequence of ``d``-dimensional vectors (``d`` = the
+backbone's hidden size) from what it perceives — emotion and CM signals, a knowledge-refined cause
+representation, social commonsense… — and :class:`ConditionedBackbone` places them in front of
+the token embeddings of the dialogue prompt:
+
+* causal LM (SmolLM2, Llama, GPT-2): ``[prefix ; prompt ; reply]`` is one decoder sequence; the
+  loss covers the reply tokens only;
+* seq2seq (BART): ``[prefix ; prompt]`` is the encoder input, the reply is the decoder target.
+
+Only the LoRA matrices and the paper module's own layers are trained; the backbone weights stay
+frozen, so what a paper ships is an adapter folder plus a small head file (:func:`save_trained` /
+:func:`load_trained`).
+
+Also here: the dialogue prompt (:func:`prompt_messages`), FACE token weights (Jiang et al. 2019,
+"pre-weight" variant, computed on the training replies) and the reply clean-up shared with the
+prompted generator.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from empathy_nlg.datasets import Utterance
+
+log = logging.getLogger(__name__)
+
+SYSTEM_PROMPT = "Reply as a kind, empathetic friend."  # short: every token costs training time
+HEADS_FILE = "heads.safetensors"
+ADAPTER_DIR = "adapter"
+CONFIG_FILE = "generator.json"
+
+
+# ----------------------------------------------------------------------------------- text side
+def prompt_messages(context: Sequence[Utterance], turns: int, extra_system: str = "") -> List[Dict[str, str]]:
+    """The last ``turns`` utterances as chat messages (user = speaker, assistant = listener)."""
+    system = SYSTEM_PROMPT + (" " + extra_system if extra_system else "")
+    messages = [{"role": "system", "content": system}]
+    for u in list(context)[-max(1, turns):]:
+        messages.append({"role": "user" if u.role == "speaker" else "assistant", "content": u.text})
+    return messages
+
+
+def encode_prompt(tokenizer, messages: List[Dict[str, str]], max_tokens: int) -> List[int]:
+    """Token ids of the chat prompt (generation prompt appended); the oldest tokens are cut first."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    else:  # plain checkpoints (GPT-2, BART): "speaker: … listener:" lines
+        lines = [f"{'speaker' if m['role'] == 'user' else 'listener'}: {m['content']}" for m in messages[1:]]
+        text = "\n".join(lines) + "\nlistener:"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids[-max_tokens:]
+
+
+def encode_reply(tokenizer, text: str, max_tokens: int, seq2seq: bool) -> List[int]:
+    """Reply token ids ending with the end-of-turn token (kept even when the reply is cut)."""
+    eos = tokenizer.eos_token_id
+    ids = tokenizer(" ".join(text.split()), add_special_tokens=False)["input_ids"][: max_tokens - 1]
+    if seq2seq and tokenizer.bos_token_id is not None:
+        ids = [tokenizer.bos_token_id] + ids[: max_tokens - 2]
+    return ids + [eos]
+
+
+def face_weights(tokenizer, replies: Sequence[str], vocab_size: int) -> List[float]:
+    """FACE "pre-weight" token weights from the training replies.
+
+    ``RF_i`` = relative frequency of token i; ``w_i = 1 − RF_i / max RF`` (the most frequent token
+    weighs 0, rare tokens ≈ 1), then rescaled so that the frequency-weighted mean weight is 1 — the
+    loss keeps the scale of plain cross-entropy while frequent tokens count less.
+    """
+    counts: Counter = Counter()
+    for text in replies:
+        counts.update(tokenizer(" ".join(text.split()), add_special_tokens=False)["input_ids"])
+    counts[tokenizer.eos_token_id] += len(replies)
+    total = sum(counts.values()) or 1
+    max_rf = max(counts.values()) / total if counts else 1.0
+    weights = [1.0] * vocab_size
+    for tok, c in counts.items():
+        if 0 <= tok < vocab_size:
+            weights[tok] = 1.0 - (c / total) / max_rf
+    mean = sum(weights[t] * c for t, c in counts.items() if 0 <= t < vocab_size) / total
+    mean = mean if mean > 1e-8 else 1.0
+    return [w / mean for w in weights]
+
+
+# ----------------------------------------------------------------------------------- model side
+@dataclass
+class LoraSettings:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: List[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+    @classmethod
+    def from_mapping(cls, values: Optional[Mapping[str, Any]]) -> "LoraSettings":
+        values = dict(values or {})
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown lora settings: {sorted(unknown)}")
+        return cls(**values)
+
+
+def attach_lora(model, settings: LoraSettings):
+    """Wrap a (frozen) backbone with fresh LoRA adapters; only those are trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    targets = [t for t in settings.target_modules if t in names]
+    if not targets:
+        raise ValueError(f"none of the LoRA target modules {settings.target_modules} exist in this backbone")
+    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=targets)
+    return get_peft_model(model, config)
+
+
+class ConditionedBackbone:
+    """A (LoRA-wrapped) backbone fed with ``[prefix ; prompt (; reply)]`` embeddings."""
+
+    def __init__(self, model, tokenizer, is_seq2seq: bool, device: str) -> None:
+        import torch
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.is_seq2seq = is_seq2seq
+        self.device = device
+        emb = self.embeddings.weight
+        self.hidden_size = int(emb.shape[1])
+        with torch.no_grad():
+            self.embedding_rms = float(emb.float().pow(2).mean().sqrt())
+
+    @property
+    def embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def embed(self, ids):
+        return self.embeddings(ids)
+
+    # -- batching ------------------------------------------------------------------------------
+    def _rows(self, prefixes, prompts: Sequence[List[int]], replies: Optional[Sequence[List[int]]]):
+        """Per example: the prefix rows (tensor [P_i, d]) followed by the prompt (and reply) embeddings."""
+        import torch
+
+        out = []
+        for i, prompt in enumerate(prompts):
+            ids = list(prompt) + (list(replies[i]) if (replies is not None and not self.is_seq2seq) else [])
+            tok = self.embed(torch.tensor(ids, dtype=torch.long, device=self.device))
+            out.append((prefixes[i], tok))
+        return out
+
+    def _pad(self, pieces, left: bool):
+        import torch
+
+        lengths = [p.shape[0] + t.shape[0] for p, t in pieces]
+        width = max(lengths)
+        d = self.hidden_size
+        dtype = pieces[0][1].dtype
+        embeds = torch.zeros(len(pieces), width, d, dtype=dtype, device=self.device)
+        mask = torch.zeros(len(pieces), width, dtype=torch.long, device=self.device)
+        starts = []
+        for i, ((p, t), n) in enumerate(zip(pieces, lengths)):
+            s = width - n if left else 0
+            row = torch.cat([p.to(dtype), t], dim=0)
+            embeds[i, s : s + n] = row
+            mask[i, s : s + n] = 1
+            starts.append(s)
+        return embeds, mask, starts
+
+    def forward(self, prefixes, prompts: Sequence[List[int]], replies: Sequence[List[int]], hidden: bool = False):
+        """Logits for every reply token (teacher forcing).
+
+        Returns ``(logits [B, R, V], targets [B, R] with -100 padding, info)``; ``info`` has the
+        last-layer hidden states of the prompt and reply positions when ``hidden``.
+        """
+        import torch
+
+        pieces = self._rows(prefixes, prompts, replies)
+        embeds, mask, _ = self._pad(pieces, left=False)
+        r_max = max(len(r) for r in replies)
+        targets = torch.full((len(replies), r_max), -100, dtype=torch.long, device=self.device)
+        info: Dict[str, Any] = {}
+        if self.is_seq2seq:
+            dec = torch.full((len(replies), r_max), self.tokenizer.pad_token_id, dtype=torch.long, device=self.device)
+            dec_mask = torch.zeros_like(dec)
+            for i, r in enumerate(replies):
+                dec[i, : len(r)] = torch.tensor(r, device=self.device)
+                dec_mask[i, : len(r)] = 1
+                targets[i, : len(r) - 1] = torch.tensor(r[1:], device=self.device)
+            out = self.model(inputs_embeds=embeds, attention_mask=mask, decoder_input_ids=dec,
+                             decoder_attention_mask=dec_mask, output_hidden_states=hidden)
+            logits = out.logits
+            if hidden:
+                info["context_hidden"], info["context_mask"] = out.encoder_last_hidden_state, mask
+                info["reply_hidden"], info["reply_mask"] = out.decoder_hidden_states[-1], dec_mask
+            return logits, targets, info
+        out = self.model(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=hidden)
+        d_logits = []
+        reply_hidden, ctx_hidden = [], []
+        for i, ((p, t), r) in enumerate(zip(pieces, replies)):
+            start = p.shape[0] + len(prompts[i])  # first reply position
+            # position j predicts token j+1: logits at [start-1, start+len(r)-1) predict the reply
+            d_logits.append(out.logits[i, start - 1 : start - 1 + len(r)])
+            targets[i, : len(r)] = torch.tensor(r, device=self.device)
+            if hidden:
+                ctx_hidden.append(out.hidden_states[-1][i, :start])
+                reply_hidden.append(out.hidden_states[-1][i, start : start + len(r)])
+        logits = torch.nn.utils.rnn.pad_sequence(d_logits, batch_first=True)
+        if hidden:
+            info["context_hidden"], info["context_mask"] = _pad_list(ctx_hidden)
+            info["reply_hidden"], info["reply_mask"] = _pad_list(reply_hidden)
+        return logits, targets, info
+
+    def generate(self, prefixes, prompts: Sequence[List[int]], decoding: Mapping[str, Any], num_return: int = 1):
+        """Generated token ids (decoder-only models return only the new tokens when fed
+        ``inputs_embeds``; BART's start tokens are special and vanish in :meth:`decode`) and,
+        with several returns, the beam scores (length-normalised log-probabilities)."""
+        import torch
+
+        pieces = self._rows(prefixes, prompts, None)
+        embeds, mask, _ = self._pad(pieces, left=not self.is_seq2seq)
+        d = dict(decoding)
+        kwargs: Dict[str, Any] = dict(
+            max_new_tokens=int(d.get("max_new_tokens", 30)),
+            do_sample=bool(d.get("do_sample", False)),
+            num_beams=max(int(d.get("num_beams", 1)), num_return),
+            num_return_sequences=num_return,
+            repetition_penalty=float(d.get("repetition_penalty", 1.0)),
+            no_repeat_ngram_size=int(d.get("no_repeat_ngram_size", 0)),
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        if kwargs["do_sample"]:
+            kwargs.update(temperature=float(d.get("temperature", 0.7)), top_p=float(d.get("top_p", 0.9)))
+        if num_return > 1:
+            kwargs.update(output_scores=True, return_dict_in_generate=True)
+        with torch.inference_mode():
+            out = self.model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+        if num_return > 1:
+            seqs = out.sequences
+            scores = getattr(out, "sequences_scores", None)
+            return seqs, scores
+        return out, None
+
+    def context_vectors(self, prefixes, prompts: Sequence[List[int]]):
+        """Mean last-layer hidden state over ``[prefix ; prompt]`` (NEC's ``z_x``) → [B, d]."""
+        pieces = self._rows(prefixes, prompts, None)
+        embeds, mask, _ = self._pad(pieces, left=False)
+        if self.is_seq2seq:
+            hidden = self.model.get_encoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        else:
+            hidden = self.model(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+        return masked_mean(hidden, mask)
+
+    def text_vectors(self, texts: Sequence[str], max_tokens: int = 32):
+        """Mean last-layer hidden state of each text on its own (NEC's ``z_y``) → [N, d]."""
+        import torch
+
+        ids = [self.tokenizer(" ".join(t.split()) or ".", add_special_tokens=False)["input_ids"][:max_tokens] or
+               [self.tokenizer.eos_token_id] for t in texts]
+        width = max(len(i) for i in ids)
+        pad = self.tokenizer.pad_token_id
+        batch = torch.full((len(ids), width), pad, dtype=torch.long, device=self.device)
+        mask = torch.zeros_like(batch)
+        for i, row in enumerate(ids):
+            batch[i, : len(row)] = torch.tensor(row, device=self.device)
+            mask[i, : len(row)] = 1
+        if self.is_seq2seq:
+            hidden = self.model.get_encoder()(input_ids=batch, attention_mask=mask).last_hidden_state
+        else:
+            hidden = self.model(input_ids=batch, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
+        return masked_mean(hidden, mask)
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _pad_list(rows):
+    import torch
+
+    width = max(r.shape[0] for r in rows)
+    out = torch.zeros(len(rows), width, rows[0].shape[-1], dtype=rows[0].dtype, device=rows[0].device)
+    mask = torch.zeros(len(rows), width, dtype=torch.long, device=rows[0].device)
+    for i, r in enumerate(rows):
+        out[i, : r.shape[0]] = r
+        mask[i, : r.shape[0]] = 1
+    return out, mask
+
+
+def masked_mean(x, mask):
+    """Mean over positions where ``mask`` is 1 ([B, L, d], [B, L]) → [B, d] (0 for empty rows)."""
+    m = mask.unsqueeze(-1).to(x.dtype)
+    return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def token_nll(logits, targets, weights=None):
+    """Mean NLL over non-padding targets; with ``weights`` [V], the FACE-weighted mean."""
+    import torch.nn.functional as F
+
+    flat_logits = logits.reshape(-1, logits.shape[-1]).float()
+    flat_t = targets.reshape(-1)
+    nll = F.cross_entropy(flat_logits, flat_t, ignore_index=-100, reduction="none")
+    valid = flat_t != -100
+    if weights is None:
+        return nll[valid].mean() if valid.any() else nll.sum() * 0.0
+    w = weights[flat_t.clamp(min=0)] * valid
+    return (nll * w).sum() / w.sum().clamp(min=1e-6)
+
+
+# ----------------------------------------------------------------------------------- persistence
+def load_base(backbone_path: Optional[str], device: Optional[str], dtype: str = "auto"):
+    """The frozen base backbone (weights not trainable)."""
+    from empathy_nlg.backbone.loader import load_backbone
+
+    bb = load_backbone(backbone_path, device=device, dtype=dtype)
+    for p in bb.model.parameters():
+        p.requires_grad_(False)
+    if bb.is_seq2seq:
+        bb.tokenizer.padding_side = "right"
+    return bb
+
+
+def save_trained(folder: Path, peft_model, heads, config: Mapping[str, Any], half: bool = False) -> None:
+    """Write ``adapter/`` (PEFT), ``heads.safetensors`` (the paper module) and ``generator.json``
+    to ``folder`` atomically (a temporary sibling renamed into place)."""
+    import torch
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    peft_model.save_pretrained(str(tmp / ADAPTER_DIR))
+    state = {k: (v.detach().to(torch.float16) if half and v.is_floating_point() else v.detach()).contiguous().cpu()
+             for k, v in heads.state_dict().items()}
+    save_file(state, str(tmp / HEADS_FILE))
+    (tmp / CONFIG_FILE).write_text(json.dumps(dict(config), indent=2, ensure_ascii=False) + "\n")
+    old = folder.with_name(folder.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_trained_config(folder: Path) -> Dict[str, Any]:
+    path = Path(folder) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} holds no trained generator ({CONFIG_FILE} missing); train one with `empathy-nlg train`")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_heads(folder: Path, heads, device: str) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(folder) / HEADS_FILE), device="cpu")
+    own = heads.state_dict()
+    state = {k: v.to(own[k].dtype) if k in own else v for k, v in state.items()}
+    try:
+        missing, unexpected = heads.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatch
+        raise ValueError(f"{folder}: heads do not match this model ({str(exc).splitlines()[-1].strip()})") from None
+    if missing or unexpected:
+        raise ValueError(f"{folder}: heads do not match this model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    heads.to(device)
+
+
+def load_adapter(base_model, folder: Path, trainable: bool = False):
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base_model, str(Path(folder) / ADAPTER_DIR), is_trainable=trainable)
+
+
+def count_parameters(module) -> Tuple[int, int]:
+    total = sum(p.numel() for p in module.parameters())
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return total, trainable
+
+
+def folder_megabytes(folder: Path) -> float:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file()) / 2**20
+
+
+def cosine(a, b):
+    import torch.nn.functional as F
+
+    return F.cosine_similarity(a, b, dim=-1)
+
+
+def rank_margin_loss(anchor, positive, negatives, gamma: float):
+    """NEC's ranking loss: Σ_j max(0, cos(x, y⁻_j) − cos(x, y⁺) + γ·(rank_j)), ranks 1..n over the
+    negatives in the order given (best-ranked first), plus the pairwise terms between negatives."""
+    import torch
+
+    cands = torch.cat([positive.unsqueeze(1), negatives], dim=1)  # [B, 1+n, d]
+    sims = cosine(anchor.unsqueeze(1), cands)  # [B, 1+n]
+    n = sims.shape[1]
+    loss = sims.new_zeros(())
+    terms = 0
+    for i in range(n - 1):
+        for j in range(i + 1, n):
+            margin = gamma * (j - i)
+            loss = loss + torch.relu(sims[:, j] - sims[:, i] + margin).mean()
+            terms += 1
+    return loss / max(1, terms), sims
+

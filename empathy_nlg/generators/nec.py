@@ -1,0 +1,686 @@
+"""NEC ("Non-Emotion-Centric Empathetic Dialogue Generation") on a pretrained backbone.
+
+NEC does not hinge the reply on a 32-way emotion label. It injects commonsense about the
+*entities* and the *social situation* of the dialogue and uses contrastive learning to push away
+generic and wrong-emotion replies. Here is each part, with the adaptation made:
+
+1. **Entity commonsense** — spaCy noun entities of the dialogue, queried for ObjectUse,
+   AtLocation, MadeUpOf, HasProperty (:func:`empathy_nlg.knowledge.seeds.nec_entity_knowledge`;
+   default source: retrieval over the ATOMIC-2020 sample, or a local COMET-BART with NEC's
+   "<dialogue> In this case, <entity>" head). NEC ranks candidates with a BERT relevance scorer
+   trained on positive/negative pairs; here :class:`FactScorer` is a logistic bi-encoder on MiniLM
+   vectors ``[c ⊙ f, |c − f|]`` (c = dialogue, f = linearised fact) trained at feature-building
+   time on silver pairs: a fact is positive when a content word of it occurs in the gold reply
+   (NEC's positives are the facts the gold reply uses). The top 3 facts are linearised as
+   "entity, relation, tail" under NEC's prompt and put in the system message of the prompt (the
+   separator between query and knowledge is the chat template's message boundary).
+2. **Social commonsense** — xEffect, xReact, xIntent, xNeed, xWant for the last utterance; per
+   relation the candidate most similar to the context (MiniLM cosine — NEC uses MPNet)
+   (:func:`~empathy_nlg.knowledge.seeds.nec_social_knowledge`). NEC adds an attention path in the
+   decoder; here each chosen inference becomes one *prefix vector* (MiniLM mean-pooled tokens →
+   linear → + relation embedding), which every backbone layer attends to — the equivalent
+   conditioning of a decoder-only backbone.
+3. **Contrastive training** after the NLL stage (``nll_steps``): for each example the gold reply
+   is the positive; negatives of the four kinds — D (a reply of a training conversation with a
+   different emotion), y′ (the model's own greedy output, generated online), B (another gold reply
+   of the batch), H (one of the most frequent replies of ED train). ``z_x`` = projected mean last
+   hidden state of ``[prefix ; prompt]``, ``z_y`` = the same for a reply on its own. Candidates
+   are ranked gold first, then negatives by unigram F1 with the gold reply; the loss is
+   ``L_NLL + w · mean_{i<j} max(0, cos(z_x, z_j) − cos(z_x, z_i) + γ·(j − i))``, γ = 0.01.
+4. **Contrastive reranking** — beam search (``num_beams`` returns, ≤ 30 new tokens), then
+   ``argmax α·S_sim + (1−α)·S_lm`` with α = 0.7, ``S_sim = cos(z_x, z_y)`` and ``S_lm`` the
+   beam's length-normalised log-probability.
+
+Ablations (the paper's Table 4): ``entity``, ``social``, ``neg_d``, ``neg_y``, ``neg_b``,
+``neg_h`` set to false.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from empathy_nlg.datasets import Utterance
+from empathy_nlg.generators import conditioned as C
+from empathy_nlg.generators.base import GenerationRequest, GenerationResult, Generator
+from empathy_nlg.paths import ARTIFACTS_DIR
+from empathy_nlg.taxonomy import NEC_SOCIAL_RELATIONS
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_DIR = ARTIFACTS_DIR / "generators" / "nec"
+VERSION = "nec-v1"
+NEGATIVE_KINDS = ("neg_d", "neg_y", "neg_b", "neg_h")
+FACT_SCORER_FILE = "fact_scorer.json"
+_STOP = set("""a an the and or but if so to of in on at for with from by is are was were be been am i you he she
+it we they me him her them my your our their this that these those have has had do does did not no yes
+just very really too can could would should will get got go went make made thing things some any person
+personx persony other others one about into out up down over there here what when how why who""".split())
+
+
+@dataclass
+class NecSettings:
+    entity: bool = True
+    social: bool = True
+    neg_d: bool = True
+    neg_y: bool = True
+    neg_b: bool = True
+    neg_h: bool = True
+    context_turns: int = 2
+    max_prompt_tokens: int = 128
+    max_reply_tokens: int = 32
+    max_knowledge_tokens: int = 24
+    n_facts: int = 3
+    max_entities: int = 3
+    knowledge_per_relation: int = 5
+    nll_steps: int = 100
+    contrastive_weight: float = 1.0
+    gamma: float = 0.01
+    alpha: float = 0.7
+    num_beams: int = 4
+    frequent_pool: int = 20
+    y_prime_tokens: int = 20
+
+    @classmethod
+    def from_mapping(cls, values: Optional[Mapping[str, Any]]) -> "NecSettings":
+        values = dict(values or {})
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown nec settings: {sorted(unknown)}")
+        s = cls(**values)
+        if not 0.0 <= s.alpha <= 1.0:
+            raise ValueError(f"nec alpha must be in [0, 1], got {s.alpha}")
+        return s
+
+    @property
+    def variant(self) -> str:
+        off = [n for n in ("entity", "social", *NEGATIVE_KINDS) if not getattr(self, n)]
+        return "nec" if not off else "nec-no-" + "-".join(n.replace("neg_", "") for n in off)
+
+    @property
+    def negatives(self) -> List[str]:
+        return [k for k in NEGATIVE_KINDS if getattr(self, k)]
+
+
+# ----------------------------------------------------------------------------------- fact scorer
+def content_words(text: str) -> set:
+    from empathy_nlg.knowledge.evaluate import tokens
+
+    return {t for t in tokens(text) if len(t) > 2 and t not in _STOP}
+
+
+class FactScorer:
+    """Logistic relevance scorer on MiniLM vectors of (dialogue, linearised fact)."""
+
+    def __init__(self, encoder, weights: Optional[Sequence[float]] = None, bias: float = 0.0) -> None:
+        import numpy as np
+
+        self.encoder = encoder
+        self.w = np.asarray(weights, dtype=np.float32) if weights is not None else None
+        self.b = float(bias)
+
+    @staticmethod
+    def features(c, f):
+        import numpy as np
+
+        return np.concatenate([c * f, np.abs(c - f)], axis=-1)
+
+    def __call__(self, dialogue: str, facts) -> List[float]:
+        import numpy as np
+
+        from empathy_nlg.knowledge.seeds import linearise_fact
+
+        if not facts:
+            return []
+        vecs = np.asarray(self.encoder.encode([dialogue] + [linearise_fact(f) for f in facts]), dtype=np.float32)
+        if self.w is None:  # untrained: cosine (the knowledge module's default)
+            return [float(s) for s in vecs[1:] @ vecs[0]]
+        x = self.features(vecs[0][None, :], vecs[1:])
+        return [float(s) for s in x @ self.w + self.b]
+
+    def fit(self, dialogue_vecs, fact_vecs, labels, seed: int = 13) -> Dict[str, float]:
+        """Train on silver pairs (80 %), report AUC on the other 20 %; balanced classes."""
+        import numpy as np
+        import torch
+
+        x = torch.tensor(self.features(dialogue_vecs, fact_vecs), dtype=torch.float32)
+        y = torch.tensor(labels, dtype=torch.float32)
+        idx = list(range(len(y)))
+        random.Random(seed).shuffle(idx)
+        cut = int(0.8 * len(idx))
+        tr, te = idx[:cut], idx[cut:]
+        pos = float(y[tr].sum())
+        if pos == 0 or pos == len(tr):
+            log.warning("fact scorer: silver labels are all %s; keeping cosine ranking", "positive" if pos else "negative")
+            return {"pairs": len(y), "positives": pos, "auc": None}
+        torch.manual_seed(seed)
+        lin = torch.nn.Linear(x.shape[1], 1)
+        weight = torch.tensor((len(tr) - pos) / pos)
+        opt = torch.optim.LBFGS(lin.parameters(), max_iter=100)
+
+        def closure():
+            opt.zero_grad()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                lin(x[tr]).squeeze(-1), y[tr], pos_weight=weight) + 1e-3 * lin.weight.pow(2).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        self.w = lin.weight.detach().numpy()[0].astype(np.float32)
+        self.b = float(lin.bias.detach())
+        scores = (x[te] @ torch.tensor(self.w) + self.b).numpy()
+        return {"pairs": int(len(y)), "positives": int(y.sum()), "auc": round(_auc(scores, y[te].numpy()), 4)}
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"weights": None if self.w is None else [round(float(v), 6) for v in self.w], "bias": self.b}
+
+
+def _auc(scores, labels) -> float:
+    import numpy as np
+
+    order = np.argsort(scores)
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    pos = labels > 0.5
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if not n_pos or not n_neg:
+        return float("nan")
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+# ----------------------------------------------------------------------------------- the module
+def build_heads(settings: NecSettings, encoder_dim: int, hidden: int, embedding_rms: float):
+    import torch
+    from torch import nn
+
+    class NecHeads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.social_proj = nn.Linear(encoder_dim, hidden)
+            self.relation_emb = nn.Embedding(len(NEC_SOCIAL_RELATIONS), hidden)
+            nn.init.normal_(self.relation_emb.weight, std=0.02)
+            self.prefix_norm = nn.LayerNorm(hidden)
+            with torch.no_grad():
+                self.prefix_norm.weight.fill_(embedding_rms)
+            self.z_proj = nn.Linear(hidden, hidden)  # contrastive projection of z_x and z_y
+
+        def social_prefix(self, vecs, present):
+            """[B, R, e] pooled inference vectors + [B, R] presence → list of [P_i, d]."""
+            x = self.prefix_norm(self.social_proj(vecs) + self.relation_emb.weight.unsqueeze(0))
+            return [x[i][present[i] > 0] for i in range(x.shape[0])]
+
+    return NecHeads()
+
+
+def entity_system_text(facts: Sequence[Sequence[str]]) -> str:
+    from empathy_nlg.knowledge.seeds import nec_knowledge_prompt
+
+    return nec_knowledge_prompt([tuple(f) for f in facts])
+
+
+class NecModel:
+    """Backbone + adapters + NEC heads (+ the frozen MiniLM for social inferences)."""
+
+    def __init__(self, settings: NecSettings, backbone, encoder, adapter_dir: Optional[Path] = None,
+                 lora: Optional[Mapping[str, Any]] = None, trainable: bool = False) -> None:
+        self.settings = settings
+        self.encoder = encoder
+        if adapter_dir is not None:
+            self.peft = C.load_adapter(backbone.model, adapter_dir, trainable=trainable)
+        else:
+            self.peft = C.attach_lora(backbone.model, C.LoraSettings.from_mapping(lora))
+        self.lm = C.ConditionedBackbone(self.peft, backbone.tokenizer, backbone.is_seq2seq, backbone.device)
+        self.heads = build_heads(settings, encoder.dim, self.lm.hidden_size, self.lm.embedding_rms).to(backbone.device)
+        self.backbone_name = backbone.name
+        self.fact_scorer = FactScorer(encoder)
+        self.scorer_report: Dict[str, Any] = {}
+        # set by the recipe before training
+        self.pool_by_emotion: Dict[str, List[str]] = {}
+        self.frequent: List[str] = []
+        self.rng = random.Random(13)
+
+    @property
+    def device(self) -> str:
+        return self.lm.device
+
+    # -- conditioning ----------------------------------------------------------------------------
+    def prefixes(self, social: Sequence[Mapping[str, str]]):
+        import torch
+
+        B = len(social)
+        if not self.settings.social:
+            return [torch.zeros(0, self.lm.hidden_size, device=self.device) for _ in range(B)]
+        texts, flags = [], []
+        for s in social:
+            for rel in NEC_SOCIAL_RELATIONS:
+                t = (s or {}).get(rel) or ""
+                texts.append(t or ".")
+                flags.append(1.0 if t else 0.0)
+        hidden, mask, _ = self.encoder.token_embeddings(texts)
+        hidden = hidden[:, : self.settings.max_knowledge_tokens].clone().to(self.device)
+        mask = mask[:, : self.settings.max_knowledge_tokens].clone().to(self.device)
+        pooled = C.masked_mean(hidden, mask).reshape(B, len(NEC_SOCIAL_RELATIONS), -1)
+        present = torch.tensor(flags, device=self.device).reshape(B, len(NEC_SOCIAL_RELATIONS))
+        return self.heads.social_prefix(pooled, present)
+
+    def prompts(self, contexts: Sequence[Sequence[Utterance]], facts: Sequence[Sequence[Sequence[str]]]) -> List[List[int]]:
+        s = self.settings
+        out = []
+        for ctx, fs in zip(contexts, facts):
+            extra = entity_system_text(fs) if (s.entity and fs) else ""
+            out.append(C.encode_prompt(self.lm.tokenizer, C.prompt_messages(ctx, s.context_turns, extra), s.max_prompt_tokens))
+        return out
+
+    def z(self, vectors):
+        return self.heads.z_proj(vectors)
+
+    # -- training ------------------------------------------------------------------------------
+    def _inputs(self, batch: Sequence[Mapping[str, Any]]):
+        contexts = [[Utterance(r, t) for r, t in f["context"]] for f in batch]
+        prefixes = self.prefixes([f.get("social") or {} for f in batch])
+        prompts = self.prompts(contexts, [f.get("facts") or [] for f in batch])
+        return prefixes, prompts
+
+    def reply_nll(self, batch: Sequence[Mapping[str, Any]]):
+        import torch.nn.functional as F
+
+        prefixes, prompts = self._inputs(batch)
+        replies = [C.encode_reply(self.lm.tokenizer, f["reference"], self.settings.max_reply_tokens, self.lm.is_seq2seq) for f in batch]
+        logits, targets, _ = self.lm.forward(prefixes, prompts, replies)
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100, reduction="sum")
+        return float(nll), int((targets != -100).sum())
+
+    def negatives(self, batch: Sequence[Mapping[str, Any]], prefixes, prompts) -> List[List[str]]:
+        """One negative reply of each enabled kind per example (see the module docstring)."""
+        s = self.settings
+        golds = [f["reference"] for f in batch]
+        out: List[List[str]] = [[] for _ in batch]
+        own: List[str] = []
+        if s.neg_y:
+            was_training = self.peft.training
+            self.peft.train(False)
+            ids, _ = self.lm.generate([p.detach() for p in prefixes], prompts,
+                                      {"max_new_tokens": s.y_prime_tokens, "num_beams": 1})
+            self.peft.train(was_training)
+            own = [self.lm.decode(i).strip() or "." for i in ids]
+        for i, f in enumerate(batch):
+            if s.neg_d:
+                others = [e for e in self.pool_by_emotion if e != f["emotion"] and self.pool_by_emotion[e]]
+                if others:
+                    out[i].append(self.rng.choice(self.pool_by_emotion[self.rng.choice(others)]))
+            if s.neg_y:
+                out[i].append(own[i])
+            if s.neg_b and len(batch) > 1:
+                out[i].append(golds[(i + 1) % len(batch)])
+            if s.neg_h and self.frequent:
+                out[i].append(self.rng.choice(self.frequent))
+        return out
+
+    def loss(self, batch: Sequence[Mapping[str, Any]], step: int = 0):
+        import torch
+
+        from empathy_nlg.knowledge.evaluate import token_f1
+
+        s = self.settings
+        prefixes, prompts = self._inputs(batch)
+        replies = [C.encode_reply(self.lm.tokenizer, f["reference"], s.max_reply_tokens, self.lm.is_seq2seq) for f in batch]
+        contrastive = step >= s.nll_steps and bool(s.negatives)
+        logits, targets, info = self.lm.forward(prefixes, prompts, replies, hidden=contrastive)
+        nll = C.token_nll(logits, targets)
+        parts = {"gen": nll}
+        total = nll
+        if contrastive:
+            negs = self.negatives(batch, prefixes, prompts)
+            n = min(len(x) for x in negs)
+            if n:
+                # rank negatives by closeness to the gold reply (closest = best-ranked)
+                ranked = [sorted(x[:n], key=lambda t, g=f["reference"]: -token_f1(t, [g])) for x, f in zip(negs, batch)]
+                z_x = self.z(C.masked_mean(info["context_hidden"], info["context_mask"]))
+                z_pos = self.z(self.lm.text_vectors([f["reference"] for f in batch], s.max_reply_tokens))
+                flat = [t for row in ranked for t in row]
+                z_neg = self.z(self.lm.text_vectors(flat, s.max_reply_tokens)).reshape(len(batch), n, -1)
+                cl, _ = C.rank_margin_loss(z_x, z_pos, z_neg, s.gamma)
+                parts["contrastive"] = cl
+                total = total + s.contrastive_weight * cl
+        return total, {k: float(v.detach()) for k, v in parts.items()}
+
+    def trainable_parameters(self):
+        return [p for p in list(self.peft.parameters()) + list(self.heads.parameters()) if p.requires_grad]
+
+    def train(self, mode: bool = True) -> None:
+        self.peft.train(mode)
+        self.heads.train(mode)
+
+    def save(self, folder: Path, extra: Optional[Mapping[str, Any]] = None, half: bool = False) -> None:
+        import json
+
+        config = {"generator": "nec", "version": VERSION, "variant": self.settings.variant,
+                  "settings": asdict(self.settings), "backbone": self.backbone_name, "encoder": self.encoder.name,
+                  "fact_scorer_report": self.scorer_report, **dict(extra or {})}
+        C.save_trained(folder, self.peft, self.heads, config, half=half)
+        (Path(folder) / FACT_SCORER_FILE).write_text(json.dumps(self.fact_scorer.to_dict()))
+
+    def load_scorer(self, folder: Path) -> None:
+        import json
+
+        path = Path(folder) / FACT_SCORER_FILE
+        if path.is_file():
+            d = json.loads(path.read_text())
+            self.fact_scorer = FactScorer(self.encoder, d.get("weights"), d.get("bias", 0.0))
+
+    @classmethod
+    def load(cls, folder: Path, backbone_path: Optional[str] = None, device: Optional[str] = None,
+             dtype: str = "auto", encoder=None, trainable: bool = False) -> "NecModel":
+        from empathy_nlg.perception.encoder import SentenceEncoder
+
+        C.read_trained_config(folder)
+        backbone = C.load_base(backbone_path, device=device, dtype=dtype)
+        encoder = encoder or SentenceEncoder(device=backbone.device)
+        model = RECIPE.load_model(Path(folder), backbone, encoder, trainable=trainable)
+        model.train(trainable)
+        return model
+
+
+# ----------------------------------------------------------------------------------- knowledge
+class CachedEncoder:
+    """``encode()`` with a per-text memory: commonsense tails repeat across dialogues, so each is
+    embedded once (bounded LRU)."""
+
+    def __init__(self, encoder, size: int = 50_000) -> None:
+        from collections import OrderedDict
+
+        self.encoder = encoder
+        self.size = size
+        self._memory: "OrderedDict[str, Any]" = OrderedDict()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.encoder, name)
+
+    def encode(self, texts: Sequence[str], **kwargs: Any):
+        import numpy as np
+
+        missing = list(dict.fromkeys(t for t in texts if t not in self._memory))
+        if missing:
+            for t, v in zip(missing, self.encoder.encode(missing, **kwargs)):
+                self._memory[t] = v
+            while len(self._memory) > self.size:
+                self._memory.popitem(last=False)
+        return np.stack([self._memory[t] for t in texts]) if texts else np.zeros((0, self.encoder.dim), dtype=np.float32)
+
+
+class NecKnowledge:
+    """Entity facts (ranked by the fact scorer) and social inferences for a dialogue."""
+
+    def __init__(self, source, encoder, settings: NecSettings, scorer: FactScorer) -> None:
+        self.source = source
+        self.encoder = CachedEncoder(encoder)
+        self.settings = settings
+        self.scorer = scorer
+        self.use_scorer(scorer)
+
+    def use_scorer(self, scorer: FactScorer) -> None:
+        """Rank facts with ``scorer``'s weights, embedding through this object's cache."""
+        self.scorer = FactScorer(self.encoder, scorer.w, scorer.b)
+
+    @staticmethod
+    def dialogue_text(context: Sequence[Utterance], turns: int) -> str:
+        return " ".join(u.text for u in list(context)[-max(1, turns):])
+
+    def candidates(self, context: Sequence[Utterance]):
+        from empathy_nlg.knowledge.seeds import nec_entity_knowledge
+
+        return nec_entity_knowledge(self.source, self.dialogue_text(context, self.settings.context_turns),
+                                    k=self.settings.knowledge_per_relation, max_entities=self.settings.max_entities)
+
+    def entity_facts(self, context: Sequence[Utterance]) -> List[List[str]]:
+        from empathy_nlg.knowledge.seeds import rank_entity_facts
+
+        if not self.settings.entity:
+            return []
+        facts = self.candidates(context)
+        ranked = rank_entity_facts(self.dialogue_text(context, self.settings.context_turns), facts, self.scorer,
+                                   top_n=self.settings.n_facts)
+        return [[f.entity, f.relation, f.tail] for f in ranked]
+
+    def social(self, context: Sequence[Utterance]) -> Dict[str, str]:
+        from empathy_nlg.knowledge.seeds import nec_social_knowledge
+
+        if not self.settings.social:
+            return {}
+        speakers = [u.text for u in context if u.role == "speaker"]
+        last = speakers[-1] if speakers else context[-1].text
+        return nec_social_knowledge(self.source, last, [u.text for u in context], self.encoder,
+                                    k=self.settings.knowledge_per_relation)
+
+
+# ----------------------------------------------------------------------------------- serving
+class NecGenerator(Generator):
+    """Serves a trained NEC model (``model_dir``; default: the committed one) with contrastive reranking."""
+
+    name = "nec"
+    needs_perception = False  # NEC is non-emotion-centric: it does not condition on the label
+
+    def __init__(
+        self,
+        model_dir: Optional[str] = None,
+        backbone_path: Optional[str] = None,
+        device: Optional[str] = None,
+        dtype: str = "auto",
+        knowledge: Optional[Mapping[str, Any]] = None,
+        decoding: Optional[Mapping[str, Any]] = None,
+        rerank: bool = True,
+        alpha: Optional[float] = None,
+        num_beams: Optional[int] = None,
+        batch_size: int = 8,
+    ) -> None:
+        from empathy_nlg.generators.prompted import DecodingConfig
+        from empathy_nlg.knowledge.base import load_knowledge_source
+
+        folder = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR
+        self.decoding = asdict(DecodingConfig.from_mapping(decoding or {}))
+        self.batch_size = int(batch_size)
+        self.model = NecModel.load(folder, backbone_path=backbone_path, device=device, dtype=dtype)
+        self.settings = self.model.settings
+        self.rerank = bool(rerank)
+        self.alpha = float(self.settings.alpha if alpha is None else alpha)
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"nec alpha must be in [0, 1], got {self.alpha}")
+        self.num_beams = int(num_beams or self.settings.num_beams)
+        config = C.read_trained_config(folder)
+        self.version = f"{config.get('variant', 'nec')}/{config.get('trained_at', 'untrained')}" + ("" if self.rerank else "/no-rerank")
+        self.knowledge = None
+        if self.settings.entity or self.settings.social:
+            source = load_knowledge_source(dict(knowledge or {"type": "retrieval"}), encoder=self.model.encoder)
+            self.knowledge = NecKnowledge(source, self.model.encoder, self.settings, self.model.fact_scorer)
+
+    def _inputs(self, requests: Sequence[GenerationRequest]):
+        facts = [self.knowledge.entity_facts(r.context) if self.knowledge else [] for r in requests]
+        social = [self.knowledge.social(r.context) if self.knowledge else {} for r in requests]
+        return facts, social
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> List[GenerationResult]:
+        import torch
+
+        from empathy_nlg.generators.prompted import clean_reply
+
+        results: List[GenerationResult] = []
+        for start in range(0, len(requests), self.batch_size):
+            chunk = list(requests[start : start + self.batch_size])
+            t0 = time.perf_counter()
+            facts, social = self._inputs(chunk)
+            with torch.inference_mode():
+                prefixes = self.model.prefixes(social)
+                prompts = self.model.prompts([r.context for r in chunk], facts)
+                torch.manual_seed(int(self.decoding.get("seed", 13)))
+                k = self.num_beams if self.rerank else 1
+                ids, beam_scores = self.model.lm.generate(prefixes, prompts, self.decoding, num_return=k)
+                texts = [clean_reply(self.model.lm.decode(i)) for i in ids]
+                chosen = list(range(0, len(texts), k))
+                scores: List[List[Dict[str, float]]] = [[] for _ in chunk]
+                if k > 1:
+                    z_x = self.model.z(self.model.lm.context_vectors(prefixes, prompts))
+                    z_y = self.model.z(self.model.lm.text_vectors([t or "." for t in texts]))
+                    sim = C.cosine(z_x.repeat_interleave(k, dim=0), z_y)
+                    lm = beam_scores if beam_scores is not None else torch.zeros_like(sim)
+                    total = self.alpha * sim + (1 - self.alpha) * lm.to(sim.dtype)
+                    chosen = []
+                    for i in range(len(chunk)):
+                        block = total[i * k : (i + 1) * k]
+                        chosen.append(i * k + int(block.argmax()))
+                        scores[i] = [{"text": texts[i * k + j], "sim": round(float(sim[i * k + j]), 4),
+                                      "lm": round(float(lm[i * k + j]), 4), "score": round(float(block[j]), 4)}
+                                     for j in range(k)]
+            seconds = (time.perf_counter() - t0) / len(chunk)
+            for i, r in enumerate(chunk):
+                text = texts[chosen[i]]
+                if not text:  # the best-scoring beam was empty after clean-up: take the first non-empty one
+                    text = next((t for t in texts[i * k : (i + 1) * k] if t), "")
+                knowledge = {"entity": [", ".join(f) for f in facts[i]],
+                             "social": [f"{rel}: {t}" for rel, t in social[i].items() if t]}
+                details = {"variant": self.settings.variant, "facts": facts[i], "social": social[i],
+                           "rerank": {"alpha": self.alpha, "candidates": scores[i]} if k > 1 else None,
+                           "seconds": round(seconds, 3)}
+                results.append(GenerationResult(text=text, generator=self.name, version=self.version,
+                                                knowledge=knowledge, details=details))
+        return results
+
+    def score(self, requests: Sequence[GenerationRequest], references: Sequence[str]) -> Optional[Dict[str, float]]:
+        import torch
+
+        facts, social = self._inputs(requests)
+        with torch.inference_mode():
+            prefixes = self.model.prefixes(social)
+            prompts = self.model.prompts([r.context for r in requests], facts)
+            replies = [C.encode_reply(self.model.lm.tokenizer, ref, 10_000, self.model.lm.is_seq2seq) for ref in references]
+            logits, targets, _ = self.model.lm.forward(prefixes, prompts, replies)
+            nll = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100, reduction="sum")
+        return {"nll": float(nll), "tokens": int((targets != -100).sum()), "tokenizer": f"{self.model.backbone_name} (BPE)"}
+
+
+# ----------------------------------------------------------------------------------- training
+def frequent_replies(path: Path, n: int) -> List[str]:
+    """The ``n`` most frequent replies of an ED file (case/space-normalised; original text kept)."""
+    from empathy_nlg.datasets import generation_examples, read_ed_jsonl
+
+    counts: Counter = Counter()
+    first: Dict[str, str] = {}
+    for ex in generation_examples(read_ed_jsonl(path)):
+        key = " ".join(ex.reference.lower().split())
+        counts[key] += 1
+        first.setdefault(key, ex.reference)
+    return [first[k] for k, _ in counts.most_common(n)]
+
+
+class NecRecipe:
+    name = "nec"
+    ABLATIONS = ("entity", "social", *NEGATIVE_KINDS)
+
+    @staticmethod
+    def settings_from(values: Optional[Mapping[str, Any]]) -> NecSettings:
+        return NecSettings.from_mapping(values)
+
+    @staticmethod
+    def feature_extra(settings: NecSettings, config: Mapping[str, Any], encoder, out_dir: Path):
+        """Adds ``fact_candidates`` / ``facts`` (entity) and ``social`` to every feature, and trains the
+        fact scorer on the training split (saved to ``out_dir/fact_scorer.json``)."""
+        if not (settings.entity or settings.social):
+            return None, None
+        source_cfg = dict(config.get("knowledge") or {"type": "retrieval"})
+        scorer_path = Path(out_dir) / FACT_SCORER_FILE
+
+        def add(feats: List[Dict[str, Any]], progress: bool) -> None:
+            import json
+
+            import numpy as np
+
+            from empathy_nlg.knowledge.base import load_knowledge_source
+            from empathy_nlg.knowledge.seeds import linearise_fact
+
+            source = load_knowledge_source(dict(source_cfg), encoder=encoder)
+            scorer = FactScorer(encoder)
+            nk = NecKnowledge(source, encoder, settings, scorer)
+            items = feats
+            if progress:
+                from tqdm.auto import tqdm
+
+                items = tqdm(feats, desc="knowledge (entity + social)", unit="ex")
+            for f in items:
+                ctx = [Utterance(r, t) for r, t in f["context"]]
+                f["social"] = nk.social(ctx)
+                f["fact_candidates"] = [[x.entity, x.relation, x.tail] for x in nk.candidates(ctx)] if settings.entity else []
+            if not settings.entity:
+                return
+            training_split = not scorer_path.is_file()
+            if training_split:  # the first split built is the training split: fit the scorer on it
+                dlg_texts = [nk.dialogue_text([Utterance(r, t) for r, t in f["context"]], settings.context_turns) for f in feats]
+                pairs = [(i, tuple(c)) for i, f in enumerate(feats) for c in f["fact_candidates"]]
+                if pairs:
+                    uniq_facts = sorted({linearise_fact(c) for _, c in pairs})
+                    fvec = dict(zip(uniq_facts, np.asarray(encoder.encode(uniq_facts, progress=progress))))
+                    dvec = np.asarray(encoder.encode(dlg_texts, progress=progress))
+                    labels = [1.0 if content_words(c[0] + " " + c[2]) & content_words(feats[i]["reference"]) else 0.0
+                              for i, c in pairs]
+                    report = scorer.fit(np.stack([dvec[i] for i, _ in pairs]), np.stack([fvec[linearise_fact(c)] for _, c in pairs]), labels)
+                else:
+                    report = {"pairs": 0, "auc": None}
+                scorer_path.write_text(json.dumps({**scorer.to_dict(), "report": report}))
+                log.info("fact scorer: %s", report)
+            d = json.loads(scorer_path.read_text())
+            nk.use_scorer(FactScorer(encoder, d.get("weights"), d.get("bias", 0.0)))
+            scorer = nk.scorer
+            from empathy_nlg.knowledge.seeds import EntityFact, rank_entity_facts
+
+            for f in feats:
+                ctx_text = nk.dialogue_text([Utterance(r, t) for r, t in f["context"]], settings.context_turns)
+                cands = [EntityFact(*c) for c in f["fact_candidates"]]
+                f["facts"] = [[x.entity, x.relation, x.tail] for x in rank_entity_facts(ctx_text, cands, scorer, top_n=settings.n_facts)]
+
+        key = {"knowledge": source_cfg, "entity": settings.entity, "social": settings.social, "n_facts": settings.n_facts,
+               "max_entities": settings.max_entities, "k": settings.knowledge_per_relation, "turns": settings.context_turns}
+        return add, key
+
+    @staticmethod
+    def new_model(settings: NecSettings, backbone, encoder, lora: Optional[Mapping[str, Any]]) -> NecModel:
+        return NecModel(settings, backbone, encoder, lora=lora)
+
+    @staticmethod
+    def load_model(folder: Path, backbone, encoder, trainable: bool) -> NecModel:
+        config = C.read_trained_config(folder)
+        if config.get("generator") != "nec":
+            raise ValueError(f"{folder} holds a {config.get('generator')!r} model, not a nec one")
+        model = NecModel(NecSettings.from_mapping(config.get("settings")), backbone, encoder,
+                         adapter_dir=Path(folder), trainable=trainable)
+        C.load_heads(folder, model.heads, backbone.device)
+        model.load_scorer(folder)
+        model.scorer_report = dict(config.get("fact_scorer_report") or {})
+        return model
+
+    @staticmethod
+    def prepare(model: NecModel, train_feats: Sequence[Mapping[str, Any]], config: Mapping[str, Any],
+                out_dir: Optional[Path] = None, train_path: Optional[Path] = None) -> None:
+        """Negative pools (by emotion; the most frequent ED replies) and the trained fact scorer."""
+        import json
+
+        import torch
+
+        pools: Dict[str, List[str]] = {}
+        for f in train_feats:
+            pools.setdefault(f["emotion"], []).append(f["reference"])
+        model.pool_by_emotion = pools
+        if train_path is not None and model.settings.neg_h:
+            model.frequent = frequent_replies(train_path, model.settings.frequent_pool)
+        model.rng = random.Random(int(config.get("seed", 13)))
+        torch.manual_seed(int(config.get("seed", 13)))
+        if out_dir is not None and (Path(out_dir) / FACT_SCORER_FILE).is_file():
+            d = json.loads((Path(out_dir) / FACT_SCORER_FILE).read_text())
+            model.fact_scorer = FactScorer(model.encoder, d.get("weights"), d.get("bias", 0.0))
+            model.scorer_report = d.get("report") or {}
+
+
+RECIPE = NecRecipe()

@@ -1,0 +1,145 @@
+"""Training examples for the trained generators, computed once per run and cached as JSON lines.
+
+A *feature* is one ED listener turn with what the generators condition on::
+
+    {"conv_id", "turn_index", "context": [[role, text], …], "reference", "emotion",
+     "cause_indices": [...], "cm": [p_ER, p_IP, p_EX], ...generator-specific keys}
+
+* causes — ``"model"``: the perception cause model annotates each conversation (target = its last
+  speaker turn, gold emotion; :func:`empathy_nlg.perception.cause.annotate_conversations`), and an
+  example keeps the cause indices before its reply; ``"speaker"``: every earlier speaker turn
+  (the heuristic). An example whose model causes all lie after it falls back to the heuristic.
+* cm — the EPITOME response classifiers' probabilities on (last speaker turn, gold reply): silver
+  communication-mechanism labels, since ED has none.
+
+The cache file is named by a fingerprint of everything that shapes it (data file, limit, seed, cause
+source, the generator's own keys), so runs (e.g. ablations) can share one features folder and a
+resumed run reuses its features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+from empathy_nlg.datasets import GenerationExample, generation_examples, read_ed_cause_jsonl, read_ed_jsonl
+
+log = logging.getLogger(__name__)
+
+CAUSE_SOURCES = ("model", "speaker")
+
+
+def select_examples(path: Path, limit: Optional[int], seed: int) -> List[GenerationExample]:
+    """ED listener turns of ``path``, shuffled with ``seed``, the first ``limit`` kept."""
+    convs = read_ed_jsonl(path)
+    examples = generation_examples(convs)
+    if not examples:
+        raise ValueError(f"{path}: no listener turn with a turn before it")
+    rng = random.Random(seed)
+    rng.shuffle(examples)
+    return examples[:limit] if limit else examples
+
+
+def annotate_causes(examples: Sequence[GenerationExample], source: str, work_dir: Path, data_path: Path,
+                    progress: bool) -> List[List[int]]:
+    """Cause indices for each example (see the module docstring)."""
+    if source not in CAUSE_SOURCES:
+        raise ValueError(f"causes must be one of {', '.join(CAUSE_SOURCES)}, got {source!r}")
+    heuristic = [[i for i, u in enumerate(ex.context) if u.role == "speaker"] or [len(ex.context) - 1] for ex in examples]
+    if source == "speaker":
+        return heuristic
+    from empathy_nlg.perception.cause import CauseModel, annotate_conversations
+    from empathy_nlg.perception.common import EmbeddingCache
+    from empathy_nlg.perception.encoder import SentenceEncoder
+    from empathy_nlg.perception.perceiver import DEFAULT_ARTIFACTS_DIR
+
+    wanted = {ex.conv_id for ex in examples}
+    convs = [c for c in read_ed_jsonl(data_path) if c.conv_id in wanted]
+    out = Path(work_dir) / f"causes-{data_path.stem}.jsonl"
+    cache = EmbeddingCache(SentenceEncoder(), Path(work_dir) / "embeddings")
+    annotate_conversations(convs, CauseModel.load(DEFAULT_ARTIFACTS_DIR), cache, out, progress=progress)
+    by_conv = {c.conv_id: c.cause_indices or [] for c in read_ed_cause_jsonl(out)}
+    result = []
+    for ex, fallback in zip(examples, heuristic):
+        found = [i for i in by_conv.get(ex.conv_id, []) if i < len(ex.context)]
+        result.append(found or fallback)
+    return result
+
+
+def silver_cm(examples: Sequence[GenerationExample], progress: bool) -> List[List[float]]:
+    """EPITOME response-classifier probabilities [ER, IP, EX] for each (seeker post, gold reply)."""
+    from empathy_nlg.evaluation.harness import seeker_post
+    from empathy_nlg.perception.cm import load_response_classifiers
+    from empathy_nlg.taxonomy import CM_CODES
+
+    scorer = load_response_classifiers()
+    out: List[List[float]] = []
+    chunks = range(0, len(examples), 256)
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc="silver CM labels", unit="batch")
+    for start in chunks:
+        part = examples[start : start + 256]
+        probs = scorer.predict_proba([seeker_post(ex.context) for ex in part], [ex.reference for ex in part])
+        for i in range(len(part)):
+            out.append([round(float(probs[c][i]), 4) for c in CM_CODES])
+    return out
+
+
+def fingerprint(values: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def build_features(
+    path: Path,
+    limit: Optional[int],
+    seed: int,
+    causes: str,
+    work_dir: Path,
+    split: str,
+    extra: Optional[Callable[[List[Dict[str, Any]], bool], None]] = None,
+    extra_key: Any = None,
+    progress: bool = True,
+) -> List[Dict[str, Any]]:
+    """The features of one split, from the cache when its fingerprint matches.
+
+    ``extra(features, progress)`` adds generator-specific keys in place (e.g. knowledge);
+    ``extra_key`` identifies what it does, for the fingerprint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training data {path} does not exist")
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    stat = path.stat()
+    fp = fingerprint({"path": str(path.resolve()), "size": stat.st_size, "limit": limit, "seed": seed,
+                      "causes": causes, "extra": extra_key})
+    cache = work_dir / f"features-{split}-{fp}.jsonl"  # runs that differ in anything never share a file
+    meta = work_dir / f"features-{split}-{fp}.json"
+    if cache.is_file() and meta.is_file() and json.loads(meta.read_text()).get("fingerprint") == fp:
+        feats = [json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines() if line.strip()]
+        log.info("%s: %d cached features reused from %s", split, len(feats), cache)
+        return feats
+    examples = select_examples(path, limit, seed)
+    log.info("%s: building features for %d examples of %s", split, len(examples), path)
+    cause_idx = annotate_causes(examples, causes, work_dir, path, progress)
+    cms = silver_cm(examples, progress)
+    feats = [
+        {"conv_id": ex.conv_id, "turn_index": ex.turn_index, "context": [[u.role, u.text] for u in ex.context],
+         "reference": ex.reference, "emotion": ex.emotion, "cause_indices": ci, "cm": cm}
+        for ex, ci, cm in zip(examples, cause_idx, cms)
+    ]
+    if extra is not None:
+        extra(feats, progress)
+    tmp = cache.with_suffix(".partial")
+    with tmp.open("w", encoding="utf-8") as fh:
+        for f in feats:
+            fh.write(json.dumps(f, ensure_ascii=False) + "\n")
+    tmp.replace(cache)
+    meta.write_text(json.dumps({"fingerprint": fp, "n": len(feats), "path": str(path)}, indent=2))
+    return feats

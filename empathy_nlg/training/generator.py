@@ -1,0 +1,327 @@
+"""``empathy-nlg train --generator NAME --config FILE``: train a generator's adapters and heads.
+
+The config (YAML, validated by ``empathy_nlg/config/train.schema.json``; see
+``configs/train/*.yml``) names the data, the cause source, the knowledge source, the generator's
+settings (incl. ablation switches), LoRA and the optimiser schedule. A run lives in ``out_dir``:
+
+* ``features-{train,valid}-<fingerprint>.jsonl`` — the conditioning inputs, built once (in
+  ``features_dir`` when set, so ablation runs share them);
+* ``checkpoint/`` — adapters + heads + optimiser + progress, written every ``checkpoint_every``
+  steps, when ``max_minutes`` is reached and on Ctrl-C (atomic: a crash never leaves half a
+  checkpoint); ``--resume`` continues from it with the same data order;
+* ``log.jsonl`` — one line per logged step; ``final/`` (or ``export_dir``) — the trained model in
+  fp16, with the training summary in ``generator.json``.
+
+The per-paper parts come from the generator module's ``RECIPE`` (features it adds, how to build,
+load and score the model). CUDA is used when present (``device: auto``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from empathy_nlg.paths import CONFIG_DIR, default_data_dir
+
+log = logging.getLogger(__name__)
+
+SCHEMA_FILE = CONFIG_DIR / "train.schema.json"
+RECIPES = {"imagine": "empathy_nlg.generators.imagine", "nec": "empathy_nlg.generators.nec"}
+DEFAULT_OPTIM = {"lr": 3e-4, "heads_lr": 1e-3, "weight_decay": 0.0, "batch_size": 8, "max_steps": 300,
+                 "warmup_steps": 20, "checkpoint_every": 25, "max_minutes": None, "grad_clip": 1.0}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--generator", required=True, choices=sorted(RECIPES), help="which generator to train")
+    parser.add_argument("--config", required=True, help="training config (YAML); see configs/train/")
+    parser.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoint")
+    parser.add_argument("--out-dir", default=None, help="override out_dir of the config")
+    parser.add_argument("--export-dir", default=None, help="override export_dir of the config")
+    parser.add_argument("--max-steps", type=int, default=None, help="override optim.max_steps")
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    parser.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                        help="start from another run's checkpoint folder (weights, optimiser, step) with this config's settings")
+    parser.add_argument("--ablate", action="append", default=[], metavar="PART",
+                        help="switch a part off (imagine: cause, cm, knowledge, face; nec: entity, social, "
+                        "neg_d, neg_y, neg_b, neg_h); repeatable; out_dir gets a -no-PART suffix")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def load_config(path: str | Path, generator: str) -> Dict[str, Any]:
+    import jsonschema
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{p}: not valid YAML: {exc}".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: the top level must be a mapping")
+    data.setdefault("generator", generator)
+    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data), key=lambda e: list(e.path))
+    if errors:
+        lines = [f"{'.'.join(str(x) for x in e.path) or '(top level)'}: {e.message}" for e in errors]
+        raise ValueError(f"{p} is invalid: " + "; ".join(lines))
+    if data["generator"] != generator:
+        raise ValueError(f"{p} is a config for {data['generator']!r}, not {generator!r}")
+    return data
+
+
+def recipe_for(generator: str):
+    return importlib.import_module(RECIPES[generator]).RECIPE
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up, then cosine decay to 10 %."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _order(n: int, seed: int, epoch: int) -> List[int]:
+    idx = list(range(n))
+    random.Random(seed * 1000 + epoch).shuffle(idx)
+    return idx
+
+
+def _batch_at(step: int, n: int, batch_size: int, seed: int) -> List[int]:
+    """Indices of the examples of ``step`` (deterministic: a resumed run sees the same batches)."""
+    per_epoch = max(1, n // batch_size)
+    epoch, pos = divmod(step, per_epoch)
+    order = _order(n, seed, epoch)
+    return order[pos * batch_size : (pos + 1) * batch_size]
+
+
+def _save_checkpoint(model, optimizer, out_dir: Path, state: Mapping[str, Any], rng_state=None) -> None:
+    """Model, optimiser, the RNG state at the start of the next step and the progress; state.json
+    is written last, so a checkpoint without it is ignored."""
+    import torch
+
+    ckpt = out_dir / "checkpoint"
+    model.save(ckpt, extra={"checkpoint": dict(state)})
+    torch.save({"optimizer": optimizer.state_dict(), "rng": rng_state if rng_state is not None else torch.get_rng_state()},
+               ckpt / "optimizer.pt.partial")
+    os.replace(ckpt / "optimizer.pt.partial", ckpt / "optimizer.pt")
+    (ckpt / "state.json").write_text(json.dumps(dict(state), indent=2))
+
+
+def validation_ppl(model, feats: Sequence[Mapping[str, Any]], batch_size: int) -> Optional[float]:
+    """Perplexity of the gold replies of ``feats`` (reply tokens, teacher forcing)."""
+    import torch
+
+    if not feats:
+        return None
+    model.train(False)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(feats), batch_size):
+            nll, n = model.reply_nll(feats[i : i + batch_size])
+            total += nll
+            count += n
+    model.train(True)
+    return math.exp(total / max(1, count))
+
+
+def train(config: Mapping[str, Any], *, resume: bool = False, progress: bool = True) -> Dict[str, Any]:
+    """Run (or resume) one training run; returns the summary written next to the model."""
+    import torch
+
+    from empathy_nlg.training import features as FE
+
+    generator = config["generator"]
+    recipe = recipe_for(generator)
+    settings = recipe.settings_from(config.get("settings"))
+    out_dir = Path(config.get("out_dir") or f"runs/{settings.variant}")
+    export_dir = Path(config.get("export_dir") or out_dir / "final")
+    optim = {**DEFAULT_OPTIM, **(config.get("optim") or {})}
+    seed = int(config.get("seed", 13))
+    data = config.get("data") or {}
+    data_dir = default_data_dir() / "empathetic_dialogues"
+    train_path = Path(data.get("train") or data_dir / "train.jsonl")
+    valid_path = Path(data.get("valid") or data_dir / "valid.jsonl")
+    if config.get("threads"):
+        torch.set_num_threads(int(config["threads"]))
+    ckpt = out_dir / "checkpoint"
+    if resume and not (ckpt / "state.json").is_file():
+        raise FileNotFoundError(f"nothing to resume: {ckpt}/state.json does not exist")
+    if not resume and (ckpt / "state.json").is_file():
+        raise ValueError(f"{ckpt} already holds a checkpoint: pass --resume to continue it, or pick another out_dir")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+    from empathy_nlg.generators import conditioned as C
+    from empathy_nlg.perception.encoder import SentenceEncoder
+
+    # Training keeps the adapters in fp32 whatever the device ("auto" → float32 here).
+    dtype = config.get("dtype", "auto")
+    backbone = C.load_base(config.get("backbone_path"), device=config.get("device"),
+                           dtype="float32" if dtype == "auto" else dtype)
+    encoder = SentenceEncoder(device=backbone.device)
+    causes = config.get("causes", "model")
+    feat_dir = Path(config.get("features_dir") or out_dir)
+    extra, extra_key = recipe.feature_extra(settings, config, encoder, feat_dir)
+    train_feats = FE.build_features(train_path, data.get("max_train_examples"), seed, causes, feat_dir, "train",
+                                    extra=extra, extra_key=extra_key, progress=progress)
+    valid_feats = FE.build_features(valid_path, data.get("max_valid_examples", 200), seed, causes, feat_dir, "valid",
+                                    extra=extra, extra_key=extra_key, progress=progress)
+
+    init_from = Path(config["init_from"]) if config.get("init_from") else None
+    if init_from is not None and not resume:
+        # Branch off another run (e.g. NEC's contrastive ablations share its NLL stage): its weights,
+        # optimiser, RNG and step count; this config's settings (ablation switches) and out_dir.
+        if not (init_from / "state.json").is_file():
+            raise FileNotFoundError(f"init_from: {init_from}/state.json does not exist (give a run's checkpoint folder)")
+        ckpt_in = init_from
+    else:
+        ckpt_in = ckpt
+    if resume or init_from is not None:
+        model = recipe.load_model(ckpt_in, backbone, encoder, trainable=True)
+        if not resume:
+            model.settings = settings
+        state = json.loads((ckpt_in / "state.json").read_text())
+    else:
+        model = recipe.new_model(settings, backbone, encoder, config.get("lora"))
+        state = {"step": 0, "seconds": 0.0, "examples": 0}
+    recipe.prepare(model, train_feats, config, out_dir=feat_dir, train_path=train_path)
+    params = model.trainable_parameters()
+    head_ids = {id(p) for p in model.heads.parameters()}
+    groups = [
+        {"params": [p for p in params if id(p) not in head_ids], "lr": optim["lr"]},
+        {"params": [p for p in params if id(p) in head_ids], "lr": optim["heads_lr"]},
+    ]
+    optimizer = torch.optim.AdamW(groups, weight_decay=optim["weight_decay"])
+    if (resume or init_from is not None) and (ckpt_in / "optimizer.pt").is_file():
+        saved = torch.load(ckpt_in / "optimizer.pt", map_location=backbone.device, weights_only=False)
+        if "optimizer" in saved:
+            optimizer.load_state_dict(saved["optimizer"])
+            torch.set_rng_state(saved["rng"].cpu())
+        else:  # checkpoints of the first format held the optimiser state only
+            optimizer.load_state_dict(saved)
+    base_lrs = [g["lr"] for g in groups]
+    total_steps = int(optim["max_steps"])
+    bs = int(optim["batch_size"])
+    step = int(state["step"])
+    start_seconds = float(state["seconds"])
+    deadline = time.monotonic() + 60 * float(optim["max_minutes"]) if optim.get("max_minutes") else None
+    t0 = time.monotonic()
+    rng_state = None
+    model.train(True)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=step, desc=f"train {settings.variant}", unit="step")
+    log_path = out_dir / "log.jsonl"
+    stopped = "done"
+
+    def snapshot() -> Dict[str, Any]:
+        return {"step": step, "seconds": round(start_seconds + time.monotonic() - t0, 1), "examples": state["examples"],
+                "seed": seed, "total_steps": total_steps}
+
+    try:
+        with log_path.open("a", encoding="utf-8") as log_fh:
+            while step < total_steps:
+                if deadline is not None and time.monotonic() >= deadline:
+                    stopped = "time budget reached"
+                    break
+                factor = _lr_factor(step, int(optim["warmup_steps"]), total_steps)
+                for g, base in zip(optimizer.param_groups, base_lrs):
+                    g["lr"] = base * factor
+                rng_state = torch.get_rng_state()
+                batch = [train_feats[i] for i in _batch_at(step, len(train_feats), bs, seed)]
+                loss, parts = model.loss(batch, step)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, float(optim["grad_clip"]))
+                optimizer.step()
+                step += 1
+                state["examples"] += len(batch)
+                record = {"step": step, "loss": round(float(loss.detach()), 4), **{k: round(v, 4) for k, v in parts.items()},
+                          "lr": round(optimizer.param_groups[0]["lr"], 7)}
+                log_fh.write(json.dumps(record) + "\n")
+                log_fh.flush()
+                if bar is not None:
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", gen=f"{parts.get('gen', 0):.3f}")
+                    bar.update(1)
+                rng_state = None
+                if step % int(optim["checkpoint_every"]) == 0 and step < total_steps:
+                    _save_checkpoint(model, optimizer, out_dir, snapshot())
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+        # the interrupted step did not update anything: resume redoes it with the same randomness
+        _save_checkpoint(model, optimizer, out_dir, snapshot(), rng_state)
+        if bar is not None:
+            bar.close()
+        print(f"interrupted at step {step}: checkpoint saved in {ckpt}; continue with --resume", file=sys.stderr)
+        raise
+    if bar is not None:
+        bar.close()
+    _save_checkpoint(model, optimizer, out_dir, snapshot())
+    summary: Dict[str, Any] = {**snapshot(), "stopped": stopped}
+    if stopped == "done":
+        ppl = validation_ppl(model, valid_feats, bs)
+        summary.update({
+            "valid_ppl": round(ppl, 3) if ppl is not None else None,
+            "valid_examples": len(valid_feats),
+            "train_examples": len(train_feats),
+            "train_data": str(train_path), "valid_data": str(valid_path), "causes": causes,
+            "device": backbone.device, "threads": torch.get_num_threads(),
+            "trained_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "config": json.loads(json.dumps(config, default=str)),
+        })
+        model.save(export_dir, extra={"training": summary, "trained_at": summary["trained_at"]}, half=True)
+        summary["export_dir"] = str(export_dir)
+        summary["export_mb"] = round(C.folder_megabytes(export_dir), 2)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config, args.generator)
+    recipe = recipe_for(args.generator)
+    for part in args.ablate:
+        if part not in recipe.ABLATIONS:
+            raise ValueError(f"--ablate {part}: {args.generator} parts are {', '.join(recipe.ABLATIONS)}")
+        config["settings"] = {**(config.get("settings") or {}), part: False}
+        if not args.out_dir:
+            config["out_dir"] = f"{config.get('out_dir') or 'runs/' + args.generator}-no-{part}"
+            config.pop("export_dir", None)
+    if args.out_dir:
+        config["out_dir"] = args.out_dir
+    if args.init_from:
+        config["init_from"] = args.init_from
+    if args.export_dir:
+        config["export_dir"] = args.export_dir
+    if args.max_steps or args.max_minutes:
+        config["optim"] = dict(config.get("optim") or {})
+        if args.max_steps:
+            config["optim"]["max_steps"] = args.max_steps
+        if args.max_minutes:
+            config["optim"]["max_minutes"] = args.max_minutes
+    summary = train(config, resume=args.resume, progress=not args.quiet)
+    minutes = summary["seconds"] / 60
+    print(f"\n{config['generator']}: {summary['step']}/{summary['total_steps']} steps, "
+          f"{summary['examples']} examples seen, {minutes:.1f} min ({summary['stopped']})")
+    if summary["stopped"] == "done":
+        print(f"valid PPL {summary['valid_ppl']} on {summary['valid_examples']} examples; "
+              f"model: {summary['export_dir']} ({summary['export_mb']} MB)")
+    else:
+        print(f"checkpoint: {Path(config.get('out_dir') or 'runs')}/checkpoint — continue with --resume")
+    return 0
+
