@@ -23,6 +23,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "eval-perception": ("empathy_nlg.evaluation.perception_eval", "evaluate perception on a data file"),
     "bench-perceive": ("empathy_nlg.perception.bench", "measure /perceive latency (p50/p95)"),
     "train": ("empathy_nlg.training.generator", "train a generator's adapters (imagine, nec)"),
+    "bench-generate": ("empathy_nlg.evaluation.bench_generate", "measure reply latency of generators (p50/p95)"),
     "evaluate": ("empathy_nlg.evaluation.harness", "evaluate generators on an ED-format file"),
     "knowledge": ("empathy_nlg.knowledge.cli", "build / evaluate / query the commonsense knowledge source"),
 }

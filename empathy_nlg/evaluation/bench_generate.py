@@ -1,0 +1,73 @@
+"""``empathy-nlg bench-generate``: reply latency of generators on CPU (or the GPU when present).
+
+Loads each generator the way the engine does (``--config``: a file with ``generators: {NAME: …}``,
+default the engine's settings), perceives ``--n`` held-out ED contexts once (perception time is
+reported separately: ``bench-perceive``), warms up, then times one ``generate`` call per context
+(batch of one, as in a live conversation: knowledge look-up, conditioning, decoding and — for
+NEC — reranking included) and prints p50 / p95 / mean seconds per reply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--generator", action="append", required=True, metavar="NAME",
+                        help="generator name or a --config label; repeat for several")
+    parser.add_argument("--data", default=None, help="ED jsonl with held-out conversations (default: ED valid)")
+    parser.add_argument("--n", type=int, default=20, help="timed replies per generator (default 20)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed replies first (default 2)")
+    parser.add_argument("--config", default=None, help="YAML with generators: {NAME: {...}} (as for evaluate)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from empathy_nlg.evaluation.harness import _load_config, build_generators, load_examples, load_perceiver
+    from empathy_nlg.generators.base import GenerationRequest
+    from empathy_nlg.paths import default_data_dir
+
+    if args.n <= 0:
+        raise ValueError("--n must be positive")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = Path(args.data) if args.data else default_data_dir() / "empathetic_dialogues" / "valid.jsonl"
+    examples = load_examples(data, "ed-jsonl", args.n + args.warmup)
+    config = _load_config(args.config)
+    perceiver = load_perceiver(config)
+    perceptions = perceiver.perceive_batch([ex.context for ex in examples]) if perceiver else [None] * len(examples)
+    requests = [GenerationRequest(context=list(ex.context), perception=p) for ex, p in zip(examples, perceptions)]
+    device = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
+    results: Dict[str, Any] = {"device": device, "n": args.n, "data": str(data)}
+    print(f"reply latency, batch of 1, {args.n} held-out contexts of {data.name}, on {device}")
+    for name, gen in build_generators(args.generator, config).items():
+        for r in requests[: args.warmup]:
+            gen.generate([r])
+        times: List[float] = []
+        words: List[int] = []
+        for i, r in enumerate(requests[args.warmup :], 1):
+            t0 = time.perf_counter()
+            out = gen.generate([r])[0]
+            times.append(time.perf_counter() - t0)
+            words.append(len(out.text.split()))
+            print(f"\r  {name}: {i}/{args.n}", end="", flush=True)
+        arr = np.asarray(times)
+        row = {"p50_s": round(float(np.percentile(arr, 50)), 3), "p95_s": round(float(np.percentile(arr, 95)), 3),
+               "mean_s": round(float(arr.mean()), 3), "mean_words": round(float(np.mean(words)), 1),
+               "version": gen.version}
+        results[name] = row
+        print(f"\r  {name:24s} p50 {row['p50_s']:.2f} s   p95 {row['p95_s']:.2f} s   mean {row['mean_s']:.2f} s"
+              f"   ({row['mean_words']} words/reply)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+        print(f"written to {args.json}")
+    return 0
