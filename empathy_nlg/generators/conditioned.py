@@ -336,6 +336,7 @@ def save_trained(folder: Path, peft_model, heads, config: Mapping[str, Any], hal
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     peft_model.save_pretrained(str(tmp / ADAPTER_DIR))
+    (tmp / ADAPTER_DIR / "README.md").unlink(missing_ok=True)  # PEFT's empty template; our card is MODEL_CARD.md
     state = {k: (v.detach().to(torch.float16) if half and v.is_floating_point() else v.detach()).contiguous().cpu()
              for k, v in heads.state_dict().items()}
     save_file(state, str(tmp / HEADS_FILE))
