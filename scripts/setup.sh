@@ -79,6 +79,14 @@ fi
 # 3. Backbone cache --------------------------------------------------------------------------
 .venvs/engine/bin/empathy-nlg prepare
 
+# 3b. Commonsense index for the trained generators (embeds the ATOMIC-2020 sample's heads once) --
+ATOMIC_TSV="${EMPATHY_NLG_DATA:-$ROOT/../shared/data}/atomic2020_sample/atomic2020_test_sample.tsv"
+if [ -f "$ATOMIC_TSV" ]; then
+  .venvs/engine/bin/empathy-nlg knowledge build >/dev/null 2>&1 || say "warning: the commonsense index could not be built (see: empathy-nlg knowledge build)"
+else
+  say "no ATOMIC-2020 sample at $ATOMIC_TSV: imagine/nec will answer without commonsense knowledge (set EMPATHY_NLG_DATA)"
+fi
+
 # 4. Rasa model ------------------------------------------------------------------------------
 MODEL_HASH=$(hash_of config.yml domain.yml $(find data -name '*.yml' | sort))
 if fresh rasa-model "$MODEL_HASH" && [ -f models/assistant.tar.gz ]; then

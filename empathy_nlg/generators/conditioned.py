@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,7 +240,10 @@ class ConditionedBackbone:
             kwargs.update(temperature=float(d.get("temperature", 0.7)), top_p=float(d.get("top_p", 0.9)))
         if num_return > 1:
             kwargs.update(output_scores=True, return_dict_in_generate=True)
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            # Fed embeddings, generate() applies the repetition penalty and the no-repeat n-grams to
+            # the reply only (not to the prompt) — what we want: echoing the user is not penalised.
+            warnings.filterwarnings("ignore", message=r"Passing `(repetition_penalty|no_repeat_ngram_size)` with `inputs_embeds`")
             out = self.model.generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
         if num_return > 1:
             seqs = out.sequences

@@ -355,7 +355,7 @@ class ImagineGenerator(Generator):
         batch_size: int = 8,
     ) -> None:
         from empathy_nlg.generators.prompted import DecodingConfig
-        from empathy_nlg.knowledge.base import load_knowledge_source
+        from empathy_nlg.knowledge.base import load_knowledge_source_or_none
 
         folder = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR
         self.decoding = asdict(DecodingConfig.from_mapping(decoding or {}))
@@ -367,7 +367,8 @@ class ImagineGenerator(Generator):
         self.version = f"{config.get('variant', 'imagine')}/{config.get('trained_at', 'untrained')}"
         self.knowledge = None
         if self.settings.knowledge:
-            self.knowledge = load_knowledge_source(dict(knowledge or {"type": "retrieval"}), encoder=self.model.encoder)
+            self.knowledge = load_knowledge_source_or_none(dict(knowledge or {"type": "retrieval"}), "imagine",
+                                                           encoder=self.model.encoder)
 
     # -- inputs --------------------------------------------------------------------------------
     def _cause_indices(self, request: GenerationRequest) -> List[int]:

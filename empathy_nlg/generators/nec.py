@@ -479,7 +479,7 @@ class NecGenerator(Generator):
         batch_size: int = 8,
     ) -> None:
         from empathy_nlg.generators.prompted import DecodingConfig
-        from empathy_nlg.knowledge.base import load_knowledge_source
+        from empathy_nlg.knowledge.base import load_knowledge_source_or_none
 
         folder = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR
         self.decoding = asdict(DecodingConfig.from_mapping(decoding or {}))
@@ -495,7 +495,7 @@ class NecGenerator(Generator):
         self.version = f"{config.get('variant', 'nec')}/{config.get('trained_at', 'untrained')}" + ("" if self.rerank else "/no-rerank")
         self.knowledge = None
         if self.settings.entity or self.settings.social:
-            source = load_knowledge_source(dict(knowledge or {"type": "retrieval"}), encoder=self.model.encoder)
+            source = load_knowledge_source_or_none(dict(knowledge or {"type": "retrieval"}), "nec", encoder=self.model.encoder)
             self.knowledge = NecKnowledge(source, self.model.encoder, self.settings, self.model.fact_scorer)
 
     def _inputs(self, requests: Sequence[GenerationRequest]):

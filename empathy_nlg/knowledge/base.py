@@ -235,6 +235,17 @@ def available_knowledge_sources() -> List[str]:
     return sorted(set(_BUILTIN) | set(_REGISTERED))
 
 
+def load_knowledge_source_or_none(config: Mapping[str, Any], user: str, **objects: Any) -> KnowledgeSource:
+    """:func:`load_knowledge_source`, or — when its files are missing (e.g. no ATOMIC-2020 sample on
+    this machine) — a :class:`NoKnowledgeSource` with a warning naming what is missing, so a
+    generator still answers (without commonsense) instead of failing to start."""
+    try:
+        return load_knowledge_source(config, **objects)
+    except FileNotFoundError as exc:
+        log.warning("%s runs WITHOUT commonsense knowledge: %s", user, str(exc).splitlines()[0])
+        return NoKnowledgeSource()
+
+
 def load_knowledge_source(config: Mapping[str, Any], **objects: Any) -> KnowledgeSource:
     """Build a source from its config section.
 

@@ -208,11 +208,8 @@ def train(config: Mapping[str, Any], *, resume: bool = False, progress: bool = T
     optimizer = torch.optim.AdamW(groups, weight_decay=optim["weight_decay"])
     if (resume or init_from is not None) and (ckpt_in / "optimizer.pt").is_file():
         saved = torch.load(ckpt_in / "optimizer.pt", map_location=backbone.device, weights_only=False)
-        if "optimizer" in saved:
-            optimizer.load_state_dict(saved["optimizer"])
-            torch.set_rng_state(saved["rng"].cpu())
-        else:  # checkpoints of the first format held the optimiser state only
-            optimizer.load_state_dict(saved)
+        optimizer.load_state_dict(saved["optimizer"])
+        torch.set_rng_state(saved["rng"].cpu())
     base_lrs = [g["lr"] for g in groups]
     total_steps = int(optim["max_steps"])
     bs = int(optim["batch_size"])

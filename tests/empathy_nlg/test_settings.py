@@ -12,8 +12,9 @@ def test_defaults_validate_and_resolve_paths(tmp_path, monkeypatch):
     s = load_settings(cfg)
     assert s["state"]["database_url"] == f"sqlite:///{tmp_path / 'var' / 'x.db'}"
     assert s["domain"] == str(tmp_path / "domain.yml")
-    assert s["generation"]["generator"] == "prompted"
+    assert s["generation"]["generator"] == "nec"  # the better trained generator on the harness (docs/generators.md)
     assert s["generation"]["generators"]["prompted"]["decoding"]["max_new_tokens"] == 30
+    assert s["generation"]["generators"]["nec"]["alpha"] == 0.7
 
 
 def test_environment_overrides(tmp_path, monkeypatch):

@@ -114,3 +114,13 @@ def test_wording_maps() -> None:
     assert atomic_tail_to_user("PersonX cries") == "cries"
     assert atomic_tail_to_user("PersonX's dog dies") == "my dog dies"
     assert atomic_tail_to_user("PersonY thanks PersonX") == "someone thanks me"
+
+
+def test_missing_knowledge_files_degrade_to_no_knowledge_with_a_warning(tmp_path, caplog):
+    from empathy_nlg.knowledge.base import NoKnowledgeSource, load_knowledge_source_or_none
+
+    with caplog.at_level("WARNING"):
+        source = load_knowledge_source_or_none({"type": "retrieval", "data_dir": str(tmp_path)}, "nec")
+    assert isinstance(source, NoKnowledgeSource)
+    assert "nec runs WITHOUT commonsense knowledge" in caplog.text and "EMPATHY_NLG_DATA" in caplog.text
+    assert source.infer(["I lost my job"], ["xReact"]) == [{"xReact": []}]

@@ -1,0 +1,67 @@
+"""The committed IMAGINE and NEC models, selected by name from the engine config, behind /nlg."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from empathy_nlg.api.app import create_app
+from empathy_nlg.domain import DomainResponses
+from empathy_nlg.engine import EmpathyEngine
+from empathy_nlg.generators import create_generator
+from empathy_nlg.settings import load_settings
+from empathy_nlg.state.repository import StateRepository
+from tests.empathy_nlg.conftest import KeywordPerceiver
+
+_GENERATORS = {}
+
+
+def generator(name, settings):
+    """One instance per name for the whole module (each loads the backbone)."""
+    if name not in _GENERATORS:
+        _GENERATORS[name] = create_generator(name, settings["generation"]["generators"][name])
+    return _GENERATORS[name]
+
+
+def body(text, sender, message_id="m1"):
+    return {"response": "utter_empathize", "arguments": {}, "channel": {"name": "collector"},
+            "tracker": {"sender_id": sender, "slots": {}, "latest_message": {},
+                        "events": [{"event": "user", "text": text, "message_id": message_id, "parse_data": {}}]}}
+
+
+@pytest.mark.parametrize("name", ["imagine", "nec"])
+def test_trained_generator_answers_through_nlg_with_its_plan(name, domain_file, sqlite_url):
+    settings = load_settings(overrides={"state": {"database_url": sqlite_url}, "domain": str(domain_file),
+                                        "generation": {"generator": name}})
+    assert settings["generation"]["generator"] == name
+
+    def loader():
+        repo = StateRepository(sqlite_url)
+        repo.migrate()
+        return EmpathyEngine(settings, perceiver=KeywordPerceiver(), generator=generator(name, settings),
+                             repository=repo, domain=DomainResponses.load(domain_file))
+
+    app = create_app(settings, loader)
+    with TestClient(app) as client:
+        app.state.holder.wait(120)
+        r = client.post("/nlg", json=body("I failed my driving test this morning and I feel so sad.", "s-" + name))
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["text"].strip()
+        custom = out["custom"]
+        assert custom["generator"] == name and custom["generator_version"].startswith(name)
+        gen = custom["generation"]
+        assert "raw" not in gen and gen["variant"] == name
+        if name == "imagine":
+            assert gen["emotion"] == "sad" and gen["emotion_source"] == "perception"
+            assert gen["cause_utterances"] == ["I failed my driving test this morning and I feel so sad."]
+            assert set(gen["cm_plan"]) <= {"ER", "IP", "EX"} and gen["cm_plan"]
+            assert set(custom["knowledge"]) == {"affect", "behaviour", "physical", "events"}
+            assert any(custom["knowledge"].values())
+        else:
+            assert len(gen["rerank"]["candidates"]) == 4 and gen["rerank"]["alpha"] == 0.7
+            assert out["text"] in {c["text"] for c in gen["rerank"]["candidates"]}
+            assert set(custom["knowledge"]) == {"entity", "social"} and custom["knowledge"]["social"]
+        stored = app.state.holder.engine.repository.conversation("s-" + name)
+        reply = stored["turns"][0]["replies"][0]
+        assert reply["generator"] == name and reply["text"] == out["text"]
