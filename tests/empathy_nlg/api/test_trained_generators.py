@@ -1,4 +1,7 @@
-"""The committed IMAGINE and NEC models, selected by name from the engine config, behind /nlg."""
+"""The committed IMAGINE and NEC models, selected by name from the engine config, behind /nlg.
+
+Their knowledge comes from the real retrieval source over the knowledge tests' tiny ATOMIC-format
+sample (the shared data is not needed)."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from empathy_nlg.generators import create_generator
 from empathy_nlg.settings import load_settings
 from empathy_nlg.state.repository import StateRepository
 from tests.empathy_nlg.conftest import KeywordPerceiver
+from tests.empathy_nlg.knowledge.conftest import write_sample
 
 _GENERATORS = {}
 
@@ -29,10 +33,17 @@ def body(text, sender, message_id="m1"):
                         "events": [{"event": "user", "text": text, "message_id": message_id, "parse_data": {}}]}}
 
 
+@pytest.fixture(scope="module")
+def knowledge(tmp_path_factory):
+    root = tmp_path_factory.mktemp("atomic")
+    return {"type": "retrieval", "data_dir": str(write_sample(root / "data")), "cache_dir": str(root / "cache")}
+
+
 @pytest.mark.parametrize("name", ["imagine", "nec"])
-def test_trained_generator_answers_through_nlg_with_its_plan(name, domain_file, sqlite_url):
+def test_trained_generator_answers_through_nlg_with_its_plan(name, knowledge, domain_file, sqlite_url):
     settings = load_settings(overrides={"state": {"database_url": sqlite_url}, "domain": str(domain_file),
-                                        "generation": {"generator": name}})
+                                        "generation": {"generator": name,
+                                                       "generators": {name: {"knowledge": knowledge}}}})
     assert settings["generation"]["generator"] == name
 
     def loader():
