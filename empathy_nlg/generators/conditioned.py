@@ -11,12 +11,12 @@ the token embeddings of the dialogue prompt:
 * seq2seq (BART): ``[prefix ; prompt]`` is the encoder input, the reply is the decoder target.
 
 Only the LoRA matrices and the paper module's own layers are trained; the backbone weights stay
-frozen, so what a paper ships is an adapter folder plus a small head file (:func:`save_trained` /
-:func:`load_trained`).
+frozen, so what a paper ships is an adapter folder plus a small head file (:func:`save_trained`,
+:func:`load_adapter` + :func:`load_heads`).
 
 Also here: the dialogue prompt (:func:`prompt_messages`), FACE token weights (Jiang et al. 2019,
-"pre-weight" variant, computed on the training replies) and the reply clean-up shared with the
-prompted generator.
+"pre-weight" variant, computed on the training replies), the token losses and NEC's ranking loss
+(:func:`rank_margin_loss`).
 """
 
 from __future__ import annotations
@@ -399,8 +399,10 @@ def cosine(a, b):
 
 
 def rank_margin_loss(anchor, positive, negatives, gamma: float):
-    """NEC's ranking loss: Σ_j max(0, cos(x, y⁻_j) − cos(x, y⁺) + γ·(rank_j)), ranks 1..n over the
-    negatives in the order given (best-ranked first), plus the pairwise terms between negatives."""
+    """NEC's ranking loss over the ranked list ``[y⁺, y⁻_1, …, y⁻_n]`` (negatives best-ranked first):
+    the mean over all pairs i < j of ``max(0, cos(x, y_j) − cos(x, y_i) + γ·(j − i))`` — the
+    positive against every negative, and every negative against the lower-ranked ones.
+    Returns the loss and the cosines ``[B, 1+n]``."""
     import torch
 
     cands = torch.cat([positive.unsqueeze(1), negatives], dim=1)  # [B, 1+n, d]
