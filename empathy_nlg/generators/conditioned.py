@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from empathy_nlg.datasets import Utterance
+from empathy_nlg.generators.base import settings_from_mapping
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +103,7 @@ class LoraSettings:
 
     @classmethod
     def from_mapping(cls, values: Optional[Mapping[str, Any]]) -> "LoraSettings":
-        values = dict(values or {})
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown lora settings: {sorted(unknown)}")
-        return cls(**values)
+        return settings_from_mapping(cls, values, "lora")
 
 
 def attach_lora(model, settings: LoraSettings):
@@ -251,6 +248,11 @@ class ConditionedBackbone:
             return seqs, scores
         return out, None
 
+    def reply_nll(self, prefixes, prompts: Sequence[List[int]], replies: Sequence[List[int]]) -> Tuple[float, int]:
+        """Summed NLL and token count of ``replies`` given ``[prefix ; prompt]`` (teacher forcing)."""
+        logits, targets, _ = self.forward(prefixes, prompts, replies)
+        return summed_nll(logits, targets)
+
     def context_vectors(self, prefixes, prompts: Sequence[List[int]]):
         """Mean last-layer hidden state over ``[prefix ; prompt]`` (NEC's ``z_x``) → [B, d]."""
         pieces = self._rows(prefixes, prompts, None)
@@ -300,6 +302,14 @@ def masked_mean(x, mask):
     """Mean over positions where ``mask`` is 1 ([B, L, d], [B, L]) → [B, d] (0 for empty rows)."""
     m = mask.unsqueeze(-1).to(x.dtype)
     return (x * m).sum(1) / m.sum(1).clamp(min=1.0)
+
+
+def summed_nll(logits, targets) -> Tuple[float, int]:
+    """Summed NLL and number of the non-padding targets (for perplexity)."""
+    import torch.nn.functional as F
+
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100, reduction="sum")
+    return float(nll), int((targets != -100).sum())
 
 
 def token_nll(logits, targets, weights=None):

@@ -60,7 +60,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from empathy_nlg.datasets import Utterance
 from empathy_nlg.generators import conditioned as C
-from empathy_nlg.generators.base import GenerationRequest, GenerationResult, Generator
+from empathy_nlg.generators.base import GenerationRequest, GenerationResult, Generator, settings_from_mapping
 from empathy_nlg.paths import ARTIFACTS_DIR
 from empathy_nlg.taxonomy import CM_CODES, EMOTIONS, IMAGINE_KNOWLEDGE_GROUPS
 
@@ -91,11 +91,7 @@ class ImagineSettings:
 
     @classmethod
     def from_mapping(cls, values: Optional[Mapping[str, Any]]) -> "ImagineSettings":
-        values = dict(values or {})
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown imagine settings: {sorted(unknown)}")
-        return cls(**values)
+        return settings_from_mapping(cls, values, "imagine")
 
     @property
     def variant(self) -> str:
@@ -142,11 +138,14 @@ def build_heads(settings: ImagineSettings, encoder_dim: int, hidden: int, embedd
             x = self.inp(tokens) + self.pos(torch.arange(L, device=tokens.device)).unsqueeze(0)
             return self.encoder(x, src_key_padding_mask=mask == 0)
 
-        def forward(self, cause_tok, cause_mask, know, emotion_probs, cm_probs):
+        def forward(self, cause_tok, cause_mask, know, emotion_probs, cm_probs, own=None):
             """Returns prefixes (list of [P_i, d]), emotion logits, CM logits and the mean gate per group.
 
             ``know``: (token vectors [B, G, Lk, e], mask [B, G, Lk], present [B, G]) or None; an
             empty group holds a placeholder token (so attention is defined) and ``present`` 0.
+            ``own`` ([B] bool, optional): rows without perceived signals — their ``emotion_probs``
+            (one-hot of the emotion head) and ``cm_probs`` (CM head) are filled in place from this
+            module's own predictions before the prefix is built.
             """
             Hc = self.encode(cause_tok, cause_mask)  # [B, Lc, d]
             gates = torch.zeros(Hc.shape[0], len(GROUPS), device=Hc.device)
@@ -172,6 +171,9 @@ def build_heads(settings: ImagineSettings, encoder_dim: int, hidden: int, embedd
             pooled = C.masked_mean(H, cause_mask)
             emo_logits = self.emotion_head(pooled)
             cm_logits = self.cm_head(pooled)
+            if own is not None and bool(own.any()):
+                emotion_probs[own] = torch.nn.functional.one_hot(emo_logits[own].argmax(-1), len(EMOTIONS)).to(emotion_probs.dtype)
+                cm_probs[own] = torch.sigmoid(cm_logits[own]).to(cm_probs.dtype)
             signals = [emotion_probs @ self.emotion_emb.weight]
             if settings.cm:
                 signals.append(cm_probs @ self.cm_emb.weight)
@@ -258,12 +260,12 @@ class ImagineModel:
         return hidden.reshape(B, len(GROUPS), hidden.shape[1], -1), mask.reshape(B, len(GROUPS), -1), present
 
     def conditioning(self, causes: Sequence[str], knowledge: Sequence[Mapping[str, Sequence[str]]],
-                     emotion_probs, cm_probs):
+                     emotion_probs, cm_probs, own=None):
         cause_tok, cause_mask = self._encode_texts(causes, self.settings.max_cause_tokens)
         know = None
         if self.settings.knowledge:
             know = self._knowledge_tensors(knowledge)
-        return self.heads(cause_tok, cause_mask, know, emotion_probs, cm_probs)
+        return self.heads(cause_tok, cause_mask, know, emotion_probs, cm_probs, own)
 
     def prompts(self, contexts: Sequence[Sequence[Utterance]]) -> List[List[int]]:
         s = self.settings
@@ -287,11 +289,8 @@ class ImagineModel:
 
     def reply_nll(self, batch: Sequence[Mapping[str, Any]]):
         """Summed NLL and token count of the gold replies (validation perplexity)."""
-        import torch.nn.functional as F
-
         logits, targets, *_ = self._teacher_forced(batch)
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100, reduction="sum")
-        return float(nll), int((targets != -100).sum())
+        return C.summed_nll(logits, targets)
 
     def loss(self, batch: Sequence[Mapping[str, Any]], step: int = 0):
         """The weighted IMAGINE loss of a batch of training features; returns (loss, parts)."""
@@ -410,14 +409,9 @@ class ImagineGenerator(Generator):
         knowledge = [self._knowledge(r, idx) for r, idx in zip(requests, indices)]
         causes = [cause_text(r.context, idx, s.cause, s.context_turns) for r, idx in zip(requests, indices)]
         emo, cm, known = self._signals(requests)
+        own = torch.tensor([not k for k in known], device=emo.device)  # no perception: IMAGINE's own heads decide
         with torch.inference_mode():
-            if not all(known):  # no perception: IMAGINE's own emotion and CM heads decide
-                _, emo_logits, cm_logits, _ = self.model.conditioning(causes, knowledge, emo, cm)
-                for i, k in enumerate(known):
-                    if not k:
-                        emo[i] = torch.nn.functional.one_hot(emo_logits[i].argmax(), len(EMOTIONS)).float()
-                        cm[i] = torch.sigmoid(cm_logits[i])
-            prefixes, _, _, gates = self.model.conditioning(causes, knowledge, emo, cm)
+            prefixes, _, _, gates = self.model.conditioning(causes, knowledge, emo, cm, own)
         details = []
         for i, r in enumerate(requests):
             cm_probs = {c: round(float(cm[i, j]), 4) for j, c in enumerate(CM_CODES)}
@@ -459,11 +453,8 @@ class ImagineGenerator(Generator):
         prefixes, _, _ = self._conditioning(requests)
         replies = [C.encode_reply(self.model.lm.tokenizer, ref, 10_000, self.model.lm.is_seq2seq) for ref in references]
         with torch.inference_mode():
-            logits, targets, _ = self.model.lm.forward(prefixes, self.model.prompts([r.context for r in requests]), replies)
-            nll = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100, reduction="sum")
-        tokens = int((targets != -100).sum())
-        return {"nll": float(nll), "tokens": tokens, "tokenizer": f"{self.model.backbone_name} (BPE)"}
+            nll, tokens = self.model.lm.reply_nll(prefixes, self.model.prompts([r.context for r in requests]), replies)
+        return {"nll": nll, "tokens": tokens, "tokenizer": f"{self.model.backbone_name} (BPE)"}
 
 
 # ----------------------------------------------------------------------------------- training

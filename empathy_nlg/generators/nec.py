@@ -47,7 +47,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from empathy_nlg.datasets import Utterance
 from empathy_nlg.generators import conditioned as C
-from empathy_nlg.generators.base import GenerationRequest, GenerationResult, Generator
+from empathy_nlg.generators.base import GenerationRequest, GenerationResult, Generator, settings_from_mapping
 from empathy_nlg.paths import ARTIFACTS_DIR
 from empathy_nlg.taxonomy import NEC_SOCIAL_RELATIONS
 
@@ -88,11 +88,7 @@ class NecSettings:
 
     @classmethod
     def from_mapping(cls, values: Optional[Mapping[str, Any]]) -> "NecSettings":
-        values = dict(values or {})
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown nec settings: {sorted(unknown)}")
-        s = cls(**values)
+        s = settings_from_mapping(cls, values, "nec")
         if not 0.0 <= s.alpha <= 1.0:
             raise ValueError(f"nec alpha must be in [0, 1], got {s.alpha}")
         return s
@@ -287,13 +283,9 @@ class NecModel:
         return prefixes, prompts
 
     def reply_nll(self, batch: Sequence[Mapping[str, Any]]):
-        import torch.nn.functional as F
-
         prefixes, prompts = self._inputs(batch)
         replies = [C.encode_reply(self.lm.tokenizer, f["reference"], self.settings.max_reply_tokens, self.lm.is_seq2seq) for f in batch]
-        logits, targets, _ = self.lm.forward(prefixes, prompts, replies)
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100, reduction="sum")
-        return float(nll), int((targets != -100).sum())
+        return self.lm.reply_nll(prefixes, prompts, replies)
 
     def negatives(self, batch: Sequence[Mapping[str, Any]], prefixes, prompts) -> List[List[str]]:
         """One negative reply of each enabled kind per example (see the module docstring)."""
@@ -557,10 +549,8 @@ class NecGenerator(Generator):
             prefixes = self.model.prefixes(social)
             prompts = self.model.prompts([r.context for r in requests], facts)
             replies = [C.encode_reply(self.model.lm.tokenizer, ref, 10_000, self.model.lm.is_seq2seq) for ref in references]
-            logits, targets, _ = self.model.lm.forward(prefixes, prompts, replies)
-            nll = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100, reduction="sum")
-        return {"nll": float(nll), "tokens": int((targets != -100).sum()), "tokenizer": f"{self.model.backbone_name} (BPE)"}
+            nll, tokens = self.model.lm.reply_nll(prefixes, prompts, replies)
+        return {"nll": nll, "tokens": tokens, "tokenizer": f"{self.model.backbone_name} (BPE)"}
 
 
 # ----------------------------------------------------------------------------------- training

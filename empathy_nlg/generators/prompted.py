@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from empathy_nlg.generators.base import GenerationRequest, GenerationResult, Generator
+from empathy_nlg.generators.base import GenerationRequest, GenerationResult, Generator, settings_from_mapping
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,7 @@ class DecodingConfig:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> "DecodingConfig":
-        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__}
-        unknown = set(values) - set(known)
-        if unknown:
-            raise ValueError(f"unknown decoding settings: {sorted(unknown)}")
-        return cls(**known)
+        return settings_from_mapping(cls, values, "decoding")
 
 
 def build_system_prompt(request: GenerationRequest) -> str:

@@ -25,13 +25,6 @@ def feature(**over):
     return f
 
 
-@pytest.fixture(scope="module")
-def encoder():
-    from empathy_nlg.perception.encoder import SentenceEncoder
-
-    return SentenceEncoder(device="cpu")
-
-
 def make_model(tiny_llama, encoder, **settings):
     bb = C.load_base(str(tiny_llama), device="cpu", dtype="float32")
     model = I.ImagineModel(I.ImagineSettings(**settings), bb, encoder, lora={"r": 2, "alpha": 4, "dropout": 0.0})

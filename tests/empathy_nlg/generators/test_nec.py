@@ -23,13 +23,6 @@ def feature(**over):
     return f
 
 
-@pytest.fixture(scope="module")
-def encoder():
-    from empathy_nlg.perception.encoder import SentenceEncoder
-
-    return SentenceEncoder(device="cpu")
-
-
 def make_model(tiny_llama, encoder, **settings):
     bb = C.load_base(str(tiny_llama), device="cpu", dtype="float32")
     model = N.NecModel(N.NecSettings(**settings), bb, encoder, lora={"r": 2, "alpha": 4, "dropout": 0.0})
