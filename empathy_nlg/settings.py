@@ -11,7 +11,7 @@ import copy
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import yaml
 
@@ -52,13 +52,18 @@ def _read_yaml(path: Path) -> Dict[str, Any]:
     return data
 
 
-def validate(settings: Mapping[str, Any], source: str = "config") -> None:
+def schema_errors(schema_file: Path, data: Mapping[str, Any]) -> List[str]:
+    """``"key.path: message"`` for each violation of the JSON schema in ``schema_file`` (none: [])."""
     import jsonschema
 
-    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(settings), key=lambda e: list(e.path))
-    if errors:
-        lines = [f"{'.'.join(str(p) for p in e.path) or '(top level)'}: {e.message}" for e in errors]
+    schema = json.loads(Path(schema_file).read_text(encoding="utf-8"))
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data), key=lambda e: list(e.path))
+    return [f"{'.'.join(str(p) for p in e.path) or '(top level)'}: {e.message}" for e in errors]
+
+
+def validate(settings: Mapping[str, Any], source: str = "config") -> None:
+    lines = schema_errors(SCHEMA_FILE, settings)
+    if lines:
         raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(lines))
 
 

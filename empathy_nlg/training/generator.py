@@ -58,8 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_config(path: str | Path, generator: str) -> Dict[str, Any]:
-    import jsonschema
     import yaml
+
+    from empathy_nlg.settings import schema_errors
 
     p = Path(path)
     if not p.is_file():
@@ -71,10 +72,8 @@ def load_config(path: str | Path, generator: str) -> Dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{p}: the top level must be a mapping")
     data.setdefault("generator", generator)
-    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
-    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data), key=lambda e: list(e.path))
-    if errors:
-        lines = [f"{'.'.join(str(x) for x in e.path) or '(top level)'}: {e.message}" for e in errors]
+    lines = schema_errors(SCHEMA_FILE, data)
+    if lines:
         raise ValueError(f"{p} is invalid: " + "; ".join(lines))
     if data["generator"] != generator:
         raise ValueError(f"{p} is a config for {data['generator']!r}, not {generator!r}")
