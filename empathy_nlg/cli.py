@@ -19,13 +19,15 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "serve": ("empathy_nlg.api.serve", "run the HTTP engine (/nlg, /perceive, /health)"),
     "prepare": ("empathy_nlg.backbone.prepare", "convert and cache the default backbone once"),
     "db": ("empathy_nlg.state.cli", "database migrations (upgrade, current)"),
-    "train-perception": ("empathy_nlg.perception.train", "train the perception models (emotion, cause, cm)"),
+    "train-perception": ("empathy_nlg.perception.train", "train the perception models (emotion, cause, cm, reply polarity, crisis)"),
     "eval-perception": ("empathy_nlg.evaluation.perception_eval", "evaluate perception on a data file"),
+    "eval-crisis": ("empathy_nlg.perception.crisis_train", "crisis detector recall / false positives per category"),
     "bench-perceive": ("empathy_nlg.perception.bench", "measure /perceive latency (p50/p95)"),
     "train": ("empathy_nlg.training.generator", "train a generator's adapters (imagine, nec)"),
     "bench-generate": ("empathy_nlg.evaluation.bench_generate", "measure reply latency of generators (p50/p95)"),
     "evaluate": ("empathy_nlg.evaluation.harness", "evaluate generators on an ED-format file"),
-    "knowledge": ("empathy_nlg.knowledge.cli", "build / evaluate / query the commonsense knowledge source"),
+    "converse-eval": ("empathy_nlg.evaluation.converse", "replay multi-turn conversations; repeats, tone, grounding, routing"),
+    "knowledge": ("empathy_nlg.knowledge.cli", "build / evaluate / query the commonsense knowledge source; build the exemplar index"),
 }
 
 

@@ -42,11 +42,25 @@ class DomainResponses:
                 responses.setdefault(name, []).extend(variations or [])
         return cls(responses, seed)
 
+    def update(self, other: "DomainResponses") -> None:
+        """Add ``other``'s responses (a name defined in both keeps this domain's variations)."""
+        for name, variations in other.responses.items():
+            self.responses.setdefault(name, list(variations))
+
     def __contains__(self, name: str) -> bool:
         return bool(self.responses.get(name))
 
     def texts(self, name: str) -> List[str]:
         return [v.get("text", "") for v in self.responses.get(name, []) if v.get("text")]
+
+    def variants(self, name: str, slots: Optional[Mapping[str, Any]] = None, channel: Optional[str] = None) -> List[str]:
+        """Every text variation of ``name`` for ``channel``, in domain order, slots filled."""
+        variations = self.responses.get(name)
+        if not variations:
+            raise UnknownResponseError(f"response {name!r} is not defined in the domain")
+        for_channel = [v for v in variations if channel and v.get("channel") == channel]
+        pool = for_channel or [v for v in variations if not v.get("channel")] or variations
+        return [fill_slots(v["text"], slots or {}) for v in pool if isinstance(v.get("text"), str)]
 
     def render(self, name: str, slots: Optional[Mapping[str, Any]] = None, channel: Optional[str] = None) -> Dict[str, Any]:
         """One variation of ``name`` as an NLG message dict (``text``, ``buttons``, …)."""

@@ -15,20 +15,24 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+from pathlib import Path
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
+
 from empathy_nlg.datasets import Utterance
+from empathy_nlg.decoding.conversation import Candidate, ConversationReranker, RerankSettings
 from empathy_nlg.domain import DomainResponses, UnknownResponseError
 from empathy_nlg.generators.base import GenerationRequest, Generator, create_generator
 from empathy_nlg.perception.types import Perception
+from empathy_nlg.safety import CRISIS_RESPONSES, SCRIPTED_RESPONSES, SafetyDecision, SafetyPolicy
 from empathy_nlg.state.repository import ReplyRecord, StateRepository, TurnRecord
 
 log = logging.getLogger(__name__)
 
 CRISIS_PREFIX = "utter_crisis_"
-CRISIS_RESPONSES = ("utter_crisis_support", "utter_crisis_resources")
 
 
 class EngineNotReady(RuntimeError):
@@ -45,6 +49,8 @@ class DialogueView:
     last_parse_data: Dict[str, Any]
     user_turn_count: int
     slots: Dict[str, Any] = field(default_factory=dict)
+    bot_texts: List[str] = field(default_factory=list)  # every assistant utterance of the tracker, oldest first
+    user_texts: List[str] = field(default_factory=list)  # every user utterance of the tracker, oldest first
 
     @property
     def message_key(self) -> Optional[str]:
@@ -82,6 +88,8 @@ def dialogue_from_events(events: Sequence[Mapping[str, Any]], history_turns: int
         last_message_id=last_id,
         last_parse_data=last_parse,
         user_turn_count=user_count,
+        bot_texts=[u.text for u in turns if u.role == "listener"],
+        user_texts=[u.text for u in turns if u.role == "speaker"],
     )
 
 
@@ -101,6 +109,8 @@ class EmpathyEngine:
         generator: Generator,
         repository: StateRepository,
         domain: DomainResponses,
+        reranker: Optional[ConversationReranker] = None,
+        exemplars: Any = None,
     ) -> None:
         self.settings = settings
         self.perceiver = perceiver
@@ -110,10 +120,20 @@ class EmpathyEngine:
         gen = settings["generation"]
         self.generated_responses = {r for r in gen["generated_responses"] if not r.startswith(CRISIS_PREFIX)}
         self.history_turns = int(settings["server"]["history_turns"])
+        conversation = dict(gen.get("conversation") or {})
+        self.exemplar_settings = {"enabled": True, "k": 3, "min_score": 0.55, **dict(conversation.get("exemplars") or {})}
+        self.reranker = reranker
+        self.exemplars = exemplars if self.exemplar_settings["enabled"] else None
         self._model_lock = threading.Lock()
         missing = [r for r in CRISIS_RESPONSES if r not in domain]
         if missing:
             raise ValueError(f"the domain must define the scripted crisis responses {missing}")
+        safety = dict(settings.get("safety") or {})
+        self.safety = SafetyPolicy(domain, followup_turns=int(safety.get("followup_turns", 3)))
+        scripted = [r for r in SCRIPTED_RESPONSES if r not in domain]
+        if scripted:
+            log.warning("the domain lacks the scripted safety responses %s: those steps fall back to the crisis "
+                        "resources", scripted)
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -126,17 +146,28 @@ class EmpathyEngine:
         repository = StateRepository(settings["state"]["database_url"])
         repository.migrate()
         domain = DomainResponses.load(settings["domain"])
+        extra = (settings.get("safety") or {}).get("responses")
+        if extra:
+            if Path(extra).is_file():
+                domain.update(DomainResponses.load(extra))
+            else:
+                log.warning("safety responses %s not found: the scripted follow-ups fall back to the crisis resources", extra)
         perceiver = Perceiver.load(artifacts_dir=p.get("artifacts"), encoder_path=p.get("encoder"), device=p.get("device"))
         name = settings["generation"]["generator"]
         gen_config = dict(settings["generation"].get("generators", {}).get(name, {}))
         generator = create_generator(name, gen_config)
-        log.info("engine loaded in %.1f s (generator %s %s)", time.perf_counter() - start, name, generator.version)
-        return cls(settings, perceiver=perceiver, generator=generator, repository=repository, domain=domain)
+        reranker, exemplars = build_conversation_decoding(settings, perceiver, p.get("artifacts"))
+        log.info("engine loaded in %.1f s (generator %s %s; reranker %s; exemplars %s)", time.perf_counter() - start, name,
+                 generator.version, "on" if reranker else "off", exemplars.version if exemplars else "none")
+        return cls(settings, perceiver=perceiver, generator=generator, repository=repository, domain=domain,
+                   reranker=reranker, exemplars=exemplars)
 
     def describe(self) -> Dict[str, Any]:
         return {
             "generator": self.generator.name,
             "generator_version": self.generator.version,
+            "reranker": self.reranker is not None,
+            "exemplars": self.exemplars.describe() if self.exemplars is not None else None,
             "perception": dict(getattr(self.perceiver, "versions", {})),
             "generated_responses": sorted(self.generated_responses),
         }
@@ -190,11 +221,26 @@ class EmpathyEngine:
             turn = TurnRecord(sender_id, view.message_key, view.last_user_text or "", perception)
             turn_index = self.repository.record_turn(turn)
 
-        generate = response_name in self.generated_responses and view.turns and view.turns[-1].role == "speaker"
-        if generate and perception is not None and perception.crisis:
-            # Safety: a crisis turn never gets a generated reply, whatever Rasa asked for.
-            message = self._render_crisis(slots, channel)
-            generator_name, version = "crisis-override", "scripted"
+        generate = bool(response_name in self.generated_responses and view.turns and view.turns[-1].role == "speaker")
+        decision = SafetyDecision(None, [])
+        if turn is not None:
+            earlier_turns = self.repository.recent_turns(sender_id, limit=self.safety.followup_turns, before_turn=turn_index)
+            stored_replies = self.repository.recent_replies(sender_id, limit=20)
+            decision = self.safety.decide(response_name, generate, perception, earlier_turns, stored_replies,
+                                          view.last_user_text or "")
+            if decision.state == "affirmed" and perception is not None:
+                # "yes" to the safety question: this is a crisis turn, stored as one
+                perception.crisis = True
+                perception.crisis_reasons = sorted(set(perception.crisis_reasons) | {"checkin:affirmed"})
+                self.repository.record_turn(turn)
+        if decision.responses:
+            # Safety: around a crisis the reply is scripted, never generated, whatever Rasa asked for.
+            used = [r["text"] for r in self.repository.recent_replies(sender_id, limit=50)] if turn is not None else []
+            message = self.safety.render(decision, slots, channel, used)
+            generator_name = {"crisis": "crisis-override", "affirmed": "crisis-override", "checkin": "crisis-checkin",
+                              "followup": "crisis-followup"}[decision.state]
+            version = "scripted"
+            details = {"safety": {"state": decision.state, "reason": decision.reason, "responses": decision.responses}}
         elif generate:
             message, generator_name, version, knowledge, details = self._generate(
                 response_name, view, perception, sender_id, turn_index, slots, channel)
@@ -222,6 +268,7 @@ class EmpathyEngine:
             "cm": perception.cm_plan if perception else [],
             "cm_probs": {k: round(v, 4) for k, v in perception.cm.items()} if perception else {},
             "crisis": bool(perception.crisis) if perception else False,
+            "safety": decision.state,
             "knowledge": knowledge,
             "generation": details,
             "generator": generator_name,
@@ -245,22 +292,92 @@ class EmpathyEngine:
             dialogue.append(Utterance("speaker", view.last_user_text or ""))
         return self._perceive(dialogue)
 
-    def _render_crisis(self, slots: Mapping[str, Any], channel: Optional[str]) -> Dict[str, Any]:
-        parts = [self.domain.render(name, slots, channel).get("text", "") for name in CRISIS_RESPONSES]
-        return {"text": "\n\n".join(p for p in parts if p)}
+    def earlier_replies(self, sender_id: str, view: DialogueView, limit: int = 20) -> List[str]:
+        """What the assistant already said to this sender: the tracker's bot utterances and the
+        replies stored in SQL (a client may send a trimmed tracker), oldest first, de-duplicated."""
+        stored = [r["text"] for r in self.repository.recent_replies(sender_id, limit=limit)]
+        seen: Dict[str, None] = {}
+        for text in stored + list(view.bot_texts):
+            for part in text.split("\n\n"):  # multi-message replies (crisis scripts) count per message
+                if part.strip():
+                    seen.setdefault(part.strip(), None)
+        return list(seen)[-limit:]
 
     def _generate(self, response_name, view, perception, sender_id, turn_index, slots, channel):
         trajectory = self.repository.emotion_trajectory(sender_id, before_turn=turn_index)
+        earlier = self.earlier_replies(sender_id, view)
         request = GenerationRequest(
             context=list(view.turns),
             perception=perception,
             emotion_trajectory=trajectory,
             persona=self.repository.persona(sender_id),
+            earlier_replies=earlier,
         )
         with self._model_lock:
             result = self.generator.generate([request])[0]
-        if result.text.strip():
+            text, source, rerank = result.text.strip(), "generator", None
+            if self.reranker is not None:
+                text, source, rerank = self._rerank(result, view, perception, earlier)
+        if text:
             details = {k: v for k, v in (result.details or {}).items() if k not in ("raw", "system_prompt")}
-            return {"text": result.text.strip()}, result.generator, result.version, result.knowledge, details
+            if rerank is not None:
+                details["rerank"] = rerank
+            details["source"] = source
+            generator = result.generator if source == "generator" else f"{result.generator}+exemplar"
+            return {"text": text}, generator, result.version, result.knowledge, details
         log.warning("generator %s returned an empty reply for %s; using the domain text", result.generator, response_name)
         return self.domain.render(response_name, slots, channel), "template-fallback", "domain", {}, {}
+
+    def _rerank(self, result, view: DialogueView, perception: Optional[Perception], earlier: Sequence[str]):
+        """The conversation reranker's choice among the generator's and the exemplars' candidates."""
+        cands = [Candidate(c["text"].strip(), "generator", c.get("score")) for c in result.candidates if c.get("text", "").strip()]
+        if not cands and result.text.strip():
+            cands = [Candidate(result.text.strip(), "generator", 0.0)]
+        user_turns = list(view.user_texts) or [view.last_user_text or ""]
+        if self.exemplars is not None and user_turns[-1].strip():
+            # the message in the light of the story so far: a follow-up ("I don't know how to tell my
+            # kids") is looked up together with what it follows ("my dog died this morning")
+            recent = [t for t in user_turns[-3:] if t.strip()]
+            emb = self.perceiver.embed(recent)
+            weights = np.asarray([0.5] * (len(recent) - 1) + [1.0], dtype=np.float32)
+            query = (weights[:, None] * emb).sum(0)
+            query /= max(float(np.linalg.norm(query)), 1e-9)
+            for ex in self.exemplars.nearest(query, k=int(self.exemplar_settings["k"]),
+                                             min_score=float(self.exemplar_settings["min_score"]), exclude=earlier):
+                cands.append(Candidate(ex.reply, "exemplar", None))
+        chosen = self.reranker.choose(cands, user_turns, perception, earlier)
+        if chosen is None:
+            return result.text.strip(), "generator", None
+        return chosen.text, chosen.source, self.reranker.describe(cands, chosen)
+
+
+def build_conversation_decoding(settings: Mapping[str, Any], perceiver: Any, artifacts_dir: Optional[str]):
+    """The conversation reranker (with the reply-polarity and EPITOME heads) and the exemplar index,
+    as ``generation.conversation`` asks; each is ``None`` when disabled or unavailable."""
+    from empathy_nlg.knowledge.exemplars import ExemplarIndex
+    from empathy_nlg.perception.cm import load_response_classifiers
+    from empathy_nlg.perception.common import DEFAULT_ARTIFACTS_DIR
+    from empathy_nlg.perception.reply_polarity import ReplyPolarity
+
+    conversation = dict(settings["generation"].get("conversation") or {})
+    rerank = RerankSettings.from_mapping(conversation.get("rerank"))
+    reranker = None
+    if rerank.enabled:
+        art = artifacts_dir or DEFAULT_ARTIFACTS_DIR
+        polarity = ReplyPolarity.load_or_none(art)
+        if polarity is None:
+            log.warning("no reply-polarity head in %s: the reranker's polarity term is neutral "
+                        "(train it: empathy-nlg train-perception --task reply_polarity)", art)
+        try:
+            cm = load_response_classifiers(art, encoder=perceiver.encoder).proba_from_embeddings
+        except FileNotFoundError as exc:
+            log.warning("EPITOME response heads unavailable (%s): the reranker's cm term is neutral", exc)
+            cm = None
+        reranker = ConversationReranker(rerank, perceiver.embed, polarity.predict_proba if polarity else None, cm)
+    exemplars = None
+    ex = {"enabled": True, **dict(conversation.get("exemplars") or {})}
+    if ex["enabled"]:
+        exemplars = ExemplarIndex.load(ex.get("cache_dir"))
+        if exemplars is None:
+            log.warning("no exemplar index (build it: empathy-nlg knowledge exemplars): replies without exemplar candidates")
+    return reranker, exemplars

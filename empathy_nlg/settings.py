@@ -96,4 +96,8 @@ def load_settings(path: Optional[Path | str] = None, overrides: Optional[Mapping
     settings["state"]["database_url"] = _resolve_sqlite(settings["state"]["database_url"], base)
     domain = Path(settings["domain"])
     settings["domain"] = str(domain if domain.is_absolute() else (base / domain).resolve())
+    safety = settings.setdefault("safety", {})
+    if safety.get("responses"):
+        extra = Path(safety["responses"])
+        safety["responses"] = str(extra if extra.is_absolute() else (base / extra).resolve())
     return settings

@@ -33,6 +33,8 @@ class GenerationRequest:
     knowledge: Dict[str, List[str]] = field(default_factory=dict)
     emotion_trajectory: List[str] = field(default_factory=list)  # earlier turns' emotions, oldest first
     persona: Optional[str] = None
+    #: the assistant's earlier replies in this conversation, oldest first: decoding keeps away from them
+    earlier_replies: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -42,6 +44,9 @@ class GenerationResult:
     version: str
     knowledge: Dict[str, List[str]] = field(default_factory=dict)
     details: Dict[str, Any] = field(default_factory=dict)
+    #: every reply the generator considered (``text``, ``score``: its own preference, higher is
+    #: better), ``text`` among them; the engine's conversation reranker chooses among these
+    candidates: List[Dict[str, Any]] = field(default_factory=list)
 
 
 class Generator(ABC):

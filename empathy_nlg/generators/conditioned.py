@@ -214,10 +214,15 @@ class ConditionedBackbone:
             info["reply_hidden"], info["reply_mask"] = _pad_list(reply_hidden)
         return logits, targets, info
 
-    def generate(self, prefixes, prompts: Sequence[List[int]], decoding: Mapping[str, Any], num_return: int = 1):
+    def generate(self, prefixes, prompts: Sequence[List[int]], decoding: Mapping[str, Any], num_return: int = 1,
+                 sequence_bias: Optional[List[List[Any]]] = None):
         """Generated token ids (decoder-only models return only the new tokens when fed
         ``inputs_embeds``; BART's start tokens are special and vanish in :meth:`decode`) and,
-        with several returns, the beam scores (length-normalised log-probabilities)."""
+        with several returns, the beam scores (length-normalised log-probabilities).
+
+        ``sequence_bias`` (``[[token ids], bias], …``, see :func:`history_bias`) shifts the
+        logit of a token that would complete one of the listed sequences: how decoding keeps
+        away from what the assistant already said earlier in the conversation."""
         import torch
 
         pieces = self._rows(prefixes, prompts, None)
@@ -233,6 +238,8 @@ class ConditionedBackbone:
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
         )
+        if sequence_bias:
+            kwargs["sequence_bias"] = [[list(ids), float(b)] for ids, b in sequence_bias]
         if kwargs["do_sample"]:
             kwargs.update(temperature=float(d.get("temperature", 0.7)), top_p=float(d.get("top_p", 0.9)))
         if num_return > 1:
@@ -284,6 +291,24 @@ class ConditionedBackbone:
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def history_bias(tokenizer, replies: Sequence[str], n: int = 3, bias: float = -4.0, limit: int = 400) -> List[List[Any]]:
+    """``sequence_bias`` entries that discourage every token ``n``-gram of earlier replies.
+
+    The within-reply ``no_repeat_ngram_size`` cannot see earlier turns; this extends it across the
+    conversation, softly (a logit shift of ``bias``, not a ban), so that the assistant does not
+    open with the same stock phrase turn after turn nor repeat a whole earlier reply. Replies are
+    tokenised on their own, which covers both the opening tokens and the mid-sentence forms.
+    """
+    if n < 1 or not replies or bias == 0:
+        return []
+    grams: Dict[tuple, None] = {}
+    for text in replies:
+        ids = tokenizer(" ".join(text.split()), add_special_tokens=False)["input_ids"]
+        for i in range(len(ids) - n + 1):
+            grams[tuple(ids[i : i + n])] = None
+    return [[list(g), float(bias)] for g in list(grams)[-limit:]]
 
 
 def _pad_list(rows):

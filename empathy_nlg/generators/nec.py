@@ -469,6 +469,8 @@ class NecGenerator(Generator):
         alpha: Optional[float] = None,
         num_beams: Optional[int] = None,
         batch_size: int = 8,
+        history_ngram: int = 3,
+        history_bias: float = -4.0,
     ) -> None:
         from empathy_nlg.generators.prompted import DecodingConfig
         from empathy_nlg.knowledge.base import load_knowledge_source_or_none
@@ -476,6 +478,7 @@ class NecGenerator(Generator):
         folder = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR
         self.decoding = asdict(DecodingConfig.from_mapping(decoding or {}))
         self.batch_size = int(batch_size)
+        self.history_ngram, self.history_bias = int(history_ngram), float(history_bias)
         self.model = NecModel.load(folder, backbone_path=backbone_path, device=device, dtype=dtype)
         self.settings = self.model.settings
         self.rerank = bool(rerank)
@@ -510,7 +513,11 @@ class NecGenerator(Generator):
                 prompts = self.model.prompts([r.context for r in chunk], facts)
                 torch.manual_seed(int(self.decoding.get("seed", 13)))
                 k = self.num_beams if self.rerank else 1
-                ids, beam_scores = self.model.lm.generate(prefixes, prompts, self.decoding, num_return=k)
+                # one batch of one: the history bias is per conversation (a batch of several requests
+                # shares the union of their earlier replies, which is what the harness replays)
+                bias = C.history_bias(self.model.lm.tokenizer, [t for r in chunk for t in r.earlier_replies],
+                                      n=self.history_ngram, bias=self.history_bias)
+                ids, beam_scores = self.model.lm.generate(prefixes, prompts, self.decoding, num_return=k, sequence_bias=bias)
                 texts = [clean_reply(self.model.lm.decode(i)) for i in ids]
                 chosen = list(range(0, len(texts), k))
                 scores: List[List[Dict[str, float]]] = [[] for _ in chunk]
@@ -535,10 +542,12 @@ class NecGenerator(Generator):
                 knowledge = {"entity": [", ".join(f) for f in facts[i]],
                              "social": [f"{rel}: {t}" for rel, t in social[i].items() if t]}
                 details = {"variant": self.settings.variant, "facts": facts[i], "social": social[i],
-                           "rerank": {"alpha": self.alpha, "candidates": scores[i]} if k > 1 else None,
+                           "nec_rerank": {"alpha": self.alpha, "candidates": scores[i]} if k > 1 else None,
                            "seconds": round(seconds, 3)}
+                candidates = ([{"text": c["text"], "score": c["score"]} for c in scores[i] if c["text"]]
+                              if k > 1 else [{"text": text, "score": 0.0}])
                 results.append(GenerationResult(text=text, generator=self.name, version=self.version,
-                                                knowledge=knowledge, details=details))
+                                                knowledge=knowledge, details=details, candidates=candidates))
         return results
 
     def score(self, requests: Sequence[GenerationRequest], references: Sequence[str]) -> Optional[Dict[str, float]]:

@@ -1,6 +1,7 @@
 """``empathy-nlg knowledge {build,eval,query}``: the commonsense knowledge source's commands.
 
 * ``build [--data-dir DIR]`` — embed the ATOMIC-2020 sample's heads once into the cache
+* ``exemplars [--data-dir DIR]`` — index ED train listener replies for exemplar candidates
 * ``eval [--data-dir DIR] [--holdout 0.2] [--seed 13] --out DIR`` — held-out retrieval metrics
 * ``query --head TEXT [--relations R …] [--source retrieval|comet|none] [--comet-path DIR]``
 """
@@ -11,6 +12,7 @@ import argparse
 import json
 import shlex
 import sys
+from pathlib import Path
 from typing import Any, Optional
 
 from empathy_nlg.taxonomy import IMAGINE_RELATIONS
@@ -36,6 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     b = sub.add_parser("build", help="embed the ATOMIC-2020 sample's heads into the cache")
     common(b)
     b.add_argument("--force", action="store_true", help="rebuild even when cached")
+
+    x = sub.add_parser("exemplars", help="index ED train listener replies by the message they answer")
+    common(x)
+    x.add_argument("--force", action="store_true", help="rebuild even when cached")
 
     e = sub.add_parser("eval", help="held-out evaluation of retrieval vs a random baseline")
     common(e)
@@ -67,6 +73,16 @@ def run(args: argparse.Namespace) -> int:
                             cache_root=args.cache_dir, force=args.force, progress=True)
         print(f"ATOMIC index {index.key}: {len(index.heads)} heads, {len(index.rows)} rows, "
               f"{len(index.relations)} relations; cached under {knowledge_cache_dir(args.cache_dir)}")
+        return 0
+
+    if args.action == "exemplars":
+        from empathy_nlg.knowledge.exemplars import ExemplarIndex, index_dir
+        from empathy_nlg.paths import default_data_dir
+
+        data = Path(args.data_dir) if args.data_dir else default_data_dir()
+        index = ExemplarIndex.build(data / "empathetic_dialogues" / "train.jsonl", _make_encoder(args.encoder, args.device),
+                                    cache_root=args.cache_dir, force=args.force, progress=True)
+        print(f"exemplar index {index.key}: {len(index)} listener replies; cached under {index_dir(args.cache_dir)}")
         return 0
 
     if args.action == "eval":

@@ -1,25 +1,27 @@
-"""Crisis flag: self-harm / suicidal intent versus ordinary sadness.
+"""Crisis flag: self-harm / suicidal intent or imminent danger versus ordinary sadness.
 
 Method (safety first: recall before precision)
 ---------------------------------------------
-1. **Curated lexical patterns** (:data:`PATTERNS`), each with a name that is returned as the
-   reason: explicit suicide/self-harm phrasings, wishes to be dead or not to exist, plans and
-   means, burden/"better off without me" statements. Idioms that share the words ("this exam is
-   killing me", "dying to see", "phone died", "bored to death") never match because every
-   pattern requires a first-person self-directed form.
-2. **Negation handling**: a match preceded in the same clause by a negator ("I would *never* hurt
-   myself", "I'm *not* suicidal") is reported as ``negated:<name>`` with a sub-threshold score,
-   unless another, un-negated pattern also fires.
-3. **Embedding similarity** against prototype crisis phrasings (:data:`PROTOTYPES`, our own
-   wording) with the shared MiniLM sentence embeddings the Perceiver already computed: a user
-   utterance whose nearest crisis prototype is close (cosine ≥ ``sim_threshold``) *and* closer
-   than the nearest everyday-distress prototype (:data:`CONTRAST`) by ``margin`` is flagged with
-   reason ``similar:<prototype id>``. This catches paraphrases the patterns miss.
+1. **A trained classifier** (``crisis_head``, :mod:`empathy_nlg.perception.crisis_train`) over the
+   user's latest message *and the conversation so far*: features ``[mean, max]`` of the MiniLM
+   embeddings of the message's chunks (long messages are read in 64-word chunks, not truncated)
+   and the mean embedding of the user's previous (up to 3) messages, so "tonight's the night"
+   after "I bought a rope" is read in its context. Trained on real labelled posts (C-SSRS Reddit
+   annotations) plus the project's own phrasings and hard negatives; its threshold is chosen on a
+   dev split for recall. Reason: ``classifier:<p>``.
+2. **Curated lexical patterns** (:data:`PATTERNS`) as a floor the classifier cannot lower:
+   explicit suicide/self-harm phrasings, wishes to be dead, plans and means, burden statements.
+   Idioms that share the words ("this exam is killing me", "dying to see", "phone died") never
+   match because every pattern requires a first-person self-directed form.
+3. **Negation handling** for patterns: a match preceded in the same clause by a negator ("I would
+   *never* hurt myself") is reported as ``negated:<name>`` with a sub-threshold score.
 
-``crisis_score`` is the max of the pattern score (1.0, or 0.4 when negated) and the similarity
-score; ``crisis`` is ``crisis_score ≥ 0.5``. All speaker (user) turns of the dialogue are
-checked, the most recent weighted as much as the rest (a disclosure two turns ago still counts).
-The measured precision/recall on ``crisis_eval.yml`` is in the model card.
+Only the **latest** user message is judged (its context only informs the classifier): a crisis
+statement two turns ago does not flag "ok, I'll call the line" — what happens after a crisis turn
+is the engine's crisis follow-up (:mod:`empathy_nlg.safety`), not a re-flag of the whole window.
+``crisis_score`` is the max of the pattern score and the classifier's probability mapped so that
+its threshold lands on 0.5; ``crisis`` is ``crisis_score ≥ 0.5``. Measured recall and false
+positives per category: ``empathy-nlg eval-crisis`` and the perception model card.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-VERSION = "patterns+prototypes-v1"
 EVAL_SET = Path(__file__).resolve().parent / "crisis_eval.yml"
 
 _SELF = r"(?:my\s*self|myself)"
@@ -72,35 +73,13 @@ WEAK_PATTERNS = {"cant_go_on", "last_day"}
 NEGATORS = re.compile(r"\b(?:not|never|no|n't|nobody\s+should|wouldn'?t|won'?t|don'?t)\b", re.IGNORECASE)
 CLAUSE_BREAK = re.compile(r"[,.;!?]|\bbut\b", re.IGNORECASE)
 
-PROTOTYPES: Tuple[str, ...] = (
-    "I am thinking about ending my life",
-    "I want to commit suicide",
-    "I don't want to live any more",
-    "I have been harming myself on purpose",
-    "I plan to take an overdose",
-    "I wish I could die in my sleep",
-    "everyone would be happier if I was dead",
-    "I have a plan to kill myself",
-    "I am going to jump and end it",
-    "I can't see any way out except dying",
-)
-CONTRAST: Tuple[str, ...] = (
-    "I feel sad and down today",
-    "I'm really stressed about my exams",
-    "my pet died and I'm grieving",
-    "I'm exhausted and tired of work",
-    "I'm lonely since moving to a new city",
-    "that joke made me die laughing",
-    "I'm upset that I lost my job",
-    "I hurt myself by accident while cooking",
-)
-
-
 @dataclass
 class CrisisResult:
     crisis: bool
     score: float
     reasons: List[str] = field(default_factory=list)
+    #: below the crisis threshold but above the recall-first concern threshold: ask, do not generate
+    concern: bool = False
 
 
 def pattern_matches(text: str) -> Tuple[float, List[str]]:
@@ -123,49 +102,107 @@ def pattern_matches(text: str) -> Tuple[float, List[str]]:
     return score, sorted(set(reasons))
 
 
-class CrisisDetector:
-    """Patterns + prototype similarity (see module doc)."""
+CHUNK_WORDS = 64
+MAX_CHUNKS = 8
+CONTEXT_TURNS = 3
+HEAD = "crisis_head"
+CONTEXT_ONLY = "context-only"
 
-    def __init__(self, prototype_vecs: Optional[np.ndarray] = None, contrast_vecs: Optional[np.ndarray] = None,
-                 sim_threshold: float = 0.62, margin: float = 0.05) -> None:
-        self.prototype_vecs = prototype_vecs
-        self.contrast_vecs = contrast_vecs
-        self.sim_threshold = sim_threshold
-        self.margin = margin
-        self.version = VERSION
+
+def chunks(text: str, size: int = CHUNK_WORDS, limit: int = MAX_CHUNKS) -> List[str]:
+    """``text`` in consecutive pieces of at most ``size`` words (at most ``limit`` pieces)."""
+    words = text.split()
+    if not words:
+        return ["."]
+    return [" ".join(words[i : i + size]) for i in range(0, len(words), size)][:limit]
+
+
+def features(message_chunks: np.ndarray, context: Optional[np.ndarray]) -> np.ndarray:
+    """``[mean chunk, max chunk, mean context]`` (context: zeros when the message opens the talk)."""
+    m = np.asarray(message_chunks, dtype=np.float32)
+    dim = m.shape[1]
+    ctx = np.zeros(dim, dtype=np.float32) if context is None or len(context) == 0 else np.asarray(context, np.float32).mean(0)
+    return np.concatenate([m.mean(0), m.max(0), ctx]).astype(np.float32)
+
+
+class CrisisDetector:
+    """Trained classifier over message + context, with the pattern floor (see module doc).
+
+    ``head`` is ``(model, config)`` from :func:`empathy_nlg.perception.common.load_head` (config
+    holds ``threshold``); without it only the patterns decide. ``embed`` turns texts into
+    normalised sentence embeddings (the perceiver's cached encoder).
+    """
+
+    def __init__(self, head=None, embed=None) -> None:
+        self.model, self.config = head if head is not None else (None, {})
+        self.threshold = float(self.config.get("threshold", 0.5))
+        self.concern_threshold = float(self.config.get("concern_threshold", self.threshold))
+        self.embed = embed
+        self.version = f"patterns+{self.config.get('version', 'no-classifier')}" if self.model is not None else "patterns-only"
 
     @classmethod
-    def with_encoder(cls, encoder, **kwargs) -> "CrisisDetector":
-        """Embed the prototypes once with the shared encoder (≈ 20 short sentences, well under a second)."""
-        return cls(encoder.encode(list(PROTOTYPES)), encoder.encode(list(CONTRAST)), **kwargs)
+    def load(cls, art_dir, embed=None) -> "CrisisDetector":
+        """The committed head from ``art_dir`` (patterns only, with a warning, when it is missing)."""
+        from empathy_nlg.perception.common import load_head
 
-    def similarity_score(self, emb: np.ndarray) -> Tuple[float, Optional[str]]:
-        if self.prototype_vecs is None or emb is None:
-            return 0.0, None
-        sims = self.prototype_vecs @ emb
-        best = int(np.argmax(sims))
-        contrast = float(np.max(self.contrast_vecs @ emb)) if self.contrast_vecs is not None else -1.0
-        s = float(sims[best])
-        if s >= self.sim_threshold and s - contrast >= self.margin:
-            # map [threshold, 1] to [0.5, 1]
-            return 0.5 + 0.5 * (s - self.sim_threshold) / max(1e-6, 1 - self.sim_threshold), f"similar:p{best}"
-        return min(0.49, max(0.0, s - contrast)), None
+        try:
+            return cls(load_head(art_dir, HEAD), embed)
+        except FileNotFoundError:
+            import logging
+
+            logging.getLogger(__name__).warning("no %s in %s: the crisis flag uses patterns only "
+                                                "(train it: empathy-nlg train-perception --task crisis)", HEAD, art_dir)
+            return cls(None, embed)
+
+    def probability(self, texts: Sequence[str], message_embedding: Optional[np.ndarray] = None) -> Optional[float]:
+        """P(crisis) of the last of ``texts`` given the earlier ones (None without a classifier)."""
+        if self.model is None or self.embed is None or not texts:
+            return None
+        from empathy_nlg.perception.common import predict_head
+
+        message = texts[-1]
+        pieces = chunks(message)
+        if len(pieces) == 1 and message_embedding is not None:
+            m = np.asarray(message_embedding, dtype=np.float32).reshape(1, -1)
+        else:
+            m = self.embed(pieces)
+        previous = [t for t in texts[:-1] if t.strip()][-CONTEXT_TURNS:]
+        ctx = self.embed(previous) if previous else None
+        return float(predict_head(self.model, features(m, ctx)[None, :], "bce")[0, 0])
+
+    def scaled(self, p: float) -> float:
+        """The classifier's probability mapped piecewise-linearly so that ``threshold`` → 0.5."""
+        t = min(max(self.threshold, 1e-6), 1 - 1e-6)
+        return 0.5 * p / t if p < t else 0.5 + 0.5 * (p - t) / (1 - t)
 
     def detect(self, texts: Sequence[str], embeddings: Optional[np.ndarray] = None) -> CrisisResult:
-        """Check the user's utterances (``embeddings`` aligned with ``texts``, optional)."""
-        score, reasons = 0.0, []
-        for k, text in enumerate(texts):
-            s, r = pattern_matches(text)
-            score = max(score, s)
-            reasons.extend(r)
-            if embeddings is not None:
-                s2, r2 = self.similarity_score(embeddings[k])
-                score = max(score, s2)
-                if r2:
-                    reasons.append(r2)
+        """Judge the last of the user's ``texts`` (the earlier ones are its context).
+
+        ``embeddings`` (optional, aligned with ``texts``) saves re-encoding the message."""
+        if not texts:
+            return CrisisResult(crisis=False, score=0.0, reasons=[])
+        score, reasons = pattern_matches(texts[-1])
         if any(not r.startswith("negated:") for r in reasons):
             score = max(score, 0.5)
-        return CrisisResult(crisis=score >= 0.5, score=round(float(score), 4), reasons=sorted(set(reasons)))
+        emb = None if embeddings is None or len(embeddings) == 0 else embeddings[-1]
+        p = self.probability(list(texts), emb)
+        concern = False
+        if p is not None:
+            if p >= self.threshold:
+                reasons.append(f"classifier:{p:.2f}")
+                if len(texts) > 1 and not any(not r.startswith("negated:") for r in reasons[:-1]):
+                    alone = self.probability([texts[-1]], emb)
+                    if alone is not None and alone < self.threshold:
+                        # flagged only because of what was said before: the engine's follow-up
+                        # state answers these instead of repeating the resources
+                        reasons.append(CONTEXT_ONLY)
+            elif p >= self.concern_threshold:
+                reasons.append(f"concern:{p:.2f}")
+                concern = True
+            score = max(score, self.scaled(p))
+        crisis = score >= 0.5
+        return CrisisResult(crisis=crisis, score=round(float(score), 4), reasons=sorted(set(reasons)),
+                            concern=concern and not crisis)
 
 
 def load_eval_set(path: Path = EVAL_SET) -> Tuple[List[str], List[int]]:
@@ -178,11 +215,10 @@ def load_eval_set(path: Path = EVAL_SET) -> Tuple[List[str], List[int]]:
     return texts, [1] * len(data["crisis"]) + [0] * len(data["non_crisis"])
 
 
-def evaluate(detector: CrisisDetector, encoder=None, path: Path = EVAL_SET) -> Dict[str, object]:
+def evaluate(detector: CrisisDetector, path: Path = EVAL_SET) -> Dict[str, object]:
     """Precision/recall (percent) on the YAML set, plus the misses and false alarms."""
     texts, gold = load_eval_set(path)
-    emb = encoder.encode(texts) if encoder is not None else None
-    pred = [detector.detect([t], None if emb is None else emb[i : i + 1]).crisis for i, t in enumerate(texts)]
+    pred = [detector.detect([t]).crisis for t in texts]
     tp = sum(p and g for p, g in zip(pred, gold))
     fp = sum(p and not g for p, g in zip(pred, gold))
     fn = sum((not p) and g for p, g in zip(pred, gold))

@@ -7,7 +7,8 @@ masked mean (normalised) is the sentence embedding every head shares:
 * CM context head ← the same dialogue feature → P(ER), P(IP), P(EX) for the reply,
 * cause pair head ← (last speaker turn, each earlier speaker turn, predicted emotion word),
   cause span head ← token states of the chosen cause utterances → character spans,
-* crisis detector ← patterns over the user's turns + similarity of their embeddings to prototypes.
+* crisis detector ← the user's latest message in the context of their previous ones: a trained
+  classifier on the shared embeddings, with curated patterns as a floor.
 
 Only the most recent ``max_turns`` utterances are encoded (older turns cannot be causes), so the
 cost of a call is bounded whatever the dialogue length. Encoder outputs are kept in a small LRU
@@ -48,6 +49,8 @@ class Perceiver:
         self.cause = cause
         self.cm = cm
         self.crisis = crisis
+        if crisis.embed is None:  # the classifier embeds message chunks and context through the shared cache
+            crisis.embed = self.embed
         self.max_turns = max_turns
         self.versions: Dict[str, str] = {
             "encoder": encoder.name,
@@ -75,7 +78,7 @@ class Perceiver:
             emotion=EmotionClassifier.load(art),
             cause=CauseModel.load(art),
             cm=ContextCMPredictor.load(art),
-            crisis=CrisisDetector.with_encoder(encoder),
+            crisis=CrisisDetector.load(art),
             max_turns=int(settings.get("max_turns", 12)),
             cache_size=int(settings.get("cache_size", 1024)),
         )
@@ -124,6 +127,14 @@ class Perceiver:
         return pooled, hidden_out, offsets_out
 
     # -- public API -----------------------------------------------------------------------
+
+    def embed(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Sentence embeddings (L2-normalised) of ``texts``, sharing the perception LRU cache:
+        a user message perceived a moment ago costs nothing here."""
+        if not len(texts):
+            return np.zeros((0, self.encoder.dim), dtype=np.float32)
+        return self._encode(list(texts), batch_size)[0]
+
 
     def perceive(self, dialogue: Sequence[Utterance]) -> Perception:
         """Perception of one dialogue (it should end with the user's speaker turn)."""
@@ -180,6 +191,7 @@ class Perceiver:
                     crisis=crisis.crisis,
                     crisis_score=crisis.score,
                     crisis_reasons=crisis.reasons,
+                    crisis_concern=crisis.concern,
                     models=dict(self.versions),
                 )
             )

@@ -21,7 +21,7 @@ from empathy_nlg.paths import default_data_dir
 from empathy_nlg.perception.common import DEFAULT_ARTIFACTS_DIR
 
 log = logging.getLogger(__name__)
-TASKS = ("emotion", "cause", "cm", "all")
+TASKS = ("emotion", "cause", "cm", "reply_polarity", "crisis", "all")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,12 +90,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {n} annotated conversations to {args.annotate_causes}")
         return 0
 
-    tasks = ("emotion", "cause", "cm") if args.task == "all" else (args.task,)
+    tasks = ("emotion", "cause", "cm", "reply_polarity", "crisis") if args.task == "all" else (args.task,)
     out.mkdir(parents=True, exist_ok=True)
     summary: Dict[str, Dict] = {}
     timings: Dict[str, float] = {}
     ed_train = ed_valid = None
-    if "emotion" in tasks or "cm" in tasks:
+    if "emotion" in tasks or "cm" in tasks or "reply_polarity" in tasks:
         ed_train = D.read_ed_jsonl(p["ed_train"])
         if args.max_train_convs:
             ed_train = ed_train[: args.max_train_convs]
@@ -129,6 +129,20 @@ def run(args: argparse.Namespace) -> int:
         metrics.update(train_context_predictor(ed_train, ed_valid, cache, out, seed=args.seed, progress=progress, encoder=encoder))
         summary["cm"] = metrics
         timings["cm"] = time.time() - t0
+
+    if "reply_polarity" in tasks:
+        from empathy_nlg.perception.reply_polarity import train_reply_polarity
+
+        t0 = time.time()
+        summary["reply_polarity"] = train_reply_polarity(ed_train, ed_valid, cache, out, seed=args.seed, progress=progress)
+        timings["reply_polarity"] = time.time() - t0
+
+    if "crisis" in tasks:
+        from empathy_nlg.perception.crisis_train import train_crisis
+
+        t0 = time.time()
+        summary["crisis"] = train_crisis(data_dir, encoder, out, seed=args.seed, progress=progress)
+        timings["crisis"] = time.time() - t0
 
     settings_path = out / "perceiver.json"
     settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}

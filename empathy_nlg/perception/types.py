@@ -34,6 +34,7 @@ class Perception:
     crisis_score: float
     crisis_reasons: List[str] = field(default_factory=list)
     models: Dict[str, str] = field(default_factory=dict)  # component -> model name/version
+    crisis_concern: bool = False  # not flagged, but close enough that the engine asks a safety check-in
 
     def top_k(self, k: int = 3) -> List[Dict[str, Any]]:
         ranked = sorted(self.emotion_probs.items(), key=lambda kv: kv[1], reverse=True)[:k]
@@ -68,5 +69,6 @@ class Perception:
             crisis=bool(d.get("crisis", False)),
             crisis_score=float(d.get("crisis_score", 0.0)),
             crisis_reasons=list(d.get("crisis_reasons", [])),
+            crisis_concern=bool(d.get("crisis_concern", False)),
             models=dict(d.get("models", {})),
         )

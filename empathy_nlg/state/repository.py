@@ -182,6 +182,34 @@ class StateRepository:
                 stmt = stmt.where(Turn.turn_index < before_turn)
             return [e for e in reversed(session.scalars(stmt).all())]
 
+    def recent_replies(self, sender_id: str, limit: int = 20) -> List[Dict[str, Any]]:
+        """The assistant's latest replies to this sender, oldest first: ``{turn_index, response, text, generator}``."""
+        with self._sessions() as session:
+            rows = session.execute(
+                select(Turn.turn_index, Reply.response_name, Reply.text, Reply.generator)
+                .join(Turn, Reply.turn_id == Turn.id)
+                .join(Conversation)
+                .where(Conversation.sender_id == sender_id)
+                .order_by(Reply.id.desc())
+                .limit(limit)
+            ).all()
+        return [{"turn_index": r[0], "response": r[1], "text": r[2], "generator": r[3]} for r in reversed(rows)]
+
+    def recent_turns(self, sender_id: str, limit: int = 10, before_turn: Optional[int] = None) -> List[Dict[str, Any]]:
+        """The latest user turns, oldest first: ``{turn_index, user_text, crisis, crisis_score}``."""
+        with self._sessions() as session:
+            stmt = (
+                select(Turn.turn_index, Turn.user_text, Turn.crisis, Turn.crisis_score)
+                .join(Conversation)
+                .where(Conversation.sender_id == sender_id)
+                .order_by(Turn.turn_index.desc())
+                .limit(limit)
+            )
+            if before_turn is not None:
+                stmt = stmt.where(Turn.turn_index < before_turn)
+            rows = session.execute(stmt).all()
+        return [{"turn_index": r[0], "user_text": r[1], "crisis": bool(r[2]), "crisis_score": r[3]} for r in reversed(rows)]
+
     def persona(self, sender_id: str) -> Optional[str]:
         with self._sessions() as session:
             return session.scalar(select(Conversation.persona).where(Conversation.sender_id == sender_id))

@@ -59,7 +59,7 @@ def test_generated_turn_is_persisted_with_perception(engine):
 def test_generator_details_reach_custom_without_the_raw_text(engine):
     engine.generator.details = {"emotion": "sad", "cm_plan": ["ER"], "cause_utterances": ["x"], "raw": "long raw"}
     out = engine.nlg(nlg_request("utter_empathize", [user("My exam went badly", "m1")]))
-    assert out["custom"]["generation"] == {"emotion": "sad", "cm_plan": ["ER"], "cause_utterances": ["x"]}
+    assert out["custom"]["generation"] == {"emotion": "sad", "cm_plan": ["ER"], "cause_utterances": ["x"], "source": "generator"}
     templated = engine.nlg(nlg_request("utter_greet", [user("hi", "m2")]))
     assert templated["custom"]["generation"] == {}
 

@@ -70,8 +70,9 @@ def test_trained_generator_answers_through_nlg_with_its_plan(name, knowledge, do
             assert set(custom["knowledge"]) == {"affect", "behaviour", "physical", "events"}
             assert any(custom["knowledge"].values())
         else:
-            assert len(gen["rerank"]["candidates"]) == 4 and gen["rerank"]["alpha"] == 0.7
-            assert out["text"] in {c["text"] for c in gen["rerank"]["candidates"]}
+            assert len(gen["nec_rerank"]["candidates"]) == 4 and gen["nec_rerank"]["alpha"] == 0.7
+            assert out["text"] in {c["text"] for c in gen["nec_rerank"]["candidates"]}
+            assert gen["source"] == "generator" and "rerank" not in gen  # no conversation reranker in this engine
             assert set(custom["knowledge"]) == {"entity", "social"} and custom["knowledge"]["social"]
         stored = app.state.holder.engine.repository.conversation("s-" + name)
         reply = stored["turns"][0]["replies"][0]

@@ -114,7 +114,7 @@ def test_generator_reranks_by_alpha_and_reports_candidates(tmp_path, tiny_llama,
     for alpha in (0.7, 1.0, 0.0):
         gen = create_generator("nec", {**common, "alpha": alpha, "num_beams": 3})
         out = gen.generate([GenerationRequest(context=ctx)])[0]
-        cands = out.details["rerank"]["candidates"]
+        cands = out.details["nec_rerank"]["candidates"]
         assert len(cands) == 3
         best = max(cands, key=lambda c: c["score"])
         assert out.text == best["text"] or not best["text"]
@@ -124,5 +124,5 @@ def test_generator_reranks_by_alpha_and_reports_candidates(tmp_path, tiny_llama,
     assert out.knowledge["social"] and isinstance(out.knowledge["entity"], list)
     plain = create_generator("nec", {**common, "rerank": False})
     single = plain.generate([GenerationRequest(context=ctx)])[0]
-    assert single.details["rerank"] is None and plain.version.endswith("/no-rerank")
+    assert single.details["nec_rerank"] is None and plain.version.endswith("/no-rerank")
     assert plain.score([GenerationRequest(context=ctx)], ["oh no"])["tokens"] > 0

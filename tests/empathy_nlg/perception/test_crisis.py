@@ -31,21 +31,67 @@ def test_negation_is_reported_but_not_flagged():
     assert not r.crisis and r.reasons == ["negated:hurt_self"]
 
 
-def test_any_user_turn_counts():
-    r = CrisisDetector().detect(["I want to end my life", "anyway how are you"])
-    assert r.crisis and "end_life" in r.reasons
+def test_only_the_latest_message_is_judged():
+    # the old detector re-flagged the whole window: every later message got the crisis script again
+    assert not CrisisDetector().detect(["I want to end my life", "ok, I'll call the line"]).crisis
+    assert CrisisDetector().detect(["anyway", "I want to end my life"]).crisis
 
 
-def test_similarity_path():
-    proto = np.eye(3, 4, dtype=np.float32)[:1]
-    contrast = np.eye(3, 4, dtype=np.float32)[1:2]
-    det = CrisisDetector(proto, contrast, sim_threshold=0.6, margin=0.05)
-    near = np.array([[0.9, 0.1, 0, 0.4]], np.float32)
-    near /= np.linalg.norm(near)
-    r = det.detect(["some unusual wording"], near)
-    assert r.crisis and r.reasons == ["similar:p0"]
-    r2 = det.detect(["some unusual wording"], np.array([[0.1, 0.99, 0, 0]], np.float32))
-    assert not r2.crisis
+class _Head:
+    """A stand-in classifier: P(crisis) = the first feature (the message's mean embedding, dim 0)
+    blended with the context's (dim 2*d), so context-only flags can be produced on purpose."""
+
+    def __init__(self, d):
+        import torch
+
+        self.d = d
+        self.torch = torch
+
+    def eval(self):
+        return self
+
+    def __call__(self, x):
+        p = (0.7 * x[:, 0] + 0.3 * x[:, 2 * self.d]).clamp(1e-4, 1 - 1e-4)
+        return self.torch.log(p / (1 - p)).unsqueeze(-1)
+
+
+def _embed(texts):
+    # dim 0 = 1 for texts naming the rope, else 0.05 (normalisation does not matter to the head)
+    return np.asarray([[1.0 if "rope" in t else 0.05, 0.0] for t in texts], dtype=np.float32)
+
+
+def test_classifier_path_with_threshold_and_concern():
+    det = CrisisDetector((_Head(2), {"threshold": 0.6, "concern_threshold": 0.3}), _embed)
+    r = det.detect(["I bought a rope"])
+    assert r.crisis and any(x.startswith("classifier:") for x in r.reasons) and r.score > 0.5
+    quiet = det.detect(["what a nice day"])
+    assert not quiet.crisis and not quiet.concern and quiet.reasons == []
+    # context alone pushes "tonight's the night" over the threshold: flagged, and marked context-only
+    ctx = CrisisDetector((_Head(2), {"threshold": 0.3, "concern_threshold": 0.2}), _embed)
+    r = ctx.detect(["I bought a rope", "tonight's the night"])
+    assert r.crisis and "context-only" in r.reasons
+    # between the two thresholds: a concern (check-in), not a crisis
+    mid = CrisisDetector((_Head(2), {"threshold": 0.9, "concern_threshold": 0.5}), _embed)
+    r = mid.detect(["the rope"])
+    assert not r.crisis and r.concern and any(x.startswith("concern:") for x in r.reasons)
+
+
+def test_patterns_are_a_floor_the_classifier_cannot_lower():
+    det = CrisisDetector((_Head(2), {"threshold": 0.6}), _embed)
+    r = det.detect(["I want to kill myself"])
+    assert r.crisis and "kill_self" in r.reasons
+
+
+def test_long_messages_are_read_in_chunks():
+    from empathy_nlg.perception.crisis import chunks
+
+    text = " ".join(["word"] * 150 + ["rope"])
+    pieces = chunks(text)
+    assert len(pieces) == 3 and pieces[-1].endswith("rope")
+    from empathy_nlg.perception.crisis import features
+
+    f = features(_embed(pieces), None)
+    assert f[2] == 1.0 and f[0] < 0.5 and not f[4:].any()  # [mean | max | context]: the max sees the last piece
 
 
 def test_eval_set_size_and_pattern_quality():

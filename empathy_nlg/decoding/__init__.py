@@ -1,0 +1,1 @@
+"""Decoding that looks at the whole conversation (candidate reranking, exemplar candidates)."""

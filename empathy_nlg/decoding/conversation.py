@@ -1,0 +1,168 @@
+"""Decoding for the conversation, not the turn: choose the reply among candidates.
+
+A generator proposes candidates (NEC's beams with its own contrastive score, or a single reply);
+exemplars retrieved from ED train (:mod:`empathy_nlg.knowledge.exemplars`) add human-written
+ones. :class:`ConversationReranker` scores each candidate with the project's own perception and
+with what the assistant already said, and picks the best. Every term, its weight and each
+candidate's values go to ``custom.generation.rerank`` so a reply can always be explained.
+
+Terms (each in [0, 1], higher is better, combined as a weighted sum):
+
+* ``gen`` — the generator's own preference, min-max normalised over its candidates (exemplars get
+  ``exemplar_prior`` instead: they are fluent, but not written for this context).
+* ``polarity`` — the reply-polarity head (:mod:`empathy_nlg.perception.reply_polarity`) says how
+  much the reply sounds like an answer to good vs bad news; the term is its agreement with the
+  user's perceived polarity, scaled by perception's confidence (uncertain perception → 0.5).
+* ``cm`` — EPITOME response classifiers on (user message, reply): the probability-weighted share
+  of the planned mechanisms (perception's CM plan: ER/IP/EX) that the reply realises.
+* ``grounding`` — 1 when the reply takes up a content word of the user's last message, 0.5 when
+  only of an earlier message of theirs, else 0.
+
+Penalties (subtracted): ``repeat`` × the highest token Jaccard with an earlier assistant reply,
+and ``opening`` when the reply starts with the same three words as an earlier reply. A candidate
+whose Jaccard reaches ``repeat_veto`` is never chosen unless every candidate is vetoed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from empathy_nlg.perception.types import Perception
+from empathy_nlg.taxonomy import CM_CODES
+from empathy_nlg.text import content_words, max_jaccard, opening
+
+TERMS = ("gen", "polarity", "cm", "grounding")
+PENALTIES = ("repeat", "opening")
+
+
+@dataclass
+class RerankWeights:
+    gen: float = 0.6
+    polarity: float = 1.5
+    cm: float = 0.5
+    grounding: float = 0.8
+    repeat: float = 2.0
+    opening: float = 0.6
+
+
+@dataclass
+class RerankSettings:
+    enabled: bool = True
+    weights: RerankWeights = field(default_factory=RerankWeights)
+    repeat_veto: float = 0.6
+    exemplar_prior: float = 0.3
+
+    @classmethod
+    def from_mapping(cls, values: Optional[Dict[str, Any]]) -> "RerankSettings":
+        values = dict(values or {})
+        unknown = set(values) - {"enabled", "weights", "repeat_veto", "exemplar_prior"}
+        if unknown:
+            raise ValueError(f"generation.conversation.rerank: unknown keys {sorted(unknown)}")
+        weights = dict(values.pop("weights", None) or {})
+        bad = set(weights) - set(TERMS) - set(PENALTIES)
+        if bad:
+            raise ValueError(f"generation.conversation.rerank.weights: unknown terms {sorted(bad)} "
+                             f"(terms: {list(TERMS)}, penalties: {list(PENALTIES)})")
+        return cls(weights=RerankWeights(**{k: float(v) for k, v in weights.items()}),
+                   **{k: v for k, v in values.items()})
+
+
+@dataclass
+class Candidate:
+    text: str
+    source: str  # "generator" or "exemplar"
+    score: Optional[float] = None  # the generator's own score (None for exemplars)
+    terms: Dict[str, float] = field(default_factory=dict)
+    total: float = 0.0
+    vetoed: bool = False
+
+
+class ConversationReranker:
+    """Scores candidates with perception and the conversation so far (see the module doc).
+
+    ``encode`` embeds texts with the shared sentence encoder; ``reply_polarity`` maps embeddings
+    to P(positive situation); ``response_cm`` maps (seeker, response) embeddings to per-code
+    probabilities. Any of the two heads may be ``None`` (its term is then 0.5, neutral).
+    """
+
+    def __init__(self, settings: RerankSettings, encode, reply_polarity=None, response_cm=None) -> None:
+        self.settings = settings
+        self.encode = encode
+        self.reply_polarity = reply_polarity
+        self.response_cm = response_cm
+
+    def score(self, candidates: Sequence[Candidate], user_turns: Sequence[str], perception: Optional[Perception],
+              earlier_replies: Sequence[str]) -> List[Candidate]:
+        """Fill ``terms``, ``total`` and ``vetoed`` of every candidate (in place) and return them."""
+        cands = [c for c in candidates if c.text.strip()]
+        if not cands:
+            return []
+        w = self.settings.weights
+        texts = [c.text for c in cands]
+        last_user = user_turns[-1] if user_turns else ""
+        emb = self.encode(texts + [last_user])
+        reply_emb, user_emb = emb[:-1], emb[-1:]
+
+        # gen: min-max over the generator's own scores
+        gen_scores = [c.score for c in cands if c.source == "generator" and c.score is not None]
+        lo, hi = (min(gen_scores), max(gen_scores)) if gen_scores else (0.0, 0.0)
+        # polarity
+        if self.reply_polarity is not None and perception is not None:
+            p_pos = np.asarray(self.reply_polarity(reply_emb), dtype=float).reshape(-1)
+            conf = max(0.0, min(1.0, 2.0 * float(perception.polarity_prob) - 1.0))
+            agree = p_pos if perception.polarity == "positive" else 1.0 - p_pos
+            polarity = 0.5 + (agree - 0.5) * conf
+        else:
+            polarity = np.full(len(cands), 0.5)
+        # cm
+        if self.response_cm is not None and perception is not None and perception.cm:
+            probs = self.response_cm(np.repeat(user_emb, len(cands), axis=0), reply_emb)
+            plan = np.asarray([perception.cm.get(c, 0.0) for c in CM_CODES], dtype=float)
+            got = np.stack([np.asarray(probs[c], dtype=float).reshape(-1) for c in CM_CODES], axis=1)
+            cm = (got @ plan) / max(plan.sum(), 1e-6)
+        else:
+            cm = np.full(len(cands), 0.5)
+        # grounding
+        last_words = content_words(last_user)
+        earlier_words = set().union(*[content_words(t) for t in user_turns[:-1]]) if len(user_turns) > 1 else set()
+        openings = {opening(r) for r in earlier_replies} - {None}
+
+        for i, c in enumerate(cands):
+            words = content_words(c.text)
+            grounding = 1.0 if words & last_words else (0.5 if words & earlier_words else 0.0)
+            if c.source == "generator":
+                gen = 1.0 if hi - lo < 1e-9 else ((c.score if c.score is not None else lo) - lo) / (hi - lo)
+            else:
+                gen = float(self.settings.exemplar_prior)
+            rep = max_jaccard(c.text, earlier_replies)
+            same_opening = 1.0 if opening(c.text) in openings else 0.0
+            c.terms = {"gen": round(float(gen), 4), "polarity": round(float(polarity[i]), 4),
+                       "cm": round(float(cm[i]), 4), "grounding": grounding,
+                       "repeat": round(float(rep), 4), "opening": same_opening}
+            c.total = (w.gen * gen + w.polarity * float(polarity[i]) + w.cm * float(cm[i]) + w.grounding * grounding
+                       - w.repeat * rep - w.opening * same_opening)
+            c.vetoed = rep >= self.settings.repeat_veto
+        return cands
+
+    def choose(self, candidates: Sequence[Candidate], user_turns: Sequence[str], perception: Optional[Perception],
+               earlier_replies: Sequence[str]) -> Optional[Candidate]:
+        scored = self.score(candidates, user_turns, perception, earlier_replies)
+        if not scored:
+            return None
+        allowed = [c for c in scored if not c.vetoed] or scored
+        if all(c.vetoed for c in scored):  # every candidate repeats: the least repetitive one
+            return min(allowed, key=lambda c: (c.terms["repeat"], -c.total))
+        return max(allowed, key=lambda c: c.total)
+
+    def describe(self, candidates: Sequence[Candidate], chosen: Optional[Candidate]) -> Dict[str, Any]:
+        return {
+            "weights": asdict(self.settings.weights),
+            "repeat_veto": self.settings.repeat_veto,
+            "exemplar_prior": self.settings.exemplar_prior,
+            "chosen": chosen.text if chosen else None,
+            "candidates": [{"text": c.text, "source": c.source, "total": round(c.total, 4), "vetoed": c.vetoed, **c.terms}
+                           for c in sorted(candidates, key=lambda c: -c.total)],
+        }

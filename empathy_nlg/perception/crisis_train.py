@@ -1,0 +1,393 @@
+"""Training and evaluation of the crisis classifier (``crisis_head``).
+
+Data (see ``../shared/data/README.md`` for licences):
+
+* **C-SSRS Reddit posts** (Gaur et al. 2019): ``ideation | behavior | attempt`` → 1,
+  ``supportive | uninformative`` → 0; ``indicator`` (risk factors without ideation) is left out of
+  training and of the Reddit metric, as in the issue's definition. Split **by user** (seeded):
+  80 % train, 20 % dev — the dev users choose the epoch and the threshold.
+* **The project's own phrasings** (``crisis_data/train.yml``): six positive categories (ideation,
+  plan/means, timing, farewell, self-harm, past attempt), six hard-negative ones (figurative,
+  grief, exhaustion, fiction/news, everyday sadness, tears of joy) and multi-turn ``contexts``
+  where only the conversation decides. The earlier evaluation phrasings (``crisis_eval.yml``)
+  join training. ``crisis_data/heldout.yml`` is never trained or tuned on.
+* **XSTest** safe prompts (Röttger et al. 2024): figurative/homonym hard negatives; a seeded
+  half trains, the other half is evaluated.
+
+Own phrasings are weighted ``own_weight`` × in the loss: they are the chat register the assistant
+meets, while the posts are long and labelled with the user's history in view (noisy).
+
+* **Everyday messages**: 4,000 seeded opening messages of ED train conversations (every emotion,
+  grief and exhaustion included) as negatives; 1,000 of ED valid are the dev negatives.
+
+Two thresholds, both chosen on dev (a seeded 20 % of the own phrasings and the ED valid messages):
+
+* ``concern_threshold`` — recall first: the largest threshold that keeps ``target_recall`` of the
+  own dev positives, raised if needed so that at most ``max_checkin_fpr`` of everyday ED messages
+  reach it. Above it (and below ``threshold``) the engine asks a scripted safety check-in question
+  instead of generating.
+* ``threshold`` — the crisis flag (resources): the lowest threshold at which at most ``max_fpr``
+  of everyday ED messages are flagged.
+
+With a frozen encoder the two cannot coincide at the issue's target (recall ≥ 95 % at ≤ 5 % false
+positives): ``empathy-nlg eval-crisis`` prints where each stands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import yaml
+
+from empathy_nlg.perception.crisis import EVAL_SET, HEAD, CrisisDetector, chunks, features
+
+DATA_DIR = Path(__file__).resolve().parent / "crisis_data"
+OWN_TRAIN = DATA_DIR / "train.yml"
+OWN_HELDOUT = DATA_DIR / "heldout.yml"
+POSITIVE_CSSRS = {"ideation", "behavior", "attempt"}
+NEGATIVE_CSSRS = {"supportive", "uninformative"}
+VERSION = "minilm-crisis-mlp-v3"
+ED_TRAIN_NEGATIVES = 4000
+ED_DEV_NEGATIVES = 1000
+
+
+@dataclass
+class Example:
+    text: str
+    label: int
+    category: str
+    source: str
+    context: Tuple[str, ...] = ()
+
+
+def _bucket(key: str, seed: int) -> float:
+    return int(hashlib.sha1(f"{seed}:{key}".encode("utf-8")).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+def read_cssrs(path: Path) -> List[Tuple[str, Example]]:
+    """``(user, example)`` for the posts with a usable label."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                label, text, user = row["label"], row["text"], row["user"]
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}:{n}: not a {{user, text, label}} record ({exc})") from None
+            if label in POSITIVE_CSSRS or label in NEGATIVE_CSSRS:
+                out.append((str(user), Example(text, int(label in POSITIVE_CSSRS), f"cssrs:{label}", "cssrs")))
+    return out
+
+
+def read_own(path: Path) -> List[Example]:
+    """The project's phrasings: ``positive``/``negative`` categories and ``contexts`` items."""
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    if not isinstance(data, dict) or "positive" not in data or "negative" not in data:
+        raise ValueError(f"{path}: expected the keys 'positive' and 'negative' (and optionally 'contexts')")
+    out: List[Example] = []
+    for key, label in (("positive", 1), ("negative", 0)):
+        for category, texts in (data.get(key) or {}).items():
+            out.extend(Example(str(t), label, category, "own") for t in texts or [])
+    for i, item in enumerate(data.get("contexts") or []):
+        try:
+            out.append(Example(str(item["message"]), int(item["label"]), f"context:{item.get('category', 'other')}", "own",
+                               tuple(str(c) for c in item.get("context") or [])))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: contexts[{i}] needs message and label ({exc})") from None
+    return out
+
+
+def read_old_eval(path: Path = EVAL_SET) -> List[Example]:
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    return ([Example(t, 1, "eval_v1", "own") for t in data["crisis"]] +
+            [Example(t, 0, "eval_v1", "own") for t in data["non_crisis"]])
+
+
+def read_xstest(path: Path) -> List[Example]:
+    """XSTest's safe prompts (hard negatives); unsafe ones are not self-harm statements and are skipped."""
+    with open(path, encoding="utf-8") as f:
+        return [Example(r["prompt"], 0, f"xstest:{r['type']}", "xstest") for r in csv.DictReader(f) if r.get("label") == "safe"]
+
+
+def featurise(examples: Sequence[Example], embed) -> np.ndarray:
+    """One feature row per example (:func:`empathy_nlg.perception.crisis.features`), embeddings batched."""
+    texts: Dict[str, None] = {}
+    for ex in examples:
+        for piece in chunks(ex.text):
+            texts.setdefault(piece, None)
+        for c in ex.context[-3:]:
+            texts.setdefault(c, None)
+    keys = list(texts)
+    emb = embed(keys)
+    pos = {t: i for i, t in enumerate(keys)}
+    rows = []
+    for ex in examples:
+        m = emb[[pos[p] for p in chunks(ex.text)]]
+        ctx = emb[[pos[c] for c in ex.context[-3:]]] if ex.context else None
+        rows.append(features(m, ctx))
+    return np.stack(rows)
+
+
+def split_data(data_dir: Path, seed: int = 13, dev_fraction: float = 0.2):
+    """(train, dev) example lists (see the module doc for what goes where)."""
+    train: List[Example] = []
+    dev: List[Example] = []
+    cssrs = data_dir / "crisis" / "cssrs_reddit_posts.jsonl"
+    if cssrs.is_file():
+        for user, ex in read_cssrs(cssrs):
+            (dev if _bucket(user, seed) < dev_fraction else train).append(ex)
+    xstest = data_dir / "crisis" / "xstest_prompts.csv"
+    if xstest.is_file():
+        for ex in read_xstest(xstest):
+            (train if _bucket(ex.text, seed) < 0.5 else dev).append(ex)
+    for ex in read_own(OWN_TRAIN) + read_old_eval():
+        (dev if _bucket(ex.text, seed + 1) < dev_fraction else train).append(ex)
+    train.extend(ed_everyday(data_dir / "empathetic_dialogues" / "train.jsonl", ED_TRAIN_NEGATIVES, seed))
+    dev.extend(ed_everyday(data_dir / "empathetic_dialogues" / "valid.jsonl", ED_DEV_NEGATIVES, seed))
+    train.extend(safe_followups([e for e in train if e.source == "own" and e.label == 1], seed))
+    return train, dev
+
+
+#: what people say right after a crisis reply or in passing (our own phrasings): not a new crisis
+#: statement, whatever came before — the engine's scripted follow-up answers them
+SAFE_FOLLOWUPS = (
+    "ok", "okay", "ok thanks", "thanks", "thank you", "yeah", "yes", "no", "idk", "hmm", "k", "sure", "fine",
+    "ok, I'll call the line", "I'll text them now", "I called my sister", "my friend is coming over",
+    "I went for a walk", "I made some tea", "I'm going to take a shower", "I put the pills back in the cabinet",
+    "I gave the rope to my neighbour", "I'm at my mum's now", "I talked to my therapist", "I'm a bit calmer now",
+    "I'll try to sleep", "I ate something", "I'm still here", "I don't know what to say", "sorry for all this",
+    "can we talk about something else", "I'm watching a movie with my roommate", "it helped to talk",
+    "the nurse on the line was kind", "I'm at the hospital with my brother", "lol", "🙂", "😔", "ok I will",
+)
+
+
+def safe_followups(positives: Sequence[Example], seed: int, per_message: int = 3) -> List[Example]:
+    """Each :data:`SAFE_FOLLOWUPS` message with no context and after ``per_message`` seeded crisis
+    statements (label 0): teaches the classifier that context alone does not make a new crisis."""
+    import random
+
+    rng = random.Random(seed)
+    out = [Example(m, 0, "followup_safe", "own") for m in SAFE_FOLLOWUPS]
+    if positives:
+        for m in SAFE_FOLLOWUPS:
+            for ex in rng.sample(list(positives), min(per_message, len(positives))):
+                out.append(Example(m, 0, "context:followup_safe", "own", tuple(ex.context) + (ex.text,)))
+    return out
+
+
+def ed_everyday(path: Path, n: int, seed: int) -> List[Example]:
+    """``n`` seeded opening messages of ED conversations: everyday feelings, good and bad, as
+    negatives (those a crisis pattern matches are left out: ED holds a few disclosures)."""
+    from empathy_nlg.datasets import read_ed_jsonl
+    from empathy_nlg.perception.crisis import pattern_matches
+
+    if not Path(path).is_file():
+        return []
+    convs = sorted(read_ed_jsonl(path), key=lambda c: _bucket(c.conv_id, seed))
+    out = []
+    for conv in convs:
+        text = conv.turns[0].text if conv.turns else ""
+        if text.strip() and pattern_matches(text)[0] == 0 and "suicid" not in text.lower():
+            out.append(Example(text, 0, f"ed:{conv.emotion}", "ed"))
+        if len(out) == n:
+            break
+    return out
+
+
+def threshold_for_recall(probs: np.ndarray, labels: np.ndarray, target: float) -> float:
+    """The largest threshold (grid 0.02…0.98) whose recall on ``labels == 1`` is ≥ ``target``."""
+    pos = probs[labels == 1]
+    if not len(pos):
+        return 0.5
+    for t in np.arange(0.98, 0.0, -0.02):
+        if np.mean(pos >= t) >= target:
+            return round(float(t), 2)
+    return 0.02
+
+
+def threshold_for_fpr(probs: np.ndarray, max_fpr: float, floor: float = 0.02) -> float:
+    """The smallest threshold (grid, ≥ ``floor``) that flags at most ``max_fpr`` of the negatives ``probs``."""
+    for t in np.arange(max(floor, 0.02), 0.99, 0.02):
+        if not len(probs) or np.mean(probs >= t) <= max_fpr:
+            return round(float(t), 2)
+    return 0.98
+
+
+def rates(pred: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
+    pos, neg = labels == 1, labels == 0
+    return {"n_pos": int(pos.sum()), "n_neg": int(neg.sum()),
+            "recall": float(100 * pred[pos].mean()) if pos.any() else float("nan"),
+            "fpr": float(100 * pred[neg].mean()) if neg.any() else float("nan")}
+
+
+def train_crisis(data_dir: Path, encoder, out_dir: Path, seed: int = 13, own_weight: float = 3.0,
+                 target_recall: float = 0.9, max_fpr: float = 0.02, max_checkin_fpr: float = 0.05,
+                 progress: bool = True) -> Dict[str, object]:
+    """Fit the head, choose its threshold on dev, write ``crisis_head`` to ``out_dir``; dev metrics."""
+    import torch
+
+    from empathy_nlg.perception.common import build_mlp, predict_head, save_head
+
+    train, dev = split_data(data_dir, seed)
+    if not any(ex.source == "cssrs" for ex in train):
+        raise FileNotFoundError(f"no C-SSRS posts under {data_dir / 'crisis'} (set --data-dir)")
+    X, X_dev = featurise(train, encoder.encode), featurise(dev, encoder.encode)
+    y = np.asarray([ex.label for ex in train], dtype=np.float32)
+    y_dev = np.asarray([ex.label for ex in dev], dtype=np.float32)
+    w = np.asarray([own_weight if ex.source == "own" else 1.0 for ex in train], dtype=np.float32)
+    pos_weight = float((y == 0).sum() / max((y == 1).sum(), 1))
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    config = {"in_dim": int(X.shape[1]), "out_dim": 1, "hidden": 256, "dropout": 0.2, "loss": "bce"}
+    model = build_mlp(X.shape[1], 1, config["hidden"], config["dropout"])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-3)
+    xt, yt, wt = torch.as_tensor(X), torch.as_tensor(y), torch.as_tensor(w)
+    best, best_auc, best_epoch = None, -1.0, -1
+    from sklearn.metrics import roc_auc_score
+
+    epochs = range(30)
+    if progress:
+        from tqdm.auto import tqdm
+
+        epochs = tqdm(epochs, desc="crisis head", unit="epoch")
+    for epoch in epochs:
+        model.train()
+        order = rng.permutation(len(X))
+        for start in range(0, len(X), 64):
+            idx = torch.as_tensor(order[start : start + 64])
+            logits = model(xt[idx]).squeeze(-1)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits, yt[idx], weight=wt[idx] * torch.where(yt[idx] > 0, pos_weight, 1.0))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        p_dev = predict_head(model, X_dev, "bce")[:, 0]
+        auc = float(roc_auc_score(y_dev, p_dev))
+        if auc > best_auc:
+            best_auc, best_epoch = auc, epoch
+            best = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best)
+    model.eval()
+    p_dev = predict_head(model, X_dev, "bce")[:, 0]
+    src = np.asarray([ex.source for ex in dev])
+    own = src == "own"
+    # concern (a scripted check-in): recall first, on the chat-register dev positives
+    concern = threshold_for_recall(p_dev[own], y_dev[own], target_recall)
+    # … but a check-in for at most ``max_checkin_fpr`` of everyday messages (asking too often is harm too)
+    concern = max(concern, threshold_for_fpr(p_dev[src == "ed"], max_checkin_fpr))
+    # crisis (the resources script): the lowest threshold that keeps everyday messages quiet
+    threshold = threshold_for_fpr(p_dev[src == "ed"], max_fpr, floor=concern)
+    pred = p_dev >= threshold
+    metrics = {"dev_auc": round(100 * best_auc, 2), "best_epoch": best_epoch, "threshold": threshold,
+               "concern_threshold": concern,
+               "dev_own_concern": rates(p_dev[own] >= concern, y_dev[own]),
+               "dev_ed_concern": rates(p_dev[src == "ed"] >= concern, y_dev[src == "ed"]),
+               "dev_ed": rates(pred[src == "ed"], y_dev[src == "ed"]),
+               "dev_all": rates(pred, y_dev),
+               "dev_cssrs": rates(pred[src == "cssrs"], y_dev[src == "cssrs"]),
+               "dev_own": rates(pred[src == "own"], y_dev[src == "own"]),
+               "dev_xstest": rates(pred[src == "xstest"], y_dev[src == "xstest"]),
+               "train_examples": len(train), "dev_examples": len(dev)}
+    save_head(model, {**config, "threshold": threshold, "concern_threshold": concern, "version": VERSION, "seed": seed, "own_weight": own_weight,
+                      "target_recall": target_recall, "dev": metrics}, out_dir, HEAD)
+    return metrics
+
+
+# ------------------------------------------------------------------------------ evaluation
+def evaluate_detector(detector: CrisisDetector, examples: Sequence[Example]) -> Dict[str, object]:
+    """Per category and overall recall / false-positive rate, with the misses and false alarms."""
+    rows = []
+    for ex in examples:
+        r = detector.detect(list(ex.context) + [ex.text])
+        rows.append((ex, r))
+    by_cat: Dict[str, List] = {}
+    for ex, r in rows:
+        by_cat.setdefault(ex.category, []).append((ex.label, r.crisis, r.crisis or r.concern))
+    per_category = {}
+    for cat, pairs in sorted(by_cat.items()):
+        labels = np.asarray([p[0] for p in pairs])
+        per_category[cat] = rates(np.asarray([p[1] for p in pairs]), labels)
+        per_category[cat]["with_checkin"] = rates(np.asarray([p[2] for p in pairs]), labels)
+    labels = np.asarray([ex.label for ex, _ in rows])
+    pred = np.asarray([r.crisis for _, r in rows])
+    reached = np.asarray([r.crisis or r.concern for _, r in rows])
+    return {
+        "overall": rates(pred, labels) if len(rows) else {},
+        "overall_with_checkin": rates(reached, labels) if len(rows) else {},
+        "per_category": per_category,
+        "misses": [{"category": ex.category, "context": list(ex.context), "text": ex.text, "score": r.score,
+                    "checkin": r.concern}
+                   for ex, r in rows if ex.label == 1 and not r.crisis],
+        "false_alarms": [{"category": ex.category, "context": list(ex.context), "text": ex.text, "reasons": r.reasons}
+                         for ex, r in rows if ex.label == 0 and r.crisis],
+    }
+
+
+IMMINENT = ("plan_means", "timing", "farewell", "context:plan_means", "context:timing", "context:farewell")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--own", type=Path, default=OWN_HELDOUT, help=f"own phrasings YAML (default {OWN_HELDOUT.name})")
+    parser.add_argument("--cssrs", type=Path, default=None,
+                        help="C-SSRS posts JSONL to evaluate on (default: the dev users of ../shared/data; pass "
+                             "a held-out file of the same format to measure on unseen users)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="shared data folder (default: empathy_nlg.paths.default_data_dir())")
+    parser.add_argument("--artifacts", type=Path, default=None, help="perception artefacts folder (default: the committed ones)")
+    parser.add_argument("--patterns-only", action="store_true", help="evaluate the pattern floor alone (the earlier detector)")
+    parser.add_argument("--out", type=Path, default=None, help="write metrics.json with misses and false alarms here")
+    parser.add_argument("--seed", type=int, default=13, help="the training split seed (for the default dev users)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from empathy_nlg.paths import default_data_dir
+    from empathy_nlg.perception.common import DEFAULT_ARTIFACTS_DIR, set_threads
+    from empathy_nlg.perception.encoder import SentenceEncoder
+
+    set_threads(2)
+    data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
+    encoder = SentenceEncoder()
+    detector = (CrisisDetector(None, encoder.encode) if args.patterns_only
+                else CrisisDetector.load(args.artifacts or DEFAULT_ARTIFACTS_DIR, encoder.encode))
+    sets: Dict[str, List[Example]] = {"own phrasings (" + Path(args.own).name + ")": read_own(args.own)}
+    if args.cssrs:
+        sets["C-SSRS posts (" + Path(args.cssrs).name + ")"] = [ex for _, ex in read_cssrs(args.cssrs)]
+    elif (data_dir / "crisis" / "cssrs_reddit_posts.jsonl").is_file():
+        _, dev = split_data(data_dir, args.seed)
+        sets["C-SSRS dev users (seeded 20 %)"] = [ex for ex in dev if ex.source == "cssrs"]
+        sets["XSTest safe prompts (held-out half)"] = [ex for ex in dev if ex.source == "xstest"]
+    results = {}
+    print(f"crisis detector {detector.version} (threshold {detector.threshold})")
+    for name, examples in sets.items():
+        res = evaluate_detector(detector, examples)
+        results[name] = res
+        o, c = res["overall"], res["overall_with_checkin"]
+        print(f"\n== {name}\n  crisis flag:           recall {o.get('recall', float('nan')):5.1f} % of {o.get('n_pos', 0)}, "
+              f"false positives {o.get('fpr', float('nan')):5.1f} % of {o.get('n_neg', 0)}")
+        print(f"  crisis or check-in:    recall {c.get('recall', float('nan')):5.1f} %, false positives {c.get('fpr', float('nan')):5.1f} %")
+        for cat, r in res["per_category"].items():
+            w = r["with_checkin"]
+            shown = (f"recall {r['recall']:5.1f} % / with check-in {w['recall']:5.1f} % (n={r['n_pos']})" if r["n_pos"]
+                     else f"false positives {r['fpr']:5.1f} % / with check-in {w['fpr']:5.1f} % (n={r['n_neg']})")
+            print(f"  {cat:32s} {shown}")
+        imminent = [m for m in res["misses"] if m["category"] in IMMINENT]
+        if imminent:
+            print(f"  RELEASE BLOCKER — imminent-danger statements without the crisis flag ({len(imminent)}):")
+            for m in imminent:
+                tag = "check-in" if m["checkin"] else "MISSED"
+                print(f"    [{m['category']}, {tag}] {' / '.join(m['context'] + [m['text']])}  (score {m['score']})")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "metrics.json").write_text(json.dumps({"detector": detector.version, "threshold": detector.threshold,
+                                                           "results": results}, indent=2))
+        print(f"\nwrote {args.out / 'metrics.json'}")
+    return 0

@@ -1,0 +1,119 @@
+"""What the assistant says around a crisis: scripted, never generated.
+
+A person who has just said they may end their life must not be answered by a language model,
+nor with the same two paragraphs for every later message (which is what re-flagging the whole
+window did). :class:`SafetyPolicy` decides, per turn, from the turn's perception and what SQL
+holds for the conversation:
+
+``crisis``    the message is flagged → the resources scripts (``utter_crisis_support`` +
+              ``utter_crisis_resources``), every time a new crisis statement comes.
+``followup``  one of the user's previous ``followup_turns`` messages was flagged, this one is
+              not (or only because of that earlier message: reason ``context-only``) → a scripted follow-up that acknowledges what the person just said (reaching out,
+              thanks, a coping step, or a check-in), never the same text twice in a conversation,
+              with the resources one message away ("help"). The conversation leaves this state
+              only once that many recent messages are unflagged.
+``checkin``   the classifier is concerned but below the crisis threshold → a scripted, direct
+              safety question (asking directly is recommended practice and does not plant ideas).
+``affirmed``  the previous reply was that question and the person says yes → the resources, and
+              the turn is stored as a crisis turn.
+``None``      an ordinary turn.
+
+Every scripted text lives in the Rasa domain (``utter_crisis_*``), so it is reviewed in one place
+and Rasa can render the same texts when the engine is down.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from empathy_nlg.perception.crisis import CONTEXT_ONLY
+
+CRISIS_RESPONSES = ("utter_crisis_support", "utter_crisis_resources")
+CHECKIN = "utter_crisis_checkin"
+GOODBYE = "utter_crisis_goodbye"
+FOLLOWUPS = {
+    "reaching_out": "utter_crisis_followup_reaching_out",
+    "thanks": "utter_crisis_followup_thanks",
+    "coping": "utter_crisis_followup_coping",
+    "checkin": "utter_crisis_followup_checkin",
+}
+SCRIPTED_RESPONSES = (CHECKIN, GOODBYE, *FOLLOWUPS.values())
+#: template responses that a follow-up replaces while the conversation is in the crisis state
+REPLACED_TEMPLATES = ("utter_you_are_welcome", "utter_out_of_scope", "utter_default", "utter_greet", "utter_help")
+
+_REACHING_OUT = re.compile(r"\b(?:call|calling|called|text|texting|line|988|116|hotline|helpline|talk(?:ed|ing)? to|"
+                           r"reach(?:ed|ing)? out|therapist|counsel+or|doctor|gp|nurse|friend|mum|mom|dad|sister|brother|"
+                           r"partner|wife|husband|roommate|emergency|hospital|911|999|112)\b", re.I)
+_THANKS = re.compile(r"\b(?:thanks|thank you|thx|ty|appreciate)\b", re.I)
+_COPING = re.compile(r"\b(?:walk|shower|bath|tea|coffee|eat|ate|food|sleep|slept|nap|rest|music|breath\w*|outside|"
+                     r"water|bed|lie down|calm\w*|journal\w*|write|wrote|pet|dog|cat|game|tv|movie)\b", re.I)
+_YES = re.compile(r"^\s*(?:yes|yeah|yea|yep|ya|y|i am|i do|i have|kind of|kinda|sort of|sometimes|maybe|a bit|a little|"
+                  r"i think so|probably|honestly yes|not sure)\b", re.I)
+
+
+def followup_kind(text: str) -> str:
+    """Which scripted follow-up acknowledges ``text``: reaching_out, thanks, coping or checkin."""
+    if _REACHING_OUT.search(text or ""):
+        return "reaching_out"
+    if _THANKS.search(text or ""):
+        return "thanks"
+    if _COPING.search(text or ""):
+        return "coping"
+    return "checkin"
+
+
+@dataclass
+class SafetyDecision:
+    state: Optional[str]  # crisis | followup | checkin | affirmed | None
+    responses: List[str]  # domain responses whose texts make the reply (empty: no override)
+    reason: str = ""
+
+
+class SafetyPolicy:
+    def __init__(self, domain, followup_turns: int = 3) -> None:
+        self.domain = domain
+        self.followup_turns = int(followup_turns)
+
+    def decide(self, response_name: str, generated: bool, perception, earlier_turns: Sequence[Mapping[str, Any]],
+               earlier_replies: Sequence[Mapping[str, Any]], user_text: str) -> SafetyDecision:
+        """The decision for this turn. ``earlier_turns``/``earlier_replies``: what SQL holds before it."""
+        recent = list(earlier_turns)[-self.followup_turns:]
+        in_followup = any(t.get("crisis") for t in recent)
+        crisis = bool(perception is not None and perception.crisis)
+        if crisis and in_followup and CONTEXT_ONLY in (perception.crisis_reasons or []):
+            # flagged only by its context, which is the crisis already answered: follow up instead
+            crisis = False
+        if crisis:
+            return SafetyDecision("crisis", list(CRISIS_RESPONSES) if generated else [], "flagged")
+        last_reply = earlier_replies[-1] if earlier_replies else None
+        if (last_reply is not None and last_reply.get("generator") == "crisis-checkin" and _YES.search(user_text or "")):
+            return SafetyDecision("affirmed", list(CRISIS_RESPONSES), "answered yes to the check-in")
+        if in_followup:
+            if generated or response_name in REPLACED_TEMPLATES:
+                kind = followup_kind(user_text)
+                return SafetyDecision("followup", [FOLLOWUPS[kind]], f"after a crisis turn ({kind})")
+            if response_name == "utter_goodbye":
+                return SafetyDecision("followup", [GOODBYE], "goodbye after a crisis turn")
+            return SafetyDecision("followup", [], "template kept")
+        if generated and perception is not None and getattr(perception, "crisis_concern", False):
+            return SafetyDecision("checkin", [CHECKIN], "classifier concern below the crisis threshold")
+        return SafetyDecision(None, [])
+
+    def render(self, decision: SafetyDecision, slots: Mapping[str, Any], channel: Optional[str],
+               used_texts: Sequence[str]) -> Dict[str, Any]:
+        """The scripted reply: each response's first variant not yet used in this conversation."""
+        used = {" ".join(t.split()) for t in used_texts}
+        parts = []
+        for name in decision.responses:
+            if name in CRISIS_RESPONSES:  # the resources are the same every time, on purpose
+                parts.append(self.domain.render(name, slots, channel).get("text", ""))
+                continue
+            if name not in self.domain:  # an older domain without the scripted steps: the resources
+                parts.append(self.domain.render("utter_crisis_resources", slots, channel).get("text", ""))
+                continue
+            variants = self.domain.variants(name, slots, channel)
+            fresh = [v for v in variants if " ".join(v.split()) not in used]
+            parts.append((fresh or variants)[0])
+        return {"text": "\n\n".join(p for p in parts if p)}

@@ -1,0 +1,86 @@
+"""Shared text helpers: word tokens, content words, overlap measures.
+
+One home for the small lexical functions that decoding (reranking against earlier replies,
+grounding in what the user said) and evaluation (the conversation benchmark) must compute the
+same way. Pure Python, no model.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, List, Optional, Sequence, Set
+
+_WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+#: function words, pronouns, auxiliaries and listener fillers: never count as "content".
+STOPWORDS = frozenset("""
+a an the and or but if so to of in on at for with from by as is are was were be been being am
+i i'm i've i'd i'll me my mine myself you you're you've your yours yourself he him his she her hers
+it it's its we us our they them their this that these those there here what when where how why who
+which whom whose have has had having do does did doing done not no yes yeah yep nope ok okay oh ah
+just very really too can could would should will shall may might must get got getting go going went
+gone make made thing things some any all each every other others one about into out up down over
+again also still even than then now well much many more most such only own same lot lots bit kind
+sort like feel feeling feels felt sound sounds sounded hear heard know knew think thought want
+wanted say said tell told sure maybe though because while don't didn't doesn't can't won't wasn't
+isn't aren't that's what's there's let's im ive dont didnt cant wont thats whats u ur lol haha
+hmm um uh wow hey hi hello thanks thank please sorry glad happy sad great good bad nice
+""".split())
+
+
+def words(text: str) -> List[str]:
+    """Lower-cased word tokens (letters/digits, with an inner apostrophe kept)."""
+    return _WORD.findall((text or "").lower().replace("’", "'"))
+
+
+def stem(word: str) -> str:
+    """A light suffix strip so that "kittens"/"kitten", "worked"/"work" meet (words > 4 chars)."""
+    if len(word) > 4:
+        for suffix in ("ing", "ed", "es", "s"):
+            if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+                return word[: -len(suffix)]
+    return word
+
+
+def content_words(text: str, stopwords: Iterable[str] = STOPWORDS) -> Set[str]:
+    """Stemmed content words of ``text``: no stopwords, at least 3 characters."""
+    stop = stopwords if isinstance(stopwords, (set, frozenset)) else set(stopwords)
+    return {stem(w) for w in words(text) if len(w) >= 3 and w not in stop and not w.isdigit()}
+
+
+def jaccard(a: str, b: str) -> float:
+    """Token-set Jaccard similarity of two texts (0 when both are empty)."""
+    sa, sb = set(words(a)), set(words(b))
+    if not sa and not sb:
+        return 0.0
+    return len(sa & sb) / len(sa | sb)
+
+
+def max_jaccard(text: str, others: Sequence[str]) -> float:
+    return max((jaccard(text, o) for o in others), default=0.0)
+
+
+def opening(text: str, n: int = 3) -> Optional[tuple]:
+    """The first ``n`` word tokens (None when the text is shorter than ``n`` words)."""
+    w = words(text)
+    return tuple(w[:n]) if len(w) >= n else None
+
+
+def token_f1(prediction: str, references: Sequence[str]) -> float:
+    """Best unigram F1 of ``prediction`` against any reference (SQuAD-style bag of tokens)."""
+    pred = words(prediction)
+    best = 0.0
+    for ref in references:
+        gold = words(ref)
+        if not pred or not gold:
+            continue
+        common = 0
+        pool = list(gold)
+        for t in pred:
+            if t in pool:
+                pool.remove(t)
+                common += 1
+        if common:
+            p, r = common / len(pred), common / len(gold)
+            best = max(best, 2 * p * r / (p + r))
+    return best

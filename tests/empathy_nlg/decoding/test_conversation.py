@@ -1,0 +1,125 @@
+"""The conversation reranker: each term moves the choice the way it should, vetoes, and the engine path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from empathy_nlg.decoding.conversation import Candidate, ConversationReranker, RerankSettings
+from tests.empathy_nlg.conftest import make_perception
+
+CHEER = ("congrat", "awesome", "great")
+
+
+def encode(texts):
+    # dim 0: "cheerful" words; dim 1: a constant
+    return np.asarray([[1.0 if any(w in t.lower() for w in CHEER) else 0.0, 1.0] for t in texts], dtype=np.float32)
+
+
+def polarity(emb):  # P(positive situation) from dim 0
+    return 0.1 + 0.8 * emb[:, 0]
+
+
+def reranker(**weights):
+    settings = RerankSettings.from_mapping({"weights": weights} if weights else None)
+    return ConversationReranker(settings, encode, polarity, None)
+
+
+def test_polarity_term_answers_bad_news_with_sympathy():
+    p = make_perception("sad")
+    p.polarity, p.polarity_prob = "negative", 0.95
+    cands = [Candidate("Congrats, that's awesome!", "generator", 0.0), Candidate("I'm so sorry, that is hard.", "generator", 0.0)]
+    chosen = reranker().choose(cands, ["My dog died"], p, [])
+    assert chosen.text.startswith("I'm so sorry")
+    p.polarity = "positive"
+    chosen = reranker().choose(cands, ["I got the job"], p, [])
+    assert chosen.text.startswith("Congrats")
+
+
+def test_uncertain_perception_makes_polarity_neutral():
+    p = make_perception("sad")
+    p.polarity_prob = 0.5
+    scored = reranker().score([Candidate("Congrats!", "generator", 0.0)], ["x"], p, [])
+    assert scored[0].terms["polarity"] == pytest.approx(0.5)
+
+
+def test_repeats_are_vetoed_and_openings_penalised():
+    earlier = ["I'm so sorry to hear that. What's your dog's name?"]
+    cands = [Candidate("I'm so sorry to hear that. What's your dog's name?", "generator", 1.0),
+             Candidate("I'm so sorry. How are the kids taking it?", "generator", 0.5),
+             Candidate("That must be so lonely at home now.", "generator", 0.0)]
+    r = reranker(polarity=0, cm=0, grounding=0)
+    scored = r.score(cands, ["I don't know how to tell my kids"], None, earlier)
+    assert scored[0].vetoed and scored[0].terms["repeat"] == 1.0
+    assert scored[1].terms["opening"] == 1.0 and scored[2].terms["opening"] == 0.0
+    assert r.choose(cands, ["I don't know how to tell my kids"], None, earlier).text != cands[0].text
+
+
+def test_all_vetoed_takes_the_least_repetitive():
+    earlier = ["a b c d", "e f g h"]
+    cands = [Candidate("a b c d", "generator", 1.0), Candidate("e f g h x", "generator", 0.0)]
+    assert reranker().choose(cands, ["hi"], None, earlier).text == "e f g h x"
+
+
+def test_grounding_prefers_taking_up_what_the_user_said():
+    cands = [Candidate("That sounds hard.", "generator", 0.0), Candidate("How old is your kitten?", "generator", 0.0)]
+    r = reranker(polarity=0, cm=0)
+    scored = {c.text: c.terms["grounding"] for c in r.score(cands, ["We adopted a kitten today"], None, [])}
+    assert scored == {"That sounds hard.": 0.0, "How old is your kitten?": 1.0}
+    assert r.choose(cands, ["We adopted a kitten today"], None, []).text == "How old is your kitten?"
+
+
+def test_exemplars_get_the_prior_and_details_list_every_term():
+    r = reranker()
+    cands = [Candidate("I see.", "generator", -1.0), Candidate("Oh no, what happened?", "exemplar", None)]
+    chosen = r.choose(cands, ["something"], None, [])
+    details = r.describe(cands, chosen)
+    assert details["exemplar_prior"] == 0.3 and {c["source"] for c in details["candidates"]} == {"generator", "exemplar"}
+    assert set(details["candidates"][0]) >= {"gen", "polarity", "cm", "grounding", "repeat", "opening", "total", "vetoed"}
+    assert [c for c in details["candidates"] if c["source"] == "exemplar"][0]["gen"] == 0.3
+
+
+def test_settings_reject_unknown_terms():
+    with pytest.raises(ValueError, match="unknown terms"):
+        RerankSettings.from_mapping({"weights": {"humour": 1.0}})
+    with pytest.raises(ValueError, match="unknown keys"):
+        RerankSettings.from_mapping({"temperature": 1.0})
+
+
+def test_engine_reranks_against_earlier_replies(domain_file, sqlite_url):
+    from empathy_nlg.domain import DomainResponses
+    from empathy_nlg.engine import EmpathyEngine
+    from empathy_nlg.generators.base import GenerationResult
+    from empathy_nlg.settings import load_settings
+    from empathy_nlg.state.repository import StateRepository
+    from tests.empathy_nlg.conftest import EchoGenerator, KeywordPerceiver
+
+    class Beams(EchoGenerator):
+        def generate(self, requests):
+            self.requests.extend(requests)
+            texts = ["I'm so sorry to hear that.", "That must be so hard for your family."]
+            return [GenerationResult(text=texts[0], generator="beams", version="t",
+                                     candidates=[{"text": t, "score": -i} for i, t in enumerate(texts)]) for _ in requests]
+
+    class Embedding(KeywordPerceiver):
+        def embed(self, texts):
+            return encode(texts)
+
+    settings = load_settings(overrides={"state": {"database_url": sqlite_url}, "domain": str(domain_file)})
+    repo = StateRepository(sqlite_url)
+    repo.migrate()
+    gen = Beams()
+    engine = EmpathyEngine(settings, perceiver=Embedding(), generator=gen, repository=repo,
+                           domain=DomainResponses.load(domain_file),
+                           reranker=ConversationReranker(RerankSettings(), encode, polarity, None))
+    events = [{"event": "user", "text": "My dog died", "message_id": "a", "parse_data": {}}]
+    first = engine.nlg({"response": "utter_empathize", "id": None, "arguments": {}, "channel": {"name": "collector"},
+                        "tracker": {"sender_id": "r", "slots": {}, "events": events}})
+    assert first["text"] == "I'm so sorry to hear that." and first["custom"]["generation"]["source"] == "generator"
+    events += [{"event": "bot", "text": first["text"]}, {"event": "user", "text": "I miss him", "message_id": "b", "parse_data": {}}]
+    second = engine.nlg({"response": "utter_empathize", "id": None, "arguments": {}, "channel": {"name": "collector"},
+                         "tracker": {"sender_id": "r", "slots": {}, "events": events}})
+    assert second["text"] == "That must be so hard for your family."
+    assert gen.requests[-1].earlier_replies == ["I'm so sorry to hear that."]
+    rerank = second["custom"]["generation"]["rerank"]
+    assert rerank["chosen"] == second["text"] and any(c["vetoed"] for c in rerank["candidates"])

@@ -1,0 +1,111 @@
+"""After a crisis turn: scripted follow-ups that acknowledge the message, never the same text twice,
+resources again on a new crisis statement, a check-in question on concern, and the state in SQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from empathy_nlg.domain import DomainResponses
+from empathy_nlg.engine import EmpathyEngine
+from empathy_nlg.safety import SafetyPolicy, followup_kind
+from empathy_nlg.settings import load_settings
+from empathy_nlg.state.repository import StateRepository
+from tests.empathy_nlg.conftest import EchoGenerator, KeywordPerceiver, make_perception
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class ConcernPerceiver(KeywordPerceiver):
+    """'kill myself' → crisis; 'worth going on' → concern (below the crisis threshold)."""
+
+    def perceive(self, dialogue):
+        p = super().perceive(dialogue)
+        p.crisis_concern = "worth going on" in dialogue[-1].text.lower() and not p.crisis
+        return p
+
+
+@pytest.fixture
+def engine(domain_file, sqlite_url):
+    settings = load_settings(overrides={"state": {"database_url": sqlite_url}, "domain": str(domain_file)})
+    repo = StateRepository(sqlite_url)
+    repo.migrate()
+    domain = DomainResponses.load(domain_file)
+    domain.update(DomainResponses.load(ROOT / "safety_responses.yml"))
+    domain.update(DomainResponses({"utter_goodbye": [{"text": "Bye for now!"}]}))
+    return EmpathyEngine(settings, perceiver=ConcernPerceiver(), generator=EchoGenerator(), repository=repo, domain=domain)
+
+
+def talk(engine, texts, sender="s1", response="utter_empathize"):
+    events, replies = [], []
+    for i, text in enumerate(texts):
+        events.append({"event": "user", "text": text, "message_id": f"{sender}-{i}", "parse_data": {}})
+        out = engine.nlg({"response": response, "id": None, "arguments": {}, "channel": {"name": "collector"},
+                          "tracker": {"sender_id": sender, "slots": {}, "events": list(events)}})
+        events.append({"event": "bot", "text": out["text"]})
+        replies.append(out)
+    return replies
+
+
+@pytest.mark.parametrize("text,kind", [
+    ("ok thanks, I'll call the line", "reaching_out"), ("my sister is coming over", "reaching_out"),
+    ("thank you", "thanks"), ("I went for a walk", "coping"), ("I don't know", "checkin"),
+])
+def test_followup_kind(text, kind):
+    assert followup_kind(text) == kind
+
+
+def test_after_a_crisis_the_followups_are_scripted_varied_and_end(engine):
+    out = talk(engine, ["I want to kill myself", "ok thanks, I'll call the line", "I went for a walk", "I don't know",
+                        "I don't know", "my exam went badly"])
+    resources = engine.domain.texts("utter_crisis_resources")[0]
+    assert out[0]["custom"]["generator"] == "crisis-override" and resources in out[0]["text"]
+    kinds = [o["custom"]["generator"] for o in out[1:4]]
+    assert kinds == ["crisis-followup"] * 3
+    assert out[1]["text"] in engine.domain.texts("utter_crisis_followup_reaching_out")
+    assert out[2]["text"] in engine.domain.texts("utter_crisis_followup_coping")
+    texts = [o["text"] for o in out[1:4]]
+    assert len(set(texts)) == 3 and not any(resources in t for t in texts)
+    # three unflagged messages later the conversation leaves the crisis state: generated again
+    assert out[4]["custom"]["generator"] == "echo" and out[5]["custom"]["generator"] == "echo"
+    state = engine.repository.conversation("s1")
+    assert [t["crisis"] for t in state["turns"]] == [True, False, False, False, False, False]
+    assert [t["replies"][0]["generator"] for t in state["turns"]][:4] == ["crisis-override"] + ["crisis-followup"] * 3
+
+
+def test_a_new_crisis_statement_brings_the_resources_again(engine):
+    out = talk(engine, ["I want to kill myself", "ok", "I still want to kill myself"])
+    resources = engine.domain.texts("utter_crisis_resources")[0]
+    assert resources in out[0]["text"] and resources not in out[1]["text"] and resources in out[2]["text"]
+
+
+def test_templates_asked_for_during_the_followup_are_replaced(engine):
+    talk(engine, ["I want to kill myself"], sender="t")
+    events = [{"event": "user", "text": "I want to kill myself", "message_id": "t-0", "parse_data": {}},
+              {"event": "bot", "text": "..."}, {"event": "user", "text": "bye", "message_id": "t-1", "parse_data": {}}]
+    out = engine.nlg({"response": "utter_goodbye", "id": None, "arguments": {}, "channel": {"name": "collector"},
+                      "tracker": {"sender_id": "t", "slots": {}, "events": events}})
+    assert out["text"] in engine.domain.texts("utter_crisis_goodbye") and out["custom"]["safety"] == "followup"
+    events[-1]["message_id"] = "t-2"
+    out = engine.nlg({"response": "utter_greet", "id": None, "arguments": {}, "channel": {"name": "collector"},
+                      "tracker": {"sender_id": "t", "slots": {}, "events": events}})
+    assert out["text"] in engine.domain.texts("utter_crisis_followup_checkin")
+
+
+def test_concern_asks_and_a_yes_is_a_crisis_stored_as_one(engine):
+    out = talk(engine, ["work is hard", "honestly sometimes I wonder if it's worth going on", "yeah"], sender="c")
+    assert out[0]["custom"]["generator"] == "echo"
+    assert out[1]["custom"]["generator"] == "crisis-checkin" and out[1]["text"] in engine.domain.texts("utter_crisis_checkin")
+    assert out[2]["custom"]["generator"] == "crisis-override" and out[2]["custom"]["crisis"] is True
+    turns = engine.repository.conversation("c")["turns"]
+    assert [t["crisis"] for t in turns] == [False, False, True]
+
+
+def test_policy_without_the_scripted_texts_falls_back_to_the_resources(domain_file):
+    domain = DomainResponses.load(domain_file)  # the test domain has no utter_crisis_followup_*
+    policy = SafetyPolicy(domain, followup_turns=2)
+    decision = policy.decide("utter_empathize", True, make_perception(), [{"crisis": True}], [], "ok")
+    assert decision.state == "followup"
+    text = policy.render(decision, {}, None, [])["text"]
+    assert text == domain.texts("utter_crisis_resources")[0]
