@@ -228,6 +228,12 @@ class EmpathyEngine:
             stored_replies = self.repository.recent_replies(sender_id, limit=20)
             decision = self.safety.decide(response_name, generate, perception, earlier_turns, stored_replies,
                                           view.last_user_text or "")
+            if response_name == "utter_crisis_support" and perception is not None and not perception.crisis:
+                # Rasa's own crisis route (the NLU crisis intent) caught what the engine's detector
+                # did not: the turn is a crisis turn all the same, so the follow-ups apply
+                perception.crisis = True
+                perception.crisis_reasons = sorted(set(perception.crisis_reasons) | {"rasa:crisis-route"})
+                self.repository.record_turn(turn)
             if decision.state == "affirmed" and perception is not None:
                 # "yes" to the safety question: this is a crisis turn, stored as one
                 perception.crisis = True

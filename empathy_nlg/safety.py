@@ -12,8 +12,8 @@ holds for the conversation:
               thanks, a coping step, or a check-in), never the same text twice in a conversation,
               with the resources one message away ("help"). The conversation leaves this state
               only once that many recent messages are unflagged.
-``checkin``   the classifier is concerned but below the crisis threshold → a scripted, direct
-              safety question (asking directly is recommended practice and does not plant ideas).
+``checkin``   the classifier is concerned but below the crisis threshold, and perception hears a
+              negative feeling → a scripted, direct safety question (asking directly is recommended practice and does not plant ideas).
 ``affirmed``  the previous reply was that question and the person says yes → the resources, and
               the turn is stored as a crisis turn.
 ``None``      an ordinary turn.
@@ -41,7 +41,7 @@ FOLLOWUPS = {
 }
 SCRIPTED_RESPONSES = (CHECKIN, GOODBYE, *FOLLOWUPS.values())
 #: template responses that a follow-up replaces while the conversation is in the crisis state
-REPLACED_TEMPLATES = ("utter_you_are_welcome", "utter_out_of_scope", "utter_default", "utter_greet", "utter_help")
+REPLACED_TEMPLATES = ("utter_you_are_welcome", "utter_out_of_scope", "utter_default", "utter_greet")
 
 _REACHING_OUT = re.compile(r"\b(?:call|calling|called|text|texting|line|988|116|hotline|helpline|talk(?:ed|ing)? to|"
                            r"reach(?:ed|ing)? out|therapist|counsel+or|doctor|gp|nurse|friend|mum|mom|dad|sister|brother|"
@@ -49,8 +49,11 @@ _REACHING_OUT = re.compile(r"\b(?:call|calling|called|text|texting|line|988|116|
 _THANKS = re.compile(r"\b(?:thanks|thank you|thx|ty|appreciate)\b", re.I)
 _COPING = re.compile(r"\b(?:walk|shower|bath|tea|coffee|eat|ate|food|sleep|slept|nap|rest|music|breath\w*|outside|"
                      r"water|bed|lie down|calm\w*|journal\w*|write|wrote|pet|dog|cat|game|tv|movie)\b", re.I)
-_YES = re.compile(r"^\s*(?:yes|yeah|yea|yep|ya|y|i am|i do|i have|kind of|kinda|sort of|sometimes|maybe|a bit|a little|"
-                  r"i think so|probably|honestly yes|not sure)\b", re.I)
+_YES = re.compile(r"^\s*(?:yes|yeah|yea|yep|ya|y|kind of|kinda|sort of|sometimes|maybe|a bit|a little|i think so|"
+                  r"probably|honestly yes|i am thinking|i have been|i do think)\b", re.I)
+ASKS_FOR_RESOURCES = re.compile(r"\?|\b(?:help|numbers?|again|give me|send me|what'?s the|hotline|helpline|"
+                                r"who (?:can|do|should) i|where (?:can|do|should) i|resources?)\b", re.I)
+_NO = re.compile(r"\b(?:no|not|nope|nah|never|i'?m fine|i am fine|i'?m ok(?:ay)?|i'?m good|i'?m alright)\b", re.I)
 
 
 def followup_kind(text: str) -> str:
@@ -88,7 +91,8 @@ class SafetyPolicy:
         if crisis:
             return SafetyDecision("crisis", list(CRISIS_RESPONSES) if generated else [], "flagged")
         last_reply = earlier_replies[-1] if earlier_replies else None
-        if (last_reply is not None and last_reply.get("generator") == "crisis-checkin" and _YES.search(user_text or "")):
+        if (last_reply is not None and last_reply.get("generator") == "crisis-checkin" and _YES.search(user_text or "")
+                and not _NO.search(user_text or "")):
             return SafetyDecision("affirmed", list(CRISIS_RESPONSES), "answered yes to the check-in")
         if in_followup:
             if generated or response_name in REPLACED_TEMPLATES:
@@ -96,8 +100,15 @@ class SafetyPolicy:
                 return SafetyDecision("followup", [FOLLOWUPS[kind]], f"after a crisis turn ({kind})")
             if response_name == "utter_goodbye":
                 return SafetyDecision("followup", [GOODBYE], "goodbye after a crisis turn")
+            if response_name == "utter_crisis_resources" and not ASKS_FOR_RESOURCES.search(user_text or ""):
+                # "ok, I'll call the line" read as a request for the numbers it has just been given:
+                # acknowledge it instead of pasting the same paragraph again
+                kind = followup_kind(user_text)
+                return SafetyDecision("followup", [FOLLOWUPS[kind]], f"resources already given ({kind})")
             return SafetyDecision("followup", [], "template kept")
-        if generated and perception is not None and getattr(perception, "crisis_concern", False):
+        if (generated and perception is not None and getattr(perception, "crisis_concern", False)
+                and perception.polarity == "negative"):
+            # good news is never met with a safety question, whatever the classifier thinks
             return SafetyDecision("checkin", [CHECKIN], "classifier concern below the crisis threshold")
         return SafetyDecision(None, [])
 

@@ -84,3 +84,19 @@ def token_f1(prediction: str, references: Sequence[str]) -> float:
             p, r = common / len(pred), common / len(gold)
             best = max(best, 2 * p * r / (p + r))
     return best
+
+
+#: phrases that answer bad news (sympathy) and good news (celebration): the lexical side of the
+#: reranker's polarity guard ("no 'sorry to hear that' to good news, no 'that's awesome' to bad news")
+SYMPATHY = re.compile(r"\b(?:sorry to hear|so sorry|i'?m sorry|oh no|that'?s terrible|how awful|that'?s awful|"
+                      r"that sucks|that'?s rough|that'?s tough|heartbreaking|my condolences|sorry for your loss|"
+                      r"must be (?:so |really )?(?:hard|difficult|tough|painful))\b", re.IGNORECASE)
+CELEBRATION = re.compile(r"\b(?:congrat\w*|awesome|amazing|great news|wonderful|fantastic|so happy for you|"
+                         r"glad to hear|that'?s great|good for you|well done|proud of you|how exciting|so exciting|"
+                         r"that'?s exciting)\b", re.IGNORECASE)
+
+
+def tone(text: str) -> Optional[str]:
+    """``"sympathy"``, ``"celebration"`` or None (neither or both) by the phrase lists above."""
+    s, c = bool(SYMPATHY.search(text or "")), bool(CELEBRATION.search(text or ""))
+    return "sympathy" if s and not c else "celebration" if c and not s else None

@@ -87,6 +87,15 @@ else
   say "no ATOMIC-2020 sample at $ATOMIC_TSV: imagine/nec will answer without commonsense knowledge (set EMPATHY_NLG_DATA)"
 fi
 
+# 3c. Exemplar index: ED train listener replies indexed by the message they answer (dataset text:
+#     cache only, never committed). Without the shared data the engine answers without exemplars.
+ED_TRAIN="${EMPATHY_NLG_DATA:-$ROOT/../shared/data}/empathetic_dialogues/train.jsonl"
+if [ -f "$ED_TRAIN" ]; then
+  .venvs/engine/bin/empathy-nlg knowledge exemplars >/dev/null 2>&1 || say "warning: the exemplar index could not be built (see: empathy-nlg knowledge exemplars)"
+else
+  say "no ED train at $ED_TRAIN: replies are reranked without exemplar candidates (set EMPATHY_NLG_DATA)"
+fi
+
 # 4. Rasa model ------------------------------------------------------------------------------
 MODEL_HASH=$(hash_of config.yml domain.yml $(find data -name '*.yml' | sort))
 if fresh rasa-model "$MODEL_HASH" && [ -f models/assistant.tar.gz ]; then

@@ -19,8 +19,15 @@ Terms (each in [0, 1], higher is better, combined as a weighted sum):
   only of an earlier message of theirs, else 0.
 
 Penalties (subtracted): ``repeat`` × the highest token Jaccard with an earlier assistant reply,
-and ``opening`` when the reply starts with the same three words as an earlier reply. A candidate
-whose Jaccard reaches ``repeat_veto`` is never chosen unless every candidate is vetoed.
+and ``opening`` when the reply starts with the same three words as an earlier reply.
+
+Vetoes (a vetoed candidate is chosen only when every candidate is vetoed, then the least
+repetitive): Jaccard with an earlier reply ≥ ``repeat_veto``; an echo of the user's message
+(Jaccard ≥ ``echo_veto``); and the **polarity guard** — a sympathy phrase ("sorry to hear", "oh
+no") to a message perceived positive, or a celebration phrase ("congrats", "awesome") to one
+perceived negative, when perception's polarity probability is ≥ ``polarity_guard``. The guard is
+lexical on purpose (:func:`empathy_nlg.text.tone`): it states the rule a person would, and the
+learned polarity term ranks everything it lets through.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import numpy as np
 
 from empathy_nlg.perception.types import Perception
 from empathy_nlg.taxonomy import CM_CODES
-from empathy_nlg.text import content_words, max_jaccard, opening
+from empathy_nlg.text import content_words, jaccard, max_jaccard, opening, tone
 
 TERMS = ("gen", "polarity", "cm", "grounding")
 PENALTIES = ("repeat", "opening")
@@ -54,11 +61,13 @@ class RerankSettings:
     weights: RerankWeights = field(default_factory=RerankWeights)
     repeat_veto: float = 0.6
     exemplar_prior: float = 0.3
+    echo_veto: float = 0.7
+    polarity_guard: float = 0.6
 
     @classmethod
     def from_mapping(cls, values: Optional[Dict[str, Any]]) -> "RerankSettings":
         values = dict(values or {})
-        unknown = set(values) - {"enabled", "weights", "repeat_veto", "exemplar_prior"}
+        unknown = set(values) - {"enabled", "weights", "repeat_veto", "exemplar_prior", "echo_veto", "polarity_guard"}
         if unknown:
             raise ValueError(f"generation.conversation.rerank: unknown keys {sorted(unknown)}")
         weights = dict(values.pop("weights", None) or {})
@@ -112,7 +121,7 @@ class ConversationReranker:
         # polarity
         if self.reply_polarity is not None and perception is not None:
             p_pos = np.asarray(self.reply_polarity(reply_emb), dtype=float).reshape(-1)
-            conf = max(0.0, min(1.0, 2.0 * float(perception.polarity_prob) - 1.0))
+            conf = max(0.0, min(1.0, 4.0 * (float(perception.polarity_prob) - 0.5)))
             agree = p_pos if perception.polarity == "positive" else 1.0 - p_pos
             polarity = 0.5 + (agree - 0.5) * conf
         else:
@@ -145,6 +154,13 @@ class ConversationReranker:
             c.total = (w.gen * gen + w.polarity * float(polarity[i]) + w.cm * float(cm[i]) + w.grounding * grounding
                        - w.repeat * rep - w.opening * same_opening)
             c.vetoed = rep >= self.settings.repeat_veto
+            # the user's own words back at them ("🐱❤️" → "🐱❤️") is not a reply
+            if c.text.strip() == last_user.strip() or jaccard(c.text, last_user) >= self.settings.echo_veto:
+                c.vetoed, c.terms["echo"] = True, 1.0
+            # sympathy for good news / celebration of bad news, when perception is confident
+            if (perception is not None and float(perception.polarity_prob) >= self.settings.polarity_guard
+                    and tone(c.text) == {"positive": "sympathy", "negative": "celebration"}.get(perception.polarity)):
+                c.vetoed, c.terms["wrong_tone"] = True, 1.0
         return cands
 
     def choose(self, candidates: Sequence[Candidate], user_turns: Sequence[str], perception: Optional[Perception],
@@ -161,6 +177,8 @@ class ConversationReranker:
         return {
             "weights": asdict(self.settings.weights),
             "repeat_veto": self.settings.repeat_veto,
+            "echo_veto": self.settings.echo_veto,
+            "polarity_guard": self.settings.polarity_guard,
             "exemplar_prior": self.settings.exemplar_prior,
             "chosen": chosen.text if chosen else None,
             "candidates": [{"text": c.text, "source": c.source, "total": round(c.total, 4), "vetoed": c.vetoed, **c.terms}

@@ -90,6 +90,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple
 
+from empathy_nlg.evaluation.harness import _jsonable
 from empathy_nlg.taxonomy import CM_CODES, polarity_of
 
 log = logging.getLogger(__name__)
@@ -520,14 +521,6 @@ class CMScorerLike(Protocol):
     def predict(self, seeker_posts: Sequence[str], responses: Sequence[str]) -> Mapping[str, Any]: ...
 
 
-def _jsonable(value: Any) -> Any:
-    try:
-        json.dumps(value)
-        return value
-    except (TypeError, ValueError):
-        return json.loads(json.dumps(value, default=str))
-
-
 def new_sender_id(conv: ScriptConversation) -> str:
     """A sender id unique to this replay of the conversation."""
     safe = re.sub(r"[^A-Za-z0-9_.:-]+", "-", conv.id)[:60]
@@ -620,6 +613,9 @@ class TemplateMatcher:
                 pieces = _PLACEHOLDER.split(norm)
                 self.patterns.append((name, re.compile(".+?".join(re.escape(p) for p in pieces), re.DOTALL)))
         self.crisis_texts = [_ws(t) for t in responses.get(crisis_response, []) if _ws(t)]
+        # the engine's scripted safety steps (check-in, follow-ups) are crisis replies too
+        self.crisis_texts += [_ws(t) for name, texts in responses.items() if name.startswith("utter_crisis_")
+                              and name not in (crisis_response, "utter_crisis_resources") for t in texts if _ws(t)]
         self.crisis_response = crisis_response
         if not self.crisis_texts:
             log.warning("the domain has no %s text: crisis replies cannot be told apart", crisis_response)
@@ -629,6 +625,9 @@ class TemplateMatcher:
         from empathy_nlg.domain import DomainResponses
 
         domain = DomainResponses.load(path)
+        safety = Path(path).parent / "safety_responses.yml"  # the engine's scripted safety texts, beside the domain
+        if safety.is_file():
+            domain.update(DomainResponses.load(safety))
         return cls({name: domain.texts(name) for name in domain.responses})
 
     def _match(self, text: str) -> Optional[str]:

@@ -31,11 +31,12 @@ from empathy_nlg.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
-VERSION = "ed-exemplars-v1"
+VERSION = "ed-exemplars-v2"
 #: first-person claims of experience: the listener talking about their own life
 SELF_CLAIM = re.compile(
-    r"\b(?:my|mine|me too|i had|i have had|i've had|i was|i went|i got|i lost|i remember|i used to|"
-    r"happened to me|when i|i did|i have a|i've been|i had to|i know how|i feel the same|same here|i once)\b",
+    r"\b(?:my|mine|me too|i had|i have|i've|i was|i went|i got|i lost|i remember|i used to|happened to me|"
+    r"when i|i did|i know how|i feel the same|same here|i once|i want|i wish i|i love|i'd love|i would love|"
+    r"i need|i hate|we|our|us)\b",
     re.IGNORECASE,
 )
 
@@ -93,7 +94,7 @@ class ExemplarIndex:
         if not ed_path.is_file():
             raise FileNotFoundError(f"ED train file {ed_path} not found (set --data-dir or EMPATHY_NLG_DATA)")
         digest = hashlib.sha1(ed_path.read_bytes()).hexdigest()[:12]
-        key = f"{digest}-{getattr(encoder, 'name', 'encoder')}"
+        key = f"{VERSION}-{digest}-{getattr(encoder, 'name', 'encoder')}"
         folder = index_dir(cache_root)
         if not force:
             existing = cls.load(cache_root)

@@ -17,8 +17,9 @@ Data (see ``../shared/data/README.md`` for licences):
 Own phrasings are weighted ``own_weight`` × in the loss: they are the chat register the assistant
 meets, while the posts are long and labelled with the user's history in view (noisy).
 
-* **Everyday messages**: 4,000 seeded opening messages of ED train conversations (every emotion,
-  grief and exhaustion included) as negatives; 1,000 of ED valid are the dev negatives.
+* **Everyday messages**: 4,000 seeded ED train speaker messages (every emotion, grief and
+  exhaustion included; half opening messages, half later messages with their context) as
+  negatives; 1,000 of ED valid, built the same way, are the dev negatives.
 
 Two thresholds, both chosen on dev (a seeded 20 % of the own phrasings and the ED valid messages):
 
@@ -27,7 +28,9 @@ Two thresholds, both chosen on dev (a seeded 20 % of the own phrasings and the E
   reach it. Above it (and below ``threshold``) the engine asks a scripted safety check-in question
   instead of generating.
 * ``threshold`` — the crisis flag (resources): the lowest threshold at which at most ``max_fpr``
-  of everyday ED messages are flagged.
+  of everyday ED messages and of the turns of the project's dev conversation scripts
+  (``configs/conversations/dev.jsonl``, ordinary conversations) are flagged. The check-in
+  threshold is capped the same way at ``max_checkin_fpr``.
 
 With a frozen encoder the two cannot coincide at the issue's target (recall ≥ 95 % at ≤ 5 % false
 positives): ``empathy-nlg eval-crisis`` prints where each stands.
@@ -53,7 +56,7 @@ OWN_TRAIN = DATA_DIR / "train.yml"
 OWN_HELDOUT = DATA_DIR / "heldout.yml"
 POSITIVE_CSSRS = {"ideation", "behavior", "attempt"}
 NEGATIVE_CSSRS = {"supportive", "uninformative"}
-VERSION = "minilm-crisis-mlp-v3"
+VERSION = "minilm-crisis-mlp-v5"
 ED_TRAIN_NEGATIVES = 4000
 ED_DEV_NEGATIVES = 1000
 
@@ -137,14 +140,17 @@ def featurise(examples: Sequence[Example], embed) -> np.ndarray:
     return np.stack(rows)
 
 
-def split_data(data_dir: Path, seed: int = 13, dev_fraction: float = 0.2):
+def split_data(data_dir: Path, seed: int = 13, dev_fraction: float = 0.2, use_cssrs: bool = True):
     """(train, dev) example lists (see the module doc for what goes where)."""
     train: List[Example] = []
     dev: List[Example] = []
     cssrs = data_dir / "crisis" / "cssrs_reddit_posts.jsonl"
     if cssrs.is_file():
         for user, ex in read_cssrs(cssrs):
-            (dev if _bucket(user, seed) < dev_fraction else train).append(ex)
+            if _bucket(user, seed) < dev_fraction:
+                dev.append(ex)
+            elif use_cssrs:
+                train.append(ex)
     xstest = data_dir / "crisis" / "xstest_prompts.csv"
     if xstest.is_file():
         for ex in read_xstest(xstest):
@@ -184,9 +190,26 @@ def safe_followups(positives: Sequence[Example], seed: int, per_message: int = 3
     return out
 
 
+CHAT_DEV = Path(__file__).resolve().parents[2] / "configs" / "conversations" / "dev.jsonl"
+
+
+def chat_turns(path: Path) -> List[Example]:
+    """Every user turn of a conversation-script file (``{"turns": [...]}`` lines), with its context, as
+    a negative: the scripts hold ordinary conversations only (see ``configs/conversations``)."""
+    if not Path(path).is_file():
+        return []
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            turns = json.loads(line)["turns"]
+            out.extend(Example(t, 0, "chat", "chat", tuple(turns[:i])) for i, t in enumerate(turns))
+    return out
+
+
 def ed_everyday(path: Path, n: int, seed: int) -> List[Example]:
-    """``n`` seeded opening messages of ED conversations: everyday feelings, good and bad, as
-    negatives (those a crisis pattern matches are left out: ED holds a few disclosures)."""
+    """``n`` seeded ED speaker messages as negatives: everyday feelings, good and bad — half of them
+    opening messages, half a later message with the earlier ones as context (conversations where a
+    crisis pattern matches are left out: ED holds a few disclosures)."""
     from empathy_nlg.datasets import read_ed_jsonl
     from empathy_nlg.perception.crisis import pattern_matches
 
@@ -194,10 +217,14 @@ def ed_everyday(path: Path, n: int, seed: int) -> List[Example]:
         return []
     convs = sorted(read_ed_jsonl(path), key=lambda c: _bucket(c.conv_id, seed))
     out = []
-    for conv in convs:
-        text = conv.turns[0].text if conv.turns else ""
-        if text.strip() and pattern_matches(text)[0] == 0 and "suicid" not in text.lower():
-            out.append(Example(text, 0, f"ed:{conv.emotion}", "ed"))
+    for k, conv in enumerate(convs):
+        speaker = [u.text for u in conv.turns if u.role == "speaker" and u.text.strip()]
+        if not speaker or any(pattern_matches(t)[0] > 0 or "suicid" in t.lower() for t in speaker):
+            continue
+        # every other conversation gives a later message with its context: ordinary follow-ups
+        # ("her name is Ayesha") must not read as alarming because something came before
+        j = len(speaker) - 1 if (k % 2 and len(speaker) > 1) else 0
+        out.append(Example(speaker[j], 0, f"ed:{conv.emotion}", "ed", tuple(speaker[:j])))
         if len(out) == n:
             break
     return out
@@ -215,11 +242,13 @@ def threshold_for_recall(probs: np.ndarray, labels: np.ndarray, target: float) -
 
 
 def threshold_for_fpr(probs: np.ndarray, max_fpr: float, floor: float = 0.02) -> float:
-    """The smallest threshold (grid, ≥ ``floor``) that flags at most ``max_fpr`` of the negatives ``probs``."""
-    for t in np.arange(max(floor, 0.02), 0.99, 0.02):
+    """The smallest threshold (grid 0.02…0.98 by 0.02, then 0.99…0.999; ≥ ``floor``) that flags at most
+    ``max_fpr`` of the negatives ``probs``."""
+    grid = [round(float(t), 2) for t in np.arange(0.02, 0.99, 0.02)] + [0.99, 0.995, 0.998, 0.999]
+    for t in [t for t in grid if t >= floor]:
         if not len(probs) or np.mean(probs >= t) <= max_fpr:
-            return round(float(t), 2)
-    return 0.98
+            return t
+    return grid[-1]
 
 
 def rates(pred: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
@@ -229,16 +258,16 @@ def rates(pred: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
             "fpr": float(100 * pred[neg].mean()) if neg.any() else float("nan")}
 
 
-def train_crisis(data_dir: Path, encoder, out_dir: Path, seed: int = 13, own_weight: float = 3.0,
-                 target_recall: float = 0.9, max_fpr: float = 0.02, max_checkin_fpr: float = 0.05,
+def train_crisis(data_dir: Path, encoder, out_dir: Path, seed: int = 13, own_weight: float = 3.0, use_cssrs: bool = True,
+                 target_recall: float = 0.9, max_fpr: float = 0.01, max_checkin_fpr: float = 0.04,
                  progress: bool = True) -> Dict[str, object]:
     """Fit the head, choose its threshold on dev, write ``crisis_head`` to ``out_dir``; dev metrics."""
     import torch
 
     from empathy_nlg.perception.common import build_mlp, predict_head, save_head
 
-    train, dev = split_data(data_dir, seed)
-    if not any(ex.source == "cssrs" for ex in train):
+    train, dev = split_data(data_dir, seed, use_cssrs=use_cssrs)
+    if not any(ex.source == "cssrs" for ex in dev):
         raise FileNotFoundError(f"no C-SSRS posts under {data_dir / 'crisis'} (set --data-dir)")
     X, X_dev = featurise(train, encoder.encode), featurise(dev, encoder.encode)
     y = np.asarray([ex.label for ex in train], dtype=np.float32)
@@ -281,24 +310,32 @@ def train_crisis(data_dir: Path, encoder, out_dir: Path, seed: int = 13, own_wei
     p_dev = predict_head(model, X_dev, "bce")[:, 0]
     src = np.asarray([ex.source for ex in dev])
     own = src == "own"
+    # the project's own dev conversation scripts (no crisis content): every turn in its context
+    chat = chat_turns(CHAT_DEV)
+    p_chat = predict_head(model, featurise(chat, encoder.encode), "bce")[:, 0] if chat else np.zeros(0)
     # concern (a scripted check-in): recall first, on the chat-register dev positives
     concern = threshold_for_recall(p_dev[own], y_dev[own], target_recall)
-    # … but a check-in for at most ``max_checkin_fpr`` of everyday messages (asking too often is harm too)
-    concern = max(concern, threshold_for_fpr(p_dev[src == "ed"], max_checkin_fpr))
-    # crisis (the resources script): the lowest threshold that keeps everyday messages quiet
-    threshold = threshold_for_fpr(p_dev[src == "ed"], max_fpr, floor=concern)
+    # … but a check-in for at most ``max_checkin_fpr`` of everyday messages and chat turns (asking
+    # "are you thinking of ending your life?" after "2 years" is harm too)
+    concern = max(concern, threshold_for_fpr(p_dev[src == "ed"], max_checkin_fpr),
+                  threshold_for_fpr(p_chat, max_checkin_fpr))
+    # crisis (the resources script): the lowest threshold that keeps everyday messages and chat quiet
+    threshold = max(threshold_for_fpr(p_dev[src == "ed"], max_fpr, floor=concern), threshold_for_fpr(p_chat, max_fpr))
     pred = p_dev >= threshold
     metrics = {"dev_auc": round(100 * best_auc, 2), "best_epoch": best_epoch, "threshold": threshold,
                "concern_threshold": concern,
                "dev_own_concern": rates(p_dev[own] >= concern, y_dev[own]),
                "dev_ed_concern": rates(p_dev[src == "ed"] >= concern, y_dev[src == "ed"]),
                "dev_ed": rates(pred[src == "ed"], y_dev[src == "ed"]),
+               "dev_chat_turns": rates(p_chat >= threshold, np.zeros(len(p_chat))),
+               "dev_chat_turns_concern": rates(p_chat >= concern, np.zeros(len(p_chat))),
                "dev_all": rates(pred, y_dev),
                "dev_cssrs": rates(pred[src == "cssrs"], y_dev[src == "cssrs"]),
                "dev_own": rates(pred[src == "own"], y_dev[src == "own"]),
                "dev_xstest": rates(pred[src == "xstest"], y_dev[src == "xstest"]),
                "train_examples": len(train), "dev_examples": len(dev)}
-    save_head(model, {**config, "threshold": threshold, "concern_threshold": concern, "version": VERSION, "seed": seed, "own_weight": own_weight,
+    save_head(model, {**config, "threshold": threshold, "concern_threshold": concern, "version": VERSION, "seed": seed,
+                      "own_weight": own_weight, "use_cssrs": use_cssrs,
                       "target_recall": target_recall, "dev": metrics}, out_dir, HEAD)
     return metrics
 

@@ -133,8 +133,10 @@ class StateRepository:
             turn.polarity = p.polarity
             turn.causes = [{"index": c.index, "text": c.text, "score": round(c.score, 4), "spans": c.spans} for c in p.causes]
             turn.cm = {k: round(v, 4) for k, v in p.cm.items()}
-            turn.crisis = bool(p.crisis)
-            turn.crisis_score = float(p.crisis_score)
+            # a turn once flagged stays flagged: a later request for the same message (Rasa asks for
+            # each response of a turn separately) must not clear what an earlier one established
+            turn.crisis = bool(p.crisis) or bool(turn.crisis)
+            turn.crisis_score = max(float(p.crisis_score), float(turn.crisis_score or 0.0))
             turn.perception_models = dict(p.models)
         turn.updated_at = utcnow()
         conv.updated_at = utcnow()

@@ -114,3 +114,36 @@ def test_token_is_sent(graph_context, fake_engine, monkeypatch):
     monkeypatch.setenv("EMPATHY_NLG_TOKEN", "s3cret")
     build(EmotionPerceiver, graph_context, fake_engine.url).process([message()], None)
     assert fake_engine.requests[0]["headers"]["Authorization"] == "Bearer s3cret"
+
+
+def test_story_router_keeps_a_story_going_and_leaves_clear_requests(graph_context):
+    from agent.story_router import StoryRouter
+
+    storage, resource, context = graph_context
+    router = StoryRouter.create(StoryRouter.get_default_config(), storage, resource, context)
+
+    def msg(text, intent, confidence=0.99):
+        m = message(text, intent=intent)
+        m.set("intent", {"name": intent, "confidence": confidence}, add_to_output=True)
+        return m
+
+    story = tracker_with_history()
+    cases = [  # (text, predicted intent, mid-story tracker?, expected intent)
+        ("the restaurant I work at is closing for good", "out_of_scope", False, "share_feeling"),
+        ("I was a line cook there for 3 years", "ask_resources", True, "share_feeling"),
+        ("can you give me the crisis line number again", "ask_resources", True, "ask_resources"),
+        ("ok, I'll call the line", "ask_resources", True, "share_feeling"),
+        ("help", "ask_resources", True, "ask_resources"),
+        ("great.", "greet", True, "share_feeling"),
+        ("what's the weather tomorrow", "out_of_scope", False, "out_of_scope"),
+        ("hello", "greet", False, "greet"),
+        ("I want to end it", "crisis", True, "crisis"),
+        ("thanks for listening", "thank", True, "thank"),
+    ]
+    for text, intent, mid, expected in cases:
+        m = msg(text, intent)
+        tracker = story if mid else DialogueStateTracker.from_events("bob", [ActionExecuted("action_listen")])
+        router.process([m], tracker)
+        assert m.get("intent")["name"] == expected, (text, m.get("intent"))
+        if expected != intent:
+            assert m.get("story_router")["previous_intent"] == intent

@@ -39,6 +39,7 @@ class Assistant:
             "server": {"port": self.stack.ports["engine"]},
             "state": {"database_url": f"sqlite:///{self.db}"},
             "domain": str(ROOT / "domain.yml"),
+            "safety": {"responses": str(ROOT / "safety_responses.yml")},
         }))
         self.endpoints.write_text(yaml.safe_dump({
             "action_endpoint": {"url": f"http://127.0.0.1:{self.stack.ports['actions']}/webhook"},

@@ -109,3 +109,32 @@ def test_policy_without_the_scripted_texts_falls_back_to_the_resources(domain_fi
     assert decision.state == "followup"
     text = policy.render(decision, {}, None, [])["text"]
     assert text == domain.texts("utter_crisis_resources")[0]
+
+
+@pytest.mark.parametrize("answer,affirmed", [
+    ("yeah", True), ("sometimes", True), ("kind of, yes", True),
+    ("no", False), ("no, I'm fine", False), ("I am fine thanks", False), ("yeah no, I'm ok", False),
+])
+def test_only_a_yes_to_the_checkin_counts_as_a_crisis(engine, answer, affirmed):
+    out = talk(engine, ["honestly sometimes I wonder if it's worth going on", answer], sender=f"a-{answer}")
+    assert out[0]["custom"]["generator"] == "crisis-checkin"
+    assert (out[1]["custom"]["generator"] == "crisis-override") is affirmed
+
+
+def test_rasas_crisis_route_marks_the_turn_and_resources_are_not_pasted_twice(engine):
+    events = [{"event": "user", "text": "the pills are lined up", "message_id": "r-0", "parse_data": {}}]
+
+    def ask(response, evs):
+        return engine.nlg({"response": response, "id": None, "arguments": {}, "channel": {"name": "collector"},
+                           "tracker": {"sender_id": "r", "slots": {}, "events": list(evs)}})
+
+    # the stand-in detector does not flag this text; Rasa's NLU crisis intent routed it to the scripts
+    support = ask("utter_crisis_support", events)
+    assert support["text"] in engine.domain.texts("utter_crisis_support")
+    assert engine.repository.conversation("r")["turns"][0]["crisis"] is True
+    events += [{"event": "bot", "text": support["text"]},
+               {"event": "user", "text": "ok, I'll call the line", "message_id": "r-1", "parse_data": {}}]
+    again = ask("utter_crisis_resources", events)  # "call the line" read as a request for the numbers
+    assert again["text"] in engine.domain.texts("utter_crisis_followup_reaching_out")
+    events += [{"event": "bot", "text": again["text"]}, {"event": "user", "text": "help", "message_id": "r-2", "parse_data": {}}]
+    assert ask("utter_crisis_resources", events)["text"] in engine.domain.texts("utter_crisis_resources")

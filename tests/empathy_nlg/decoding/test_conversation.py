@@ -123,3 +123,36 @@ def test_engine_reranks_against_earlier_replies(domain_file, sqlite_url):
     assert gen.requests[-1].earlier_replies == ["I'm so sorry to hear that."]
     rerank = second["custom"]["generation"]["rerank"]
     assert rerank["chosen"] == second["text"] and any(c["vetoed"] for c in rerank["candidates"])
+
+
+def test_echoes_of_the_user_are_vetoed():
+    cands = [Candidate("🐱❤️", "generator", 1.0), Candidate("sister, got married on saturday", "generator", 0.9),
+             Candidate("How was the wedding?", "generator", 0.0)]
+    r = reranker()
+    assert r.choose(cands[:1] + cands[2:], ["🐱❤️"], None, []).text == "How was the wedding?"
+    scored = r.score(cands, ["my sister got married on saturday"], None, [])
+    assert scored[1].vetoed and scored[1].terms["echo"] == 1.0 and not scored[2].vetoed
+
+
+def test_polarity_guard_vetoes_sympathy_for_good_news_only_when_perception_is_confident():
+    p = make_perception("proud")
+    p.polarity, p.polarity_prob = "positive", 0.8
+    cands = [Candidate("I'm so sorry to hear that. I hope he's doing well.", "generator", 1.0),
+             Candidate("What a moment! How old is he?", "generator", 0.0)]
+    r = reranker(polarity=0)  # the lexical guard alone
+    assert r.choose(cands, ["my son took his first steps"], p, []).text.startswith("What a moment")
+    p.polarity_prob = 0.55  # unsure: no veto
+    assert not any(c.vetoed for c in r.score(cands, ["my son took his first steps"], p, []))
+    p.polarity, p.polarity_prob = "negative", 0.9
+    bad = [Candidate("Congrats, that's awesome!", "generator", 1.0), Candidate("Oh no. What happened?", "generator", 0.0)]
+    assert r.choose(bad, ["I failed my exam"], p, []).text == "Oh no. What happened?"
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("I'm so sorry to hear that.", "sympathy"), ("Congrats, that's awesome!", "celebration"),
+    ("Oh no, but congrats anyway", None), ("What's his name?", None),
+])
+def test_tone(text, expected):
+    from empathy_nlg.text import tone
+
+    assert tone(text) == expected

@@ -1,0 +1,105 @@
+"""StoryRouter: a story going on is not a request.
+
+In an empathetic assistant nearly every message continues what the user is telling. The intent
+classifier, trained on short requests, reads some story turns as requests — confidently: DIET
+gave "the restaurant I work at is closing for good" out_of_scope at 1.00, "I was a line cook
+there for 3 years" ask_resources at 0.997 — and the user gets a template instead of a listener.
+Confidence cannot tell them apart, so this component uses two cues instead and changes the
+intent to ``share_feeling`` when
+
+* the message is a **first-person statement** (I / my / we … and no question mark) read as
+  ``out_of_scope``, or as ``ask_resources`` without asking for anything ("ok, I'll call the
+  line"): people ask for tasks and for numbers, they tell about themselves; or
+* the conversation is **mid-story** (an earlier user message of this session was
+  ``share_feeling``, ``nlu_fallback`` or ``crisis``; Rasa passes the tracker to ``process``) and the intent
+  is one of ``mid_story`` (default out_of_scope, greet, ask_help, bot_challenge) below its
+  confidence limit (default 1.01: always), or ask_resources without a help-line word.
+
+It never touches ``crisis`` (the crisis detector runs after it and wins), ``goodbye`` or
+``thank``. What it did is in ``parse_data["story_router"]``. Place it after the intent classifiers
+and before ``agent.crisis_detector.CrisisDetector``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, List, Optional, Text
+
+from rasa.engine.graph import ExecutionContext, GraphComponent
+from rasa.engine.recipes.default_recipe import DefaultV1Recipe
+from rasa.engine.storage.resource import Resource
+from rasa.engine.storage.storage import ModelStorage
+from rasa.shared.core.events import SessionStarted, UserUttered
+from rasa.shared.core.trackers import DialogueStateTracker
+from rasa.shared.nlu.constants import INTENT, INTENT_NAME_KEY, INTENT_RANKING_KEY, PREDICTED_CONFIDENCE_KEY
+from rasa.shared.nlu.training_data.message import Message
+from rasa.shared.nlu.training_data.training_data import TrainingData
+
+STORY_INTENTS = ("share_feeling", "nlu_fallback", "crisis")
+FIRST_PERSON = re.compile(r"\b(?:i|i'm|im|i've|ive|i'd|i'll|my|me|mine|we|we're|our|us)\b", re.IGNORECASE)
+ASKS_FOR_RESOURCES = re.compile(r"\?|\b(?:help|numbers?|again|give me|send me|what'?s the|hotline|helpline|lifeline|"
+                                r"crisis line|988|samaritans|resources?|who (?:can|do|should) i|where (?:can|do|should) i)\b",
+                                re.IGNORECASE)
+
+
+@DefaultV1Recipe.register([DefaultV1Recipe.ComponentType.INTENT_CLASSIFIER], is_trainable=False)
+class StoryRouter(GraphComponent):
+    @staticmethod
+    def get_default_config() -> Dict[Text, Any]:
+        return {
+            "target": "share_feeling",
+            "mid_story": {"out_of_scope": 1.01, "greet": 1.01, "ask_help": 1.01, "bot_challenge": 1.01},
+        }
+
+    def __init__(self, config: Dict[Text, Any]) -> None:
+        self.config = {**self.get_default_config(), **config}
+
+    @classmethod
+    def create(cls, config: Dict[Text, Any], model_storage: ModelStorage, resource: Resource,
+               execution_context: ExecutionContext) -> GraphComponent:
+        return cls(config)
+
+    def process_training_data(self, training_data: TrainingData) -> TrainingData:
+        return training_data
+
+    @staticmethod
+    def mid_story(tracker: Optional[DialogueStateTracker]) -> bool:
+        """Whether an earlier user message of the current session was part of a story."""
+        if tracker is None:
+            return False
+        story = False
+        for event in tracker.events:
+            if isinstance(event, SessionStarted):
+                story = False
+            elif isinstance(event, UserUttered) and (event.intent or {}).get(INTENT_NAME_KEY) in STORY_INTENTS:
+                story = True
+        return story
+
+    @staticmethod
+    def reason(name: Optional[Text], confidence: float, text: Text, mid_story: bool, limits: Dict[Text, float]) -> Optional[Text]:
+        """Why this reading is the story going on (None: keep the intent)."""
+        statement = bool(FIRST_PERSON.search(text)) and "?" not in text
+        if name == "ask_resources" and ASKS_FOR_RESOURCES.search(text):
+            return None  # asking for the numbers: always answered with them
+        if name in ("out_of_scope", "ask_resources") and statement:
+            return "first-person statement"
+        if mid_story and (name == "ask_resources" or (name in limits and confidence < float(limits[name]))):
+            return "mid-story"
+        return None
+
+    def process(self, messages: List[Message], tracker: Optional[DialogueStateTracker] = None) -> List[Message]:
+        story = self.mid_story(tracker)
+        limits: Dict[Text, float] = dict(self.config["mid_story"])
+        target = self.config["target"]
+        for message in messages:
+            intent = message.get(INTENT) or {}
+            name, confidence = intent.get(INTENT_NAME_KEY), float(intent.get(PREDICTED_CONFIDENCE_KEY) or 0.0)
+            why = self.reason(name, confidence, message.get("text") or "", story, limits)
+            if why:
+                new = {INTENT_NAME_KEY: target, PREDICTED_CONFIDENCE_KEY: 1.0}
+                ranking = [new] + [r for r in message.get(INTENT_RANKING_KEY, []) if r.get(INTENT_NAME_KEY) != target]
+                message.set(INTENT, new, add_to_output=True)
+                message.set(INTENT_RANKING_KEY, ranking, add_to_output=True)
+                message.set("story_router", {"previous_intent": name, "confidence": round(confidence, 4), "reason": why},
+                            add_to_output=True)
+        return messages

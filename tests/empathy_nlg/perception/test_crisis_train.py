@@ -1,0 +1,78 @@
+"""Crisis training data and threshold selection (pure functions; no encoder)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from empathy_nlg.perception import crisis_train as CT
+from empathy_nlg.perception.crisis import CrisisDetector
+
+
+def test_threshold_for_recall_keeps_the_target_share_of_positives():
+    probs = np.array([0.9, 0.8, 0.7, 0.3, 0.1])
+    labels = np.array([1, 1, 1, 1, 0])
+    assert CT.threshold_for_recall(probs, labels, 0.75) == 0.7
+    assert CT.threshold_for_recall(probs, labels, 1.0) == 0.3
+    assert CT.threshold_for_recall(probs, np.zeros(5), 0.9) == 0.5  # no positives: a neutral default
+
+
+def test_threshold_for_fpr_reaches_the_fine_grid_near_one():
+    negatives = np.array([0.995] + [0.1] * 99)
+    assert CT.threshold_for_fpr(negatives, 0.0) == 0.998
+    assert CT.threshold_for_fpr(negatives, 0.01) == 0.12  # one false alarm in 100 is allowed
+    assert CT.threshold_for_fpr(negatives, 0.01, floor=0.5) == 0.5
+
+
+def test_own_phrasings_files_are_complete_and_disjoint():
+    train, held = CT.read_own(CT.OWN_TRAIN), CT.read_own(CT.OWN_HELDOUT)
+    cats = {e.category for e in held if e.label == 1}
+    assert {"ideation", "plan_means", "timing", "farewell", "self_harm", "past_attempt"} <= cats
+    assert any(e.context for e in held) and any(e.context for e in train)
+    norm = lambda e: " ".join(e.text.lower().split())  # noqa: E731
+    assert not {norm(e) for e in train} & {norm(e) for e in held}
+    assert not {norm(e) for e in CT.read_old_eval()} & {norm(e) for e in held}
+
+
+def test_read_own_rejects_a_malformed_file(tmp_path):
+    bad = tmp_path / "x.yml"
+    bad.write_text("positive: {}\n")
+    with pytest.raises(ValueError, match="'positive' and 'negative'"):
+        CT.read_own(bad)
+    bad.write_text("positive: {}\nnegative: {}\ncontexts: [{context: [a]}]\n")
+    with pytest.raises(ValueError, match="contexts\\[0\\]"):
+        CT.read_own(bad)
+
+
+def test_chat_turns_and_safe_followups(tmp_path):
+    script = tmp_path / "s.jsonl"
+    script.write_text(json.dumps({"polarity": "positive", "turns": ["a", "b", "c"]}) + "\n")
+    turns = CT.chat_turns(script)
+    assert [(e.text, e.context, e.label) for e in turns] == [("a", (), 0), ("b", ("a",), 0), ("c", ("a", "b"), 0)]
+    pos = [CT.Example("I bought a rope", 1, "plan_means", "own")]
+    follow = CT.safe_followups(pos, seed=1, per_message=1)
+    assert all(e.label == 0 for e in follow)
+    assert sum(1 for e in follow if e.context == ("I bought a rope",)) == len(CT.SAFE_FOLLOWUPS)
+
+
+def test_cssrs_reader_labels_and_errors(tmp_path):
+    f = tmp_path / "posts.jsonl"
+    rows = [{"user": "u1", "text": "t1", "label": "ideation"}, {"user": "u2", "text": "t2", "label": "supportive"},
+            {"user": "u3", "text": "t3", "label": "indicator"}]
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    got = CT.read_cssrs(f)
+    assert [(u, e.label) for u, e in got] == [("u1", 1), ("u2", 0)]  # indicator is left out
+    f.write_text('{"user": "u1"}\n')
+    with pytest.raises(ValueError, match=":1:"):
+        CT.read_cssrs(f)
+
+
+def test_evaluate_detector_reports_per_category_and_misses():
+    examples = [CT.Example("I want to kill myself", 1, "ideation", "own"), CT.Example("I gave my guitar away", 1, "farewell", "own"),
+                CT.Example("this traffic is killing me", 0, "figurative", "own")]
+    res = CT.evaluate_detector(CrisisDetector(), examples)  # patterns only
+    assert res["per_category"]["ideation"]["recall"] == 100.0 and res["per_category"]["farewell"]["recall"] == 0.0
+    assert res["per_category"]["figurative"]["fpr"] == 0.0
+    assert [m["text"] for m in res["misses"]] == ["I gave my guitar away"] and res["false_alarms"] == []
