@@ -15,9 +15,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from pathlib import Path
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -223,9 +223,10 @@ class EmpathyEngine:
 
         generate = bool(response_name in self.generated_responses and view.turns and view.turns[-1].role == "speaker")
         decision = SafetyDecision(None, [])
+        # what the assistant already said to this sender (read once: the safety steps and the decoding use it)
+        stored_replies = self.repository.recent_replies(sender_id, limit=50) if turn is not None else []
         if turn is not None:
             earlier_turns = self.repository.recent_turns(sender_id, limit=self.safety.followup_turns, before_turn=turn_index)
-            stored_replies = self.repository.recent_replies(sender_id, limit=20)
             decision = self.safety.decide(response_name, generate, perception, earlier_turns, stored_replies,
                                           view.last_user_text or "")
             if response_name == "utter_crisis_support" and perception is not None and not perception.crisis:
@@ -241,15 +242,14 @@ class EmpathyEngine:
                 self.repository.record_turn(turn)
         if decision.responses:
             # Safety: around a crisis the reply is scripted, never generated, whatever Rasa asked for.
-            used = [r["text"] for r in self.repository.recent_replies(sender_id, limit=50)] if turn is not None else []
-            message = self.safety.render(decision, slots, channel, used)
+            message = self.safety.render(decision, slots, channel, [r["text"] for r in stored_replies])
             generator_name = {"crisis": "crisis-override", "affirmed": "crisis-override", "checkin": "crisis-checkin",
                               "followup": "crisis-followup"}[decision.state]
             version = "scripted"
             details = {"safety": {"state": decision.state, "reason": decision.reason, "responses": decision.responses}}
         elif generate:
             message, generator_name, version, knowledge, details = self._generate(
-                response_name, view, perception, sender_id, turn_index, slots, channel)
+                response_name, view, perception, sender_id, turn_index, slots, channel, stored_replies)
         else:
             message = self.domain.render(response_name, slots, channel)
             generator_name, version = "template", "domain"
@@ -298,20 +298,20 @@ class EmpathyEngine:
             dialogue.append(Utterance("speaker", view.last_user_text or ""))
         return self._perceive(dialogue)
 
-    def earlier_replies(self, sender_id: str, view: DialogueView, limit: int = 20) -> List[str]:
-        """What the assistant already said to this sender: the tracker's bot utterances and the
-        replies stored in SQL (a client may send a trimmed tracker), oldest first, de-duplicated."""
-        stored = [r["text"] for r in self.repository.recent_replies(sender_id, limit=limit)]
+    @staticmethod
+    def earlier_replies(stored: Sequence[Mapping[str, Any]], view: DialogueView, limit: int = 20) -> List[str]:
+        """What the assistant already said to this sender: the replies stored in SQL and the tracker's
+        bot utterances (a client may send a trimmed tracker), oldest first, de-duplicated."""
         seen: Dict[str, None] = {}
-        for text in stored + list(view.bot_texts):
+        for text in [r["text"] for r in stored] + list(view.bot_texts):
             for part in text.split("\n\n"):  # multi-message replies (crisis scripts) count per message
                 if part.strip():
                     seen.setdefault(part.strip(), None)
         return list(seen)[-limit:]
 
-    def _generate(self, response_name, view, perception, sender_id, turn_index, slots, channel):
+    def _generate(self, response_name, view, perception, sender_id, turn_index, slots, channel, stored_replies=()):
         trajectory = self.repository.emotion_trajectory(sender_id, before_turn=turn_index)
-        earlier = self.earlier_replies(sender_id, view)
+        earlier = self.earlier_replies(stored_replies, view)
         request = GenerationRequest(
             context=list(view.turns),
             perception=perception,
