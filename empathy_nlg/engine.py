@@ -229,16 +229,14 @@ class EmpathyEngine:
             earlier_turns = self.repository.recent_turns(sender_id, limit=self.safety.followup_turns, before_turn=turn_index)
             decision = self.safety.decide(response_name, generate, perception, earlier_turns, stored_replies,
                                           view.last_user_text or "")
-            if response_name == "utter_crisis_support" and perception is not None and not perception.crisis:
-                # Rasa's own crisis route (the NLU crisis intent) caught what the engine's detector
-                # did not: the turn is a crisis turn all the same, so the follow-ups apply
+            # A crisis turn the detector did not flag is stored as one all the same, so the follow-ups
+            # apply: Rasa's own crisis route (the NLU crisis intent) caught it, or the person said
+            # "yes" to the safety question.
+            marked = ("rasa:crisis-route" if response_name == "utter_crisis_support"
+                      else "checkin:affirmed" if decision.state == "affirmed" else None)
+            if marked and perception is not None and not perception.crisis:
                 perception.crisis = True
-                perception.crisis_reasons = sorted(set(perception.crisis_reasons) | {"rasa:crisis-route"})
-                self.repository.record_turn(turn)
-            if decision.state == "affirmed" and perception is not None:
-                # "yes" to the safety question: this is a crisis turn, stored as one
-                perception.crisis = True
-                perception.crisis_reasons = sorted(set(perception.crisis_reasons) | {"checkin:affirmed"})
+                perception.crisis_reasons = sorted(set(perception.crisis_reasons) | {marked})
                 self.repository.record_turn(turn)
         if decision.responses:
             # Safety: around a crisis the reply is scripted, never generated, whatever Rasa asked for.

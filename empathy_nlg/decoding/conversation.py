@@ -37,6 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from empathy_nlg.generators.base import settings_from_mapping
 from empathy_nlg.perception.types import Perception
 from empathy_nlg.taxonomy import CM_CODES
 from empathy_nlg.text import content_words, jaccard, max_jaccard, opening, tone
@@ -66,17 +67,14 @@ class RerankSettings:
 
     @classmethod
     def from_mapping(cls, values: Optional[Dict[str, Any]]) -> "RerankSettings":
+        """From ``generation.conversation.rerank``; an unknown key or weight is a clear error."""
         values = dict(values or {})
-        unknown = set(values) - {"enabled", "weights", "repeat_veto", "exemplar_prior", "echo_veto", "polarity_guard"}
-        if unknown:
-            raise ValueError(f"generation.conversation.rerank: unknown keys {sorted(unknown)}")
         weights = dict(values.pop("weights", None) or {})
-        bad = set(weights) - set(TERMS) - set(PENALTIES)
-        if bad:
-            raise ValueError(f"generation.conversation.rerank.weights: unknown terms {sorted(bad)} "
-                             f"(terms: {list(TERMS)}, penalties: {list(PENALTIES)})")
-        return cls(weights=RerankWeights(**{k: float(v) for k, v in weights.items()}),
-                   **{k: v for k, v in values.items()})
+        what = f"terms in generation.conversation.rerank.weights (terms: {list(TERMS)}, penalties: {list(PENALTIES)})"
+        weights_ = settings_from_mapping(RerankWeights, {k: float(v) for k, v in weights.items()}, what)
+        settings = settings_from_mapping(cls, values, "keys in generation.conversation.rerank")
+        settings.weights = weights_
+        return settings
 
 
 @dataclass

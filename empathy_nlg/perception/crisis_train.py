@@ -49,7 +49,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import yaml
 
-from empathy_nlg.perception.crisis import EVAL_SET, HEAD, CrisisDetector, chunks, features
+from empathy_nlg.perception.crisis import EVAL_SET, HEAD, CrisisDetector, chunks, features, load_eval_set
 
 DATA_DIR = Path(__file__).resolve().parent / "crisis_data"
 OWN_TRAIN = DATA_DIR / "train.yml"
@@ -110,9 +110,9 @@ def read_own(path: Path) -> List[Example]:
 
 
 def read_old_eval(path: Path = EVAL_SET) -> List[Example]:
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    return ([Example(t, 1, "eval_v1", "own") for t in data["crisis"]] +
-            [Example(t, 0, "eval_v1", "own") for t in data["non_crisis"]])
+    """The earlier evaluation phrasings (:func:`empathy_nlg.perception.crisis.load_eval_set`) as examples."""
+    texts, gold = load_eval_set(path)
+    return [Example(t, g, "eval_v1", "own") for t, g in zip(texts, gold)]
 
 
 def read_xstest(path: Path) -> List[Example]:
