@@ -284,17 +284,36 @@ class EmpathyEngine:
         return message
 
     def _perception_for(self, view: DialogueView) -> Perception:
-        """Use what the Rasa components already perceived; compute only what is missing."""
-        stored = view.last_parse_data.get("empathy")
-        if isinstance(stored, Mapping) and stored.get("emotion_probs"):
-            try:
-                return Perception.from_dict(dict(stored))
-            except (TypeError, ValueError, KeyError) as exc:
-                log.warning("ignoring malformed parse_data.empathy (%s); perceiving again", exc)
+        """Use what the Rasa components already perceived; compute only what is missing — except
+        the crisis flag, which the engine always checks itself (see :meth:`_recheck_crisis`)."""
         dialogue = list(view.turns)
         if not dialogue or dialogue[-1].role != "speaker":
             dialogue.append(Utterance("speaker", view.last_user_text or ""))
+        stored = view.last_parse_data.get("empathy")
+        if isinstance(stored, Mapping) and stored.get("emotion_probs"):
+            try:
+                perception = Perception.from_dict(dict(stored))
+            except (TypeError, ValueError, KeyError) as exc:
+                log.warning("ignoring malformed parse_data.empathy (%s); perceiving again", exc)
+            else:
+                return self._recheck_crisis(perception, dialogue)
         return self._perceive(dialogue)
+
+    def _recheck_crisis(self, perception: Perception, dialogue: Sequence[Utterance]) -> Perception:
+        """The client's copy of perception (``parse_data.empathy``, echoed by Rasa) is never trusted
+        for safety: the engine runs its own crisis detector on the same turns (embeddings cached, a
+        few ms) and keeps the union — a flag can be added here, never removed."""
+        check = getattr(self.perceiver, "crisis_check", None)
+        if check is None:
+            return perception
+        with self._model_lock:
+            own = check(list(dialogue))
+        if own.crisis and not perception.crisis:
+            perception.crisis = True
+            perception.crisis_reasons = sorted(set(perception.crisis_reasons) | set(own.reasons) | {"engine:recheck"})
+        perception.crisis_score = max(float(perception.crisis_score), float(own.score))
+        perception.crisis_concern = bool(perception.crisis_concern or own.concern)
+        return perception
 
     @staticmethod
     def earlier_replies(stored: Sequence[Mapping[str, Any]], view: DialogueView, limit: int = 20) -> List[str]:
@@ -307,6 +326,19 @@ class EmpathyEngine:
                     seen.setdefault(part.strip(), None)
         return list(seen)[-limit:]
 
+    def _persona(self, sender_id: str, slots: Mapping[str, Any]) -> Optional[str]:
+        """What the user told about themselves: the ``persona`` slot (filled at session start from the
+        client's metadata, actions/session.py), remembered in SQL so that it outlives the Rasa
+        session; else what SQL remembers."""
+        slot = slots.get("persona")
+        stored = self.repository.persona(sender_id)
+        if isinstance(slot, str) and slot.strip():
+            value = " ".join(slot.split())[:500]
+            if value != stored:
+                self.repository.set_persona(sender_id, value)
+            return value
+        return stored
+
     def _generate(self, response_name, view, perception, sender_id, turn_index, slots, channel, stored_replies=()):
         trajectory = self.repository.emotion_trajectory(sender_id, before_turn=turn_index)
         earlier = self.earlier_replies(stored_replies, view)
@@ -314,7 +346,7 @@ class EmpathyEngine:
             context=list(view.turns),
             perception=perception,
             emotion_trajectory=trajectory,
-            persona=self.repository.persona(sender_id),
+            persona=self._persona(sender_id, slots),
             earlier_replies=earlier,
         )
         with self._model_lock:

@@ -74,6 +74,19 @@ def _resolve_sqlite(url: str, base: Path) -> str:
     return url
 
 
+def default_config_path() -> Optional[Path]:
+    """The project's ``engine.yml``: in the working directory, else next to the package (the
+    repository checkout); ``None`` when neither exists (packaged defaults). Every command that reads
+    the engine settings (``serve``, ``db``, ``converse-eval``) resolves its default the same way, so
+    they act on the same database and models."""
+    from empathy_nlg.paths import PACKAGE_DIR
+
+    for candidate in (Path("engine.yml"), PACKAGE_DIR.parent / "engine.yml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def load_settings(path: Optional[Path | str] = None, overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Defaults, then ``path`` (if given), then environment variables, then ``overrides``."""
     settings = _read_yaml(DEFAULTS_FILE)

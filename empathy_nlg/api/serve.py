@@ -9,7 +9,7 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None,
-                        help="engine YAML config (default: ./engine.yml when present, else packaged defaults)")
+                        help="engine YAML config (default: ./engine.yml, else the checkout's engine.yml, else packaged defaults)")
     parser.add_argument("--host", default=None, help="bind address (default from config: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="port (default from config: 5056)")
 
@@ -18,12 +18,10 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from empathy_nlg.api.app import create_app
-    from empathy_nlg.settings import load_settings
+    from empathy_nlg.settings import default_config_path, load_settings
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    config = args.config
-    if config is None and Path("engine.yml").is_file():
-        config = Path("engine.yml")
+    config = args.config if args.config is not None else default_config_path()
     settings = load_settings(config)
     host = args.host or settings["server"]["host"]
     port = args.port or settings["server"]["port"]

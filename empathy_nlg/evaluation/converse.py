@@ -984,21 +984,11 @@ def nested_overrides(flat: Mapping[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def default_engine_config() -> Optional[Path]:
-    """The project's engine.yml (working directory, then the repository of the package), else None."""
-    from empathy_nlg.paths import PACKAGE_DIR
-
-    for candidate in (Path("engine.yml"), PACKAGE_DIR.parent / "engine.yml"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def engine_settings(out_dir: Path, config: Optional[str], generator: Optional[str], sets: Mapping[str, Any]) -> Tuple[Dict[str, Any], Optional[Path]]:
     """The engine settings for a run: config ← --generator ← --set ← a fresh SQLite file in ``out_dir``."""
-    from empathy_nlg.settings import load_settings
+    from empathy_nlg.settings import default_config_path, load_settings
 
-    path = Path(config) if config else default_engine_config()
+    path = Path(config) if config else default_config_path()
     db = (out_dir / STATE_DB).resolve()
     for stale in (db, db.with_name(db.name + "-journal"), db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
         stale.unlink(missing_ok=True)

@@ -136,6 +136,13 @@ class Perceiver:
         return self._encode(list(texts), batch_size)[0]
 
 
+    def crisis_check(self, dialogue: Sequence[Utterance]):
+        """The crisis detector alone on the dialogue's last window (the user's turns; embeddings from
+        the shared cache): what the engine runs itself before trusting a client's copy of perception."""
+        window = list(dialogue)[-self.max_turns:]
+        texts = [u.text for u in window if u.role == "speaker"]
+        return self.crisis.detect(texts, self.embed([t if t.strip() else "." for t in texts]) if texts else None)
+
     def perceive(self, dialogue: Sequence[Utterance]) -> Perception:
         """Perception of one dialogue (it should end with the user's speaker turn)."""
         return self.perceive_batch([dialogue])[0]

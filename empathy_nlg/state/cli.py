@@ -1,19 +1,36 @@
-"""``empathy-nlg db``: apply or inspect the engine's schema migrations."""
+"""``empathy-nlg db``: apply or inspect the engine's schema migrations.
+
+The database is the one ``serve`` uses: ``--url``, else the engine settings (``--config``, else the
+project's ``engine.yml`` as ``serve`` finds it, with ``DATABASE_URL`` overriding the file).
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=["upgrade", "current"], help="upgrade to the newest schema, or show the revision")
-    parser.add_argument("--url", default=None, help="database URL (default: $DATABASE_URL)")
+    parser.add_argument("--url", default=None, help="database URL (default: the engine settings' state.database_url)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="engine YAML config (default: ./engine.yml, else the checkout's engine.yml, else packaged defaults)")
+
+
+def resolve_url(args: argparse.Namespace) -> str:
+    from empathy_nlg.settings import default_config_path, load_settings
+    from empathy_nlg.state.repository import database_url
+
+    if args.url:
+        return database_url(args.url)
+    config = args.config if args.config is not None else default_config_path()
+    return database_url(load_settings(config)["state"]["database_url"])
 
 
 def run(args: argparse.Namespace) -> int:
-    from empathy_nlg.state.repository import StateRepository, database_url
+    from empathy_nlg.state.repository import StateRepository
 
-    repo = StateRepository(database_url(args.url))
+    repo = StateRepository(resolve_url(args))
     try:
         if args.action == "upgrade":
             repo.migrate()

@@ -42,6 +42,7 @@ class KeywordPerceiver:
 
     def __init__(self) -> None:
         self.calls: List[List[Utterance]] = []
+        self.crisis_calls: List[List[Utterance]] = []
 
     def perceive(self, dialogue: Sequence[Utterance]) -> Perception:
         self.calls.append(list(dialogue))
@@ -49,6 +50,14 @@ class KeywordPerceiver:
         emotion = "proud" if "promot" in text else "sad"
         cause = CauseUtterance(index=len(dialogue) - 1, text=dialogue[-1].text, score=0.9)
         return make_perception(emotion, crisis="kill myself" in text, causes=[cause])
+
+    def crisis_check(self, dialogue: Sequence[Utterance]):
+        """The detector alone (what the engine re-runs on a client's copy of perception)."""
+        from empathy_nlg.perception.crisis import CrisisResult
+
+        self.crisis_calls.append(list(dialogue))
+        hit = "kill myself" in dialogue[-1].text.lower()
+        return CrisisResult(crisis=hit, score=1.0 if hit else 0.0, reasons=["pattern:stub"] if hit else [])
 
 
 class EchoGenerator(Generator):

@@ -67,8 +67,24 @@ def test_generator_details_reach_custom_without_the_raw_text(engine):
 def test_uses_parse_data_perception_instead_of_recomputing(engine):
     stored = make_perception("grateful").to_dict()
     engine.nlg(nlg_request("utter_empathize", [user("thanks to my friends", "m1", {"empathy": stored})]))
-    assert engine.perceiver.calls == []  # nothing recomputed
+    assert engine.perceiver.calls == []  # nothing recomputed but the crisis check
+    assert [d[-1].text for d in engine.perceiver.crisis_calls] == ["thanks to my friends"]
     assert engine.generator.requests[0].perception.emotion == "grateful"
+
+
+def test_a_client_copy_that_clears_the_crisis_flag_is_overruled_by_the_engine(engine):
+    # Rasa echoes perception back in parse_data; a stale, buggy or forged copy saying "no crisis"
+    # must not unlock generation for a crisis message
+    forged = make_perception("sad", crisis=False).to_dict()
+    out = engine.nlg(nlg_request("utter_empathize", [user("I want to kill myself tonight", "m1", {"empathy": forged})]))
+    assert out["custom"]["generator"] == "crisis-override"
+    assert engine.generator.requests == []
+    turn = engine.repository.conversation("u1")["turns"][0]
+    assert turn["crisis"] is True
+    # and a copy that raises the flag is kept (a flag is added by the check, never removed)
+    raised = make_perception("sad", crisis=True).to_dict()
+    out = engine.nlg(nlg_request("utter_empathize", [user("fine I guess", "m9", {"empathy": raised})], sender="u2"))
+    assert out["custom"]["generator"] == "crisis-override"
 
 
 def test_emotion_trajectory_from_stored_state_reaches_the_generator(engine):
@@ -133,3 +149,14 @@ def test_engine_requires_crisis_responses(tmp_path, sqlite_url):
     settings = load_settings(overrides={"state": {"database_url": sqlite_url}, "domain": str(d)})
     with pytest.raises(ValueError, match="utter_crisis"):
         EmpathyEngine(settings, perceiver=KeywordPerceiver(), generator=EchoGenerator(), repository=StateRepository(sqlite_url), domain=DomainResponses.load(d))
+
+
+def test_persona_slot_reaches_the_generator_and_outlives_the_session(engine):
+    engine.nlg(nlg_request("utter_empathize", [user("I had a rough night", "m1")], slots={"persona": "  I am a   night-shift nurse "}))
+    assert engine.generator.requests[-1].persona == "I am a night-shift nurse"
+    # a new Rasa session: the slot is gone, SQL still knows
+    engine.nlg(nlg_request("utter_empathize", [user("another long shift", "m2")]))
+    assert engine.generator.requests[-1].persona == "I am a night-shift nurse"
+    assert engine.repository.persona("u1") == "I am a night-shift nurse"
+    engine.nlg(nlg_request("utter_empathize", [user("hi", "m3")], sender="u2"))
+    assert engine.generator.requests[-1].persona is None

@@ -26,14 +26,21 @@ def test_threshold_for_fpr_reaches_the_fine_grid_near_one():
     assert CT.threshold_for_fpr(negatives, 0.01, floor=0.5) == 0.5
 
 
-def test_own_phrasings_files_are_complete_and_disjoint():
-    train, held = CT.read_own(CT.OWN_TRAIN), CT.read_own(CT.OWN_HELDOUT)
+@pytest.mark.parametrize("heldout", ["OWN_HELDOUT", "OWN_HELDOUT_B"])
+def test_own_phrasings_files_are_complete_and_disjoint(heldout):
+    train = [e for f in CT.OWN_TRAIN_FILES for e in CT.read_own(f)]
+    held = CT.read_own(getattr(CT, heldout))
     cats = {e.category for e in held if e.label == 1}
     assert {"ideation", "plan_means", "timing", "farewell", "self_harm", "past_attempt"} <= cats
     assert any(e.context for e in held) and any(e.context for e in train)
     norm = lambda e: " ".join(e.text.lower().split())  # noqa: E731
     assert not {norm(e) for e in train} & {norm(e) for e in held}
     assert not {norm(e) for e in CT.read_old_eval()} & {norm(e) for e in held}
+    # nor a near-copy: no held-out message shares 80 % of its words with a training message
+    words = lambda e: set(norm(e).split())  # noqa: E731
+    for h in held:
+        for t in train:
+            assert len(words(h) & words(t)) < 0.8 * max(len(words(h)), 1), (h.text, t.text)
 
 
 def test_read_own_rejects_a_malformed_file(tmp_path):

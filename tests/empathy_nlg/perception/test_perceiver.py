@@ -77,3 +77,14 @@ def test_annotate_conversations_writes_cause_indices(perceiver, tmp_path):
     assert rows[0]["utters"] == [u.text for u in DIALOGUE] and rows[0]["context"] == "lonely"
     assert rows[0]["emotion_cause"] and all(DIALOGUE[i].role == "speaker" for i in rows[0]["emotion_cause"])
     assert rows[1]["emotion_cause"] == [0]
+
+
+def test_crisis_check_alone_agrees_with_full_perception(perceiver):
+    crisis_dialogue = [Utterance("speaker", "I can't do this anymore."), Utterance("listener", "What's going on?"),
+                       Utterance("speaker", "I want to end my life.")]
+    for dialogue in (DIALOGUE, crisis_dialogue):
+        full = perceiver.perceive(dialogue)
+        alone = perceiver.crisis_check(dialogue)
+        assert alone.crisis == full.crisis and alone.reasons == full.crisis_reasons
+        assert alone.score == pytest.approx(full.crisis_score, abs=1e-4)
+    assert perceiver.crisis_check(crisis_dialogue).crisis and not perceiver.crisis_check(DIALOGUE).crisis
