@@ -2,8 +2,10 @@
 
 A generator turns a :class:`GenerationRequest` (the dialogue so far, what perception found, the
 knowledge retrieved and the stored emotion trajectory) into a reply. Each paper lives in its own
-module (``imagine``, ``nec``, ``mime``, ``cause_gated``, ``persona``) behind this interface and is
-registered by name; the engine and the evaluation harness only ever see names.
+module behind this interface (today ``imagine`` and ``nec``; the trained ones share
+:class:`empathy_nlg.generators.conditioned.TrainedModel`), next to the ``finetuned`` backbone, the
+untrained ``prompted`` one and the ``frequent`` baseline, and is registered by name; the engine
+and the evaluation harness only ever see names.
 
 Registration is lazy: :data:`_BUILTIN` maps names to ``"module:Class"`` so that importing the
 registry does not import torch or load a model.
@@ -32,6 +34,9 @@ class GenerationRequest:
     perception: Optional[Perception] = None
     knowledge: Dict[str, List[str]] = field(default_factory=dict)
     emotion_trajectory: List[str] = field(default_factory=list)  # earlier turns' emotions, oldest first
+    #: what the user said about themselves (the ``persona`` slot, remembered in SQL): the prompted
+    #: generator puts it in its instruction; the trained ones (finetuned, IMAGINE, NEC) were trained
+    #: without persona and do not use it
     persona: Optional[str] = None
     #: the assistant's earlier replies in this conversation, oldest first: decoding keeps away from them
     earlier_replies: List[str] = field(default_factory=list)
@@ -90,6 +95,7 @@ def settings_from_mapping(cls: Type[Any], values: Optional[Mapping[str, Any]], w
 _BUILTIN: Dict[str, str] = {
     "prompted": "empathy_nlg.generators.prompted:PromptedBackboneGenerator",
     "frequent": "empathy_nlg.generators.frequent:MostFrequentReplyGenerator",
+    "finetuned": "empathy_nlg.generators.finetuned:FinetunedGenerator",
     "imagine": "empathy_nlg.generators.imagine:ImagineGenerator",
     "nec": "empathy_nlg.generators.nec:NecGenerator",
 }

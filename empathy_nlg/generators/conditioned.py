@@ -26,7 +26,7 @@ import logging
 import shutil
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -100,6 +100,9 @@ class LoraSettings:
     alpha: int = 16
     dropout: float = 0.05
     target_modules: List[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    #: adapt only the top ``top_layers`` decoder layers (``None``: all). With nothing trainable
+    #: below them, autograd records no graph for the lower layers: a step runs them forward only.
+    top_layers: Optional[int] = None
 
     @classmethod
     def from_mapping(cls, values: Optional[Mapping[str, Any]]) -> "LoraSettings":
@@ -114,7 +117,16 @@ def attach_lora(model, settings: LoraSettings):
     targets = [t for t in settings.target_modules if t in names]
     if not targets:
         raise ValueError(f"none of the LoRA target modules {settings.target_modules} exist in this backbone")
-    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=targets)
+    layers = None
+    if settings.top_layers:
+        n = int(getattr(model.config, "num_hidden_layers", 0) or getattr(model.config, "n_layer", 0))
+        if not n:
+            raise ValueError("lora.top_layers: this backbone does not say how many layers it has")
+        if not 1 <= settings.top_layers <= n:
+            raise ValueError(f"lora.top_layers must be between 1 and {n}, got {settings.top_layers}")
+        layers = list(range(n - settings.top_layers, n))
+    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=targets,
+                        layers_to_transform=layers)
     return get_peft_model(model, config)
 
 
@@ -125,6 +137,12 @@ class ConditionedBackbone:
         import torch
 
         self.model = model
+        #: run training/scoring forwards under bf16 autocast (set by the trainer; CPUs with
+        #: AVX-512 BF16 and GPUs gain most)
+        self.autocast: Optional[str] = None
+        #: compute the LM head only where a reply token is predicted (False: over every position,
+        #: as a plain forward does; kept for the training benchmark's baseline)
+        self.reply_head_only = True
         self.tokenizer = tokenizer
         self.is_seq2seq = is_seq2seq
         self.device = device
@@ -197,22 +215,49 @@ class ConditionedBackbone:
                 info["context_hidden"], info["context_mask"] = out.encoder_last_hidden_state, mask
                 info["reply_hidden"], info["reply_mask"] = out.decoder_hidden_states[-1], dec_mask
             return logits, targets, info
-        out = self.model(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=hidden)
-        d_logits = []
-        reply_hidden, ctx_hidden = [], []
-        for i, ((p, t), r) in enumerate(zip(pieces, replies)):
-            start = p.shape[0] + len(prompts[i])  # first reply position
-            # position j predicts token j+1: logits at [start-1, start+len(r)-1) predict the reply
-            d_logits.append(out.logits[i, start - 1 : start - 1 + len(r)])
-            targets[i, : len(r)] = torch.tensor(r, device=self.device)
-            if hidden:
-                ctx_hidden.append(out.hidden_states[-1][i, :start])
-                reply_hidden.append(out.hidden_states[-1][i, start : start + len(r)])
-        logits = torch.nn.utils.rnn.pad_sequence(d_logits, batch_first=True)
+        with self._autocast():
+            last = self._body(embeds, mask)
+            # the LM head (vocabulary × hidden, the largest single matmul of a small model) runs only
+            # on the positions that predict a reply token, not on the prompt
+            rows, reply_hidden, ctx_hidden = [], [], []
+            for i, ((p, t), r) in enumerate(zip(pieces, replies)):
+                start = p.shape[0] + len(prompts[i])  # first reply position
+                # position j predicts token j+1: positions [start-1, start+len(r)-1) predict the reply
+                rows.append(last[i, start - 1 : start - 1 + len(r)])
+                targets[i, : len(r)] = torch.tensor(r, device=self.device)
+                if hidden:
+                    ctx_hidden.append(last[i, :start])
+                    reply_hidden.append(last[i, start : start + len(r)])
+            head = self.model.get_output_embeddings()
+            if self.reply_head_only:
+                flat = head(torch.cat(rows, dim=0))
+            else:
+                full = head(last)
+                flat = torch.cat([full[i, start - 1 : start - 1 + len(r)] for i, (start, r) in enumerate(
+                    (p.shape[0] + len(prompts[i]), r) for i, ((p, _), r) in enumerate(zip(pieces, replies)))], dim=0)
+        logits = torch.nn.utils.rnn.pad_sequence(list(flat.split([x.shape[0] for x in rows])), batch_first=True)
         if hidden:
             info["context_hidden"], info["context_mask"] = _pad_list(ctx_hidden)
             info["reply_hidden"], info["reply_mask"] = _pad_list(reply_hidden)
         return logits, targets, info
+
+    def _autocast(self):
+        import contextlib
+
+        import torch
+
+        mode = resolve_autocast(self.autocast, self.device)
+        if mode is None:
+            return contextlib.nullcontext()
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+        return torch.autocast(device_type=self.device.split(":")[0], dtype=dtype)
+
+    def _body(self, embeds, mask):
+        """Last-layer hidden states of a decoder-only backbone (after its final norm), without
+        the LM head."""
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        body = getattr(base, base.base_model_prefix)
+        return body(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
 
     def generate(self, prefixes, prompts: Sequence[List[int]], decoding: Mapping[str, Any], num_return: int = 1,
                  sequence_bias: Optional[List[List[Any]]] = None):
@@ -225,23 +270,25 @@ class ConditionedBackbone:
         away from what the assistant already said earlier in the conversation."""
         import torch
 
+        from empathy_nlg.decoding.generation import generate_kwargs
+
         pieces = self._rows(prefixes, prompts, None)
         embeds, mask, _ = self._pad(pieces, left=not self.is_seq2seq)
-        d = dict(decoding)
+        d = generate_kwargs(decoding)  # the project's one set of decoding defaults
         kwargs: Dict[str, Any] = dict(
-            max_new_tokens=int(d.get("max_new_tokens", 30)),
-            do_sample=bool(d.get("do_sample", False)),
-            num_beams=max(int(d.get("num_beams", 1)), num_return),
+            max_new_tokens=int(d["max_new_tokens"]),
+            do_sample=bool(d["do_sample"]),
+            num_beams=max(int(d["num_beams"]), num_return),
             num_return_sequences=num_return,
-            repetition_penalty=float(d.get("repetition_penalty", 1.0)),
-            no_repeat_ngram_size=int(d.get("no_repeat_ngram_size", 0)),
+            repetition_penalty=float(d["repetition_penalty"]),
+            no_repeat_ngram_size=int(d["no_repeat_ngram_size"]),
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
         )
         if sequence_bias:
             kwargs["sequence_bias"] = [[list(ids), float(b)] for ids, b in sequence_bias]
         if kwargs["do_sample"]:
-            kwargs.update(temperature=float(d.get("temperature", 0.7)), top_p=float(d.get("top_p", 0.9)))
+            kwargs.update(temperature=float(d["temperature"]), top_p=float(d["top_p"]))
         if num_return > 1:
             kwargs.update(output_scores=True, return_dict_in_generate=True)
         with torch.inference_mode(), warnings.catch_warnings():
@@ -267,8 +314,9 @@ class ConditionedBackbone:
         if self.is_seq2seq:
             hidden = self.model.get_encoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         else:
-            hidden = self.model(inputs_embeds=embeds, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
-        return masked_mean(hidden, mask)
+            with self._autocast():
+                hidden = self._body(embeds, mask)
+        return masked_mean(hidden.float(), mask)
 
     def text_vectors(self, texts: Sequence[str], max_tokens: int = 32):
         """Mean last-layer hidden state of each text on its own (NEC's ``z_y``) → [N, d]."""
@@ -286,11 +334,37 @@ class ConditionedBackbone:
         if self.is_seq2seq:
             hidden = self.model.get_encoder()(input_ids=batch, attention_mask=mask).last_hidden_state
         else:
-            hidden = self.model(input_ids=batch, attention_mask=mask, output_hidden_states=True).hidden_states[-1]
-        return masked_mean(hidden, mask)
+            with self._autocast():
+                hidden = self._body(self.embed(batch), mask)
+        return masked_mean(hidden.float(), mask)
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX-512 BF16 or AMX). Without it, bf16 matmuls
+    are emulated — measured ~100× slower than fp32 on an AVX2-only EPYC — so autocast must stay off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="ignore")
+    except OSError:
+        return False
+    return any(f in flags for f in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_autocast(mode: Optional[str], device: str) -> Optional[str]:
+    """``auto`` → bf16 on CUDA and on CPUs with native bf16, else none; ``bf16``/``fp16`` as given."""
+    if mode in (None, "none", "float32"):
+        return None
+    if mode == "auto":
+        if device.startswith("cuda") or (device == "cpu" and cpu_has_native_bf16()):
+            return "bf16"
+        return None
+    if mode in ("bf16", "bfloat16"):
+        return "bf16"
+    if mode in ("fp16", "float16"):
+        return "fp16"
+    raise ValueError(f"autocast must be auto, none, bf16 or fp16, got {mode!r}")
 
 
 def history_bias(tokenizer, replies: Sequence[str], n: int = 3, bias: float = -4.0, limit: int = 400) -> List[List[Any]]:
@@ -349,6 +423,148 @@ def token_nll(logits, targets, weights=None):
         return nll[valid].mean() if valid.any() else nll.sum() * 0.0
     w = weights[flat_t.clamp(min=0)] * valid
     return (nll * w).sum() / w.sum().clamp(min=1e-6)
+
+
+# ----------------------------------------------------------------------------------- the shared base
+class TrainedModel:
+    """Backbone + LoRA adapters + a paper's heads: what every trained generator is made of.
+
+    A paper subclasses it and writes only what is its own — ``build_heads`` (its layers), its
+    inputs and losses (``loss``, ``reply_nll``), what it adds to ``generator.json``
+    (``describe``) and any extra file (``save_extra``/``load_extra``). Construction, the
+    adapter (new, or started from another trained model's), saving, loading, the trainable
+    parameters and the train/eval switch live here, and so do the training speed-ups (they are in
+    :class:`ConditionedBackbone`: bf16 autocast, the LM head on reply positions, LoRA on the top
+    layers only).
+
+    ``settings`` is a property: assigning new settings (a run branched off another with an
+    ablation switched) hands them to the heads as well when the heads read settings at run time.
+    """
+
+    #: the generator's registry name (written to and checked in ``generator.json``)
+    name: str = ""
+    version: str = ""
+    #: the settings dataclass (with ``from_mapping`` and ``variant``)
+    settings_type: Any = None
+    #: whether :meth:`load` needs the sentence encoder when none is given
+    needs_encoder: bool = True
+
+    def __init__(self, settings, backbone, encoder=None, adapter_dir: Optional[Path] = None,
+                 lora: Optional[Mapping[str, Any]] = None, trainable: bool = False) -> None:
+        self.encoder = encoder
+        if adapter_dir is not None:
+            self.peft = load_adapter(backbone.model, adapter_dir, trainable=trainable)
+        else:
+            self.peft = attach_lora(backbone.model, LoraSettings.from_mapping(lora))
+        self.lm = ConditionedBackbone(self.peft, backbone.tokenizer, backbone.is_seq2seq, backbone.device)
+        self.backbone_name = backbone.name
+        self.heads = None
+        self.settings = settings
+        self.heads = self.build_heads().to(backbone.device)
+
+    @property
+    def settings(self):
+        return self._settings
+
+    @settings.setter
+    def settings(self, value) -> None:
+        self._settings = value
+        if self.heads is not None and hasattr(self.heads, "settings"):
+            self.heads.settings = value
+
+    @property
+    def device(self) -> str:
+        return self.lm.device
+
+    def build_heads(self):
+        """The paper's own layers (an ``nn.Module``; none by default)."""
+        import torch
+
+        return torch.nn.ModuleDict()
+
+    def trainable_parameters(self):
+        return [p for p in list(self.peft.parameters()) + list(self.heads.parameters()) if p.requires_grad]
+
+    def train(self, mode: bool = True) -> None:
+        self.peft.train(mode)
+        self.heads.train(mode)
+
+    # -- persistence ---------------------------------------------------------------------------
+    def describe(self) -> Dict[str, Any]:
+        """Extra keys of ``generator.json`` (e.g. the encoder's name)."""
+        return {"encoder": self.encoder.name} if self.encoder is not None else {}
+
+    def save_extra(self, folder: Path) -> None:
+        """Files of the paper besides adapter and heads (called after they are written)."""
+
+    def load_extra(self, folder: Path, config: Mapping[str, Any]) -> None:
+        """Read what :meth:`save_extra` wrote."""
+
+    def save(self, folder: Path, extra: Optional[Mapping[str, Any]] = None, half: bool = False) -> None:
+        config = {"generator": self.name, "version": self.version, "variant": self.settings.variant,
+                  "settings": asdict(self.settings), "backbone": self.backbone_name, **self.describe(),
+                  **dict(extra or {})}
+        save_trained(folder, self.peft, self.heads, config, half=half)
+        self.save_extra(Path(folder))
+
+    @classmethod
+    def from_folder(cls, folder: Path, backbone, encoder, trainable: bool):
+        """The model saved in ``folder`` on ``backbone`` (a clear error for another generator's folder)."""
+        config = read_trained_config(folder)
+        if config.get("generator") != cls.name:
+            article = "an" if cls.name[:1] in "aeiou" else "a"
+            raise ValueError(f"{folder} holds a {config.get('generator')!r} model, not {article} {cls.name} one")
+        model = cls(cls.settings_type.from_mapping(config.get("settings")), backbone, encoder,
+                    adapter_dir=Path(folder), trainable=trainable)
+        load_heads(folder, model.heads, backbone.device)
+        model.load_extra(Path(folder), config)
+        return model
+
+    @classmethod
+    def load(cls, folder: Path, backbone_path: Optional[str] = None, device: Optional[str] = None,
+             dtype: str = "auto", encoder=None, trainable: bool = False):
+        """A trained model from ``folder`` (adapter + heads + generator.json) on a fresh backbone."""
+        read_trained_config(folder)  # a clear error before loading anything heavy
+        backbone = load_base(backbone_path, device=device, dtype=dtype)
+        if encoder is None and cls.needs_encoder:
+            from empathy_nlg.perception.encoder import SentenceEncoder
+
+            encoder = SentenceEncoder(device=backbone.device)
+        model = cls.from_folder(Path(folder), backbone, encoder, trainable)
+        model.train(trainable)
+        return model
+
+
+class TrainingRecipe:
+    """What ``empathy-nlg train`` needs from a paper module (its ``RECIPE``): the model class, the
+    ablation switches, the features it adds and what it prepares before the first step."""
+
+    model_class: Any = TrainedModel
+    ABLATIONS: Tuple[str, ...] = ()
+    #: whether the features carry the silver EPITOME labels (``cm``)
+    NEEDS_CM: bool = True
+
+    @property
+    def name(self) -> str:
+        return self.model_class.name
+
+    def settings_from(self, values: Optional[Mapping[str, Any]]):
+        return self.model_class.settings_type.from_mapping(values)
+
+    def feature_extra(self, settings, config: Mapping[str, Any], encoder, out_dir: Path):
+        """``(add(features, progress), key)`` adding the paper's keys to every feature, or ``(None, None)``."""
+        return None, None
+
+    def new_model(self, settings, backbone, encoder, lora: Optional[Mapping[str, Any]], adapter_dir: Optional[Path] = None):
+        """A new model; with ``adapter_dir`` its LoRA starts from that trained adapter (e.g. the
+        ``finetuned`` generator's) and the heads are new."""
+        return self.model_class(settings, backbone, encoder, adapter_dir=adapter_dir, lora=lora, trainable=True)
+
+    def load_model(self, folder: Path, backbone, encoder, trainable: bool):
+        return self.model_class.from_folder(Path(folder), backbone, encoder, trainable)
+
+    def prepare(self, model, train_feats: Sequence[Mapping[str, Any]], config: Mapping[str, Any], **_: Any) -> None:
+        """Anything computed from the training data before the first step (FACE weights, pools)."""
 
 
 # ----------------------------------------------------------------------------------- persistence

@@ -58,6 +58,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+import torch
+from torch import nn
+
 from empathy_nlg.datasets import Utterance
 from empathy_nlg.generators import conditioned as C
 from empathy_nlg.generators.base import GenerationRequest, GenerationResult, Generator, settings_from_mapping
@@ -100,92 +103,92 @@ class ImagineSettings:
 
 
 # ----------------------------------------------------------------------------------- the module
-def build_heads(settings: ImagineSettings, encoder_dim: int, hidden: int, embedding_rms: float):
-    """The IMAGINE layers around the backbone (see the module docstring)."""
-    import torch
-    from torch import nn
+class ImagineHeads(nn.Module):
+    """The IMAGINE layers around the backbone (see the module docstring).
 
-    heads_n = next(h for h in (settings.encoder_heads, 8, 4, 2, 1) if hidden % h == 0)
+    ``settings`` is an attribute read at every forward (``knowledge``, ``cm``), never captured:
+    when a run branches off another (``--init-from``) with an ablation switched, the model hands its
+    new settings to the heads (:attr:`ImagineModel.settings`)."""
 
-    class ImagineHeads(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inp = nn.Linear(encoder_dim, hidden)
-            max_len = max(settings.max_cause_tokens, settings.max_knowledge_tokens) + 2
-            self.pos = nn.Embedding(max_len, hidden)
-            nn.init.normal_(self.pos.weight, std=0.02)
-            self.encoder = nn.TransformerEncoderLayer(
-                hidden, heads_n, settings.encoder_ff, dropout=0.1, batch_first=True, norm_first=True
-            )
-            self.group_emb = nn.Embedding(len(GROUPS), hidden)
-            self.fuse = nn.Linear(2 * hidden, hidden)
-            self.refine = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden))
-            self.refine_norm = nn.LayerNorm(hidden)
-            self.gate = nn.Linear(2 * hidden, 1)
-            self.out_norm = nn.LayerNorm(hidden)
-            self.emotion_head = nn.Linear(hidden, len(EMOTIONS))
-            self.cm_head = nn.Linear(hidden, len(CM_CODES))
-            self.emotion_emb = nn.Embedding(len(EMOTIONS), hidden)
-            self.cm_emb = nn.Embedding(len(CM_CODES), hidden)
-            self.prefix_proj = nn.Linear(hidden, hidden)
-            self.prefix_norm = nn.LayerNorm(hidden)
-            with torch.no_grad():
-                self.prefix_norm.weight.fill_(embedding_rms)
+    def __init__(self, settings: ImagineSettings, encoder_dim: int, hidden: int, embedding_rms: float) -> None:
+        super().__init__()
+        self.settings = settings
+        heads_n = next(h for h in (settings.encoder_heads, 8, 4, 2, 1) if hidden % h == 0)
+        self.inp = nn.Linear(encoder_dim, hidden)
+        max_len = max(settings.max_cause_tokens, settings.max_knowledge_tokens) + 2
+        self.pos = nn.Embedding(max_len, hidden)
+        nn.init.normal_(self.pos.weight, std=0.02)
+        self.encoder = nn.TransformerEncoderLayer(
+            hidden, heads_n, settings.encoder_ff, dropout=0.1, batch_first=True, norm_first=True
+        )
+        self.group_emb = nn.Embedding(len(GROUPS), hidden)
+        self.fuse = nn.Linear(2 * hidden, hidden)
+        self.refine = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, hidden))
+        self.refine_norm = nn.LayerNorm(hidden)
+        self.gate = nn.Linear(2 * hidden, 1)
+        self.out_norm = nn.LayerNorm(hidden)
+        self.emotion_head = nn.Linear(hidden, len(EMOTIONS))
+        self.cm_head = nn.Linear(hidden, len(CM_CODES))
+        self.emotion_emb = nn.Embedding(len(EMOTIONS), hidden)
+        self.cm_emb = nn.Embedding(len(CM_CODES), hidden)
+        self.prefix_proj = nn.Linear(hidden, hidden)
+        self.prefix_norm = nn.LayerNorm(hidden)
+        with torch.no_grad():
+            self.prefix_norm.weight.fill_(embedding_rms)
 
-        def encode(self, tokens, mask):
-            """MiniLM token vectors [B, L, e] → H [B, L, d] (one Transformer layer)."""
-            L = tokens.shape[1]
-            x = self.inp(tokens) + self.pos(torch.arange(L, device=tokens.device)).unsqueeze(0)
-            return self.encoder(x, src_key_padding_mask=mask == 0)
+    def encode(self, tokens, mask):
+        """MiniLM token vectors [B, L, e] → H [B, L, d] (one Transformer layer)."""
+        L = tokens.shape[1]
+        x = self.inp(tokens) + self.pos(torch.arange(L, device=tokens.device)).unsqueeze(0)
+        return self.encoder(x, src_key_padding_mask=mask == 0)
 
-        def forward(self, cause_tok, cause_mask, know, emotion_probs, cm_probs, own=None):
-            """Returns prefixes (list of [P_i, d]), emotion logits, CM logits and the mean gate per group.
+    def forward(self, cause_tok, cause_mask, know, emotion_probs, cm_probs, own=None):
+        """Returns prefixes (list of [P_i, d]), emotion logits, CM logits and the mean gate per group.
 
-            ``know``: (token vectors [B, G, Lk, e], mask [B, G, Lk], present [B, G]) or None; an
-            empty group holds a placeholder token (so attention is defined) and ``present`` 0.
-            ``own`` ([B] bool, optional): rows without perceived signals — their ``emotion_probs``
-            (one-hot of the emotion head) and ``cm_probs`` (CM head) are filled in place from this
-            module's own predictions before the prefix is built.
-            """
-            Hc = self.encode(cause_tok, cause_mask)  # [B, Lc, d]
-            gates = torch.zeros(Hc.shape[0], len(GROUPS), device=Hc.device)
-            H = Hc
-            if settings.knowledge and know is not None:
-                know_tok, know_mask, present = know
-                B, G, Lk, _ = know_tok.shape
-                K = self.encode(know_tok.reshape(B * G, Lk, -1), know_mask.reshape(B * G, Lk)).reshape(B, G, Lk, -1)
-                km = know_mask.to(K.dtype)
-                affect = (K[:, 0] * km[:, 0].unsqueeze(-1)).sum(1) / km[:, 0].sum(1, keepdim=True).clamp(min=1)
-                k = torch.cat([affect.unsqueeze(1), K[:, 1:, 0]], dim=1)  # [B, G, d]
-                k = k + self.group_emb.weight.unsqueeze(0)
-                total = torch.zeros_like(Hc)
-                for g in range(G):
-                    kg = k[:, g].unsqueeze(1).expand_as(Hc)
-                    F_g = torch.relu(self.fuse(torch.cat([Hc, kg], dim=-1)))
-                    R_g = self.refine_norm(F_g + self.refine(F_g))
-                    gamma = torch.sigmoid(self.gate(torch.cat([Hc, R_g], dim=-1)))  # [B, Lc, 1]
-                    gamma = gamma * present[:, g].view(-1, 1, 1)
-                    total = total + gamma * R_g
-                    gates[:, g] = C.masked_mean(gamma, cause_mask).squeeze(-1)
-                H = self.out_norm(Hc + total)
-            pooled = C.masked_mean(H, cause_mask)
-            emo_logits = self.emotion_head(pooled)
-            cm_logits = self.cm_head(pooled)
-            if own is not None and bool(own.any()):
-                emotion_probs[own] = torch.nn.functional.one_hot(emo_logits[own].argmax(-1), len(EMOTIONS)).to(emotion_probs.dtype)
-                cm_probs[own] = torch.sigmoid(cm_logits[own]).to(cm_probs.dtype)
-            signals = [emotion_probs @ self.emotion_emb.weight]
-            if settings.cm:
-                signals.append(cm_probs @ self.cm_emb.weight)
-            sig = torch.stack(signals, dim=1)  # [B, 1|2, d]
-            body = self.prefix_proj(H)
-            prefixes = []
-            for i in range(H.shape[0]):
-                n = int(cause_mask[i].sum())
-                prefixes.append(self.prefix_norm(torch.cat([sig[i], body[i, :n]], dim=0)))
-            return prefixes, emo_logits, cm_logits, gates
+        ``know``: (token vectors [B, G, Lk, e], mask [B, G, Lk], present [B, G]) or None; an
+        empty group holds a placeholder token (so attention is defined) and ``present`` 0.
+        ``own`` ([B] bool, optional): rows without perceived signals — their ``emotion_probs``
+        (one-hot of the emotion head) and ``cm_probs`` (CM head) are filled in place from this
+        module's own predictions before the prefix is built.
+        """
+        Hc = self.encode(cause_tok, cause_mask)  # [B, Lc, d]
+        gates = torch.zeros(Hc.shape[0], len(GROUPS), device=Hc.device)
+        H = Hc
+        if self.settings.knowledge and know is not None:
+            know_tok, know_mask, present = know
+            B, G, Lk, _ = know_tok.shape
+            K = self.encode(know_tok.reshape(B * G, Lk, -1), know_mask.reshape(B * G, Lk)).reshape(B, G, Lk, -1)
+            km = know_mask.to(K.dtype)
+            affect = (K[:, 0] * km[:, 0].unsqueeze(-1)).sum(1) / km[:, 0].sum(1, keepdim=True).clamp(min=1)
+            k = torch.cat([affect.unsqueeze(1), K[:, 1:, 0]], dim=1)  # [B, G, d]
+            k = k + self.group_emb.weight.unsqueeze(0)
+            total = torch.zeros_like(Hc)
+            for g in range(G):
+                kg = k[:, g].unsqueeze(1).expand_as(Hc)
+                F_g = torch.relu(self.fuse(torch.cat([Hc, kg], dim=-1)))
+                R_g = self.refine_norm(F_g + self.refine(F_g))
+                gamma = torch.sigmoid(self.gate(torch.cat([Hc, R_g], dim=-1)))  # [B, Lc, 1]
+                gamma = gamma * present[:, g].view(-1, 1, 1)
+                total = total + gamma * R_g
+                gates[:, g] = C.masked_mean(gamma, cause_mask).squeeze(-1)
+            H = self.out_norm(Hc + total)
+        pooled = C.masked_mean(H, cause_mask)
+        emo_logits = self.emotion_head(pooled)
+        cm_logits = self.cm_head(pooled)
+        if own is not None and bool(own.any()):
+            emotion_probs[own] = torch.nn.functional.one_hot(emo_logits[own].argmax(-1), len(EMOTIONS)).to(emotion_probs.dtype)
+            cm_probs[own] = torch.sigmoid(cm_logits[own]).to(cm_probs.dtype)
+        signals = [emotion_probs @ self.emotion_emb.weight]
+        if self.settings.cm:
+            signals.append(cm_probs @ self.cm_emb.weight)
+        sig = torch.stack(signals, dim=1)  # [B, 1|2, d]
+        body = self.prefix_proj(H)
+        prefixes = []
+        for i in range(H.shape[0]):
+            n = int(cause_mask[i].sum())
+            prefixes.append(self.prefix_norm(torch.cat([sig[i], body[i, :n]], dim=0)))
+        return prefixes, emo_logits, cm_logits, gates
 
-    return ImagineHeads()
 
 
 # ----------------------------------------------------------------------------------- inputs
@@ -213,28 +216,21 @@ def heuristic_causes(context: Sequence[Utterance]) -> List[int]:
     return [i for i, u in enumerate(context) if u.role == "speaker"] or [len(context) - 1]
 
 
-class ImagineModel:
+class ImagineModel(C.TrainedModel):
     """Backbone + adapters + IMAGINE heads + the frozen MiniLM encoder: one object for training and
     serving."""
 
+    name = "imagine"
+    version = VERSION
+    settings_type = ImagineSettings
+
     def __init__(self, settings: ImagineSettings, backbone, encoder, adapter_dir: Optional[Path] = None,
                  lora: Optional[Mapping[str, Any]] = None, trainable: bool = False) -> None:
-        self.settings = settings
-        self.encoder = encoder
-        base = backbone.model
-        if adapter_dir is not None:
-            peft_model = C.load_adapter(base, adapter_dir, trainable=trainable)
-        else:
-            peft_model = C.attach_lora(base, C.LoraSettings.from_mapping(lora))
-        self.peft = peft_model
-        self.lm = C.ConditionedBackbone(peft_model, backbone.tokenizer, backbone.is_seq2seq, backbone.device)
-        self.heads = build_heads(settings, encoder.dim, self.lm.hidden_size, self.lm.embedding_rms).to(backbone.device)
-        self.backbone_name = backbone.name
+        super().__init__(settings, backbone, encoder, adapter_dir=adapter_dir, lora=lora, trainable=trainable)
         self.face = None  # tensor [V] of FACE weights (training only)
 
-    @property
-    def device(self) -> str:
-        return self.lm.device
+    def build_heads(self) -> "ImagineHeads":
+        return ImagineHeads(self.settings, self.encoder.dim, self.lm.hidden_size, self.lm.embedding_rms)
 
     # -- tensors -------------------------------------------------------------------------------
     def _encode_texts(self, texts: Sequence[str], max_tokens: int):
@@ -245,8 +241,6 @@ class ImagineModel:
         return hidden, mask
 
     def _knowledge_tensors(self, knowledge: Sequence[Mapping[str, Sequence[str]]]):
-        import torch
-
         s = self.settings
         texts, flags = [], []
         for kn in knowledge:
@@ -273,7 +267,6 @@ class ImagineModel:
 
     # -- training ------------------------------------------------------------------------------
     def _teacher_forced(self, batch: Sequence[Mapping[str, Any]]):
-        import torch
         import torch.nn.functional as F
 
         s = self.settings
@@ -309,32 +302,6 @@ class ImagineModel:
             total = total + w.get("face", 1.5) * parts["face"]
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
-    def trainable_parameters(self):
-        return [p for p in list(self.peft.parameters()) + list(self.heads.parameters()) if p.requires_grad]
-
-    def train(self, mode: bool = True) -> None:
-        self.peft.train(mode)
-        self.heads.train(mode)
-
-    def save(self, folder: Path, extra: Optional[Mapping[str, Any]] = None, half: bool = False) -> None:
-        config = {"generator": "imagine", "version": VERSION, "variant": self.settings.variant,
-                  "settings": asdict(self.settings), "backbone": self.backbone_name,
-                  "encoder": self.encoder.name, **dict(extra or {})}
-        C.save_trained(folder, self.peft, self.heads, config, half=half)
-
-    @classmethod
-    def load(cls, folder: Path, backbone_path: Optional[str] = None, device: Optional[str] = None,
-             dtype: str = "auto", encoder=None, trainable: bool = False) -> "ImagineModel":
-        """A trained model from ``folder`` (adapter + heads + generator.json) on a fresh backbone."""
-        from empathy_nlg.perception.encoder import SentenceEncoder
-
-        C.read_trained_config(folder)  # a clear error before loading anything heavy
-        backbone = C.load_base(backbone_path, device=device, dtype=dtype)
-        encoder = encoder or SentenceEncoder(device=backbone.device)
-        model = RECIPE.load_model(Path(folder), backbone, encoder, trainable=trainable)
-        model.train(trainable)
-        return model
-
 
 # ----------------------------------------------------------------------------------- serving
 class ImagineGenerator(Generator):
@@ -353,7 +320,7 @@ class ImagineGenerator(Generator):
         decoding: Optional[Mapping[str, Any]] = None,
         batch_size: int = 8,
     ) -> None:
-        from empathy_nlg.generators.prompted import DecodingConfig
+        from empathy_nlg.decoding.generation import DecodingConfig
         from empathy_nlg.knowledge.base import load_knowledge_source_or_none
 
         folder = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR
@@ -387,8 +354,6 @@ class ImagineGenerator(Generator):
         return imagine_knowledge(self.knowledge, heads, k=self.settings.knowledge_per_relation)
 
     def _signals(self, requests: Sequence[GenerationRequest]):
-        import torch
-
         emo = torch.zeros(len(requests), len(EMOTIONS))
         cm = torch.zeros(len(requests), len(CM_CODES))
         known = []
@@ -402,7 +367,6 @@ class ImagineGenerator(Generator):
 
     def _conditioning(self, requests: Sequence[GenerationRequest]):
         """Prefixes plus what goes into each reply's ``details`` (emotion, causes, knowledge, CM plan)."""
-        import torch
 
         s = self.settings
         indices = [self._cause_indices(r) for r in requests]
@@ -428,9 +392,7 @@ class ImagineGenerator(Generator):
         return prefixes, knowledge, details
 
     def generate(self, requests: Sequence[GenerationRequest]) -> List[GenerationResult]:
-        import torch
-
-        from empathy_nlg.generators.prompted import clean_reply
+        from empathy_nlg.decoding.generation import clean_reply
 
         results: List[GenerationResult] = []
         for start in range(0, len(requests), self.batch_size):
@@ -448,8 +410,6 @@ class ImagineGenerator(Generator):
         return results
 
     def score(self, requests: Sequence[GenerationRequest], references: Sequence[str]) -> Optional[Dict[str, float]]:
-        import torch
-
         prefixes, _, _ = self._conditioning(requests)
         replies = [C.encode_reply(self.model.lm.tokenizer, ref, 10_000, self.model.lm.is_seq2seq) for ref in references]
         with torch.inference_mode():
@@ -458,18 +418,13 @@ class ImagineGenerator(Generator):
 
 
 # ----------------------------------------------------------------------------------- training
-class ImagineRecipe:
+class ImagineRecipe(C.TrainingRecipe):
     """What ``empathy-nlg train --generator imagine`` needs from this module."""
 
-    name = "imagine"
+    model_class = ImagineModel
     ABLATIONS = ("cause", "cm", "knowledge", "face")
 
-    @staticmethod
-    def settings_from(values: Optional[Mapping[str, Any]]) -> ImagineSettings:
-        return ImagineSettings.from_mapping(values)
-
-    @staticmethod
-    def feature_extra(settings: ImagineSettings, config: Mapping[str, Any], encoder, out_dir: Path):
+    def feature_extra(self, settings: ImagineSettings, config: Mapping[str, Any], encoder, out_dir: Path):
         """Adds ``knowledge`` (the four groups) to every feature, from the configured source."""
         if not settings.knowledge:
             return None, None
@@ -494,24 +449,8 @@ class ImagineRecipe:
 
         return add_knowledge, {"knowledge": source_cfg, "cause": settings.cause, "k": settings.knowledge_per_relation}
 
-    @staticmethod
-    def new_model(settings: ImagineSettings, backbone, encoder, lora: Optional[Mapping[str, Any]]) -> ImagineModel:
-        return ImagineModel(settings, backbone, encoder, lora=lora)
-
-    @staticmethod
-    def load_model(folder: Path, backbone, encoder, trainable: bool) -> ImagineModel:
-        config = C.read_trained_config(folder)
-        if config.get("generator") != "imagine":
-            raise ValueError(f"{folder} holds a {config.get('generator')!r} model, not an imagine one")
-        model = ImagineModel(ImagineSettings.from_mapping(config.get("settings")), backbone, encoder,
-                             adapter_dir=Path(folder), trainable=trainable)
-        C.load_heads(folder, model.heads, backbone.device)
-        return model
-
-    @staticmethod
-    def prepare(model: ImagineModel, train_feats: Sequence[Mapping[str, Any]], config: Mapping[str, Any], **_: Any) -> None:
+    def prepare(self, model: ImagineModel, train_feats: Sequence[Mapping[str, Any]], config: Mapping[str, Any], **_: Any) -> None:
         """FACE weights from the training replies."""
-        import torch
 
         if model.settings.face:
             vocab = model.lm.embeddings.weight.shape[0]

@@ -45,6 +45,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+import torch
+from torch import nn
+
 from empathy_nlg.datasets import Utterance
 from empathy_nlg.generators import conditioned as C
 from empathy_nlg.generators.base import GenerationRequest, GenerationResult, Generator, settings_from_mapping
@@ -142,7 +145,6 @@ class FactScorer:
     def fit(self, dialogue_vecs, fact_vecs, labels, seed: int = 13) -> Dict[str, float]:
         """Train on silver pairs (80 %), report AUC on the other 20 %; balanced classes."""
         import numpy as np
-        import torch
 
         x = torch.tensor(self.features(dialogue_vecs, fact_vecs), dtype=torch.float32)
         y = torch.tensor(labels, dtype=torch.float32)
@@ -190,27 +192,25 @@ def _auc(scores, labels) -> float:
 
 
 # ----------------------------------------------------------------------------------- the module
-def build_heads(settings: NecSettings, encoder_dim: int, hidden: int, embedding_rms: float):
-    import torch
-    from torch import nn
+class NecHeads(nn.Module):
+    """NEC's layers around the backbone: the social-inference prefix projection (+ relation
+    embeddings) and the contrastive projection of ``z_x`` / ``z_y``. Their shapes depend only on
+    the dimensions; no setting is read inside."""
 
-    class NecHeads(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.social_proj = nn.Linear(encoder_dim, hidden)
-            self.relation_emb = nn.Embedding(len(NEC_SOCIAL_RELATIONS), hidden)
-            nn.init.normal_(self.relation_emb.weight, std=0.02)
-            self.prefix_norm = nn.LayerNorm(hidden)
-            with torch.no_grad():
-                self.prefix_norm.weight.fill_(embedding_rms)
-            self.z_proj = nn.Linear(hidden, hidden)  # contrastive projection of z_x and z_y
+    def __init__(self, encoder_dim: int, hidden: int, embedding_rms: float) -> None:
+        super().__init__()
+        self.social_proj = nn.Linear(encoder_dim, hidden)
+        self.relation_emb = nn.Embedding(len(NEC_SOCIAL_RELATIONS), hidden)
+        nn.init.normal_(self.relation_emb.weight, std=0.02)
+        self.prefix_norm = nn.LayerNorm(hidden)
+        with torch.no_grad():
+            self.prefix_norm.weight.fill_(embedding_rms)
+        self.z_proj = nn.Linear(hidden, hidden)  # contrastive projection of z_x and z_y
 
-        def social_prefix(self, vecs, present):
-            """[B, R, e] pooled inference vectors + [B, R] presence → list of [P_i, d]."""
-            x = self.prefix_norm(self.social_proj(vecs) + self.relation_emb.weight.unsqueeze(0))
-            return [x[i][present[i] > 0] for i in range(x.shape[0])]
-
-    return NecHeads()
+    def social_prefix(self, vecs, present):
+        """[B, R, e] pooled inference vectors + [B, R] presence → list of [P_i, d]."""
+        x = self.prefix_norm(self.social_proj(vecs) + self.relation_emb.weight.unsqueeze(0))
+        return [x[i][present[i] > 0] for i in range(x.shape[0])]
 
 
 def entity_system_text(facts: Sequence[Sequence[str]]) -> str:
@@ -219,20 +219,16 @@ def entity_system_text(facts: Sequence[Sequence[str]]) -> str:
     return nec_knowledge_prompt([tuple(f) for f in facts])
 
 
-class NecModel:
+class NecModel(C.TrainedModel):
     """Backbone + adapters + NEC heads (+ the frozen MiniLM for social inferences)."""
+
+    name = "nec"
+    version = VERSION
+    settings_type = NecSettings
 
     def __init__(self, settings: NecSettings, backbone, encoder, adapter_dir: Optional[Path] = None,
                  lora: Optional[Mapping[str, Any]] = None, trainable: bool = False) -> None:
-        self.settings = settings
-        self.encoder = encoder
-        if adapter_dir is not None:
-            self.peft = C.load_adapter(backbone.model, adapter_dir, trainable=trainable)
-        else:
-            self.peft = C.attach_lora(backbone.model, C.LoraSettings.from_mapping(lora))
-        self.lm = C.ConditionedBackbone(self.peft, backbone.tokenizer, backbone.is_seq2seq, backbone.device)
-        self.heads = build_heads(settings, encoder.dim, self.lm.hidden_size, self.lm.embedding_rms).to(backbone.device)
-        self.backbone_name = backbone.name
+        super().__init__(settings, backbone, encoder, adapter_dir=adapter_dir, lora=lora, trainable=trainable)
         self.fact_scorer = FactScorer(encoder)
         self.scorer_report: Dict[str, Any] = {}
         # set by the recipe before training
@@ -240,14 +236,11 @@ class NecModel:
         self.frequent: List[str] = []
         self.rng = random.Random(13)
 
-    @property
-    def device(self) -> str:
-        return self.lm.device
+    def build_heads(self) -> NecHeads:
+        return NecHeads(self.encoder.dim, self.lm.hidden_size, self.lm.embedding_rms)
 
     # -- conditioning ----------------------------------------------------------------------------
     def prefixes(self, social: Sequence[Mapping[str, str]]):
-        import torch
-
         B = len(social)
         if not self.settings.social:
             return [torch.zeros(0, self.lm.hidden_size, device=self.device) for _ in range(B)]
@@ -314,8 +307,6 @@ class NecModel:
         return out
 
     def loss(self, batch: Sequence[Mapping[str, Any]], step: int = 0):
-        import torch
-
         from empathy_nlg.knowledge.evaluate import token_f1
 
         s = self.settings
@@ -341,41 +332,22 @@ class NecModel:
                 total = total + s.contrastive_weight * cl
         return total, {k: float(v.detach()) for k, v in parts.items()}
 
-    def trainable_parameters(self):
-        return [p for p in list(self.peft.parameters()) + list(self.heads.parameters()) if p.requires_grad]
+    def describe(self) -> Dict[str, Any]:
+        return {**super().describe(), "fact_scorer_report": self.scorer_report}
 
-    def train(self, mode: bool = True) -> None:
-        self.peft.train(mode)
-        self.heads.train(mode)
-
-    def save(self, folder: Path, extra: Optional[Mapping[str, Any]] = None, half: bool = False) -> None:
+    def save_extra(self, folder: Path) -> None:
         import json
 
-        config = {"generator": "nec", "version": VERSION, "variant": self.settings.variant,
-                  "settings": asdict(self.settings), "backbone": self.backbone_name, "encoder": self.encoder.name,
-                  "fact_scorer_report": self.scorer_report, **dict(extra or {})}
-        C.save_trained(folder, self.peft, self.heads, config, half=half)
         (Path(folder) / FACT_SCORER_FILE).write_text(json.dumps(self.fact_scorer.to_dict()))
 
-    def load_scorer(self, folder: Path) -> None:
+    def load_extra(self, folder: Path, config: Mapping[str, Any]) -> None:
         import json
 
         path = Path(folder) / FACT_SCORER_FILE
         if path.is_file():
             d = json.loads(path.read_text())
             self.fact_scorer = FactScorer(self.encoder, d.get("weights"), d.get("bias", 0.0))
-
-    @classmethod
-    def load(cls, folder: Path, backbone_path: Optional[str] = None, device: Optional[str] = None,
-             dtype: str = "auto", encoder=None, trainable: bool = False) -> "NecModel":
-        from empathy_nlg.perception.encoder import SentenceEncoder
-
-        C.read_trained_config(folder)
-        backbone = C.load_base(backbone_path, device=device, dtype=dtype)
-        encoder = encoder or SentenceEncoder(device=backbone.device)
-        model = RECIPE.load_model(Path(folder), backbone, encoder, trainable=trainable)
-        model.train(trainable)
-        return model
+        self.scorer_report = dict(config.get("fact_scorer_report") or {})
 
 
 # ----------------------------------------------------------------------------------- knowledge
@@ -472,7 +444,7 @@ class NecGenerator(Generator):
         history_ngram: int = 3,
         history_bias: float = -4.0,
     ) -> None:
-        from empathy_nlg.generators.prompted import DecodingConfig
+        from empathy_nlg.decoding.generation import DecodingConfig
         from empathy_nlg.knowledge.base import load_knowledge_source_or_none
 
         folder = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR
@@ -499,9 +471,7 @@ class NecGenerator(Generator):
         return facts, social
 
     def generate(self, requests: Sequence[GenerationRequest]) -> List[GenerationResult]:
-        import torch
-
-        from empathy_nlg.generators.prompted import clean_reply
+        from empathy_nlg.decoding.generation import clean_reply
 
         results: List[GenerationResult] = []
         for start in range(0, len(requests), self.batch_size):
@@ -551,8 +521,6 @@ class NecGenerator(Generator):
         return results
 
     def score(self, requests: Sequence[GenerationRequest], references: Sequence[str]) -> Optional[Dict[str, float]]:
-        import torch
-
         facts, social = self._inputs(requests)
         with torch.inference_mode():
             prefixes = self.model.prefixes(social)
@@ -576,16 +544,11 @@ def frequent_replies(path: Path, n: int) -> List[str]:
     return [first[k] for k, _ in counts.most_common(n)]
 
 
-class NecRecipe:
-    name = "nec"
+class NecRecipe(C.TrainingRecipe):
+    model_class = NecModel
     ABLATIONS = ("entity", "social", *NEGATIVE_KINDS)
 
-    @staticmethod
-    def settings_from(values: Optional[Mapping[str, Any]]) -> NecSettings:
-        return NecSettings.from_mapping(values)
-
-    @staticmethod
-    def feature_extra(settings: NecSettings, config: Mapping[str, Any], encoder, out_dir: Path):
+    def feature_extra(self, settings: NecSettings, config: Mapping[str, Any], encoder, out_dir: Path):
         """Adds ``fact_candidates`` / ``facts`` (entity) and ``social`` to every feature, and trains the
         fact scorer on the training split (saved to ``out_dir/fact_scorer.json``)."""
         if not (settings.entity or settings.social):
@@ -644,29 +607,11 @@ class NecRecipe:
                "max_entities": settings.max_entities, "k": settings.knowledge_per_relation, "turns": settings.context_turns}
         return add, key
 
-    @staticmethod
-    def new_model(settings: NecSettings, backbone, encoder, lora: Optional[Mapping[str, Any]]) -> NecModel:
-        return NecModel(settings, backbone, encoder, lora=lora)
-
-    @staticmethod
-    def load_model(folder: Path, backbone, encoder, trainable: bool) -> NecModel:
-        config = C.read_trained_config(folder)
-        if config.get("generator") != "nec":
-            raise ValueError(f"{folder} holds a {config.get('generator')!r} model, not a nec one")
-        model = NecModel(NecSettings.from_mapping(config.get("settings")), backbone, encoder,
-                         adapter_dir=Path(folder), trainable=trainable)
-        C.load_heads(folder, model.heads, backbone.device)
-        model.load_scorer(folder)
-        model.scorer_report = dict(config.get("fact_scorer_report") or {})
-        return model
-
-    @staticmethod
-    def prepare(model: NecModel, train_feats: Sequence[Mapping[str, Any]], config: Mapping[str, Any],
+    def prepare(self, model: NecModel, train_feats: Sequence[Mapping[str, Any]], config: Mapping[str, Any],
                 out_dir: Optional[Path] = None, train_path: Optional[Path] = None) -> None:
         """Negative pools (by emotion; the most frequent ED replies) and the trained fact scorer."""
         import json
 
-        import torch
 
         pools: Dict[str, List[str]] = {}
         for f in train_feats:

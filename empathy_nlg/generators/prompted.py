@@ -16,11 +16,10 @@ prompt, so the evaluation harness can report perplexity.
 from __future__ import annotations
 
 import logging
-import re
-from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from empathy_nlg.generators.base import GenerationRequest, GenerationResult, Generator, settings_from_mapping
+from empathy_nlg.decoding.generation import DecodingConfig, clean_reply
+from empathy_nlg.generators.base import GenerationRequest, GenerationResult, Generator
 
 log = logging.getLogger(__name__)
 
@@ -36,24 +35,6 @@ DEMONSTRATIONS: List[Dict[str, str]] = [
     {"role": "user", "content": "I finally finished my first marathon today!"},
     {"role": "assistant", "content": "That's amazing, congratulations! How do you feel now that you crossed the finish line?"},
 ]
-
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-
-
-@dataclass
-class DecodingConfig:
-    max_new_tokens: int = 30
-    do_sample: bool = False
-    num_beams: int = 1
-    temperature: float = 0.7
-    top_p: float = 0.9
-    repetition_penalty: float = 1.1
-    no_repeat_ngram_size: int = 3
-    seed: int = 13
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> "DecodingConfig":
-        return settings_from_mapping(cls, values, "decoding")
 
 
 def build_system_prompt(request: GenerationRequest) -> str:
@@ -80,17 +61,6 @@ def build_messages(request: GenerationRequest) -> List[Dict[str, str]]:
     for u in request.context:
         messages.append({"role": "user" if u.role == "speaker" else "assistant", "content": u.text})
     return messages
-
-
-def clean_reply(text: str) -> str:
-    """Strip, keep complete sentences (drop a cut-off tail when a full sentence precedes it)."""
-    text = " ".join(text.replace("<|im_end|>", " ").split())
-    if not text:
-        return ""
-    sentences = _SENTENCE_END.split(text)
-    if len(sentences) > 1 and not re.search(r"[.!?]['\")]?$", sentences[-1]):
-        sentences = sentences[:-1]
-    return " ".join(sentences).strip()
 
 
 class PromptedBackboneGenerator(Generator):

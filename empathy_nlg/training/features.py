@@ -105,11 +105,13 @@ def build_features(
     extra: Optional[Callable[[List[Dict[str, Any]], bool], None]] = None,
     extra_key: Any = None,
     progress: bool = True,
+    cm: bool = True,
 ) -> List[Dict[str, Any]]:
     """The features of one split, from the cache when its fingerprint matches.
 
     ``extra(features, progress)`` adds generator-specific keys in place (e.g. knowledge);
-    ``extra_key`` identifies what it does, for the fingerprint.
+    ``extra_key`` identifies what it does, for the fingerprint. ``cm=False`` skips the silver CM
+    labels (``"cm": null``) for generators that do not use them.
     """
     path = Path(path)
     if not path.is_file():
@@ -118,7 +120,7 @@ def build_features(
     work_dir.mkdir(parents=True, exist_ok=True)
     stat = path.stat()
     fp = fingerprint({"path": str(path.resolve()), "size": stat.st_size, "limit": limit, "seed": seed,
-                      "causes": causes, "extra": extra_key})
+                      "causes": causes, "extra": extra_key, **({} if cm else {"cm": False})})
     cache = work_dir / f"features-{split}-{fp}.jsonl"  # runs that differ in anything never share a file
     meta = work_dir / f"features-{split}-{fp}.json"
     if cache.is_file() and meta.is_file() and json.loads(meta.read_text()).get("fingerprint") == fp:
@@ -128,7 +130,7 @@ def build_features(
     examples = select_examples(path, limit, seed)
     log.info("%s: building features for %d examples of %s", split, len(examples), path)
     cause_idx = annotate_causes(examples, causes, work_dir, path, progress)
-    cms = silver_cm(examples, progress)
+    cms = silver_cm(examples, progress) if cm else [None] * len(examples)
     feats = [
         {"conv_id": ex.conv_id, "turn_index": ex.turn_index, "context": [[u.role, u.text] for u in ex.context],
          "reference": ex.reference, "emotion": ex.emotion, "cause_indices": ci, "cm": cm}

@@ -36,9 +36,14 @@ from empathy_nlg.paths import CONFIG_DIR, default_data_dir
 log = logging.getLogger(__name__)
 
 SCHEMA_FILE = CONFIG_DIR / "train.schema.json"
-RECIPES = {"imagine": "empathy_nlg.generators.imagine", "nec": "empathy_nlg.generators.nec"}
+RECIPES = {"finetuned": "empathy_nlg.generators.finetuned", "imagine": "empathy_nlg.generators.imagine",
+           "nec": "empathy_nlg.generators.nec"}
 DEFAULT_OPTIM = {"lr": 3e-4, "heads_lr": 1e-3, "weight_decay": 0.0, "batch_size": 8, "max_steps": 300,
-                 "warmup_steps": 20, "checkpoint_every": 25, "max_minutes": None, "grad_clip": 1.0}
+                 "warmup_steps": 20, "checkpoint_every": 25, "max_minutes": None, "grad_clip": 1.0,
+                 "eval_every": None, "bucket": True, "autocast": None}
+#: batches are formed within windows of this many batches, sorted by length (little padding), and
+#: the batches of an epoch are then shuffled
+BUCKET_WINDOW = 64
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -98,12 +103,41 @@ def _order(n: int, seed: int, epoch: int) -> List[int]:
     return idx
 
 
-def _batch_at(step: int, n: int, batch_size: int, seed: int) -> List[int]:
-    """Indices of the examples of ``step`` (deterministic: a resumed run sees the same batches)."""
+def _batch_at(step: int, n: int, batch_size: int, seed: int, lengths: Optional[Sequence[int]] = None) -> List[int]:
+    """Indices of the examples of ``step`` (deterministic: a resumed run sees the same batches).
+
+    With ``lengths``, batches are length-bucketed: the epoch's shuffled order is cut into windows
+    of :data:`BUCKET_WINDOW` batches, each window sorted by length and cut into batches, and the
+    batches of the epoch are shuffled — every example once per epoch, little padding."""
     per_epoch = max(1, n // batch_size)
     epoch, pos = divmod(step, per_epoch)
     order = _order(n, seed, epoch)
-    return order[pos * batch_size : (pos + 1) * batch_size]
+    if lengths is None:
+        return order[pos * batch_size : (pos + 1) * batch_size]
+    batches = _bucketed_batches(order[: per_epoch * batch_size], batch_size, lengths, seed, epoch)
+    return batches[pos]
+
+
+_BUCKETS: Dict[tuple, List[List[int]]] = {}
+
+
+def _bucketed_batches(order: List[int], batch_size: int, lengths: Sequence[int], seed: int, epoch: int) -> List[List[int]]:
+    key = (len(order), batch_size, seed, epoch, hash(tuple(lengths)))
+    if key not in _BUCKETS:
+        _BUCKETS.clear()
+        window = batch_size * BUCKET_WINDOW
+        batches: List[List[int]] = []
+        for w in range(0, len(order), window):
+            part = sorted(order[w : w + window], key=lambda i: lengths[i])
+            batches.extend(part[b : b + batch_size] for b in range(0, len(part), batch_size))
+        random.Random(seed * 7919 + epoch).shuffle(batches)
+        _BUCKETS[key] = batches
+    return _BUCKETS[key]
+
+
+def example_length(feature: Mapping[str, Any], turns: int = 2) -> int:
+    """A cheap length proxy (characters of the last turns and the reply) for bucketing."""
+    return sum(len(t) for _, t in list(feature["context"])[-turns:]) + len(feature["reference"])
 
 
 def _save_checkpoint(model, optimizer, out_dir: Path, state: Mapping[str, Any], rng_state=None) -> None:
@@ -117,6 +151,22 @@ def _save_checkpoint(model, optimizer, out_dir: Path, state: Mapping[str, Any], 
                ckpt / "optimizer.pt.partial")
     os.replace(ckpt / "optimizer.pt.partial", ckpt / "optimizer.pt")
     (ckpt / "state.json").write_text(json.dumps(dict(state), indent=2))
+
+
+def _export_best(best_dir: Path, export_dir: Path, summary: Mapping[str, Any]) -> None:
+    """Copy ``best/`` to ``export_dir`` with the run's summary in its ``generator.json``."""
+    import shutil
+
+    from empathy_nlg.generators import conditioned as C
+
+    tmp = export_dir.with_name(export_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(best_dir, tmp)
+    config = json.loads((tmp / C.CONFIG_FILE).read_text())
+    config.update(training=json.loads(json.dumps(summary, default=str)), trained_at=summary["trained_at"])
+    (tmp / C.CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    shutil.rmtree(export_dir, ignore_errors=True)
+    tmp.rename(export_dir)
 
 
 def validation_ppl(model, feats: Sequence[Mapping[str, Any]], batch_size: int) -> Optional[float]:
@@ -175,10 +225,11 @@ def train(config: Mapping[str, Any], *, resume: bool = False, progress: bool = T
     causes = config.get("causes", "model")
     feat_dir = Path(config.get("features_dir") or out_dir)
     extra, extra_key = recipe.feature_extra(settings, config, encoder, feat_dir)
+    cm = getattr(recipe, "NEEDS_CM", True)
     train_feats = FE.build_features(train_path, data.get("max_train_examples"), seed, causes, feat_dir, "train",
-                                    extra=extra, extra_key=extra_key, progress=progress)
+                                    extra=extra, extra_key=extra_key, progress=progress, cm=cm)
     valid_feats = FE.build_features(valid_path, data.get("max_valid_examples", 200), seed, causes, feat_dir, "valid",
-                                    extra=extra, extra_key=extra_key, progress=progress)
+                                    extra=extra, extra_key=extra_key, progress=progress, cm=cm)
 
     init_from = Path(config["init_from"]) if config.get("init_from") else None
     if init_from is not None and not resume:
@@ -195,8 +246,13 @@ def train(config: Mapping[str, Any], *, resume: bool = False, progress: bool = T
             model.settings = settings
         state = json.loads((ckpt_in / "state.json").read_text())
     else:
-        model = recipe.new_model(settings, backbone, encoder, config.get("lora"))
+        init_adapter = config.get("init_adapter")
+        if init_adapter and not (Path(init_adapter) / C.ADAPTER_DIR).is_dir():
+            raise FileNotFoundError(f"init_adapter: {init_adapter} holds no {C.ADAPTER_DIR}/ folder (give a trained model's folder)")
+        model = recipe.new_model(settings, backbone, encoder, config.get("lora"),
+                                 adapter_dir=Path(init_adapter) if init_adapter else None)
         state = {"step": 0, "seconds": 0.0, "examples": 0}
+    model.lm.autocast = optim.get("autocast")
     recipe.prepare(model, train_feats, config, out_dir=feat_dir, train_path=train_path)
     params = model.trainable_parameters()
     head_ids = {id(p) for p in model.heads.parameters()}
@@ -225,10 +281,29 @@ def train(config: Mapping[str, Any], *, resume: bool = False, progress: bool = T
         bar = tqdm(total=total_steps, initial=step, desc=f"train {settings.variant}", unit="step")
     log_path = out_dir / "log.jsonl"
     stopped = "done"
+    lengths = [example_length(f) for f in train_feats] if optim.get("bucket", True) else None
+    eval_every = int(optim["eval_every"]) if optim.get("eval_every") else None
+    best = {"valid_ppl": state.get("best_valid_ppl"), "step": state.get("best_step")}
+    best_dir = out_dir / "best"
 
     def snapshot() -> Dict[str, Any]:
         return {"step": step, "seconds": round(start_seconds + time.monotonic() - t0, 1), "examples": state["examples"],
-                "seed": seed, "total_steps": total_steps}
+                "seed": seed, "total_steps": total_steps, "best_valid_ppl": best["valid_ppl"], "best_step": best["step"]}
+
+    def evaluate_and_keep_best(log_fh) -> None:
+        """Validation perplexity now; the best model so far is exported to ``best/`` (fp16)."""
+        ppl = validation_ppl(model, valid_feats, bs)
+        if ppl is None:
+            return
+        improved = best["valid_ppl"] is None or ppl < best["valid_ppl"]
+        log_fh.write(json.dumps({"step": step, "valid_ppl": round(ppl, 4), "best": improved}) + "\n")
+        log_fh.flush()
+        if improved:
+            best.update(valid_ppl=round(ppl, 4), step=step)
+            model.save(best_dir, extra={"training": {**snapshot(), "valid_examples": len(valid_feats),
+                                                     "train_examples": len(train_feats)}}, half=True)
+        if bar is not None:
+            bar.write(f"step {step}: valid PPL {ppl:.3f}" + (" (best so far)" if improved else f" (best {best['valid_ppl']} at {best['step']})"))
 
     try:
         with log_path.open("a", encoding="utf-8") as log_fh:
@@ -240,7 +315,7 @@ def train(config: Mapping[str, Any], *, resume: bool = False, progress: bool = T
                 for g, base in zip(optimizer.param_groups, base_lrs):
                     g["lr"] = base * factor
                 rng_state = torch.get_rng_state()
-                batch = [train_feats[i] for i in _batch_at(step, len(train_feats), bs, seed)]
+                batch = [train_feats[i] for i in _batch_at(step, len(train_feats), bs, seed, lengths)]
                 loss, parts = model.loss(batch, step)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -256,6 +331,8 @@ def train(config: Mapping[str, Any], *, resume: bool = False, progress: bool = T
                     bar.set_postfix(loss=f"{record['loss']:.3f}", gen=f"{parts.get('gen', 0):.3f}")
                     bar.update(1)
                 rng_state = None
+                if eval_every and step % eval_every == 0:
+                    evaluate_and_keep_best(log_fh)
                 if step % int(optim["checkpoint_every"]) == 0 and step < total_steps:
                     _save_checkpoint(model, optimizer, out_dir, snapshot())
     except KeyboardInterrupt:
@@ -271,6 +348,9 @@ def train(config: Mapping[str, Any], *, resume: bool = False, progress: bool = T
     _save_checkpoint(model, optimizer, out_dir, snapshot())
     summary: Dict[str, Any] = {**snapshot(), "stopped": stopped}
     if stopped == "done":
+        if eval_every and step % eval_every:
+            with log_path.open("a", encoding="utf-8") as log_fh:
+                evaluate_and_keep_best(log_fh)
         ppl = validation_ppl(model, valid_feats, bs)
         summary.update({
             "valid_ppl": round(ppl, 3) if ppl is not None else None,
@@ -281,7 +361,12 @@ def train(config: Mapping[str, Any], *, resume: bool = False, progress: bool = T
             "trained_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "config": json.loads(json.dumps(config, default=str)),
         })
-        model.save(export_dir, extra={"training": summary, "trained_at": summary["trained_at"]}, half=True)
+        if eval_every and (best_dir / C.CONFIG_FILE).is_file():
+            # the served artefact is the best validation checkpoint, not necessarily the last step
+            summary.update(valid_ppl_last=summary["valid_ppl"], valid_ppl=best["valid_ppl"], exported_step=best["step"])
+            _export_best(best_dir, export_dir, summary)
+        else:
+            model.save(export_dir, extra={"training": summary, "trained_at": summary["trained_at"]}, half=True)
         summary["export_dir"] = str(export_dir)
         summary["export_mb"] = round(C.folder_megabytes(export_dir), 2)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))

@@ -114,3 +114,59 @@ def test_lora_targets_must_exist(tiny_llama):
     bb = C.load_base(str(tiny_llama), device="cpu", dtype="float32")
     with pytest.raises(ValueError, match="LoRA target"):
         C.attach_lora(bb.model, C.LoraSettings(target_modules=["nope"]))
+
+
+def test_reply_only_lm_head_gives_the_same_logits_as_the_full_head(tiny_llama):
+    lm = _lm(tiny_llama)
+    tok = lm.tokenizer
+    prompts = [C.encode_prompt(tok, C.prompt_messages([Utterance("speaker", t)], 2), 64) for t in ("i am sad", "we won the cup today")]
+    replies = [C.encode_reply(tok, "sorry to hear that .", 32, False), C.encode_reply(tok, "congrats", 32, False)]
+    prefixes = [_prefix(lm, 2, seed=1), _prefix(lm, 0)]
+    lm.reply_head_only = True
+    fast, t1, _ = lm.forward(prefixes, prompts, replies)
+    lm.reply_head_only = False
+    full, t2, _ = lm.forward(prefixes, prompts, replies)
+    assert torch.equal(t1, t2)
+    assert torch.allclose(fast, full, atol=1e-5)
+    # and both equal a plain forward of the model over the whole sequence
+    emb = torch.cat([prefixes[0], lm.embed(torch.tensor(prompts[0] + replies[0]))]).unsqueeze(0)
+    plain = lm.model(inputs_embeds=emb).logits[0]
+    start = 2 + len(prompts[0])
+    assert torch.allclose(fast[0, : len(replies[0])], plain[start - 1 : start - 1 + len(replies[0])], atol=1e-5)
+
+
+def test_bf16_autocast_runs_the_forward_in_bfloat16_and_keeps_fp32_weights(tiny_llama):
+    lm = _lm(tiny_llama)
+    tok = lm.tokenizer
+    prompts = [C.encode_prompt(tok, C.prompt_messages([Utterance("speaker", "i am sad")], 2), 64)]
+    replies = [C.encode_reply(tok, "oh no", 32, False)]
+    lm.autocast = "bf16"
+    logits, _, _ = lm.forward([_prefix(lm, 0)], prompts, replies)
+    assert logits.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in lm.model.parameters())
+    lm.autocast = None
+    assert lm.forward([_prefix(lm, 0)], prompts, replies)[0].dtype == torch.float32
+
+
+def test_lora_on_the_top_layers_only_leaves_the_lower_layers_without_graph(tiny_llama, tmp_path):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_llama))
+    cfg = LlamaConfig.from_pretrained(str(tiny_llama))
+    cfg.num_hidden_layers = 3
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(str(tmp_path / "three"))
+    tok.save_pretrained(str(tmp_path / "three"))
+    lm = _lm(tmp_path / "three", top_layers=1, target_modules=["q_proj", "v_proj", "gate_proj"])
+    names = [n for n, p in lm.model.named_parameters() if p.requires_grad]
+    assert names and all(".layers.2." in n for n in names)
+    with pytest.raises(ValueError, match="between 1 and 3"):
+        _lm(tmp_path / "three", top_layers=4)
+    # the lower layers' outputs carry no autograd graph: only the top layer's do
+    seen = {}
+    for i, layer in enumerate(lm.model.get_base_model().model.layers):
+        layer.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(i, (out[0] if isinstance(out, tuple) else out).requires_grad))
+    prompts = [C.encode_prompt(tok, C.prompt_messages([Utterance("speaker", "i am sad")], 2), 64)]
+    logits, targets, _ = lm.forward([_prefix(lm, 0)], prompts, [C.encode_reply(tok, "oh no", 32, False)])
+    C.token_nll(logits, targets).backward()
+    assert seen == {0: False, 1: False, 2: True}

@@ -6,7 +6,8 @@ import pytest
 
 from empathy_nlg.datasets import Utterance
 from empathy_nlg.generators import GenerationRequest, available_generators, create_generator
-from empathy_nlg.generators.prompted import build_messages, build_system_prompt, clean_reply
+from empathy_nlg.decoding.generation import clean_reply
+from empathy_nlg.generators.prompted import build_messages, build_system_prompt
 from empathy_nlg.perception.types import CauseUtterance
 from tests.empathy_nlg.conftest import make_perception
 
