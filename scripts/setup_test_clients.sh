@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Idempotent setup of the clients the channel tests (tests/channels) drive, kept out of the Rasa and
+# engine environments:
+#   1. Debian's chromium (apt), which Playwright drives; Playwright never downloads a browser.
+#   2. .venvs/channels (Python 3.11): Playwright, python-socketio, pytest (requirements/channels.txt).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+STAMPS="$ROOT/.stamps"
+mkdir -p "$STAMPS"
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
+if [ -x "$CHROMIUM" ]; then
+  say "chromium present ($CHROMIUM)"
+else
+  say "installing Debian's chromium for the browser tests (apt, ≈ 3 min)…"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null
+  [ -x "$CHROMIUM" ] || { echo "error: chromium was not installed at $CHROMIUM" >&2; exit 1; }
+fi
+
+HASH=$(cat requirements/channels.txt | sha256sum | cut -c1-16)
+if [ -f "$STAMPS/channels-env" ] && [ "$(cat "$STAMPS/channels-env")" = "$HASH" ] && [ -x .venvs/channels/bin/python ]; then
+  say "channel test environment up to date"
+else
+  say "creating the channel test environment (.venvs/channels: Playwright, python-socketio)…"
+  PY311=""
+  for cand in python3.11 "$(command -v pyenv >/dev/null 2>&1 && pyenv prefix 3.11 2>/dev/null | head -n1)/bin/python3.11"; do
+    if [ -n "$cand" ] && "$cand" -c "import sys; assert sys.version_info[:2] == (3, 11)" >/dev/null 2>&1; then PY311="$cand"; break; fi
+  done
+  [ -n "$PY311" ] || { echo "error: Python 3.11 is needed for .venvs/channels" >&2; exit 1; }
+  rm -rf .venvs/channels
+  "$PY311" -m venv .venvs/channels
+  .venvs/channels/bin/pip install --progress-bar off -q -r requirements/channels.txt
+  echo "$HASH" > "$STAMPS/channels-env"
+fi
