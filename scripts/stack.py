@@ -181,7 +181,8 @@ def main(argv: List[str]) -> int:
                    "--port", str(stack.ports["rasa"])]
             code = stack._spawn("shell", cmd, foreground=True).wait()
         else:
-            print(f"serving: REST http://127.0.0.1:{stack.ports['rasa']}/webhooks/rest/webhook, "
+            print(f"serving: web chat http://localhost:{stack.ports['rasa']}/chat/ , "
+                  f"REST http://127.0.0.1:{stack.ports['rasa']}/webhooks/rest/webhook, "
                   f"socket.io on the same port; engine http://127.0.0.1:{stack.ports['engine']} (Ctrl-C stops all)", flush=True)
             code = stack.start_rasa(model, endpoints, ROOT / "credentials.yml", foreground=True).wait()
     except KeyboardInterrupt:
