@@ -7,8 +7,12 @@ clients change neither the Rasa nor the engine environment.
 
 from __future__ import annotations
 
+import json
 import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, Dict, List
 
 import pytest
 import yaml
@@ -28,8 +32,60 @@ def domain_texts(response: str) -> set:
     return {variant["text"] for variant in domain["responses"][response]}
 
 
+SLACK_TOKEN = "xoxb-test-token"
+SLACK_SIGNING_SECRET = "test-signing-secret"
+
+
+class FakeSlackAPI:
+    """A local stand-in for the Slack Web API on loopback: records every call, answers ok."""
+
+    def __init__(self) -> None:
+        self.calls: List[Dict[str, Any]] = []
+        self.lock = threading.Lock()
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    body = json.loads(raw or b"{}")
+                except ValueError:
+                    body = {"raw": raw.decode(errors="replace")}
+                with api.lock:
+                    api.calls.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+                answer = json.dumps({"ok": True, "channel": body.get("channel"), "ts": "1700000000.000100"}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api/"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def posted(self, channel: str) -> List[Dict[str, Any]]:
+        with self.lock:
+            return [c for c in self.calls if c["path"].endswith("/chat.postMessage") and c["body"].get("channel") == channel]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @pytest.fixture(scope="session")
-def served(tmp_path_factory):
+def slack_api():
+    api = FakeSlackAPI()
+    yield api
+    api.close()
+
+
+@pytest.fixture(scope="session")
+def served(tmp_path_factory, slack_api):
     """The stack `make serve` runs, on free loopback ports, with its own SQLite database."""
     if not MODEL.is_file():
         pytest.fail("models/assistant.tar.gz is missing: run `make setup` first")
@@ -39,6 +95,9 @@ def served(tmp_path_factory):
     endpoints = yaml.safe_load(a.endpoints.read_text())
     endpoints["nlg"]["timeout"] = NLG_TIMEOUT
     a.endpoints.write_text(yaml.safe_dump(endpoints))
+    # Slack is configured from the environment, as a deployment does; its Web API is the fake one
+    a.stack.env.update({"SLACK_TOKEN": SLACK_TOKEN, "SLACK_SIGNING_SECRET": SLACK_SIGNING_SECRET,
+                        "SLACK_API_URL": slack_api.url})
     try:
         a.start_actions()
         a.start_engine()
