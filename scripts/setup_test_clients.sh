@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent setup of the clients the channel tests (tests/channels) drive, kept out of the Rasa and
 # engine environments:
-#   1. Debian's chromium (apt), which Playwright drives; Playwright never downloads a browser.
+#   1. Debian's chromium (apt), which Playwright drives (Playwright never downloads a browser), and
+#      tmux, the terminal the `make chat` test types into.
 #   2. .venvs/channels (Python 3.11): Playwright, python-socketio, pytest (requirements/channels.txt).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,15 +13,19 @@ mkdir -p "$STAMPS"
 say() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
 CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
-if [ -x "$CHROMIUM" ]; then
-  say "chromium present ($CHROMIUM)"
+MISSING=()
+[ -x "$CHROMIUM" ] || MISSING+=(chromium)
+command -v tmux >/dev/null 2>&1 || MISSING+=(tmux)
+if [ ${#MISSING[@]} -eq 0 ]; then
+  say "chromium and tmux present"
 else
-  say "installing Debian's chromium for the browser tests (apt, ≈ 3 min)…"
+  say "installing ${MISSING[*]} from Debian's packages for the channel tests (≈ 3 min for chromium)…"
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${MISSING[@]}" >/dev/null
   [ -x "$CHROMIUM" ] || { echo "error: chromium was not installed at $CHROMIUM" >&2; exit 1; }
+  command -v tmux >/dev/null 2>&1 || { echo "error: tmux was not installed" >&2; exit 1; }
 fi
 
 HASH=$(cat requirements/channels.txt | sha256sum | cut -c1-16)
