@@ -9,10 +9,11 @@ place of Rasa's ``socketio`` block; it takes the same keys. Differences from Ras
 * An empty user message (what web-chat widgets send as their default ``initPayload``) starts the
   conversation with the ``/greet`` intent instead of reaching NLU as an empty text (which got the
   help text).
-* Each ``bot_uttered`` of a reply that carries the engine's details (``empathy`` in the bot
-  event's metadata, see ``agent/nlg.py``) has a small ``why`` object: the perceived emotions,
-  polarity, cause utterances, CM plan, crisis flag, the response name and the generator. Widgets
-  that do not know the key ignore it.
+* After the ``bot_uttered`` events of a reply that carries the engine's details (``empathy`` in
+  the bot event's metadata, see ``agent/nlg.py``) comes one ``bot_why`` event: the perceived
+  emotions, polarity, cause utterances, CM plan, crisis flag, the response name and the generator,
+  for the page's "why?" toggle. ``bot_uttered`` itself stays ``{"text": …}`` exactly as Rasa sends
+  it: rasa-webchat renders a text message only when ``text`` is its only key.
 * The web chat page (``web/``) is served at ``/chat/`` on Rasa's own port (same origin as
   ``/socket.io``), and ``GET /chat/history/<session_id>`` returns the texts of that session's
   current Rasa session, so the page shows the conversation again after a reload.
@@ -27,7 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Text
 
-from rasa.core.channels.channel import InputChannel, OutputChannel, UserMessage
+from rasa.core.channels.channel import OutputChannel, UserMessage
 from rasa.core.channels.socketio import SocketBlueprint, SocketIOOutput as RasaSocketIOOutput
 from rasa.core.channels.socketio import SocketIOInput as RasaSocketIOInput
 from sanic import Blueprint, Sanic, response
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parents[1] / "web"
 GREETING_PAYLOAD = "/greet"
+WHY_EVENT = "bot_why"
 SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 MAX_HISTORY_MESSAGES = 200
 
@@ -60,22 +62,19 @@ def why_from_metadata(empathy: Any) -> Optional[Dict[str, Any]]:
 
 
 class SocketIOOutput(RasaSocketIOOutput):
-    """Rasa's socket.io output, plus the ``why`` details on the last part of each text."""
+    """Rasa's socket.io output, plus a ``bot_why`` event after each reply with the engine's details."""
 
     @classmethod
     def name(cls) -> Text:
         return "socketio"
 
     async def send_text_message(self, recipient_id: Text, text: Text, **kwargs: Any) -> None:
-        parts = [p for p in text.strip().split("\n\n") if p.strip()] or [text]
+        await super().send_text_message(recipient_id, text, **kwargs)
         why = why_from_metadata(kwargs.get("empathy"))
-        if why is not None and not why.get("response"):
-            why["response"] = kwargs.get("utter_action")
-        for i, part in enumerate(parts):
-            message: Dict[str, Any] = {"text": part}
-            if why is not None and i == len(parts) - 1:
-                message["why"] = why
-            await self._send_message(recipient_id, message)
+        if why is not None:
+            if not why.get("response"):
+                why["response"] = kwargs.get("utter_action")
+            await self.sio.emit(WHY_EVENT, why, room=recipient_id)
 
 
 class PageBlueprint(SocketBlueprint):

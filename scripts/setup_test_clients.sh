@@ -4,6 +4,7 @@
 #   1. Debian's chromium (apt), which Playwright drives (Playwright never downloads a browser), and
 #      tmux, the terminal the `make chat` test types into.
 #   2. .venvs/channels (Python 3.11): Playwright, python-socketio, pytest (requirements/channels.txt).
+#   3. rasa-webchat 1.0.1 from the npm registry (a widget we did not write) into .cache/test-clients/.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -42,4 +43,18 @@ else
   "$PY311" -m venv .venvs/channels
   .venvs/channels/bin/pip install --progress-bar off -q -r requirements/channels.txt
   echo "$HASH" > "$STAMPS/channels-env"
+fi
+
+WEBCHAT_VERSION=1.0.1
+WEBCHAT=".cache/test-clients/rasa-webchat-$WEBCHAT_VERSION.js"
+if [ -s "$WEBCHAT" ]; then
+  say "rasa-webchat $WEBCHAT_VERSION present"
+else
+  command -v npm >/dev/null 2>&1 || { echo "error: npm is needed to fetch rasa-webchat for the widget test (apt-get install npm)" >&2; exit 1; }
+  say "fetching rasa-webchat $WEBCHAT_VERSION from the npm registry (widget test)…"
+  TMP=$(mktemp -d)
+  (cd "$TMP" && npm pack --silent "rasa-webchat@$WEBCHAT_VERSION" >/dev/null && tar xzf "rasa-webchat-$WEBCHAT_VERSION.tgz")
+  mkdir -p .cache/test-clients
+  cp "$TMP/package/lib/index.js" "$WEBCHAT"
+  rm -rf "$TMP"
 fi

@@ -16,6 +16,7 @@ from typing import Any, Dict, List
 
 import pytest
 import yaml
+from playwright.sync_api import sync_playwright
 
 from tests.e2e.conftest import MODEL, Assistant
 
@@ -25,6 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 CREDENTIALS = Path(os.environ.get("CHANNELS_TEST_CREDENTIALS", ROOT / "credentials.yml"))
 NLG_TIMEOUT = 150  # seconds the agent waits for the engine before answering with the domain text
 REPLY_TIMEOUT = NLG_TIMEOUT + 60  # seconds a client waits for a reply
+REPLY_MS = REPLY_TIMEOUT * 1000
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+SHOTS = ROOT / "results" / "screenshots"  # test artefacts
 
 
 def domain_texts(response: str) -> set:
@@ -105,3 +109,15 @@ def served(tmp_path_factory, slack_api):
         yield a
     finally:
         a.stack.stop_all()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium driven by Playwright (which never downloads a browser of its own here)."""
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"{CHROMIUM} is missing: scripts/setup_test_clients.sh installs Debian's chromium")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield b
+        b.close()

@@ -6,29 +6,12 @@ results/screenshots/ as test artefacts.
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
-from tests.channels.conftest import REPLY_TIMEOUT, ROOT, domain_texts
-
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-SHOTS = ROOT / "results" / "screenshots"
-REPLY_MS = REPLY_TIMEOUT * 1000
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).is_file():
-        pytest.fail(f"{CHROMIUM} is missing: scripts/test.sh installs Debian's chromium (apt-get install chromium)")
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield b
-        b.close()
+from tests.channels.conftest import REPLY_MS, SHOTS, domain_texts
 
 
 @pytest.fixture

@@ -26,8 +26,10 @@ class Client:
         self.sio = socketio.Client(reconnection=False)
         self.confirmed: "queue.Queue[str]" = queue.Queue()
         self.replies: "queue.Queue[dict]" = queue.Queue()
+        self.whys: "queue.Queue[dict]" = queue.Queue()
         self.sio.on("session_confirm", self.confirmed.put)
         self.sio.on("bot_uttered", self.replies.put)
+        self.sio.on("bot_why", self.whys.put)
         self.sio.connect(url, socketio_path="/socket.io", transports=["websocket"], wait_timeout=30)
 
     def session(self, session_id: str) -> str:
@@ -75,10 +77,11 @@ def test_generated_reply_reaches_the_client_with_its_details(served, client):
     client.say(session, "I failed my driving test again and I feel so embarrassed")
     reply = client.reply()
     assert reply["text"].strip(), reply
+    assert set(reply) == {"text"}  # as Rasa sends it: rasa-webchat renders only {"text": ...} messages
     # the same text is what Rasa stored for this session (the reply is really this conversation's)
     bot_texts = eventually(lambda: [e["text"] for e in served.tracker_events(session) if e["event"] == "bot"], bool)
     assert bot_texts and reply["text"] in bot_texts[-1]
-    why = reply["why"]
+    why = client.whys.get(timeout=30)  # the details come in their own event after the reply
     assert why["response"] == "utter_empathize"
     assert why["emotion"] and {"label", "prob"} <= set(why["emotion"][0])
     assert why["cm"] and set(why["cm"]) <= {"ER", "IP", "EX"}

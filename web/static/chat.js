@@ -1,5 +1,5 @@
 // The project's web chat page: talks to Rasa's socket.io channel (agent/socketio_channel.py) on the
-// same origin. The session id lives in localStorage, so a reload keeps the conversation; the page
+// same origin: `bot_uttered` brings each reply's text, `bot_why` the details of the reply before it. The session id lives in localStorage, so a reload keeps the conversation; the page
 // shows it again from GET history/<session id>.
 (function () {
   "use strict";
@@ -131,6 +131,19 @@
     return details;
   }
 
+  function attachWhy(li, why) {
+    // The reply's details (they come in their own `bot_why` event, or with the history).
+    if (!why || li.querySelector("details.why")) return;
+    var body = li.querySelector(".text");
+    if (isCrisisText(why)) {
+      li.classList.add("crisis");
+      var text = body.textContent;
+      body.textContent = "";
+      appendLinked(body, text, true); // helpline numbers become tel: links
+    }
+    li.appendChild(whyDetails(why));
+  }
+
   function addMessage(role, text, why) {
     var li = document.createElement("li");
     li.className = "msg " + role;
@@ -140,11 +153,9 @@
     li.appendChild(who);
     var body = document.createElement("span");
     body.className = "text";
-    var crisis = role === "bot" && isCrisisText(why);
-    if (crisis) li.classList.add("crisis");
-    appendLinked(body, text, crisis);
+    appendLinked(body, text, false);
     li.appendChild(body);
-    if (role === "bot" && why) li.appendChild(whyDetails(why));
+    if (role === "bot") attachWhy(li, why);
     log.appendChild(li);
     li.scrollIntoView({ block: "end" });
     return li;
@@ -198,7 +209,12 @@
 
   socket.on("bot_uttered", function (message) {
     stopWaiting();
-    if (message && message.text) addMessage("bot", message.text, message.why);
+    if (message && message.text) addMessage("bot", message.text);
+  });
+
+  socket.on("bot_why", function (why) {
+    var bots = log.querySelectorAll("li.msg.bot");
+    if (bots.length) attachWhy(bots[bots.length - 1], why);
   });
 
   socket.on("disconnect", function () {
