@@ -3,8 +3,8 @@
 SHELL := /bin/bash
 
 help:
-	@echo "make chat    set up (first run only), start engine + actions, talk in rasa shell"
-	@echo "make serve   set up, start engine + actions + rasa run (REST + socket.io) on :5005"
+	@echo "make chat    set up (first run only), start engine + actions + Rasa, talk in this terminal"
+	@echo "make serve   set up, start engine + actions + rasa run on :5005 (web chat at /chat/, REST, socket.io, Slack)"
 	@echo "make test    set up, run every test (engine, agent, actions, Rasa stories, end to end)"
 	@echo "make setup   only the idempotent setup (environments, backbone cache, Rasa model)"
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Start the whole assistant for real and stop what was started on exit.
 
-    python scripts/stack.py chat     # engine + action server, then `rasa shell` in this terminal
-    python scripts/stack.py serve    # engine + action server + `rasa run` (REST + socket.io)
+    python scripts/stack.py chat     # the whole stack in the background, the conversation in this terminal
+    python scripts/stack.py serve    # engine + action server + `rasa run` (web chat page, REST, socket.io, Slack)
 
-The engine and the action server run in the background with their logs in ``logs/``; the script
+The engine, the action server (and in ``chat`` mode ``rasa run``) run in the background with their
+logs in ``logs/``, so the terminal shows only the conversation; the script
 waits until the engine's ``/health`` says its models are loaded (showing progress), and stops
 every process it started when the foreground one ends or on Ctrl-C. Ports and files can be changed
 with the environment (ENGINE_PORT, ACTIONS_PORT, RASA_PORT, ENGINE_CONFIG, RASA_ENDPOINTS).
@@ -21,6 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -140,12 +142,56 @@ class Stack:
     def rasa_url(self, path: str = "") -> str:
         return f"http://127.0.0.1:{self.ports['rasa']}{path}"
 
+    def warm_up(self) -> None:
+        """One message through NLU (and so the engine's perception) before the first prompt, so that
+        the first turn is not the one paying for TensorFlow's and torch's first calls. Nothing is
+        stored: /model/parse has no conversation."""
+        for _ in range(2):
+            http_json(self.rasa_url("/model/parse"), {"text": "I had a long day at work today"}, timeout=120)
+
     def start_backend(self, engine_config: Optional[Path] = None, show: bool = False) -> None:
         """Engine + action server, waiting until both answer."""
         self.start_engine(engine_config)
         self.start_actions()
         self.wait_ready("actions", f"http://127.0.0.1:{self.ports['actions']}/health", show=show, timeout=120)
         self.wait_ready("engine", self.engine_url("/health"), show=show, timeout=600)
+
+
+def chat(stack: Stack) -> int:
+    """A conversation in the terminal over Rasa's REST channel; /stop (or Ctrl-D) ends it."""
+    try:
+        import readline  # noqa: F401  (line editing and history for input())
+    except ImportError:
+        pass
+    sender = f"shell-{uuid.uuid4().hex[:12]}"
+    url = stack.rasa_url("/webhooks/rest/webhook")
+
+    def say(text: str) -> bool:
+        status, replies = http_json(url, {"sender": sender, "message": text}, timeout=300)
+        if status != 200 or not isinstance(replies, list):
+            print("(the assistant could not answer just now; details in logs/rasa.log)", flush=True)
+            return False
+        for reply in replies:
+            if reply.get("text"):
+                print(f"Assistant: {reply['text']}", flush=True)
+        return True
+
+    print(f"\nType a message and press Enter; /stop ends the conversation. "
+          f"(The web chat page is at http://localhost:{stack.ports['rasa']}/chat/ meanwhile.)\n", flush=True)
+    say("/greet")
+    print(flush=True)
+    while True:
+        try:
+            text = input("You: ").strip()
+        except EOFError:  # Ctrl-D
+            break
+        if not text:
+            continue
+        if text in ("/stop", "/quit", "/exit"):
+            break
+        say(text)
+        print(flush=True)
+    return 0
 
 
 def main(argv: List[str]) -> int:
@@ -168,6 +214,7 @@ def main(argv: List[str]) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)  # the terminal was closed: stop everything all the same
     code = 0
     try:
         print("starting the empathy engine and the action server (logs in logs/)…", flush=True)
@@ -176,12 +223,15 @@ def main(argv: List[str]) -> int:
         models = health.get("models", {}) if isinstance(health, dict) else {}
         print(f"engine ready: generator {models.get('generator_version')}, perception {models.get('perception')}", flush=True)
         if mode == "chat":
-            print("opening `rasa shell` — talk about your day; type /stop to end.\n", flush=True)
-            cmd = [str(RASA_BIN / "rasa"), "shell", "--model", str(model), "--endpoints", str(endpoints),
-                   "--port", str(stack.ports["rasa"])]
-            code = stack._spawn("shell", cmd, foreground=True).wait()
+            # `rasa run` in the background (its logs in logs/rasa.log), warmed, then the conversation
+            # in this terminal: the screen shows the conversation and nothing else.
+            stack.start_rasa(model, endpoints, ROOT / "credentials.yml")
+            stack.wait_ready("rasa", stack.rasa_url("/status"), show=True, timeout=600)
+            stack.warm_up()
+            code = chat(stack)
         else:
-            print(f"serving: REST http://127.0.0.1:{stack.ports['rasa']}/webhooks/rest/webhook, "
+            print(f"serving: web chat http://localhost:{stack.ports['rasa']}/chat/ , "
+                  f"REST http://127.0.0.1:{stack.ports['rasa']}/webhooks/rest/webhook, "
                   f"socket.io on the same port; engine http://127.0.0.1:{stack.ports['engine']} (Ctrl-C stops all)", flush=True)
             code = stack.start_rasa(model, endpoints, ROOT / "credentials.yml", foreground=True).wait()
     except KeyboardInterrupt:

@@ -4,6 +4,9 @@
 #   agent  (Python 3.10):   tests/agent tests/actions  Rasa components, NLG, actions
 #   Rasa:                   rasa data validate + rasa test on tests/test_stories.yml
 #   end to end:             tests/e2e                 real engine, action server and rasa run on loopback
+#   channels (own env):     tests/channels            against the real stack with credentials.yml: a socket.io
+#                                                     client, our web chat page and rasa-webchat in Chromium
+#                                                     (Playwright), signed Slack requests, `make chat` in tmux
 # Extra pytest arguments: PYTEST_ARGS="-k something" make test
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,6 +29,13 @@ step "Rasa data validation and test stories"
 
 step "end to end: engine + action server + rasa run on loopback"
 .venvs/engine/bin/python -m pytest tests/e2e -q -p no:cacheprovider ${PYTEST_ARGS:-} --junitxml "$REPORTS/e2e.xml" || status=1
+
+step "channels: socket.io, web chat page and rasa-webchat in Chromium, Slack, make chat (real stack)"
+if bash scripts/setup_test_clients.sh; then
+  .venvs/channels/bin/python -m pytest tests/channels -q -p no:cacheprovider ${PYTEST_ARGS:-} --junitxml "$REPORTS/channels.xml" || status=1
+else
+  echo "error: the channel test clients could not be set up (see above)" >&2; status=1
+fi
 
 step "summary ($(( $(date +%s) - START )) s)"
 python3 - "$REPORTS" <<'PY'

@@ -8,7 +8,7 @@ import sqlite3
 import sys
 import uuid
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import pytest
 import yaml
@@ -56,8 +56,8 @@ class Assistant:
         self.stack.start_actions()
         self.stack.wait_ready("actions", f"http://127.0.0.1:{self.stack.ports['actions']}/health", timeout=120)
 
-    def start_rasa(self) -> None:
-        self.stack.start_rasa(MODEL, self.endpoints)
+    def start_rasa(self, credentials: Optional[Path] = None) -> None:
+        self.stack.start_rasa(MODEL, self.endpoints, credentials)
         self.stack.wait_ready("rasa", self.stack.rasa_url("/status"), timeout=300)
 
     # talking
