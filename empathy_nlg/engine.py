@@ -172,6 +172,17 @@ class EmpathyEngine:
             "generated_responses": sorted(self.generated_responses),
         }
 
+    def warm_up(self) -> float:
+        """One perception and one generation of a made-up message, nothing stored, before the
+        engine reports ready: the first real turn is then not the slow one (lazy kernels, first
+        allocations). Returns the seconds it took."""
+        start = time.perf_counter()
+        dialogue = [Utterance("speaker", "I finally finished the painting I started last winter.")]
+        with self._model_lock:
+            perception = self.perceiver.perceive(dialogue)
+            self.generator.generate([GenerationRequest(context=dialogue, perception=perception)])
+        return time.perf_counter() - start
+
     # -- perception -------------------------------------------------------------------------
     def _perceive(self, dialogue: Sequence[Utterance]) -> Perception:
         with self._model_lock:

@@ -55,7 +55,11 @@ class EngineHolder:
 
     def _load(self) -> None:
         try:
-            self.engine = self._loader()
+            engine = self._loader()
+            warm_up = getattr(engine, "warm_up", None)
+            if warm_up is not None:  # /health says ok only once a turn would be answered at full speed
+                log.info("engine warmed up in %.1f s", warm_up())
+            self.engine = engine
         except Exception as exc:  # reported by /health; the process stays up to say why
             log.exception("engine failed to load")
             self.error = f"{type(exc).__name__}: {exc}"

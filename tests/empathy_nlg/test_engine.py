@@ -160,3 +160,9 @@ def test_persona_slot_reaches_the_generator_and_outlives_the_session(engine):
     assert engine.repository.persona("u1") == "I am a night-shift nurse"
     engine.nlg(nlg_request("utter_empathize", [user("hi", "m3")], sender="u2"))
     assert engine.generator.requests[-1].persona is None
+
+
+def test_warm_up_generates_once_and_stores_nothing(engine):
+    seconds = engine.warm_up()
+    assert seconds >= 0 and len(engine.generator.requests) == 1 and len(engine.perceiver.calls) == 1
+    assert engine.repository.conversation("u1") is None
