@@ -343,14 +343,16 @@ def train(config: Mapping[str, Any], *, resume: bool = False, progress: bool = T
             bar.close()
         print(f"interrupted at step {step}: checkpoint saved in {ckpt}; continue with --resume", file=sys.stderr)
         raise
+    if eval_every and step % eval_every:
+        # the end of a chunk (time budget) or of the run: the last steps are validated too, so the
+        # best model so far is known before the run stops
+        with log_path.open("a", encoding="utf-8") as log_fh:
+            evaluate_and_keep_best(log_fh)
     if bar is not None:
         bar.close()
     _save_checkpoint(model, optimizer, out_dir, snapshot())
     summary: Dict[str, Any] = {**snapshot(), "stopped": stopped}
     if stopped == "done":
-        if eval_every and step % eval_every:
-            with log_path.open("a", encoding="utf-8") as log_fh:
-                evaluate_and_keep_best(log_fh)
         ppl = validation_ppl(model, valid_feats, bs)
         summary.update({
             "valid_ppl": round(ppl, 3) if ppl is not None else None,
