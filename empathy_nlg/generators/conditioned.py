@@ -220,10 +220,12 @@ class ConditionedBackbone:
             # the LM head (vocabulary × hidden, the largest single matmul of a small model) runs only
             # on the positions that predict a reply token, not on the prompt
             rows, reply_hidden, ctx_hidden = [], [], []
+            spans = []  # per example: the positions that predict its reply tokens
             for i, ((p, t), r) in enumerate(zip(pieces, replies)):
                 start = p.shape[0] + len(prompts[i])  # first reply position
                 # position j predicts token j+1: positions [start-1, start+len(r)-1) predict the reply
-                rows.append(last[i, start - 1 : start - 1 + len(r)])
+                spans.append(slice(start - 1, start - 1 + len(r)))
+                rows.append(last[i, spans[-1]])
                 targets[i, : len(r)] = torch.tensor(r, device=self.device)
                 if hidden:
                     ctx_hidden.append(last[i, :start])
@@ -233,8 +235,7 @@ class ConditionedBackbone:
                 flat = head(torch.cat(rows, dim=0))
             else:
                 full = head(last)
-                flat = torch.cat([full[i, start - 1 : start - 1 + len(r)] for i, (start, r) in enumerate(
-                    (p.shape[0] + len(prompts[i]), r) for i, ((p, _), r) in enumerate(zip(pieces, replies)))], dim=0)
+                flat = torch.cat([full[i, span] for i, span in enumerate(spans)], dim=0)
         logits = torch.nn.utils.rnn.pad_sequence(list(flat.split([x.shape[0] for x in rows])), batch_first=True)
         if hidden:
             info["context_hidden"], info["context_mask"] = _pad_list(ctx_hidden)
