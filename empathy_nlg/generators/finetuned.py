@@ -19,14 +19,13 @@ conversation reranker chooses among (their length-normalised log-probabilities a
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, List, Mapping, Optional, Sequence
 
 from empathy_nlg.datasets import Utterance
 from empathy_nlg.generators import conditioned as C
-from empathy_nlg.generators.base import GenerationRequest, GenerationResult, Generator, settings_from_mapping
+from empathy_nlg.generators.base import GenerationRequest, settings_from_mapping
+from empathy_nlg.generators.trained import Inputs, TrainedGenerator
 from empathy_nlg.paths import ARTIFACTS_DIR
 
 log = logging.getLogger(__name__)
@@ -83,64 +82,17 @@ class FinetunedModel(C.TrainedModel):
         return nll, {"gen": float(nll.detach())}
 
 
-class FinetunedGenerator(Generator):
-    """Serves a trained ``finetuned`` model (``model_dir``; default: the committed one)."""
+class FinetunedGenerator(TrainedGenerator):
+    """Serves a trained ``finetuned`` model (``model_dir``; default: the committed one): the shared
+    loop of :class:`~empathy_nlg.generators.trained.TrainedGenerator` with the plain prompt."""
 
     name = "finetuned"
     needs_perception = False
+    model_class = FinetunedModel
+    default_model_dir = DEFAULT_MODEL_DIR
 
-    def __init__(self, model_dir: Optional[str] = None, backbone_path: Optional[str] = None, device: Optional[str] = None,
-                 dtype: str = "auto", decoding: Optional[Mapping[str, Any]] = None, num_beams: Optional[int] = None,
-                 batch_size: int = 8, history_ngram: int = 3, history_bias: float = -4.0) -> None:
-        from empathy_nlg.decoding.generation import DecodingConfig
-
-        folder = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR
-        self.decoding = asdict(DecodingConfig.from_mapping(decoding or {}))
-        self.model = FinetunedModel.load(folder, backbone_path=backbone_path, device=device, dtype=dtype)
-        self.settings = self.model.settings
-        self.num_beams = int(num_beams or self.settings.num_beams)
-        self.batch_size = int(batch_size)
-        self.history_ngram, self.history_bias = int(history_ngram), float(history_bias)
-        config = C.read_trained_config(folder)
-        self.version = f"{config.get('variant', 'finetuned')}/{config.get('trained_at', 'untrained')}"
-
-    def generate(self, requests: Sequence[GenerationRequest]) -> List[GenerationResult]:
-        import torch
-
-        from empathy_nlg.decoding.generation import clean_reply
-
-        results: List[GenerationResult] = []
-        k = max(1, self.num_beams)
-        for start in range(0, len(requests), self.batch_size):
-            chunk = list(requests[start : start + self.batch_size])
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                prompts = self.model.prompts([r.context for r in chunk])
-                torch.manual_seed(int(self.decoding.get("seed", 13)))
-                bias = C.history_bias(self.model.lm.tokenizer, [t for r in chunk for t in r.earlier_replies],
-                                      n=self.history_ngram, bias=self.history_bias)
-                ids, scores = self.model.lm.generate(self.model.prefixes(len(chunk)), prompts, self.decoding,
-                                                     num_return=k, sequence_bias=bias)
-            texts = [clean_reply(self.model.lm.decode(i)) for i in ids]
-            seconds = (time.perf_counter() - t0) / len(chunk)
-            for i, r in enumerate(chunk):
-                block = texts[i * k : (i + 1) * k]
-                block_scores = [float(scores[i * k + j]) if scores is not None else 0.0 for j in range(k)]
-                candidates = [{"text": t, "score": round(sc, 4)} for t, sc in zip(block, block_scores) if t]
-                text = candidates[0]["text"] if candidates else ""
-                results.append(GenerationResult(text=text, generator=self.name, version=self.version,
-                                                knowledge=dict(r.knowledge), candidates=candidates,
-                                                details={"seconds": round(seconds, 3), "beams": k}))
-        return results
-
-    def score(self, requests: Sequence[GenerationRequest], references: Sequence[str]) -> Optional[Dict[str, float]]:
-        import torch
-
-        with torch.inference_mode():
-            prompts = self.model.prompts([r.context for r in requests])
-            replies = [C.encode_reply(self.model.lm.tokenizer, ref, 10_000, self.model.lm.is_seq2seq) for ref in references]
-            nll, tokens = self.model.lm.reply_nll(self.model.prefixes(len(requests)), prompts, replies)
-        return {"nll": nll, "tokens": tokens, "tokenizer": f"{self.model.backbone_name} (BPE)"}
+    def inputs(self, requests: Sequence[GenerationRequest]) -> Inputs:
+        return Inputs(prefixes=self.model.prefixes(len(requests)), prompts=self.model.prompts([r.context for r in requests]))
 
 
 class FinetunedRecipe(C.TrainingRecipe):

@@ -53,8 +53,7 @@ knowledge is queried from the last user turn), ``cm: false`` (no CM signal, no C
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -63,7 +62,8 @@ from torch import nn
 
 from empathy_nlg.datasets import Utterance
 from empathy_nlg.generators import conditioned as C
-from empathy_nlg.generators.base import GenerationRequest, GenerationResult, Generator, settings_from_mapping
+from empathy_nlg.generators.base import GenerationRequest, settings_from_mapping
+from empathy_nlg.generators.trained import Inputs, TrainedGenerator
 from empathy_nlg.paths import ARTIFACTS_DIR
 from empathy_nlg.taxonomy import CM_CODES, EMOTIONS, IMAGINE_KNOWLEDGE_GROUPS
 
@@ -304,33 +304,21 @@ class ImagineModel(C.TrainedModel):
 
 
 # ----------------------------------------------------------------------------------- serving
-class ImagineGenerator(Generator):
-    """Serves a trained IMAGINE model (``model_dir``; default: the committed one)."""
+class ImagineGenerator(TrainedGenerator):
+    """Serves a trained IMAGINE model (``model_dir``; default: the committed one).
+
+    IMAGINE's own parts on the shared loop (:class:`~empathy_nlg.generators.trained.TrainedGenerator`):
+    the cause utterances, the experience-projection knowledge and the perceived emotion / CM plan
+    that become its prefix (:meth:`inputs`)."""
 
     name = "imagine"
     needs_perception = True
+    model_class = ImagineModel
+    default_model_dir = DEFAULT_MODEL_DIR
 
-    def __init__(
-        self,
-        model_dir: Optional[str] = None,
-        backbone_path: Optional[str] = None,
-        device: Optional[str] = None,
-        dtype: str = "auto",
-        knowledge: Optional[Mapping[str, Any]] = None,
-        decoding: Optional[Mapping[str, Any]] = None,
-        batch_size: int = 8,
-    ) -> None:
-        from empathy_nlg.decoding.generation import DecodingConfig
+    def configure(self, knowledge: Optional[Mapping[str, Any]] = None) -> None:
         from empathy_nlg.knowledge.base import load_knowledge_source_or_none
 
-        folder = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR
-        self.decoding = asdict(DecodingConfig.from_mapping(decoding or {}))
-        self.batch_size = int(batch_size)
-        self.model = ImagineModel.load(folder, backbone_path=backbone_path, device=device, dtype=dtype)
-        self.model.train(False)
-        self.settings = self.model.settings
-        config = C.read_trained_config(folder)
-        self.version = f"{config.get('variant', 'imagine')}/{config.get('trained_at', 'untrained')}"
         self.knowledge = None
         if self.settings.knowledge:
             self.knowledge = load_knowledge_source_or_none(dict(knowledge or {"type": "retrieval"}), "imagine",
@@ -365,7 +353,7 @@ class ImagineGenerator(Generator):
             known.append(p is not None)
         return emo.to(self.model.device), cm.to(self.model.device), known
 
-    def _conditioning(self, requests: Sequence[GenerationRequest]):
+    def inputs(self, requests: Sequence[GenerationRequest]) -> Inputs:
         """Prefixes plus what goes into each reply's ``details`` (emotion, causes, knowledge, CM plan)."""
 
         s = self.settings
@@ -374,8 +362,7 @@ class ImagineGenerator(Generator):
         causes = [cause_text(r.context, idx, s.cause, s.context_turns) for r, idx in zip(requests, indices)]
         emo, cm, known = self._signals(requests)
         own = torch.tensor([not k for k in known], device=emo.device)  # no perception: IMAGINE's own heads decide
-        with torch.inference_mode():
-            prefixes, _, _, gates = self.model.conditioning(causes, knowledge, emo, cm, own)
+        prefixes, _, _, gates = self.model.conditioning(causes, knowledge, emo, cm, own)
         details = []
         for i, r in enumerate(requests):
             cm_probs = {c: round(float(cm[i, j]), 4) for j, c in enumerate(CM_CODES)}
@@ -389,32 +376,8 @@ class ImagineGenerator(Generator):
                 "knowledge_gates": {g: round(float(gates[i, j]), 4) for j, g in enumerate(GROUPS)} if s.knowledge else {},
                 "variant": s.variant,
             })
-        return prefixes, knowledge, details
-
-    def generate(self, requests: Sequence[GenerationRequest]) -> List[GenerationResult]:
-        from empathy_nlg.decoding.generation import clean_reply
-
-        results: List[GenerationResult] = []
-        for start in range(0, len(requests), self.batch_size):
-            chunk = list(requests[start : start + self.batch_size])
-            t0 = time.perf_counter()
-            prefixes, knowledge, details = self._conditioning(chunk)
-            torch.manual_seed(int(self.decoding.get("seed", 13)))
-            ids, _ = self.model.lm.generate(prefixes, self.model.prompts([r.context for r in chunk]), self.decoding)
-            for i, r in enumerate(chunk):
-                raw = self.model.lm.decode(ids[i])
-                text = clean_reply(raw)
-                details[i].update(raw=raw, seconds=round((time.perf_counter() - t0) / len(chunk), 3))
-                results.append(GenerationResult(text=text, generator=self.name, version=self.version,
-                                                knowledge=knowledge[i], details=details[i]))
-        return results
-
-    def score(self, requests: Sequence[GenerationRequest], references: Sequence[str]) -> Optional[Dict[str, float]]:
-        prefixes, _, _ = self._conditioning(requests)
-        replies = [C.encode_reply(self.model.lm.tokenizer, ref, 10_000, self.model.lm.is_seq2seq) for ref in references]
-        with torch.inference_mode():
-            nll, tokens = self.model.lm.reply_nll(prefixes, self.model.prompts([r.context for r in requests]), replies)
-        return {"nll": nll, "tokens": tokens, "tokenizer": f"{self.model.backbone_name} (BPE)"}
+        return Inputs(prefixes=prefixes, prompts=self.model.prompts([r.context for r in requests]),
+                      knowledge=knowledge, details=details)
 
 
 # ----------------------------------------------------------------------------------- training

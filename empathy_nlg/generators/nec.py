@@ -39,9 +39,8 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
@@ -50,7 +49,8 @@ from torch import nn
 
 from empathy_nlg.datasets import Utterance
 from empathy_nlg.generators import conditioned as C
-from empathy_nlg.generators.base import GenerationRequest, GenerationResult, Generator, settings_from_mapping
+from empathy_nlg.generators.base import GenerationRequest, settings_from_mapping
+from empathy_nlg.generators.trained import Choice, Inputs, TrainedGenerator
 from empathy_nlg.paths import ARTIFACTS_DIR
 from empathy_nlg.taxonomy import NEC_SOCIAL_RELATIONS
 
@@ -423,111 +423,66 @@ class NecKnowledge:
 
 
 # ----------------------------------------------------------------------------------- serving
-class NecGenerator(Generator):
-    """Serves a trained NEC model (``model_dir``; default: the committed one) with contrastive reranking."""
+class NecGenerator(TrainedGenerator):
+    """Serves a trained NEC model (``model_dir``; default: the committed one) with contrastive reranking.
+
+    NEC's own parts on the shared loop (:class:`~empathy_nlg.generators.trained.TrainedGenerator`):
+    the knowledge (entity facts into the prompt, social commonsense into the prefix) and the choice
+    among the beams, ``argmax α·S_sim + (1−α)·S_lm``."""
 
     name = "nec"
     needs_perception = False  # NEC is non-emotion-centric: it does not condition on the label
+    model_class = NecModel
+    default_model_dir = DEFAULT_MODEL_DIR
 
-    def __init__(
-        self,
-        model_dir: Optional[str] = None,
-        backbone_path: Optional[str] = None,
-        device: Optional[str] = None,
-        dtype: str = "auto",
-        knowledge: Optional[Mapping[str, Any]] = None,
-        decoding: Optional[Mapping[str, Any]] = None,
-        rerank: bool = True,
-        alpha: Optional[float] = None,
-        num_beams: Optional[int] = None,
-        batch_size: int = 8,
-        history_ngram: int = 3,
-        history_bias: float = -4.0,
-    ) -> None:
-        from empathy_nlg.decoding.generation import DecodingConfig
+    def configure(self, knowledge: Optional[Mapping[str, Any]] = None, rerank: bool = True,
+                  alpha: Optional[float] = None) -> None:
         from empathy_nlg.knowledge.base import load_knowledge_source_or_none
 
-        folder = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR
-        self.decoding = asdict(DecodingConfig.from_mapping(decoding or {}))
-        self.batch_size = int(batch_size)
-        self.history_ngram, self.history_bias = int(history_ngram), float(history_bias)
-        self.model = NecModel.load(folder, backbone_path=backbone_path, device=device, dtype=dtype)
-        self.settings = self.model.settings
         self.rerank = bool(rerank)
         self.alpha = float(self.settings.alpha if alpha is None else alpha)
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"nec alpha must be in [0, 1], got {self.alpha}")
-        self.num_beams = int(num_beams or self.settings.num_beams)
-        config = C.read_trained_config(folder)
-        self.version = f"{config.get('variant', 'nec')}/{config.get('trained_at', 'untrained')}" + ("" if self.rerank else "/no-rerank")
         self.knowledge = None
         if self.settings.entity or self.settings.social:
             source = load_knowledge_source_or_none(dict(knowledge or {"type": "retrieval"}), "nec", encoder=self.model.encoder)
             self.knowledge = NecKnowledge(source, self.model.encoder, self.settings, self.model.fact_scorer)
 
-    def _inputs(self, requests: Sequence[GenerationRequest]):
+    def version_suffix(self) -> str:
+        return "" if self.rerank else "/no-rerank"
+
+    def candidates_per_request(self) -> int:
+        return max(1, self.num_beams) if self.rerank else 1
+
+    def inputs(self, requests: Sequence[GenerationRequest]) -> Inputs:
         facts = [self.knowledge.entity_facts(r.context) if self.knowledge else [] for r in requests]
         social = [self.knowledge.social(r.context) if self.knowledge else {} for r in requests]
-        return facts, social
+        knowledge = [{"entity": [", ".join(f) for f in fa], "social": [f"{rel}: {t}" for rel, t in so.items() if t]}
+                     for fa, so in zip(facts, social)]
+        details = [{"variant": self.settings.variant, "facts": fa, "social": so} for fa, so in zip(facts, social)]
+        return Inputs(prefixes=self.model.prefixes(social), prompts=self.model.prompts([r.context for r in requests], facts),
+                      knowledge=knowledge, details=details)
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> List[GenerationResult]:
-        from empathy_nlg.decoding.generation import clean_reply
-
-        results: List[GenerationResult] = []
-        for start in range(0, len(requests), self.batch_size):
-            chunk = list(requests[start : start + self.batch_size])
-            t0 = time.perf_counter()
-            facts, social = self._inputs(chunk)
-            with torch.inference_mode():
-                prefixes = self.model.prefixes(social)
-                prompts = self.model.prompts([r.context for r in chunk], facts)
-                torch.manual_seed(int(self.decoding.get("seed", 13)))
-                k = self.num_beams if self.rerank else 1
-                # one batch of one: the history bias is per conversation (a batch of several requests
-                # shares the union of their earlier replies, which is what the harness replays)
-                bias = C.history_bias(self.model.lm.tokenizer, [t for r in chunk for t in r.earlier_replies],
-                                      n=self.history_ngram, bias=self.history_bias)
-                ids, beam_scores = self.model.lm.generate(prefixes, prompts, self.decoding, num_return=k, sequence_bias=bias)
-                texts = [clean_reply(self.model.lm.decode(i)) for i in ids]
-                chosen = list(range(0, len(texts), k))
-                scores: List[List[Dict[str, float]]] = [[] for _ in chunk]
-                if k > 1:
-                    z_x = self.model.z(self.model.lm.context_vectors(prefixes, prompts))
-                    z_y = self.model.z(self.model.lm.text_vectors([t or "." for t in texts]))
-                    sim = C.cosine(z_x.repeat_interleave(k, dim=0), z_y)
-                    lm = beam_scores if beam_scores is not None else torch.zeros_like(sim)
-                    total = self.alpha * sim + (1 - self.alpha) * lm.to(sim.dtype)
-                    chosen = []
-                    for i in range(len(chunk)):
-                        block = total[i * k : (i + 1) * k]
-                        chosen.append(i * k + int(block.argmax()))
-                        scores[i] = [{"text": texts[i * k + j], "sim": round(float(sim[i * k + j]), 4),
-                                      "lm": round(float(lm[i * k + j]), 4), "score": round(float(block[j]), 4)}
-                                     for j in range(k)]
-            seconds = (time.perf_counter() - t0) / len(chunk)
-            for i, r in enumerate(chunk):
-                text = texts[chosen[i]]
-                if not text:  # the best-scoring beam was empty after clean-up: take the first non-empty one
-                    text = next((t for t in texts[i * k : (i + 1) * k] if t), "")
-                knowledge = {"entity": [", ".join(f) for f in facts[i]],
-                             "social": [f"{rel}: {t}" for rel, t in social[i].items() if t]}
-                details = {"variant": self.settings.variant, "facts": facts[i], "social": social[i],
-                           "nec_rerank": {"alpha": self.alpha, "candidates": scores[i]} if k > 1 else None,
-                           "seconds": round(seconds, 3)}
-                candidates = ([{"text": c["text"], "score": c["score"]} for c in scores[i] if c["text"]]
-                              if k > 1 else [{"text": text, "score": 0.0}])
-                results.append(GenerationResult(text=text, generator=self.name, version=self.version,
-                                                knowledge=knowledge, details=details, candidates=candidates))
-        return results
-
-    def score(self, requests: Sequence[GenerationRequest], references: Sequence[str]) -> Optional[Dict[str, float]]:
-        facts, social = self._inputs(requests)
-        with torch.inference_mode():
-            prefixes = self.model.prefixes(social)
-            prompts = self.model.prompts([r.context for r in requests], facts)
-            replies = [C.encode_reply(self.model.lm.tokenizer, ref, 10_000, self.model.lm.is_seq2seq) for ref in references]
-            nll, tokens = self.model.lm.reply_nll(prefixes, prompts, replies)
-        return {"nll": nll, "tokens": tokens, "tokenizer": f"{self.model.backbone_name} (BPE)"}
+    def choose(self, inputs: Inputs, texts: Sequence[str], beam_scores, k: int) -> Choice:
+        """Contrastive reranking (eq. 8): the beam whose representation is closest to the context's."""
+        if k == 1:
+            return Choice(chosen=list(range(len(texts))), candidates=[[{"text": t, "score": 0.0}] if t else [] for t in texts],
+                          details=[{"nec_rerank": None} for _ in texts])
+        n = len(texts) // k
+        z_x = self.model.z(self.model.lm.context_vectors(inputs.prefixes, inputs.prompts))
+        z_y = self.model.z(self.model.lm.text_vectors([t or "." for t in texts]))
+        sim = C.cosine(z_x.repeat_interleave(k, dim=0), z_y)
+        lm = beam_scores if beam_scores is not None else torch.zeros_like(sim)
+        total = self.alpha * sim + (1 - self.alpha) * lm.to(sim.dtype)
+        chosen, candidates, details = [], [], []
+        for i in range(n):
+            block = total[i * k : (i + 1) * k]
+            chosen.append(i * k + int(block.argmax()))
+            scored = [{"text": texts[i * k + j], "sim": round(float(sim[i * k + j]), 4),
+                       "lm": round(float(lm[i * k + j]), 4), "score": round(float(block[j]), 4)} for j in range(k)]
+            details.append({"nec_rerank": {"alpha": self.alpha, "candidates": scored}})
+            candidates.append([{"text": c["text"], "score": c["score"]} for c in scored if c["text"]])
+        return Choice(chosen=chosen, candidates=candidates, details=details)
 
 
 # ----------------------------------------------------------------------------------- training

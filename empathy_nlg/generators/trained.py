@@ -1,0 +1,148 @@
+"""Serving a trained generator: the one loop every paper generator shares.
+
+A trained generator (``finetuned``, IMAGINE, NEC, and the papers still to come) serves a
+:class:`~empathy_nlg.generators.conditioned.TrainedModel` from a folder. Everything but the
+paper's own conditioning is the same for all of them and lives here:
+
+* loading the model folder (default: the committed artefact), its version string, the decoding
+  settings (:class:`~empathy_nlg.decoding.generation.DecodingConfig`, one set of defaults);
+* batching, the seed, the conversation history bias (n-grams of the assistant's earlier replies
+  get ``history_bias``, so decoding keeps away from what it already said), beam search with
+  ``num_beams`` returns, reply clean-up, empty-candidate fallback, timing;
+* the candidates handed to the engine's conversation reranker and perplexity scoring.
+
+A paper implements only what is its own:
+
+* :meth:`TrainedGenerator.inputs` — prefixes (its conditioning vectors), prompts, and the
+  knowledge and details it reports per request;
+* optionally :meth:`TrainedGenerator.choose` — its own choice among the beams (NEC's contrastive
+  reranking), :meth:`candidates_per_request`, :meth:`configure` (its own options) and
+  :meth:`version_suffix`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Type
+
+from empathy_nlg.generators import conditioned as C
+from empathy_nlg.generators.base import GenerationRequest, GenerationResult, Generator
+
+
+@dataclass
+class Inputs:
+    """What a paper's conditioning produced for one batch of requests."""
+
+    prefixes: Any                    # the model's prefix vectors (``None``: no prefix)
+    prompts: List[List[int]]         # prompt token ids per request
+    knowledge: List[Dict[str, List[str]]] = field(default_factory=list)  # reported per request
+    details: List[Dict[str, Any]] = field(default_factory=list)          # reported per request
+
+
+@dataclass
+class Choice:
+    """Which beam each request replies with, and the candidates the engine may rerank."""
+
+    chosen: List[int]                          # index into the batch's flat list of beams
+    candidates: List[List[Dict[str, Any]]]     # per request: ``{"text", "score", …}``, non-empty texts
+    details: List[Dict[str, Any]] = field(default_factory=list)
+
+
+class TrainedGenerator(Generator):
+    """Serves ``model_class`` from ``model_dir`` (default :attr:`default_model_dir`)."""
+
+    model_class: ClassVar[Type[C.TrainedModel]]
+    default_model_dir: ClassVar[Path]
+
+    def __init__(self, model_dir: Optional[str] = None, backbone_path: Optional[str] = None, device: Optional[str] = None,
+                 dtype: str = "auto", decoding: Optional[Mapping[str, Any]] = None, num_beams: Optional[int] = None,
+                 batch_size: int = 8, history_ngram: int = 3, history_bias: float = -4.0, **own: Any) -> None:
+        from empathy_nlg.decoding.generation import DecodingConfig
+
+        folder = Path(model_dir) if model_dir else self.default_model_dir
+        self.decoding = asdict(DecodingConfig.from_mapping(decoding or {}))
+        self.batch_size = int(batch_size)
+        if self.batch_size < 1:
+            raise ValueError(f"{self.name}: batch_size must be ≥ 1, got {batch_size}")
+        self.history_ngram, self.history_bias = int(history_ngram), float(history_bias)
+        self.model = self.model_class.load(folder, backbone_path=backbone_path, device=device, dtype=dtype)
+        self.model.train(False)
+        self.settings = self.model.settings
+        self.num_beams = int(num_beams or getattr(self.settings, "num_beams", 0) or self.decoding["num_beams"])
+        self.configure(**own)
+        config = C.read_trained_config(folder)
+        self.version = f"{config.get('variant', self.name)}/{config.get('trained_at', 'untrained')}{self.version_suffix()}"
+
+    # -- hooks -----------------------------------------------------------------------------------
+    def configure(self, **own: Any) -> None:
+        """The generator's own options (its config section's other keys); unknown ones are an error."""
+        if own:
+            raise TypeError(f"{self.name}: unknown options {sorted(own)}")
+
+    def version_suffix(self) -> str:
+        return ""
+
+    def candidates_per_request(self) -> int:
+        """How many beams each request returns (the reranker's candidates)."""
+        return max(1, self.num_beams)
+
+    def inputs(self, requests: Sequence[GenerationRequest]) -> Inputs:
+        """The paper's conditioning for a batch (called under ``torch.inference_mode``)."""
+        raise NotImplementedError
+
+    def choose(self, inputs: Inputs, texts: Sequence[str], beam_scores, k: int) -> Choice:
+        """Default: the top beam; every non-empty beam is a candidate scored by its log-probability."""
+        n = len(texts) // k
+        score = [float(beam_scores[j]) if beam_scores is not None else 0.0 for j in range(len(texts))]
+        candidates = [[{"text": texts[j], "score": round(score[j], 4)} for j in range(i * k, (i + 1) * k) if texts[j]]
+                      for i in range(n)]
+        return Choice(chosen=[i * k for i in range(n)], candidates=candidates)
+
+    # -- the shared loop -------------------------------------------------------------------------
+    def generate(self, requests: Sequence[GenerationRequest]) -> List[GenerationResult]:
+        import torch
+
+        from empathy_nlg.decoding.generation import clean_reply
+
+        results: List[GenerationResult] = []
+        k = self.candidates_per_request()
+        for start in range(0, len(requests), self.batch_size):
+            chunk = list(requests[start : start + self.batch_size])
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                inputs = self.inputs(chunk)
+                torch.manual_seed(int(self.decoding.get("seed", 13)))
+                # the history bias is per conversation: the engine sends one request at a time (a
+                # batch of several shares the union of their earlier replies)
+                bias = C.history_bias(self.model.lm.tokenizer, [t for r in chunk for t in r.earlier_replies],
+                                      n=self.history_ngram, bias=self.history_bias)
+                ids, beam_scores = self.model.lm.generate(inputs.prefixes, inputs.prompts, self.decoding,
+                                                          num_return=k, sequence_bias=bias)
+                raw = [self.model.lm.decode(i) for i in ids]
+                texts = [clean_reply(r) for r in raw]
+                choice = self.choose(inputs, texts, beam_scores, k)
+            seconds = round((time.perf_counter() - t0) / len(chunk), 3)
+            for i, _request in enumerate(chunk):
+                j = choice.chosen[i]
+                if not texts[j]:  # the chosen beam was empty after clean-up: the first non-empty one
+                    j = next((b for b in range(i * k, (i + 1) * k) if texts[b]), j)
+                details = dict(inputs.details[i]) if inputs.details else {}
+                details.update(choice.details[i] if choice.details else {})
+                details.update(raw=raw[j], beams=k, seconds=seconds)
+                results.append(GenerationResult(
+                    text=texts[j], generator=self.name, version=self.version,
+                    knowledge=inputs.knowledge[i] if inputs.knowledge else dict(chunk[i].knowledge),
+                    details=details, candidates=choice.candidates[i]))
+        return results
+
+    def score(self, requests: Sequence[GenerationRequest], references: Sequence[str]) -> Optional[Dict[str, float]]:
+        import torch
+
+        with torch.inference_mode():
+            inputs = self.inputs(requests)
+            tok = self.model.lm.tokenizer
+            replies = [C.encode_reply(tok, ref, 10_000, self.model.lm.is_seq2seq) for ref in references]
+            nll, tokens = self.model.lm.reply_nll(inputs.prefixes, inputs.prompts, replies)
+        return {"nll": nll, "tokens": tokens, "tokenizer": f"{self.model.backbone_name} (BPE)"}
