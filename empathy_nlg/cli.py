@@ -8,11 +8,12 @@ fast and a command never pays for another's imports. Nothing is parsed at import
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
+
+from empathy_nlg.registry import Registry
 
 # command -> (module, one-line help)
 COMMANDS: Dict[str, Tuple[str, str]] = {
@@ -30,6 +31,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "converse-eval": ("empathy_nlg.evaluation.converse", "replay multi-turn conversations; repeats, tone, grounding, routing"),
     "knowledge": ("empathy_nlg.knowledge.cli", "build / evaluate / query the commonsense knowledge source; build the exemplar index"),
 }
+MODULES: Registry[Any] = Registry("command", {name: module for name, (module, _) in COMMANDS.items()})
 
 
 def _command_summary() -> str:
@@ -58,8 +60,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         level=getattr(logging, os.environ.get("EMPATHY_NLG_LOG_LEVEL", "INFO").upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    module_name, help_ = COMMANDS[command]
-    module = importlib.import_module(module_name)
+    help_ = COMMANDS[command][1]
+    module = MODULES.get(command)
     parser = argparse.ArgumentParser(prog=f"empathy-nlg {command}", description=help_)
     module.add_arguments(parser)
     args = parser.parse_args(rest)

@@ -7,19 +7,19 @@ module behind this interface (today ``imagine`` and ``nec``; the trained ones sh
 untrained ``prompted`` one and the ``frequent`` baseline, and is registered by name; the engine
 and the evaluation harness only ever see names.
 
-Registration is lazy: :data:`_BUILTIN` maps names to ``"module:Class"`` so that importing the
-registry does not import torch or load a model.
+Registration is lazy (:class:`empathy_nlg.registry.Registry`): built-in names map to
+``"module:Class"`` so that importing the registry does not import torch or load a model.
 """
 
 from __future__ import annotations
 
-import importlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Type
 
 from empathy_nlg.datasets import Utterance
 from empathy_nlg.perception.types import Perception
+from empathy_nlg.registry import Registry
 
 
 @dataclass
@@ -92,41 +92,30 @@ def settings_from_mapping(cls: Type[Any], values: Optional[Mapping[str, Any]], w
     return cls(**values)
 
 
-_BUILTIN: Dict[str, str] = {
+GENERATORS: Registry[Type[Generator]] = Registry("generator", {
     "prompted": "empathy_nlg.generators.prompted:PromptedBackboneGenerator",
     "frequent": "empathy_nlg.generators.frequent:MostFrequentReplyGenerator",
     "finetuned": "empathy_nlg.generators.finetuned:FinetunedGenerator",
     "imagine": "empathy_nlg.generators.imagine:ImagineGenerator",
     "nec": "empathy_nlg.generators.nec:NecGenerator",
-}
-_REGISTERED: Dict[str, Type[Generator]] = {}
+})
 
 
 def register_generator(name: str) -> Callable[[Type[Generator]], Type[Generator]]:
     """Class decorator: make a generator available under ``name``."""
 
-    def wrap(cls: Type[Generator]) -> Type[Generator]:
-        _REGISTERED[name] = cls
+    def name_it(cls: Type[Generator]) -> None:
         cls.name = name
-        return cls
 
-    return wrap
+    return GENERATORS.decorator(name, name_it)
 
 
 def available_generators() -> List[str]:
-    return sorted(set(_BUILTIN) | set(_REGISTERED))
+    return GENERATORS.names()
 
 
 def generator_class(name: str) -> Type[Generator]:
-    if name in _REGISTERED:
-        return _REGISTERED[name]
-    if name not in _BUILTIN:
-        raise KeyError(f"unknown generator {name!r}; available: {', '.join(available_generators())}")
-    module_name, cls_name = _BUILTIN[name].split(":")
-    module = importlib.import_module(module_name)
-    cls = getattr(module, cls_name)
-    _REGISTERED.setdefault(name, cls)
-    return cls
+    return GENERATORS.get(name)
 
 
 def create_generator(name: str, config: Optional[Mapping[str, Any]] = None) -> Generator:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from empathy_nlg.knowledge.atomic import is_none_tail, unique_in_order
+from empathy_nlg.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -219,20 +220,22 @@ class NoKnowledgeSource(KnowledgeSource):
 # ---------------------------------------------------------------------- registry
 SourceFactory = Callable[..., KnowledgeSource]
 
-_BUILTIN: Dict[str, str] = {
+#: type name → a KnowledgeSource class (built from a config with ``from_config``) or a factory
+#: called with the config's keys
+SOURCES: Registry[Any] = Registry("knowledge source", {
     "comet": "empathy_nlg.knowledge.comet:CometKnowledgeSource",
     "retrieval": "empathy_nlg.knowledge.retrieval:RetrievalKnowledgeSource",
-}
-_REGISTERED: Dict[str, SourceFactory] = {"none": lambda **_: NoKnowledgeSource()}
+})
+SOURCES.register("none", lambda **_: NoKnowledgeSource())
 
 
 def register_knowledge_source(type_name: str, factory: SourceFactory) -> None:
     """Make ``{"type": type_name, ...}`` configs build with ``factory(**config_without_type)``."""
-    _REGISTERED[type_name] = factory
+    SOURCES.register(type_name, factory)
 
 
 def available_knowledge_sources() -> List[str]:
-    return sorted(set(_BUILTIN) | set(_REGISTERED))
+    return SOURCES.names()
 
 
 def load_knowledge_source_or_none(config: Mapping[str, Any], user: str, **objects: Any) -> KnowledgeSource:
@@ -256,14 +259,10 @@ def load_knowledge_source(config: Mapping[str, Any], **objects: Any) -> Knowledg
     """
     config = dict(config or {})
     type_name = str(config.pop("type", "retrieval")).strip().lower()
-    if type_name in _REGISTERED:
-        return _REGISTERED[type_name](**config, **objects)
-    if type_name not in _BUILTIN:
-        raise ValueError(
-            f"unknown knowledge source type {type_name!r}; available: {', '.join(available_knowledge_sources())}"
-        )
-    import importlib
-
-    module_name, cls_name = _BUILTIN[type_name].split(":")
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    return cls.from_config(config, **objects)
+    try:
+        made = SOURCES.get(type_name)
+    except KeyError as exc:
+        raise ValueError(exc.args[0]) from None
+    if isinstance(made, type) and hasattr(made, "from_config"):
+        return made.from_config(config, **objects)
+    return made(**config, **objects)

@@ -19,7 +19,6 @@ load and score the model). CUDA is used when present (``device: auto``).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import math
@@ -32,12 +31,14 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from empathy_nlg.paths import CONFIG_DIR, default_data_dir
+from empathy_nlg.registry import Registry
 
 log = logging.getLogger(__name__)
 
 SCHEMA_FILE = CONFIG_DIR / "train.schema.json"
-RECIPES = {"finetuned": "empathy_nlg.generators.finetuned", "imagine": "empathy_nlg.generators.imagine",
-           "nec": "empathy_nlg.generators.nec"}
+#: generator name → its training recipe (the ``RECIPE`` of the generator's module)
+RECIPES: Registry[Any] = Registry("training recipe", {name: f"empathy_nlg.generators.{name}:RECIPE"
+                                                      for name in ("finetuned", "imagine", "nec")})
 DEFAULT_OPTIM = {"lr": 3e-4, "heads_lr": 1e-3, "weight_decay": 0.0, "batch_size": 8, "max_steps": 300,
                  "warmup_steps": 20, "checkpoint_every": 25, "max_minutes": None, "grad_clip": 1.0,
                  "eval_every": None, "bucket": True, "autocast": None}
@@ -47,7 +48,7 @@ BUCKET_WINDOW = 64
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--generator", required=True, choices=sorted(RECIPES), help="which generator to train")
+    parser.add_argument("--generator", required=True, choices=RECIPES.names(), help="which generator to train")
     parser.add_argument("--config", required=True, help="training config (YAML); see configs/train/")
     parser.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoint")
     parser.add_argument("--out-dir", default=None, help="override out_dir of the config")
@@ -86,7 +87,7 @@ def load_config(path: str | Path, generator: str) -> Dict[str, Any]:
 
 
 def recipe_for(generator: str):
-    return importlib.import_module(RECIPES[generator]).RECIPE
+    return RECIPES.get(generator)
 
 
 def _lr_factor(step: int, warmup: int, total: int) -> float:

@@ -112,7 +112,7 @@ def _test_generators_registered():
         register_generator(cls.name)(cls)
     yield
     for cls in (RandomEcho, PerceivingEcho):
-        base._REGISTERED.pop(cls.name, None)
+        base.GENERATORS.unregister(cls.name)
 
 
 def _examples(path):
