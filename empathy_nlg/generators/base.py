@@ -3,7 +3,8 @@
 A generator turns a :class:`GenerationRequest` (the dialogue so far, what perception found, the
 knowledge retrieved and the stored emotion trajectory) into a reply. Each paper lives in its own
 module behind this interface (today ``imagine`` and ``nec``; the trained ones share
-:class:`empathy_nlg.generators.conditioned.TrainedModel`), next to the ``finetuned`` backbone, the
+:class:`empathy_nlg.generators.conditioned.TrainedModel` for training and
+:class:`empathy_nlg.generators.trained.TrainedGenerator` for serving), next to the ``finetuned`` backbone, the
 untrained ``prompted`` one and the ``frequent`` baseline, and is registered by name; the engine
 and the evaluation harness only ever see names.
 
