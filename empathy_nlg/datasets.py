@@ -337,3 +337,11 @@ def read_epitome_csv(path: Path | str) -> List[EpitomeExample]:
     if not out:
         raise DataFormatError(p, "file", "no rows found")
     return out
+
+
+def seeker_post(context: Sequence[Utterance]) -> str:
+    """The last speaker utterance of a context (the EPITOME "seeker post")."""
+    for utt in reversed(context):
+        if utt.role == "speaker":
+            return utt.text
+    return context[-1].text if context else ""

@@ -28,6 +28,28 @@ hmm um uh wow hey hi hello thanks thank please sorry glad happy sad great good b
 """.split())
 
 
+# The metric tokenizer (BLEU, Dist, top-5 share: empathy_nlg.evaluation.metrics states its definition)
+TOKENIZER_NAME = "regex-treebank-lc"
+
+_QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"', "`": "'"})
+_NT = re.compile(r"(\w)n't\b")
+_CLITIC = re.compile(r"(\w)'(m|s|re|ve|ll|d)\b")
+_TOKEN = re.compile(r"n't\b|'(?:m|s|re|ve|ll|d)\b|\.\.\.|\w+|[^\w\s]")
+
+
+def tokenize(text: str) -> List[str]:
+    """Lower-cased word/punctuation tokens of ``text`` (see :mod:`empathy_nlg.evaluation.metrics`)."""
+    text = (text or "").lower().translate(_QUOTES)
+    text = _NT.sub(r"\1 n't", text)
+    text = _CLITIC.sub(r"\1 '\2", text)
+    return _TOKEN.findall(text)
+
+
+def normalise_reply(text: str) -> str:
+    """The form under which two replies count as "the same sentence" (tokens joined by spaces)."""
+    return " ".join(tokenize(text))
+
+
 def words(text: str) -> List[str]:
     """Lower-cased word tokens (letters/digits, with an inner apostrophe kept)."""
     return _WORD.findall((text or "").lower().replace("’", "'"))

@@ -39,6 +39,7 @@ from empathy_nlg.datasets import (
     Utterance,
     generation_examples,
     read_conversations,
+    seeker_post,
 )
 from empathy_nlg.evaluation import metrics as M
 from empathy_nlg.generators.base import (
@@ -120,14 +121,6 @@ def load_examples(path: str | Path, fmt: str, limit: Optional[int] = None) -> Li
 def training_replies(path: str | Path, fmt: str = "ed-jsonl") -> List[str]:
     """The listener replies of a training file (every listener turn with context)."""
     return [ex.reference for ex in generation_examples(read_conversations(path, fmt))]
-
-
-def seeker_post(context: Sequence[Utterance]) -> str:
-    """The last speaker utterance of a context (the EPITOME "seeker post")."""
-    for utt in reversed(context):
-        if utt.role == "speaker":
-            return utt.text
-    return context[-1].text if context else ""
 
 
 def seed_everything(seed: int) -> None:

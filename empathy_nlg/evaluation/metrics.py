@@ -13,29 +13,11 @@ tokenised, so those files pass through unchanged), then a regex keeps runs of wo
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
-TOKENIZER_NAME = "regex-treebank-lc"
-
-_QUOTES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u201c": '"', "\u201d": '"', "`": "'"})
-_NT = re.compile(r"(\w)n't\b")
-_CLITIC = re.compile(r"(\w)'(m|s|re|ve|ll|d)\b")
-_TOKEN = re.compile(r"n't\b|'(?:m|s|re|ve|ll|d)\b|\.\.\.|\w+|[^\w\s]")
-
-
-def tokenize(text: str) -> List[str]:
-    """Lower-cased word/punctuation tokens of ``text`` (see the module docstring)."""
-    text = (text or "").lower().translate(_QUOTES)
-    text = _NT.sub(r"\1 n't", text)
-    text = _CLITIC.sub(r"\1 '\2", text)
-    return _TOKEN.findall(text)
-
-
-def normalise_reply(text: str) -> str:
-    """The form under which two replies count as "the same sentence" (tokens joined by spaces)."""
-    return " ".join(tokenize(text))
+# the tokenizer lives with the other text helpers (generators use it too)
+from empathy_nlg.text import TOKENIZER_NAME, normalise_reply, tokenize  # noqa: E402,F401
 
 
 def _ngrams(tokens: Sequence[str], n: int) -> List[tuple]:

@@ -29,7 +29,7 @@ class MostFrequentReplyGenerator(Generator):
         self.fitted_on = 0
 
     def fit(self, texts: Sequence[str]) -> None:
-        from empathy_nlg.evaluation.metrics import normalise_reply
+        from empathy_nlg.text import normalise_reply
 
         counts: Counter = Counter()
         for text in texts:

@@ -108,9 +108,9 @@ class NecSettings:
 
 # ----------------------------------------------------------------------------------- fact scorer
 def content_words(text: str) -> set:
-    from empathy_nlg.knowledge.evaluate import tokens
+    from empathy_nlg.text import words
 
-    return {t for t in tokens(text) if len(t) > 2 and t not in _STOP}
+    return {t for t in words(text) if len(t) > 2 and t not in _STOP}
 
 
 class FactScorer:
@@ -307,7 +307,7 @@ class NecModel(C.TrainedModel):
         return out
 
     def loss(self, batch: Sequence[Mapping[str, Any]], step: int = 0):
-        from empathy_nlg.knowledge.evaluate import token_f1
+        from empathy_nlg.text import token_f1
 
         s = self.settings
         prefixes, prompts = self._inputs(batch)

@@ -26,7 +26,7 @@ import random
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
-from empathy_nlg.datasets import GenerationExample, generation_examples, read_ed_cause_jsonl, read_ed_jsonl
+from empathy_nlg.datasets import GenerationExample, generation_examples, read_ed_cause_jsonl, read_ed_jsonl, seeker_post
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,6 @@ def annotate_causes(examples: Sequence[GenerationExample], source: str, work_dir
 
 def silver_cm(examples: Sequence[GenerationExample], progress: bool) -> List[List[float]]:
     """EPITOME response-classifier probabilities [ER, IP, EX] for each (seeker post, gold reply)."""
-    from empathy_nlg.evaluation.harness import seeker_post
     from empathy_nlg.perception.cm import load_response_classifiers
     from empathy_nlg.taxonomy import CM_CODES
 
