@@ -13,12 +13,22 @@ Method (safety first: recall before precision)
    explicit suicide/self-harm phrasings, wishes to be dead, plans and means, burden statements.
    Idioms that share the words ("this exam is killing me", "dying to see", "phone died") never
    match because every pattern requires a first-person self-directed form.
+   The means in hand or taken (C-SSRS preparatory behaviour: an overdose swallowed, a noose, a
+   loaded gun, stockpiled pills) are patterns too.
 3. **Negation handling** for patterns: a match preceded in the same clause by a negator ("I would
    *never* hurt myself") is reported as ``negated:<name>`` with a sub-threshold score.
+4. **Imminent-danger cues** (:data:`CUES`: at a height, by the tracks, "I'll do it", a date chosen,
+   letters written, goodbyes, affairs put in order, belongings given away): words ordinary speech
+   also uses, so never a flag alone. A cue plus a concerned classifier (≥ its check-in threshold) is
+   a crisis; a cue with the classifier above ``cue_gate`` asks the scripted check-in. Reason
+   ``cue:<name>``.
 
-Only the **latest** user message is judged (its context only informs the classifier): a crisis
-statement two turns ago does not flag "ok, I'll call the line" — what happens after a crisis turn
-is the engine's crisis follow-up (:mod:`empathy_nlg.safety`), not a re-flag of the whole window.
+Only the **latest** user message is judged (its context informs the classifier, and the patterns
+and cues read the last :data:`WINDOW_TURNS` messages together only for a match that reaches into
+the latest one — "I'm holding my dad's pistol" / "it's loaded"; reason ``window:<name>`` plus
+``context-only``): a crisis statement two turns ago does not flag "ok, I'll call the line" — what
+happens after a crisis turn is the engine's crisis follow-up (:mod:`empathy_nlg.safety`), not a
+re-flag of the whole window.
 ``crisis_score`` is the max of the pattern score and the classifier's probability mapped so that
 its threshold lands on 0.5; ``crisis`` is ``crisis_score ≥ 0.5``. Measured recall and false
 positives per category: ``empathy-nlg eval-crisis`` and the perception model card.
@@ -66,8 +76,66 @@ PATTERNS: Dict[str, str] = {
     "last_day": r"\bmy\s+last\s+day\b(?!\s+(?:at|of)\s+(?:work|school|the\s+job))",
     "if_i_died": r"\b(?:care|notice)\s+if\s+i\s+(?:died|was\s+gone|disappeared)\b",
     "plan_to_die": r"\bplan\s+to\s+(?:kill|die|end)\b",
+    # means in hand or taken (C-SSRS "preparatory behaviour" / "actual attempt"): unambiguous on
+    # their own, so they flag without the classifier
+    "overdose_taken": r"\b(?:took|taken|swallowed|downed)\s+(?:like\s+|about\s+|maybe\s+|almost\s+)?(?:all|the\s+(?:whole|rest|entire)|"
+                      r"a\s+(?:whole|handful|bunch|load)|\d{2,}|ten|fifteen|twenty|thirty|forty|fifty)\b[^.!?]{0,40}?"
+                      r"\b(?:pills|tablets|paracetamol|painkillers|meds|medication|capsules|antidepressants|packet|bottle)\b",
+    "hanging_means": r"\bnoose\b|\b(?:rope|cord|belt)\b[^.!?]{0,60}?\b(?:beam|ceiling|rafters?|hook|know\s+which\s+tree|around\s+my\s+neck)\b",
+    "firearm_access": r"\b(?:gun|pistol|rifle|shotgun|revolver|firearm)\b[^.!?]{0,60}?\b(?:loaded|in\s+my\s+(?:hand|lap|mouth)|"
+                      r"know\s+the\s+code|(?:nobody|no\s+one)(?:'s|\s+is)\s+home|to\s+my\s+head)\b",
+    "stockpile": r"\b(?:stockpil\w*|hoard\w*|sav(?:ed|ing)\s+up|counted\s+out|lined\s+up)\b[^.!?]{0,40}?\b(?:pills|tablets|"
+                 r"paracetamol|painkillers|meds|medication|insulin|prescriptions?|antidepressants)\b",
 }
 _COMPILED = {name: re.compile(p, re.IGNORECASE) for name, p in PATTERNS.items()}
+
+#: Imminent-danger *cues* (C-SSRS plan, means, timing, farewell) that ordinary speech also uses
+#: ("I'm on the roof fixing the gutter", "I'll do it tomorrow", "I wrote a farewell note to the
+#: team"): never a flag on their own. With the classifier at or above its check-in threshold a cue
+#: makes the turn a crisis; above ``cue_gate`` it asks the scripted check-in; without a classifier
+#: (patterns-only mode) a cue asks the check-in. Reason: ``cue:<name>``.
+CUES: Dict[str, str] = {
+    "at_height": r"\b(?:i'?m|i\s+am|im)\s+(?:\w+\s+){0,2}?(?:on|at|by|near|over|up\s+on)\s+(?:the|a|my)\s+"
+                 r"(?:edge(?!\s+of\s+(?:my|the)\s+seat)|roof|rooftop|ledge|bridge|balcony|cliff|top\s+floor|railing|parapet|"
+                 r"top\s+of\s+(?:the\s+|a\s+|my\s+)?(?:building|bridge|cliff|car\s+park|tower|multi-?storey))\b",
+    "looking_down": r"\bthe\s+drop\b(?!\s+of)|\bfar\s+down\b(?!\s+(?:the|my|a)\s)|\bhow\s+high\s+(?:it|this)\s+is\b",
+    "traffic_rail": r"\bwaiting\s+for\s+(?:a|the)\s+(?:lorry|truck|train)\s*(?:to\s+come|$|[.,!])|\btrains?\s+(?:don'?t|doesn'?t|do\s+not|never)\s+"
+                    r"(?:stop|slow)|\b(?:railway|train)\s+(?:line|tracks)\b",
+    "do_it": r"\b(?:i'?ll|i\s+will|i'?m\s+(?:going\s+to|gonna)|i'?m\s+(?:finally\s+)?doing|then)\s+(?:finally\s+)?"
+             r"(?:do\s+it|doing\s+it|go\s+through\s+with\s+it)\b|\bis\s+when\s+it\s+happens\b",
+    "date_chosen": r"\b(?:chosen|picked|decided\s+on)\s+(?:the|a)\s+(?:day|date|time)\b|"
+                   r"\b(?:won'?t|not\s+(?:going\s+to|gonna))\s+be\s+alive\b|\bmade\s+(?:up\s+my\s+mind|peace\s+with\s+it)\b",
+    "farewell_letters": r"\b(?:wrote|written|writing|left|leaving|recorded)\s+(?:a\s+|some\s+|long\s+)?(?:letters?|notes?|(?:voice\s+|video\s+)?"
+                        r"messages?|videos?)\s+(?:for|to)\s+(?:my|everyone|all|each)\b",
+    "goodbyes": r"\b(?:said|saying)\s+my\s+goodbyes?\b|\bsaid\s+goodbye\s+to\s+(?:everyone|everybody|all\s+of\s+you)\b|"
+                r"\bthis\s+is\s+goodbye\b|\blast\s+(?:time\s+you'?ll\s+hear|message)\s+from\s+me\b|"
+                r"\bno\s+more\s+messages\s+from\s+me\b|\bthe\s+last\s+time\s+you'?ll\s+hear\b",
+    "affairs_in_order": r"\b(?:sorted|sorting|put)\s+(?:out\s+)?(?:my\s+)?(?:will|affairs|passwords|funeral)\b|\bleft\s+(?:my\s+)?"
+                        r"(?:passwords|instructions)\b|\b(?:after|when)\s+i'?m\s+(?:gone|not\s+here)\b|\bi\s+won'?t\s+be\s+there\b|"
+                        r"\bso\s+(?:nobody|no\s+one)\s+has\s+to\s+deal\b",
+    "gave_away": r"\b(?:gave|giving|given)\s+away\s+(?:my|all\s+my|most\s+of\s+my)\b|\b(?:gave|giving|given)\s+(?:my|all\s+my)\s+"
+                 r"(?:dog|cat|pets?|guitar|records|things|stuff|belongings|possessions|savings)\s+(?:away|to)\b",
+    "blade_ready": r"\b(?:blade|blades|razor)\b[^.!?]{0,30}?\b(?:ready|in\s+my\s+hand|out\s+again|next\s+to\s+me)\b",
+    "tell_them": r"\btell\s+(?:my|them|her|him|everyone)\b[^.!?]{0,40}?\b(?:i'?m\s+sorry|i\s+loved|(?:wasn'?t|not)\s+(?:their|his|her|your)\s+fault)\b",
+}
+_CUES = {name: re.compile(p, re.IGNORECASE) for name, p in CUES.items()}
+#: classifier probability below which a cue alone asks nothing (``cue_gate`` in the head's config)
+CUE_GATE = 0.05
+
+
+def cue_matches(text: str) -> List[str]:
+    """The imminent-danger cues (:data:`CUES`) in ``text``, negation-aware like the patterns."""
+    out = []
+    for name, rx in _CUES.items():
+        m = rx.search(text)
+        if m is None:
+            continue
+        clause_start = 0
+        for b in CLAUSE_BREAK.finditer(text, 0, m.start()):
+            clause_start = b.end()
+        if not NEGATORS.search(text[clause_start : m.start()]):
+            out.append(name)
+    return out
 # "can't go on" and "can't take it anymore" alone are common venting: weaker evidence.
 WEAK_PATTERNS = {"cant_go_on", "last_day"}
 NEGATORS = re.compile(r"\b(?:not|never|no|n't|nobody\s+should|wouldn'?t|won'?t|don'?t)\b", re.IGNORECASE)
@@ -103,6 +171,8 @@ def pattern_matches(text: str) -> Tuple[float, List[str]]:
 
 
 CHUNK_WORDS = 64
+#: the user's latest messages that the patterns and cues read together (the message and two before)
+WINDOW_TURNS = 3
 MAX_CHUNKS = 8
 CONTEXT_TURNS = 3
 HEAD = "crisis_head"
@@ -133,26 +203,38 @@ class CrisisDetector:
     normalised sentence embeddings (the perceiver's cached encoder).
     """
 
-    def __init__(self, head=None, embed=None) -> None:
+    def __init__(self, head=None, embed=None, own_encoder: bool = False) -> None:
         self.model, self.config = head if head is not None else (None, {})
         self.threshold = float(self.config.get("threshold", 0.5))
         self.concern_threshold = float(self.config.get("concern_threshold", self.threshold))
+        self.cue_gate = float(self.config.get("cue_gate", CUE_GATE))
         self.embed = embed
+        #: ``embed`` is the detector's own fine-tuned encoder: embeddings of the shared encoder that a
+        #: caller passes in (``message_embedding``) are of another space and are ignored
+        self.own_encoder = own_encoder
         self.version = f"patterns+{self.config.get('version', 'no-classifier')}" if self.model is not None else "patterns-only"
 
     @classmethod
-    def load(cls, art_dir, embed=None) -> "CrisisDetector":
-        """The committed head from ``art_dir`` (patterns only, with a warning, when it is missing)."""
+    def load(cls, art_dir, embed=None, encoder_path=None, device=None) -> "CrisisDetector":
+        """The committed head from ``art_dir`` (patterns only, with a warning, when it is missing).
+
+        A head trained end to end (config ``encoder: tuned``) brings its own encoder adapter
+        (:mod:`empathy_nlg.perception.crisis_encoder`); ``embed`` is then not used."""
+        import logging
+
         from empathy_nlg.perception.common import load_head
 
         try:
-            return cls(load_head(art_dir, HEAD), embed)
+            head = load_head(art_dir, HEAD)
         except FileNotFoundError:
-            import logging
-
             logging.getLogger(__name__).warning("no %s in %s: the crisis flag uses patterns only "
                                                 "(train it: empathy-nlg train-perception --task crisis)", HEAD, art_dir)
             return cls(None, embed)
+        if head[1].get("encoder") == "tuned":
+            from empathy_nlg.perception.crisis_encoder import TunedEncoder
+
+            return cls(head, TunedEncoder.load(art_dir, encoder_path, device).encode, own_encoder=True)
+        return cls(head, embed)
 
     def probability(self, texts: Sequence[str], message_embedding: Optional[np.ndarray] = None) -> Optional[float]:
         """P(crisis) of the last of ``texts`` given the earlier ones (None without a classifier)."""
@@ -162,7 +244,7 @@ class CrisisDetector:
 
         message = texts[-1]
         pieces = chunks(message)
-        if len(pieces) == 1 and message_embedding is not None:
+        if len(pieces) == 1 and message_embedding is not None and not self.own_encoder:
             m = np.asarray(message_embedding, dtype=np.float32).reshape(1, -1)
         else:
             m = self.embed(pieces)
@@ -200,6 +282,32 @@ class CrisisDetector:
                 reasons.append(f"concern:{p:.2f}")
                 concern = True
             score = max(score, self.scaled(p))
+        recent = [t for t in list(texts)[-WINDOW_TURNS:] if t.strip()]
+        window, earlier = ", ".join(recent), ", ".join(recent[:-1])
+        if score < 0.5 and len(recent) > 1:
+            # a plan told over several messages ("I'm holding my dad's revolver" / "it's loaded"): the
+            # patterns read the user's recent messages together, and a match that reaches into the
+            # latest one flags it (marked context-only: it needs the earlier messages). A statement
+            # wholly inside an earlier message was judged at its own turn and does not flag again.
+            strong = lambda text: {r for r in pattern_matches(text)[1] if not r.startswith("negated:")}  # noqa: E731
+            spanning = strong(window) - strong(earlier)
+            if spanning:
+                score = max(score, 0.5)
+                reasons.extend([f"window:{r}" for r in sorted(spanning)] + [CONTEXT_ONLY])
+        cues = []
+        if score < 0.5:
+            cues = cue_matches(texts[-1])
+            if len(recent) > 1:
+                cues += [c for c in cue_matches(window) if c not in cue_matches(earlier) and c not in cues]
+        if cues:
+            reasons.extend(f"cue:{c}" for c in cues)
+            if p is None or p >= self.cue_gate:
+                concern = True
+            if p is not None and p >= self.concern_threshold:
+                # a plan / means / timing / farewell cue in a message the classifier is already
+                # concerned about: imminent danger, the resources now (not a question first)
+                score = max(score, 0.5 + 0.5 * (p - self.concern_threshold) / max(1 - self.concern_threshold, 1e-6))
+                score = max(score, 0.5)
         crisis = score >= 0.5
         return CrisisResult(crisis=crisis, score=round(float(score), 4), reasons=sorted(set(reasons)),
                             concern=concern and not crisis)

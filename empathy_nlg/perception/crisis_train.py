@@ -59,6 +59,9 @@ OWN_HELDOUT = DATA_DIR / "heldout.yml"
 #: a second held-out set, written on 2026-12-03 after heldout.yml's misses had been read (so that
 #: additions made with them in mind can be measured cleanly); never trained or tuned on
 OWN_HELDOUT_B = DATA_DIR / "heldout_b.yml"
+#: a third held-out set, written before the imminent-danger pattern rules (heldout_b's misses had
+#: been read by then); never trained or tuned on
+OWN_HELDOUT_C = DATA_DIR / "heldout_c.yml"
 POSITIVE_CSSRS = {"ideation", "behavior", "attempt"}
 NEGATIVE_CSSRS = {"supportive", "uninformative"}
 VERSION = "minilm-crisis-mlp-v5"
@@ -313,11 +316,26 @@ def train_crisis(data_dir: Path, encoder, out_dir: Path, seed: int = 13, own_wei
     model.load_state_dict(best)
     model.eval()
     p_dev = predict_head(model, X_dev, "bce")[:, 0]
-    src = np.asarray([ex.source for ex in dev])
-    own = src == "own"
-    # the project's own dev conversation scripts (no crisis content): every turn in its context
     chat = chat_turns(CHAT_DEV)
     p_chat = predict_head(model, featurise(chat, encoder.encode), "bce")[:, 0] if chat else np.zeros(0)
+    threshold, concern, metrics = calibrate(p_dev, dev, p_chat, target_recall, max_fpr, max_checkin_fpr)
+    metrics.update({"dev_auc": round(100 * best_auc, 2), "best_epoch": best_epoch,
+                    "train_examples": len(train), "dev_examples": len(dev)})
+    save_head(model, {**config, "threshold": threshold, "concern_threshold": concern, "version": VERSION, "seed": seed,
+                      "own_weight": own_weight, "use_cssrs": use_cssrs,
+                      "target_recall": target_recall, "dev": metrics}, out_dir, HEAD)
+    return metrics
+
+
+def calibrate(p_dev: np.ndarray, dev: Sequence[Example], p_chat: np.ndarray, target_recall: float, max_fpr: float,
+              max_checkin_fpr: float) -> Tuple[float, float, Dict[str, object]]:
+    """``(threshold, concern_threshold, dev metrics)`` from the dev probabilities (module doc: how).
+
+    ``p_chat``: the probabilities of every turn of the project's dev conversation scripts (ordinary
+    conversations, no crisis content), each read in its context."""
+    y_dev = np.asarray([ex.label for ex in dev], dtype=np.float32)
+    src = np.asarray([ex.source for ex in dev])
+    own = src == "own"
     # concern (a scripted check-in): recall first, on the chat-register dev positives
     concern = threshold_for_recall(p_dev[own], y_dev[own], target_recall)
     # … but a check-in for at most ``max_checkin_fpr`` of everyday messages and chat turns (asking
@@ -327,8 +345,7 @@ def train_crisis(data_dir: Path, encoder, out_dir: Path, seed: int = 13, own_wei
     # crisis (the resources script): the lowest threshold that keeps everyday messages and chat quiet
     threshold = max(threshold_for_fpr(p_dev[src == "ed"], max_fpr, floor=concern), threshold_for_fpr(p_chat, max_fpr))
     pred = p_dev >= threshold
-    metrics = {"dev_auc": round(100 * best_auc, 2), "best_epoch": best_epoch, "threshold": threshold,
-               "concern_threshold": concern,
+    metrics = {"threshold": threshold, "concern_threshold": concern,
                "dev_own_concern": rates(p_dev[own] >= concern, y_dev[own]),
                "dev_ed_concern": rates(p_dev[src == "ed"] >= concern, y_dev[src == "ed"]),
                "dev_ed": rates(pred[src == "ed"], y_dev[src == "ed"]),
@@ -337,11 +354,155 @@ def train_crisis(data_dir: Path, encoder, out_dir: Path, seed: int = 13, own_wei
                "dev_all": rates(pred, y_dev),
                "dev_cssrs": rates(pred[src == "cssrs"], y_dev[src == "cssrs"]),
                "dev_own": rates(pred[src == "own"], y_dev[src == "own"]),
-               "dev_xstest": rates(pred[src == "xstest"], y_dev[src == "xstest"]),
-               "train_examples": len(train), "dev_examples": len(dev)}
-    save_head(model, {**config, "threshold": threshold, "concern_threshold": concern, "version": VERSION, "seed": seed,
-                      "own_weight": own_weight, "use_cssrs": use_cssrs,
-                      "target_recall": target_recall, "dev": metrics}, out_dir, HEAD)
+               "dev_xstest": rates(pred[src == "xstest"], y_dev[src == "xstest"])}
+    return threshold, concern, metrics
+
+
+# ------------------------------------------------------------------------------ end-to-end fine-tuning
+TUNED_VERSION = "minilm-lora-crisis-v1"
+
+
+def _example_texts(ex: Example, max_chunks: int) -> Tuple[List[str], List[str]]:
+    return chunks(ex.text)[:max_chunks], [c for c in ex.context if c.strip()][-3:]
+
+
+def finetune_crisis(data_dir: Path, out_dir: Path, seed: int = 13, own_weight: float = 3.0, epochs: int = 3,
+                    batch_size: int = 16, lr: float = 5e-4, head_lr: float = 1e-3, r: int = 8, top_layers: int = 0,
+                    max_chunks: int = 2, max_length: int = 96, init_head: Optional[Path] = None,
+                    target_recall: float = 0.9, max_fpr: float = 0.01, max_checkin_fpr: float = 0.04,
+                    max_minutes: Optional[float] = None, max_train_examples: Optional[int] = None,
+                    progress: bool = True) -> Dict[str, object]:
+    """Train the crisis classifier end to end: a LoRA adapter on MiniLM and the head together.
+
+    Same data, split, dev thresholds and artefact names as :func:`train_crisis` (``crisis_head`` with
+    ``encoder: tuned``) plus the adapter (``crisis_encoder/``). The head starts from ``init_head``'s
+    frozen-encoder ``crisis_head`` when given and the adapter from zero, so epoch 0 *is* the frozen
+    detector; the epoch with the best dev AUC (epoch 0 included) is kept. Training reads at most
+    ``max_chunks`` 64-word chunks of a message (serving reads up to 8). ``max_minutes`` stops early
+    (the best epoch so far is saved); ``max_train_examples`` trains on a seeded sample (tests)."""
+    import time
+
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from empathy_nlg.perception.common import build_mlp, load_head, predict_head, save_head
+    from empathy_nlg.perception.crisis_encoder import TunedEncoder
+
+    t_start = time.time()
+    train, dev = split_data(data_dir, seed)
+    if not any(ex.source == "cssrs" for ex in dev):
+        raise FileNotFoundError(f"no C-SSRS posts under {data_dir / 'crisis'} (set --data-dir)")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    if max_train_examples is not None and len(train) > max_train_examples:
+        train = [train[i] for i in sorted(rng.choice(len(train), max_train_examples, replace=False))]
+    enc = TunedEncoder.trainable(r=r, top_layers=top_layers or None)
+    enc.max_length = max_length
+    dim = enc.dim
+    config = {"in_dim": 3 * dim, "out_dim": 1, "hidden": 256, "dropout": 0.2, "loss": "bce"}
+    if init_head is not None and (Path(init_head) / f"{HEAD}.json").is_file():
+        head, old = load_head(init_head, HEAD)
+        if int(old["in_dim"]) != 3 * dim or old.get("encoder") == "tuned":
+            raise ValueError(f"{init_head}: {HEAD} is not a frozen-encoder head of this encoder")
+        config.update({k: old[k] for k in ("hidden", "dropout")})
+    else:
+        head = build_mlp(3 * dim, 1, config["hidden"], config["dropout"])
+    lora = [p for p in enc.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW([{"params": lora, "lr": lr}, {"params": list(head.parameters()), "lr": head_lr}],
+                            weight_decay=1e-3)
+    steps_per_epoch = int(np.ceil(len(train) / batch_size))
+    total = max(epochs * steps_per_epoch, 1)
+    warm = max(total // 20, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, (total - s) / total))
+    y = np.asarray([ex.label for ex in train], dtype=np.float32)
+    pos_weight = float((y == 0).sum() / max((y == 1).sum(), 1))
+    y_dev = np.asarray([ex.label for ex in dev], dtype=np.float32)
+    log: List[Dict[str, object]] = []
+
+    def dev_auc() -> Tuple[float, np.ndarray]:
+        enc.clear_cache()
+        head.eval()
+        p = predict_head(head, featurise(dev, enc.encode), "bce")[:, 0]
+        enc.clear_cache()
+        return float(roc_auc_score(y_dev, p)), p
+
+    def snapshot():
+        return ({k: v.detach().clone() for k, v in enc.model.state_dict().items() if "lora_" in k},
+                {k: v.detach().clone() for k, v in head.state_dict().items()})
+
+    auc, _ = dev_auc()
+    best, best_auc, best_epoch = snapshot(), auc, 0
+    log.append({"epoch": 0, "dev_auc": round(100 * auc, 2), "seconds": round(time.time() - t_start, 1)})
+    if progress:
+        print(f"crisis fine-tune: epoch 0 (frozen encoder{', head from ' + str(init_head) if init_head else ''}): "
+              f"dev AUC {100 * auc:.2f}", flush=True)
+    stopped = False
+    for epoch in range(1, epochs + 1):
+        enc.model.train()
+        head.train()
+        order = rng.permutation(len(train))
+        batches = range(0, len(train), batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            batches = tqdm(batches, desc=f"crisis fine-tune epoch {epoch}/{epochs}", unit="batch")
+        running = 0.0
+        for n, start in enumerate(batches, 1):
+            exs = [train[i] for i in order[start : start + batch_size]]
+            texts: Dict[str, int] = {}
+            parts = [_example_texts(ex, max_chunks) for ex in exs]
+            for msg, ctx in parts:
+                for t in msg + ctx:
+                    texts.setdefault(t, len(texts))
+            emb = enc.forward(list(texts))
+            feats = []
+            for msg, ctx in parts:
+                m = emb[[texts[t] for t in msg]]
+                c = emb[[texts[t] for t in ctx]].mean(0) if ctx else torch.zeros(dim)
+                feats.append(torch.cat([m.mean(0), m.max(0).values, c]))
+            logits = head(torch.stack(feats)).squeeze(-1)
+            yt = torch.as_tensor([ex.label for ex in exs], dtype=torch.float32)
+            w = torch.as_tensor([own_weight if ex.source == "own" else 1.0 for ex in exs]) * torch.where(yt > 0, pos_weight, 1.0)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, yt, weight=w)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            running += float(loss.detach())
+            if progress:
+                batches.set_postfix(loss=f"{running / n:.4f}")
+            if max_minutes is not None and time.time() - t_start > 60 * max_minutes:
+                stopped = True
+                break
+        auc, _ = dev_auc()
+        log.append({"epoch": epoch, "train_loss": round(running / max(n, 1), 4), "dev_auc": round(100 * auc, 2),
+                    "seconds": round(time.time() - t_start, 1), "stopped_early": stopped})
+        if progress:
+            print(f"crisis fine-tune: epoch {epoch}: train loss {running / max(n, 1):.4f}, dev AUC {100 * auc:.2f}"
+                  f"{' (best so far)' if auc > best_auc else ''}", flush=True)
+        if auc > best_auc:
+            best, best_auc, best_epoch = snapshot(), auc, epoch
+        if stopped:
+            break
+    lora_state, head_state = best
+    enc.model.load_state_dict(lora_state, strict=False)
+    head.load_state_dict(head_state)
+    head.eval()
+    enc.model.eval()
+    enc.clear_cache()
+    p_dev = predict_head(head, featurise(dev, enc.encode), "bce")[:, 0]
+    chat = chat_turns(CHAT_DEV)
+    p_chat = predict_head(head, featurise(chat, enc.encode), "bce")[:, 0] if chat else np.zeros(0)
+    threshold, concern, metrics = calibrate(p_dev, dev, p_chat, target_recall, max_fpr, max_checkin_fpr)
+    metrics.update({"dev_auc": round(100 * best_auc, 2), "best_epoch": best_epoch, "epochs": log,
+                    "train_examples": len(train), "dev_examples": len(dev),
+                    "minutes": round((time.time() - t_start) / 60, 1)})
+    out_dir = Path(out_dir)
+    enc.save(out_dir)
+    save_head(head, {**config, "threshold": threshold, "concern_threshold": concern, "version": TUNED_VERSION,
+                     "encoder": "tuned", "seed": seed, "own_weight": own_weight, "lora_r": r,
+                     "top_layers": top_layers, "max_chunks": max_chunks, "max_length": max_length,
+                     "target_recall": target_recall, "dev": metrics}, out_dir, HEAD)
     return metrics
 
 

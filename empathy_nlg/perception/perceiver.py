@@ -78,7 +78,7 @@ class Perceiver:
             emotion=EmotionClassifier.load(art),
             cause=CauseModel.load(art),
             cm=ContextCMPredictor.load(art),
-            crisis=CrisisDetector.load(art),
+            crisis=CrisisDetector.load(art, encoder_path=encoder_path, device=device),
             max_turns=int(settings.get("max_turns", 12)),
             cache_size=int(settings.get("cache_size", 1024)),
         )

@@ -36,6 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="instead of training: write ED conversations annotated with cause indices to this path")
     parser.add_argument("--annotate-input", type=Path, default=None,
                         help="ed-jsonl file to annotate (default: <data-dir>/empathetic_dialogues/train.jsonl)")
+    parser.add_argument("--crisis-encoder", choices=("frozen", "tuned"), default="frozen",
+                        help="crisis classifier: a head on the frozen shared encoder (default, the committed one) or "
+                             "trained end to end with a LoRA adapter on the encoder (tuned; starts from the frozen head; "
+                             "≈ 26 min on 2 CPU cores — see the perception model card for why it is not the default)")
+    parser.add_argument("--crisis-epochs", type=int, default=3, help="fine-tuning epochs of the tuned crisis encoder")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop the crisis fine-tuning after this long (the best epoch so far is saved)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -138,10 +145,24 @@ def run(args: argparse.Namespace) -> int:
         timings["reply_polarity"] = time.time() - t0
 
     if "crisis" in tasks:
-        from empathy_nlg.perception.crisis_train import train_crisis
+        import shutil
+        import tempfile
+
+        from empathy_nlg.perception.crisis_encoder import ADAPTER_DIR
+        from empathy_nlg.perception.crisis_train import finetune_crisis, train_crisis
 
         t0 = time.time()
-        summary["crisis"] = train_crisis(data_dir, encoder, out, seed=args.seed, progress=progress)
+        if args.crisis_encoder == "tuned":
+            # the frozen-encoder head first (minutes): the fine-tuning starts from it (its epoch 0)
+            with tempfile.TemporaryDirectory() as tmp:
+                frozen = train_crisis(data_dir, cache, Path(tmp), seed=args.seed, progress=progress)
+                summary["crisis"] = finetune_crisis(data_dir, out, seed=args.seed, epochs=args.crisis_epochs,
+                                                    init_head=Path(tmp), max_minutes=args.max_minutes, progress=progress)
+            summary["crisis"]["frozen_dev"] = {k: frozen[k] for k in ("dev_auc", "threshold", "concern_threshold",
+                                                                      "dev_own", "dev_cssrs", "dev_ed")}
+        else:
+            summary["crisis"] = train_crisis(data_dir, encoder, out, seed=args.seed, progress=progress)
+            shutil.rmtree(out / ADAPTER_DIR, ignore_errors=True)  # a stale adapter must not outlive its head
         timings["crisis"] = time.time() - t0
 
     settings_path = out / "perceiver.json"

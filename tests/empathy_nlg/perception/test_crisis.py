@@ -99,3 +99,59 @@ def test_eval_set_size_and_pattern_quality():
     assert sum(gold) >= 60 and len(gold) - sum(gold) >= 60
     res = evaluate(CrisisDetector())  # patterns only
     assert res["recall"] >= 90 and res["precision"] >= 90
+
+
+# ---------------------------------------------------------------- means, plans and imminent-danger cues
+@pytest.mark.parametrize("text, name", [
+    ("i took like thirty of my anxiety tablets an hour ago", "overdose_taken"),
+    ("the noose is hanging in my wardrobe", "hanging_means"),
+    ("I've been hoarding my mum's sleeping tablets for weeks", "stockpile"),
+    ("my brother's rifle is loaded and on my bed", "firearm_access"),
+])
+def test_means_in_hand_flag_without_a_classifier(text, name):
+    r = CrisisDetector().detect([text])
+    assert r.crisis and name in r.reasons
+
+
+@pytest.mark.parametrize("text, cue", [
+    ("I'm sitting on the ledge of the multi-storey right now", "at_height"),
+    ("I wrote letters for my kids, they're in the bedside drawer", "farewell_letters"),
+    ("I'll finally do it after everyone is asleep", "do_it"),
+    ("I've picked the date and I feel calm", "date_chosen"),
+])
+def test_imminent_danger_cues_ask_without_flagging(text, cue):
+    r = CrisisDetector().detect([text])  # patterns only: a cue is a check-in, never the resources
+    assert not r.crisis and r.concern and f"cue:{cue}" in r.reasons
+
+
+@pytest.mark.parametrize("text", [
+    "I'm on the edge of my seat waiting for the results",
+    "on my last birthday we went skydiving",
+    "I was waiting for the bus when it started to rain",
+    "I gave my friend a spare key to my flat",
+    "I'm on top of the world today",
+    "we took the whole family to the beach",
+    "I'm sitting on the balcony enjoying the rain",  # a cue, but a classifier that is not concerned asks nothing
+])
+def test_everyday_sentences_with_the_same_words_are_not_flagged(text):
+    det = CrisisDetector((_Head(2), {"threshold": 0.9, "concern_threshold": 0.5, "cue_gate": 0.1}), _embed)
+    r = det.detect([text])
+    assert not r.crisis and not r.concern, r.reasons
+
+
+def test_a_cue_with_a_concerned_classifier_is_a_crisis():
+    det = CrisisDetector((_Head(2), {"threshold": 0.9, "concern_threshold": 0.5}), _embed)
+    # the stand-in head reads "rope" as P ≈ 0.7: concerned (0.5 ≤ p < 0.9) → with a timing cue, a crisis
+    r = det.detect(["the rope is ready and I'll do it tonight"])
+    assert r.crisis and "cue:do_it" in r.reasons
+    r = det.detect(["the rope for the swing"])
+    assert not r.crisis and r.concern  # concern alone stays a check-in
+
+
+def test_a_plan_told_over_several_messages_is_read_together():
+    det = CrisisDetector()
+    r = det.detect(["I'm holding my dad's pistol", "it's loaded"])
+    assert r.crisis and "window:firearm_access" in r.reasons and "context-only" in r.reasons
+    assert not det.detect(["it's loaded"]).crisis  # the same words alone: nothing
+    # the window is the user's last three messages: an old statement does not keep flagging
+    assert not det.detect(["I'm holding my dad's pistol", "a", "b", "it's loaded"]).crisis

@@ -1,0 +1,144 @@
+"""The crisis detector's own, fine-tuned sentence encoder: MiniLM + a LoRA adapter.
+
+Why: every other perception head reads the *frozen* shared MiniLM, which was never taught that
+"I tied the cord to the beam this morning" and "I tied my shoelaces this morning" are worlds apart
+(issue #16: imminent-danger statements without suicide words were missed). The crisis classifier
+is therefore trained end to end: a LoRA adapter on the encoder (attention and feed-forward
+projections of every layer) and the crisis head on top, with gradients through both
+(:func:`empathy_nlg.perception.crisis_train.finetune_crisis`).
+
+Serving: the adapter is merged into a private copy of the packaged MiniLM at load time, so a
+``/perceive`` call runs one extra MiniLM pass over the user's latest message (earlier messages are
+LRU-cached, they were encoded at their own turn). The shared encoder is untouched, so the
+emotion/cause/CM heads see exactly what they were trained on. Artefact: ``crisis_encoder/``
+(``adapter_config.json`` + ``adapter_model.safetensors``, ≈ 1 MB) next to ``crisis_head.*``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+ADAPTER_DIR = "crisis_encoder"
+#: LoRA on every linear projection of MiniLM's layers (attention q/k/v/output, feed-forward)
+TARGET_MODULES = ("query", "key", "value", "dense")
+
+
+def pool(hidden, mask):
+    """Mean over the real tokens, L2-normalised (the sentence-transformers recipe of :class:`SentenceEncoder`)."""
+    import torch
+
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+
+class TunedEncoder:
+    """MiniLM with the crisis LoRA adapter: trainable (``peft`` model) or merged for serving.
+
+    ``encode`` has the signature of :meth:`SentenceEncoder.encode` (normalised float32 rows) and keeps
+    an LRU cache of the texts it saw, so a conversation's earlier messages are not re-encoded.
+    """
+
+    def __init__(self, model, tokenizer, path: Path, max_length: int = 128, cache_size: int = 512) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.path = Path(path)
+        self.max_length = max_length
+        self.dim = int(model.config.hidden_size)
+        self.device = next(model.parameters()).device
+        self._cache: "OrderedDict[str, np.ndarray]" = OrderedDict()
+        self.cache_size = cache_size
+
+    @property
+    def name(self) -> str:
+        return f"{self.path.parent.name if self.path.name == 'model' else self.path.name}+{ADAPTER_DIR}"
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def _base(cls, encoder_path: Optional[Path | str], device: Optional[str]):
+        from transformers import AutoModel, AutoTokenizer
+
+        from empathy_nlg.perception.encoder import default_encoder_path, pick_device
+
+        path = Path(encoder_path) if encoder_path else default_encoder_path()
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        model = AutoModel.from_pretrained(str(path), local_files_only=True).to(pick_device(device))
+        return path, model, tokenizer
+
+    @classmethod
+    def trainable(cls, encoder_path: Optional[Path | str] = None, device: Optional[str] = None, r: int = 8,
+                  alpha: int = 16, dropout: float = 0.1, top_layers: Optional[int] = None) -> "TunedEncoder":
+        """A fresh adapter (B = 0, so it starts as the frozen encoder) on ``top_layers`` (default all)."""
+        from peft import LoraConfig, get_peft_model
+
+        path, model, tokenizer = cls._base(encoder_path, device)
+        n_layers = int(model.config.num_hidden_layers)
+        layers = list(range(n_layers - top_layers, n_layers)) if top_layers else None
+        config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(TARGET_MODULES),
+                            layers_to_transform=layers, layers_pattern="layer" if layers else None)
+        return cls(get_peft_model(model, config), tokenizer, path)
+
+    @classmethod
+    def load(cls, art_dir: Path | str, encoder_path: Optional[Path | str] = None,
+             device: Optional[str] = None) -> "TunedEncoder":
+        """The committed adapter merged into a private copy of the packaged encoder (eval mode)."""
+        from peft import PeftModel
+
+        adapter = Path(art_dir) / ADAPTER_DIR
+        if not (adapter / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"no crisis encoder adapter in {adapter}")
+        path, model, tokenizer = cls._base(encoder_path, device)
+        merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
+        return cls(merged, tokenizer, path)
+
+    def save(self, art_dir: Path | str) -> Path:
+        """Write the adapter (only the LoRA weights) to ``art_dir/crisis_encoder``."""
+        out = Path(art_dir) / ADAPTER_DIR
+        self.model.save_pretrained(str(out))
+        return out
+
+    # -- encoding ---------------------------------------------------------------------------
+    def forward(self, texts: Sequence[str]):
+        """Pooled embeddings of ``texts`` as a tensor, with gradients when the model trains."""
+        batch = self.tokenizer([t if t.strip() else "." for t in texts], padding=True, truncation=True,
+                               max_length=self.max_length, return_tensors="pt")
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        return pool(self.model(**batch).last_hidden_state, batch["attention_mask"])
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        """Normalised float32 embeddings ``(len(texts), dim)``, cached per text (inference mode)."""
+        import torch
+
+        texts = [t if t.strip() else "." for t in texts]
+        todo = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if todo:
+            was_training = self.model.training
+            self.model.eval()
+            order = sorted(range(len(todo)), key=lambda i: -len(todo[i]))
+            iterator = range(0, len(todo), batch_size)
+            if progress:
+                from tqdm.auto import tqdm
+
+                iterator = tqdm(iterator, desc="crisis encoder", unit="batch")
+            with torch.inference_mode():
+                for start in iterator:
+                    idx = order[start : start + batch_size]
+                    rows = self.forward([todo[i] for i in idx]).float().cpu().numpy()
+                    for i, row in zip(idx, rows):
+                        self._cache[todo[i]] = row
+            if was_training:
+                self.model.train()
+            while len(self._cache) > max(self.cache_size, len(texts)):
+                self._cache.popitem(last=False)
+        out: List[np.ndarray] = []
+        for t in texts:
+            self._cache.move_to_end(t)
+            out.append(self._cache[t])
+        return np.stack(out).astype(np.float32) if out else np.zeros((0, self.dim), dtype=np.float32)
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
