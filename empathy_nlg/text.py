@@ -122,3 +122,36 @@ def tone(text: str) -> Optional[str]:
     """``"sympathy"``, ``"celebration"`` or None (neither or both) by the phrase lists above."""
     s, c = bool(SYMPATHY.search(text or "")), bool(CELEBRATION.search(text or ""))
     return "sympathy" if s and not c else "celebration" if c and not s else None
+
+
+# ---------------------------------------------------------------------------------------- emoji
+#: the feeling each common emoji carries, in words. The sentence encoder (MiniLM's WordPiece
+#: vocabulary) reads every emoji as [UNK], so "😭😭😭💔" was perceived as *proud*: the words are
+#: appended for the encoder (see :func:`emoji_gloss`). One home for the table.
+EMOJI_WORDS = {
+    "😭": "crying", "😢": "crying, sad", "😿": "crying, sad", "💔": "heartbroken", "😞": "disappointed",
+    "😔": "sad", "😟": "worried", "😥": "sad", "😓": "stressed", "😩": "exhausted, fed up", "😫": "exhausted",
+    "😖": "upset", "😣": "struggling", "😰": "anxious", "😨": "afraid", "😱": "terrified", "😡": "furious",
+    "😠": "angry", "🤬": "furious", "😤": "frustrated", "😒": "annoyed", "🙄": "annoyed", "😳": "embarrassed",
+    "🤦": "embarrassed", "😬": "awkward", "🥺": "sad, pleading", "😪": "sad, sleepy", "🤢": "disgusted",
+    "🤮": "disgusted", "😷": "sick", "🤒": "sick", "🤕": "hurt", "🙁": "sad", "☹": "sad", "😕": "confused",
+    "😀": "happy", "😃": "happy", "😄": "happy", "😁": "happy", "😆": "laughing", "😂": "laughing, so funny",
+    "🤣": "laughing, so funny", "😊": "happy", "🙂": "content", "😍": "in love", "🥰": "loving", "😘": "love",
+    "❤": "love", "♥": "love", "💕": "love", "💖": "love", "💗": "love", "😎": "confident", "🥳": "celebrating",
+    "🎉": "celebrating", "🎊": "celebrating", "🙌": "celebrating", "👏": "proud", "💪": "proud, strong",
+    "🙏": "grateful, hopeful", "🤞": "hopeful", "😌": "relieved", "😅": "nervous", "🤗": "hugging",
+    "🤩": "excited", "😮": "surprised", "😯": "surprised", "😲": "shocked", "🤯": "shocked", "😴": "tired",
+    "🥱": "tired", "🤔": "unsure", "👍": "good", "👎": "bad", "🔥": "excited", "🎂": "birthday",
+}
+_EMOJI = re.compile("|".join(sorted(map(re.escape, EMOJI_WORDS), key=len, reverse=True)))
+
+
+def emoji_gloss(text: str) -> str:
+    """``text`` with the feelings of its emoji appended in words ("😭💔" → "😭💔 (crying, heartbroken)").
+
+    Appending (never replacing) keeps every character offset of the original text valid, so
+    token-level outputs (cause spans) still point into what the user wrote; a text without a known
+    emoji is returned unchanged."""
+    found = list(dict.fromkeys(EMOJI_WORDS[m.group(0)] for m in _EMOJI.finditer(text or "")))
+    return f"{text} ({', '.join(found)})" if found else text
+

@@ -63,9 +63,11 @@ class SentenceEncoder:
 
     def token_embeddings(self, texts: Sequence[str]):
         """Last hidden states, attention mask and the tokenizer output (for token-level heads)."""
+        from empathy_nlg.text import emoji_gloss
+
         torch = self._torch
         batch = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_length,
+            [emoji_gloss(t) for t in texts], padding=True, truncation=True, max_length=self.max_length,
             return_tensors="pt", return_offsets_mapping=True,
         )
         offsets = batch.pop("offset_mapping")

@@ -88,3 +88,20 @@ def test_crisis_check_alone_agrees_with_full_perception(perceiver):
         assert alone.crisis == full.crisis and alone.reasons == full.crisis_reasons
         assert alone.score == pytest.approx(full.crisis_score, abs=1e-4)
     assert perceiver.crisis_check(crisis_dialogue).crisis and not perceiver.crisis_check(DIALOGUE).crisis
+
+
+@pytest.mark.parametrize("text, polarity", [("😭😭😭💔", "negative"), ("😡😡", "negative"), ("🥳🎉", "positive"),
+                                            ("🙂", "positive")])
+def test_emoji_only_messages_are_perceived_by_their_feeling(perceiver, text, polarity):
+    # MiniLM reads every emoji as [UNK]: before the emoji words, all four came out "proud"
+    p = perceiver.perceive([Utterance("speaker", text)])
+    assert p.polarity == polarity, (text, p.emotion)
+
+
+def test_emoji_words_keep_cause_spans_inside_the_user_text(perceiver):
+    text = "my dog died this morning 😭💔"
+    p = perceiver.perceive([Utterance("speaker", text)])
+    assert p.polarity == "negative"
+    for cause in p.causes:
+        for start, end in cause.spans:
+            assert 0 <= start < end <= len(text)
