@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 API_VERSION = "1"
 
@@ -21,6 +21,22 @@ class TrackerState(BaseModel):
     sender_id: str = Field(min_length=1, max_length=255)
     events: List[Dict[str, Any]] = Field(default_factory=list)
     slots: Dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("events")
+    @classmethod
+    def _utterances_are_text(cls, events: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        """User and bot events carry text (a string or null) and a string message id: anything else
+        is a clear 422 naming the event, never a crash deep in the engine."""
+        for i, ev in enumerate(events):
+            if ev.get("event") not in ("user", "bot"):
+                continue
+            if ev.get("text") is not None and not isinstance(ev["text"], str):
+                raise ValueError(f"events[{i}].text must be a string or null, not {type(ev['text']).__name__}")
+            if ev.get("message_id") is not None and not isinstance(ev["message_id"], str):
+                raise ValueError(f"events[{i}].message_id must be a string or null, not {type(ev['message_id']).__name__}")
+            if ev.get("parse_data") is not None and not isinstance(ev["parse_data"], dict):
+                raise ValueError(f"events[{i}].parse_data must be an object, not {type(ev['parse_data']).__name__}")
+        return events
 
 
 class ChannelInfo(BaseModel):

@@ -97,6 +97,10 @@ def test_nlg_follows_rasa_protocol(client):
         (lambda b: b["tracker"].pop("sender_id"), "tracker.sender_id"),
         (lambda b: b.__setitem__("response", ""), "response"),
         (lambda b: b["tracker"].__setitem__("events", "nope"), "tracker.events"),
+        # the crash: a numeric user text reached the engine and raised AttributeError (500)
+        (lambda b: b["tracker"]["events"][-1].__setitem__("text", 42), "events[0].text"),
+        (lambda b: b["tracker"]["events"][-1].__setitem__("message_id", ["x"]), "message_id"),
+        (lambda b: b["tracker"]["events"][-1].__setitem__("parse_data", "nope"), "parse_data"),
     ],
 )
 def test_malformed_nlg_bodies_are_422_and_persist_nothing(client, mutate, where):
