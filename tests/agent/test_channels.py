@@ -70,3 +70,23 @@ def test_slack_takes_an_event_id_once():
     channel = SlackInput.from_credentials({"slack_token": "t", "slack_signing_secret": "s"})
     assert channel._take_event("Ev1") and not channel._take_event("Ev1") and channel._take_event("Ev2")
     assert channel._take_event(None) and channel._take_event(None)
+
+
+# ------------------------------------------------------------------ the checked REST channel
+def test_rest_bodies_are_checked_before_rasa_sees_them():
+    import json as _json
+
+    import pytest as _pytest
+
+    from agent.rest_channel import MAX_CHARS, BadInput, parse_body
+
+    assert parse_body(b'{"sender": "a", "message": "hi\\u0000 there\\n"}') == ("hi there\n", "a", None)
+    assert parse_body(b'{"message": "hi", "metadata": {"k": 1}}') == ("hi", None, {"k": 1})
+    cases = [(b"[1]", 400, "body"), (b"\xff\xfe", 400, "body"), (b"", 400, "body"), (b'{"message": 3}', 400, "message"),
+             (b'{"message": ""}', 400, "message"), (b'{"message": "x", "sender": 5}', 400, "sender"),
+             (b'{"message": "x", "metadata": []}', 400, "metadata"),
+             (_json.dumps({"message": "x" * (MAX_CHARS + 1)}).encode(), 413, "message")]
+    for raw, status, field in cases:
+        with _pytest.raises(BadInput) as info:
+            parse_body(raw)
+        assert info.value.status == status and info.value.field == field and info.value.reply, raw

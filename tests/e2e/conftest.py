@@ -57,7 +57,8 @@ class Assistant:
         self.stack.wait_ready("actions", f"http://127.0.0.1:{self.stack.ports['actions']}/health", timeout=120)
 
     def start_rasa(self, credentials: Optional[Path] = None) -> None:
-        self.stack.start_rasa(MODEL, self.endpoints, credentials)
+        # the project's channels, as `make serve` opens them (the checked REST channel among them)
+        self.stack.start_rasa(MODEL, self.endpoints, credentials or ROOT / "credentials.yml")
         self.stack.wait_ready("rasa", self.stack.rasa_url("/status"), timeout=300)
 
     # talking

@@ -4,10 +4,12 @@ SQL state: multi-turn, restarts, the engine going down, and crisis routing."""
 from __future__ import annotations
 
 import json
+import time
 
+import pytest
 import yaml
 
-from tests.e2e.conftest import ROOT
+from tests.e2e.conftest import ROOT, http_json
 
 DOMAIN = yaml.safe_load((ROOT / "domain.yml").read_text())
 GENERATOR = yaml.safe_load((ROOT / "engine.yml").read_text())["generation"]["generator"]  # the project's default
@@ -122,3 +124,32 @@ def test_engine_down_still_answers_and_loses_nothing(assistant, sender):
     finally:
         assistant.start_engine()
     assert texts(assistant.say(sender, "thanks"))
+
+
+@pytest.mark.parametrize("body, status, field", [
+    (["hello"], 400, "body"),                                   # Rasa's channel: a 500
+    ({"sender": "{s}", "message": 12345}, 400, "message"),      # Rasa's channel: []
+    ({"sender": "{s}"}, 400, "message"),
+    ({"sender": "{s}", "message": "   "}, 400, "message"),
+    ({"sender": "{s}", "message": "\x00\x01"}, 400, "message"),  # nothing left once control characters go
+    ({"sender": ["{s}"], "message": "hi"}, 400, "sender"),
+    ({"sender": "{s}", "message": "hi", "metadata": "x"}, 400, "metadata"),
+    ({"sender": "{s}", "message": "my mum died. " * 9000}, 413, "message"),  # 117 KB: Rasa's took 44-53 s, then []
+])
+def test_bad_rest_input_gets_a_clear_reply_at_once_and_stores_nothing(assistant, sender, body, status, field):
+    if isinstance(body, dict):
+        body = {k: ([sender] if v == ["{s}"] else sender if v == "{s}" else v) for k, v in body.items()}
+    t0 = time.perf_counter()
+    code, replies = http_json(assistant.stack.rasa_url("/webhooks/rest/webhook"), body, timeout=60)
+    assert time.perf_counter() - t0 < 5
+    assert code == status, replies
+    assert isinstance(replies, list) and len(replies) == 1
+    assert replies[0]["text"] and "Traceback" not in replies[0]["text"] and replies[0]["error"].startswith(field)
+    assert assistant.engine_turns(sender) == []
+    assert assistant.sql("select count(*) from events where sender_id = ?", sender) == [(0,)]
+
+
+def test_control_characters_are_removed_and_the_message_answered(assistant, sender):
+    replies = assistant.say(sender, "I lost my job today\x00\x07")
+    assert replies and all(t and t.strip() for t in texts(replies))
+    assert [r[1] for r in assistant.engine_turns(sender)][:1] == ["I lost my job today"]
