@@ -48,6 +48,11 @@ class BadInput(ValueError):
         self.status, self.field, self.reply = status, field, reply
 
 
+def strip_control(text: str) -> str:
+    """``text`` without control characters (newlines and tabs stay)."""
+    return _CONTROL.sub("", text)
+
+
 def parse_body(raw: bytes) -> Tuple[str, Optional[str], Optional[Dict[str, Any]]]:
     """``(message, sender, metadata)`` of a REST request body, or :class:`BadInput`."""
     try:
@@ -66,7 +71,7 @@ def parse_body(raw: bytes) -> Tuple[str, Optional[str], Optional[Dict[str, Any]]
     if not isinstance(message, str):
         problem = "is missing" if message is None else f"must be a string, not {type(message).__name__}"
         raise BadInput(400, "message", problem, REPLY_NOT_TEXT)
-    message = _CONTROL.sub("", message)
+    message = strip_control(message)
     if not message.strip():
         raise BadInput(400, "message", "is empty", REPLY_EMPTY)
     if len(message) > MAX_CHARS:

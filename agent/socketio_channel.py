@@ -36,6 +36,8 @@ from sanic.request import Request
 from sanic.response import HTTPResponse
 from socketio import AsyncServer
 
+from agent.rest_channel import MAX_CHARS, REPLY_NOT_TEXT, REPLY_TOO_LONG, strip_control
+
 log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parents[1] / "web"
@@ -190,7 +192,14 @@ class SocketIOInput(RasaSocketIOInput):
                 except ValueError:
                     metadata = {}
             text = data.get("message")
-            text = text.strip() if isinstance(text, str) else ""
+            if text is not None and not isinstance(text, str):
+                # the same checks as the REST channel (agent/rest_channel.py): a clear reply, nothing stored
+                await output_channel.send_text_message(sender_id, REPLY_NOT_TEXT)
+                return
+            text = strip_control(text or "").strip()
+            if len(text) > MAX_CHARS:
+                await output_channel.send_text_message(sender_id, REPLY_TOO_LONG)
+                return
             if not text:
                 text = GREETING_PAYLOAD  # a widget's empty initPayload: open with a greeting
             message = UserMessage(text, output_channel, sender_id, input_channel=self.name(), metadata=metadata)

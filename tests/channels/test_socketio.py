@@ -97,6 +97,18 @@ def test_empty_init_payload_gets_the_greeting_not_the_help_text(served, client):
     assert reply["text"] not in domain_texts("utter_help")
 
 
+def test_bad_messages_get_a_clear_reply_and_store_nothing(served, client):
+    # the replies of agent/rest_channel.py (this environment has no Rasa to import them from)
+    session = uuid.uuid4().hex
+    client.session(session)
+    client.sio.emit("user_uttered", {"session_id": session, "message": 12345})
+    assert "as plain text" in client.reply()["text"]
+    client.say(session, "my mum died. " * 400)  # 5,200 characters; the limit is 4,000
+    assert "shorter messages" in client.reply(timeout=10)["text"]  # at once, not after minutes of NLU
+    time.sleep(1)
+    assert [e for e in served.tracker_events(session) if e["event"] in ("user", "bot")] == []
+
+
 def test_a_reloaded_page_gets_replies_and_the_history_of_its_session(served, client):
     session = uuid.uuid4().hex
     client.session(session)
