@@ -230,7 +230,9 @@ class EmpathyEngine:
         if view.message_key is not None:
             perception = self._perception_for(view)
             turn = TurnRecord(sender_id, view.message_key, view.last_user_text or "", perception)
-            turn_index = self.repository.record_turn(turn)
+            # read only: the request writes once, turn and reply together, when its reply is known
+            # (record_reply below), so a failure on the way leaves no half-written turn
+            turn_index = self.repository.turn_index_of(sender_id, view.message_key)
 
         generate = bool(response_name in self.generated_responses and view.turns and view.turns[-1].role == "speaker")
         decision = SafetyDecision(None, [])
@@ -248,7 +250,6 @@ class EmpathyEngine:
             if marked and perception is not None and not perception.crisis:
                 perception.crisis = True
                 perception.crisis_reasons = sorted(set(perception.crisis_reasons) | {marked})
-                self.repository.record_turn(turn)
         if decision.responses:
             # Safety: around a crisis the reply is scripted, never generated, whatever Rasa asked for.
             message = self.safety.render(decision, slots, channel, [r["text"] for r in stored_replies])

@@ -143,6 +143,19 @@ class StateRepository:
         session.flush()
         return turn
 
+    def turn_index_of(self, sender_id: str, message_id: str) -> int:
+        """The index the turn of ``message_id`` has (or will get when it is first written): a read,
+        so a request can consult the conversation before its one write (:meth:`record_reply`)."""
+        with self._sessions() as session:
+            conv = session.scalar(select(Conversation).where(Conversation.sender_id == sender_id))
+            if conv is None:
+                return 0
+            index = session.scalar(select(Turn.turn_index).where(Turn.conversation_id == conv.id, Turn.message_id == message_id))
+            if index is not None:
+                return int(index)
+            last = session.scalar(select(func.max(Turn.turn_index)).where(Turn.conversation_id == conv.id))
+            return 0 if last is None else int(last) + 1
+
     def record_turn(self, record: TurnRecord) -> int:
         """Create or update the turn's row; returns its conversation-wide turn index."""
         with self._sessions.begin() as session:

@@ -166,3 +166,28 @@ def test_warm_up_generates_once_and_stores_nothing(engine):
     seconds = engine.warm_up()
     assert seconds >= 0 and len(engine.generator.requests) == 1 and len(engine.perceiver.calls) == 1
     assert engine.repository.conversation("u1") is None
+
+
+def test_a_request_that_fails_on_the_way_writes_nothing(engine, monkeypatch):
+    """One write per request, turn and reply together: a generator that raises leaves no
+    half-written turn behind (the turn used to be written before the reply was known)."""
+
+    def broken(requests):
+        raise RuntimeError("generator down")
+
+    monkeypatch.setattr(engine.generator, "generate", broken)
+    with pytest.raises(RuntimeError):
+        engine.nlg(nlg_request("utter_empathize", [user("My exam went badly", "m1")]))
+    assert engine.repository.count_rows() == {"conversations": 0, "turns": 0, "replies": 0}
+    monkeypatch.undo()
+    out = engine.nlg(nlg_request("utter_empathize", [user("My exam went badly", "m1")]))
+    assert out["custom"]["turn_index"] == 0 and engine.repository.count_rows()["turns"] == 1
+
+
+def test_turn_index_is_read_before_the_one_write(engine):
+    repo = engine.repository
+    assert repo.turn_index_of("u1", "m1") == 0
+    engine.nlg(nlg_request("utter_empathize", [user("first", "m1")]))
+    assert repo.turn_index_of("u1", "m1") == 0 and repo.turn_index_of("u1", "m2") == 1
+    out = engine.nlg(nlg_request("utter_empathize", [user("first", "m1"), bot("ok"), user("second", "m2")]))
+    assert out["custom"]["turn_index"] == 1
