@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence
 
+from empathy_nlg.dialogue import Utterance  # noqa: F401  (re-exported: the data readers build utterances)
 from empathy_nlg.taxonomy import normalise_emotion
 
 ED_FORMATS = ("ed-jsonl", "ed-cause-jsonl")
@@ -35,14 +36,6 @@ class DataFormatError(ValueError):
         self.path = str(path)
         self.where = where
         self.problem = problem
-
-
-@dataclass(frozen=True)
-class Utterance:
-    """One utterance of a dialogue. ``role`` is ``"speaker"`` (the user) or ``"listener"``."""
-
-    role: str
-    text: str
 
 
 @dataclass

@@ -12,17 +12,15 @@ latency. The emotion trajectory stored for earlier turns conditions the generato
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from empathy_nlg.datasets import Utterance
+from empathy_nlg.dialogue import DialogueView, Utterance, dialogue_from_events, history_from_roles, turn_key
 from empathy_nlg.decoding.conversation import Candidate, ConversationReranker, RerankSettings
 from empathy_nlg.domain import DomainResponses, UnknownResponseError
 from empathy_nlg.generators.base import GenerationRequest, Generator, create_generator
@@ -37,67 +35,6 @@ CRISIS_PREFIX = "utter_crisis_"
 
 class EngineNotReady(RuntimeError):
     pass
-
-
-@dataclass
-class DialogueView:
-    """The dialogue rebuilt from Rasa tracker events."""
-
-    turns: List[Utterance]
-    last_user_text: Optional[str]
-    last_message_id: Optional[str]
-    last_parse_data: Dict[str, Any]
-    user_turn_count: int
-    slots: Dict[str, Any] = field(default_factory=dict)
-    bot_texts: List[str] = field(default_factory=list)  # every assistant utterance of the tracker, oldest first
-    user_texts: List[str] = field(default_factory=list)  # every user utterance of the tracker, oldest first
-
-    @property
-    def message_key(self) -> Optional[str]:
-        """Identifies the latest user turn: Rasa's message id (a stable stand-in when a client sends none)."""
-        if self.last_user_text is None:
-            return None
-        return self.last_message_id or anonymous_message_key(self.user_turn_count, self.last_user_text)
-
-
-def anonymous_message_key(position: int, text: str) -> str:
-    return f"anon-{position}-{hashlib.sha1(text.encode('utf-8')).hexdigest()[:12]}"
-
-
-def dialogue_from_events(events: Sequence[Mapping[str, Any]], history_turns: int) -> DialogueView:
-    """User events become speaker turns, bot events listener turns; other events are skipped."""
-    turns: List[Utterance] = []
-    last_text = last_id = None
-    last_parse: Dict[str, Any] = {}
-    user_count = 0
-    for ev in events:
-        kind = ev.get("event")
-        text = ev.get("text")
-        if kind == "user":
-            user_count += 1
-            last_text = text or ""
-            last_id = ev.get("message_id")
-            last_parse = ev.get("parse_data") or {}
-            if text:
-                turns.append(Utterance("speaker", text))
-        elif kind == "bot" and text:
-            turns.append(Utterance("listener", text))
-    return DialogueView(
-        turns=turns[-history_turns:],
-        last_user_text=last_text,
-        last_message_id=last_id,
-        last_parse_data=last_parse,
-        user_turn_count=user_count,
-        bot_texts=[u.text for u in turns if u.role == "listener"],
-        user_texts=[u.text for u in turns if u.role == "speaker"],
-    )
-
-
-def history_from_roles(history: Sequence[Mapping[str, str]], text: str, history_turns: int) -> List[Utterance]:
-    """The /perceive input (``user``/``bot`` roles) as an ED-style dialogue ending with ``text``."""
-    turns = [Utterance("speaker" if h["role"] == "user" else "listener", h["text"]) for h in history if h["text"]]
-    turns.append(Utterance("speaker", text))
-    return turns[-history_turns:]
 
 
 class EmpathyEngine:
@@ -205,7 +142,8 @@ class EmpathyEngine:
         dialogue = history_from_roles(history, text, self.history_turns)
         perception = self._perceive(dialogue)
         if sender_id is not None:
-            key = message_id or anonymous_message_key((turn_index or 0) + 1, text)
+            # ``turn_index`` counts the user's earlier messages: this one is number turn_index + 1
+            key = turn_key(message_id, (turn_index or 0) + 1, text)
             self.repository.record_turn(TurnRecord(sender_id=sender_id, message_id=key, user_text=text, perception=perception))
         return perception, (time.perf_counter() - start) * 1000
 

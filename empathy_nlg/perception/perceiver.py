@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from empathy_nlg.datasets import Utterance
+from empathy_nlg.dialogue import ROLES, Utterance
 from empathy_nlg.perception.cause import CauseModel
 from empathy_nlg.perception.cm import ContextCMPredictor
 from empathy_nlg.perception.common import DEFAULT_ARTIFACTS_DIR
@@ -33,8 +33,6 @@ from empathy_nlg.perception.crisis import CrisisDetector
 from empathy_nlg.perception.emotion import EmotionClassifier, dialogue_features, result_from_probs
 from empathy_nlg.perception.types import CauseUtterance, Perception
 from empathy_nlg.taxonomy import CM_CODES
-
-ROLES = ("speaker", "listener")
 
 
 class Perceiver:

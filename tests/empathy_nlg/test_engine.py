@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from empathy_nlg.domain import DomainResponses
-from empathy_nlg.engine import EmpathyEngine, dialogue_from_events, history_from_roles
+from empathy_nlg.engine import EmpathyEngine
 from empathy_nlg.settings import load_settings
 from empathy_nlg.state.repository import StateRepository
 from tests.empathy_nlg.conftest import EchoGenerator, KeywordPerceiver, make_perception
@@ -29,22 +29,6 @@ def engine(domain_file, sqlite_url):
 
 def nlg_request(response, events, sender="u1", slots=None):
     return {"response": response, "id": None, "arguments": {}, "tracker": {"sender_id": sender, "events": events, "slots": slots or {}}, "channel": {"name": "collector"}}
-
-
-def test_dialogue_from_events_roles_and_message_key():
-    events = [{"event": "action", "name": "action_listen"}, user("hi", "a"), bot("hello"), {"event": "slot"}, user("I am sad", "b")]
-    view = dialogue_from_events(events, history_turns=8)
-    assert [(t.role, t.text) for t in view.turns] == [("speaker", "hi"), ("listener", "hello"), ("speaker", "I am sad")]
-    assert view.message_key == "b" and view.user_turn_count == 2
-    assert len(dialogue_from_events(events, history_turns=2).turns) == 2
-    assert dialogue_from_events([], 8).message_key is None
-    anonymous = dialogue_from_events([user("I am sad")], 8).message_key
-    assert anonymous.startswith("anon-1-") and anonymous == dialogue_from_events([user("I am sad")], 8).message_key
-
-
-def test_history_from_roles():
-    turns = history_from_roles([{"role": "user", "text": "a"}, {"role": "bot", "text": "b"}], "c", 8)
-    assert [t.role for t in turns] == ["speaker", "listener", "speaker"]
 
 
 def test_generated_turn_is_persisted_with_perception(engine):
