@@ -298,7 +298,8 @@ class CrisisDetector:
         if score < 0.5:
             cues = cue_matches(texts[-1])
             if len(recent) > 1:
-                cues += [c for c in cue_matches(window) if c not in cue_matches(earlier) and c not in cues]
+                before = set(cue_matches(earlier)) | set(cues)
+                cues += [c for c in cue_matches(window) if c not in before]
         if cues:
             reasons.extend(f"cue:{c}" for c in cues)
             if p is None or p >= self.cue_gate:
