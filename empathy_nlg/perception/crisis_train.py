@@ -6,11 +6,12 @@ Data (see ``../shared/data/README.md`` for licences):
   ``supportive | uninformative`` → 0; ``indicator`` (risk factors without ideation) is left out of
   training and of the Reddit metric, as in the issue's definition. Split **by user** (seeded):
   80 % train, 20 % dev — the dev users choose the epoch and the threshold.
-* **The project's own phrasings** (``crisis_data/train.yml``): six positive categories (ideation,
-  plan/means, timing, farewell, self-harm, past attempt), six hard-negative ones (figurative,
-  grief, exhaustion, fiction/news, everyday sadness, tears of joy) and multi-turn ``contexts``
-  where only the conversation decides. The earlier evaluation phrasings (``crisis_eval.yml``)
-  join training. ``crisis_data/heldout.yml`` is never trained or tuned on.
+* **The project's own phrasings** (``crisis_data/train.yml``, ``train_b.yml``): six positive
+  categories (ideation, plan/means, timing, farewell, self-harm, past attempt), seven hard-negative
+  ones (figurative, grief, exhaustion, fiction/news, everyday sadness, tears of joy, everyday plans
+  that share the surface of danger talk) and multi-turn ``contexts`` where only the conversation
+  decides. The earlier evaluation phrasings (``crisis_eval.yml``) join training.
+  ``crisis_data/heldout*.yml`` are never trained or tuned on.
 * **XSTest** safe prompts (Röttger et al. 2024): figurative/homonym hard negatives; a seeded
   half trains, the other half is evaluated.
 
@@ -53,8 +54,12 @@ from empathy_nlg.perception.crisis import EVAL_SET, HEAD, CrisisDetector, chunks
 
 DATA_DIR = Path(__file__).resolve().parent / "crisis_data"
 OWN_TRAIN = DATA_DIR / "train.yml"
+#: a second training file, written on 2026-12-03 (third session) without reading any held-out file:
+#: more imminent-danger phrasings without keywords, and ordinary plans that share their surface
+#: (``everyday_plans``: a chosen date for a proposal, a rifle for hunting, giving a cat away before a move)
+OWN_TRAIN_B = DATA_DIR / "train_b.yml"
 #: every training file of own phrasings
-OWN_TRAIN_FILES = (OWN_TRAIN,)
+OWN_TRAIN_FILES = (OWN_TRAIN, OWN_TRAIN_B)
 OWN_HELDOUT = DATA_DIR / "heldout.yml"
 #: a second held-out set, written on 2026-12-03 after heldout.yml's misses had been read (so that
 #: additions made with them in mind can be measured cleanly); never trained or tuned on
@@ -62,6 +67,10 @@ OWN_HELDOUT_B = DATA_DIR / "heldout_b.yml"
 #: a third held-out set, written before the imminent-danger pattern rules (heldout_b's misses had
 #: been read by then); never trained or tuned on
 OWN_HELDOUT_C = DATA_DIR / "heldout_c.yml"
+#: a fourth held-out set, written on 2026-12-03 (third session) by a session that read neither the
+#: training files nor the other held-out sets, before train_b.yml joined training; never trained
+#: or tuned on
+OWN_HELDOUT_D = DATA_DIR / "heldout_d.yml"
 POSITIVE_CSSRS = {"ideation", "behavior", "attempt"}
 NEGATIVE_CSSRS = {"supportive", "uninformative"}
 VERSION = "minilm-crisis-mlp-v5"
