@@ -118,6 +118,21 @@ CELEBRATION = re.compile(r"\b(?:congrat\w*|awesome|amazing|great news|wonderful|
                          r"that'?s exciting)\b", re.IGNORECASE)
 
 
+#: word beginnings the assistant never takes up from the user's message while decoding (insults and
+#: profanity: grounding a reply on "you stupid bot" must not make it say "stupid")
+NO_ECHO_PREFIXES = ("fuck", "shit", "bitch", "cunt", "asshole", "bastard", "slut", "whore", "retard", "idiot",
+                    "moron", "stupid", "dumb", "damn", "crap", "piss", "dick", "prick", "twat", "wank", "bollock")
+
+
+#: the words (and "oh no") that start those phrases, for decoding: to good news the sympathy words are
+#: kept away from while decoding, to bad news the celebration words (see
+#: :func:`empathy_nlg.generators.conditioned.tone_bias`)
+SYMPATHY_WORDS = ("sorry", "sad", "terrible", "awful", "unfortunately", "condolences", "sucks", "heartbreaking",
+                  "oh no")
+CELEBRATION_WORDS = ("awesome", "congratulations", "congrats", "amazing", "fantastic", "wonderful", "great",
+                     "exciting", "yay", "cool")
+
+
 def tone(text: str) -> Optional[str]:
     """``"sympathy"``, ``"celebration"`` or None (neither or both) by the phrase lists above."""
     s, c = bool(SYMPATHY.search(text or "")), bool(CELEBRATION.search(text or ""))

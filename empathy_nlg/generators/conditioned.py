@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from empathy_nlg.datasets import Utterance
 from empathy_nlg.generators.base import settings_from_mapping
+from empathy_nlg.text import CELEBRATION_WORDS, NO_ECHO_PREFIXES, STOPWORDS, SYMPATHY_WORDS, words
 
 log = logging.getLogger(__name__)
 
@@ -266,9 +267,11 @@ class ConditionedBackbone:
         ``inputs_embeds``; BART's start tokens are special and vanish in :meth:`decode`) and,
         with several returns, the beam scores (length-normalised log-probabilities).
 
-        ``sequence_bias`` (``[[token ids], bias], …``, see :func:`history_bias`) shifts the
-        logit of a token that would complete one of the listed sequences: how decoding keeps
-        away from what the assistant already said earlier in the conversation."""
+        ``sequence_bias`` (``[[token ids], bias], …``, see :func:`history_bias`,
+        :func:`grounding_bias` and :func:`tone_bias`) shifts the logit of a token that would
+        complete one of the listed sequences: how decoding keeps away from what the assistant
+        already said earlier in the conversation and from a tone that contradicts the user's news,
+        and leans towards the words the user said."""
         import torch
 
         from empathy_nlg.decoding.generation import generate_kwargs
@@ -384,6 +387,56 @@ def history_bias(tokenizer, replies: Sequence[str], n: int = 3, bias: float = -4
         for i in range(len(ids) - n + 1):
             grams[tuple(ids[i : i + n])] = None
     return [[list(g), float(bias)] for g in list(grams)[-limit:]]
+
+
+def grounding_bias(tokenizer, messages: Sequence[str], bias: float = 1.5, limit: int = 40) -> List[List[Any]]:
+    """``sequence_bias`` entries that *encourage* the content words of the user's messages.
+
+    A listener who takes up what was said ("What was his name?" after "my dog died") is what the
+    grounding target asks for; beam search on its own prefers the generic "I'm sorry to hear that".
+    Each content word (:data:`empathy_nlg.text.STOPWORDS` removed, ≥ 3 letters, no insult or
+    profanity: :data:`~empathy_nlg.text.NO_ECHO_PREFIXES`) is encoded as it
+    would appear mid-reply (leading space). A word that is one token gets ``bias`` on that token; a
+    longer word gets it on its second token once its first one is chosen (finishing a word it
+    started), never on a first sub-word alone (" un" would push every "un…" word). ``messages``:
+    the newest first; a word of an older message gets half the bias.
+    """
+    if bias == 0 or not messages:
+        return []
+    out: Dict[tuple, float] = {}
+    for age, text in enumerate(messages):
+        weight = float(bias) if age == 0 else float(bias) / 2
+        for w in words(text):
+            if len(w) < 3 or w in STOPWORDS or w.isdigit() or "'" in w or w.startswith(NO_ECHO_PREFIXES):
+                continue
+            ids = tuple(tokenizer(" " + w, add_special_tokens=False)["input_ids"])
+            key = ids if len(ids) == 1 else ids[:2]
+            if key not in out:
+                out[key] = weight
+            if len(out) >= limit:
+                return [[list(k), b] for k, b in out.items()]
+    return [[list(k), b] for k, b in out.items()]
+
+
+def tone_bias(tokenizer, polarity: Optional[str], bias: float = -5.0) -> List[List[Any]]:
+    """``sequence_bias`` entries that keep the reply's tone from contradicting the user's news.
+
+    To good news (``polarity == "positive"``) the sympathy words of
+    :data:`empathy_nlg.text.SYMPATHY_WORDS` ("sorry", "sad", …) get ``bias``; to bad news the
+    celebration words ("awesome", "congrats", …). Each word in its mid-sentence (leading space) and
+    sentence-initial (capitalised) forms; a form of several tokens (" condolences", "Oh no") gets
+    the bias on its last token once the others are there. Other polarities: none. The reranker's
+    polarity guard then chooses among beams that already fit."""
+    listed = {"positive": SYMPATHY_WORDS, "negative": CELEBRATION_WORDS}.get(polarity or "")
+    if not listed or bias == 0:
+        return []
+    out: Dict[tuple, float] = {}
+    for w in listed:
+        for form in (" " + w, w.capitalize(), " " + w.capitalize()):
+            ids = tuple(tokenizer(form, add_special_tokens=False)["input_ids"])
+            if 1 <= len(ids) <= 3:
+                out[ids] = float(bias)
+    return [[list(k), b] for k, b in out.items()]
 
 
 def _pad_list(rows):

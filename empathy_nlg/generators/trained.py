@@ -7,7 +7,11 @@ paper's own conditioning is the same for all of them and lives here:
 * loading the model folder (default: the committed artefact), its version string, the decoding
   settings (:class:`~empathy_nlg.decoding.generation.DecodingConfig`, one set of defaults);
 * batching, the seed, the conversation history bias (n-grams of the assistant's earlier replies
-  get ``history_bias``, so decoding keeps away from what it already said), beam search with
+  get ``history_bias``, so decoding keeps away from what it already said), the grounding bias
+  (the content words of the user's last ``grounding_turns`` messages get ``grounding_bias``, so
+  the beams take up what the user said instead of the generic reply), the tone bias (to news
+  perceived as good with probability ≥ ``tone_min_prob`` the sympathy words get ``tone_bias``,
+  to bad news the celebration words), beam search with
   ``num_beams`` returns, reply clean-up, empty-candidate fallback, timing;
 * the candidates handed to the engine's conversation reranker and perplexity scoring.
 
@@ -58,7 +62,9 @@ class TrainedGenerator(Generator):
 
     def __init__(self, model_dir: Optional[str] = None, backbone_path: Optional[str] = None, device: Optional[str] = None,
                  dtype: str = "auto", decoding: Optional[Mapping[str, Any]] = None, num_beams: Optional[int] = None,
-                 batch_size: int = 8, history_ngram: int = 3, history_bias: float = -4.0, **own: Any) -> None:
+                 batch_size: int = 8, history_ngram: int = 3, history_bias: float = -4.0,
+                 grounding_bias: float = 1.5, grounding_turns: int = 2, tone_bias: float = -5.0,
+                 tone_min_prob: float = 0.6, **own: Any) -> None:
         from empathy_nlg.decoding.generation import DecodingConfig
 
         folder = Path(model_dir) if model_dir else self.default_model_dir
@@ -67,6 +73,10 @@ class TrainedGenerator(Generator):
         if self.batch_size < 1:
             raise ValueError(f"{self.name}: batch_size must be ≥ 1, got {batch_size}")
         self.history_ngram, self.history_bias = int(history_ngram), float(history_bias)
+        self.grounding_bias, self.grounding_turns = float(grounding_bias), int(grounding_turns)
+        if self.grounding_turns < 0:
+            raise ValueError(f"{self.name}: grounding_turns must be ≥ 0, got {grounding_turns}")
+        self.tone_bias, self.tone_min_prob = float(tone_bias), float(tone_min_prob)
         self.model = self.model_class.load(folder, backbone_path=backbone_path, device=device, dtype=dtype)
         self.model.train(False)
         self.settings = self.model.settings
@@ -108,16 +118,23 @@ class TrainedGenerator(Generator):
 
         results: List[GenerationResult] = []
         k = self.candidates_per_request()
-        for start in range(0, len(requests), self.batch_size):
-            chunk = list(requests[start : start + self.batch_size])
+        # the grounding and tone biases are each request's own (its user's words and news): one
+        # request per call then
+        own_bias = bool(self.grounding_bias and self.grounding_turns) or bool(self.tone_bias)
+        size = 1 if own_bias else self.batch_size
+        for start in range(0, len(requests), size):
+            chunk = list(requests[start : start + size])
             t0 = time.perf_counter()
             with torch.inference_mode():
                 inputs = self.inputs(chunk)
                 torch.manual_seed(int(self.decoding.get("seed", 13)))
                 # the history bias is per conversation: the engine sends one request at a time (a
                 # batch of several shares the union of their earlier replies)
-                bias = C.history_bias(self.model.lm.tokenizer, [t for r in chunk for t in r.earlier_replies],
-                                      n=self.history_ngram, bias=self.history_bias)
+                tok = self.model.lm.tokenizer
+                bias = self.steering(chunk[0]) if size == 1 else []
+                # history after the others: where both name the same tokens, keeping away wins
+                bias += C.history_bias(tok, [t for r in chunk for t in r.earlier_replies],
+                                       n=self.history_ngram, bias=self.history_bias)
                 ids, beam_scores = self.model.lm.generate(inputs.prefixes, inputs.prompts, self.decoding,
                                                           num_return=k, sequence_bias=bias)
                 raw = [self.model.lm.decode(i) for i in ids]
@@ -136,6 +153,17 @@ class TrainedGenerator(Generator):
                     knowledge=inputs.knowledge[i] if inputs.knowledge else dict(chunk[i].knowledge),
                     details=details, candidates=choice.candidates[i]))
         return results
+
+    def steering(self, request: GenerationRequest) -> List[List[Any]]:
+        """The request's own bias entries: grounding (its user's last messages, newest first), then
+        tone (by perception's polarity, when confident enough); tone wins on a shared token."""
+        tok = self.model.lm.tokenizer
+        said = [u.text for u in reversed(request.context) if u.role == "speaker"][: self.grounding_turns]
+        entries = C.grounding_bias(tok, said, bias=self.grounding_bias) if self.grounding_turns else []
+        p = request.perception
+        if p is not None and p.polarity_prob >= self.tone_min_prob:
+            entries += C.tone_bias(tok, p.polarity, bias=self.tone_bias)
+        return entries
 
     def score(self, requests: Sequence[GenerationRequest], references: Sequence[str]) -> Optional[Dict[str, float]]:
         import torch
