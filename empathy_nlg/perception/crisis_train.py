@@ -73,7 +73,7 @@ OWN_HELDOUT_C = DATA_DIR / "heldout_c.yml"
 OWN_HELDOUT_D = DATA_DIR / "heldout_d.yml"
 POSITIVE_CSSRS = {"ideation", "behavior", "attempt"}
 NEGATIVE_CSSRS = {"supportive", "uninformative"}
-VERSION = "minilm-crisis-mlp-v5"
+VERSION = "minilm-crisis-mlp-v6"  # v6: + train_b.yml
 ED_TRAIN_NEGATIVES = 4000
 ED_DEV_NEGATIVES = 1000
 
