@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Type
 
 from empathy_nlg.generators import conditioned as C
 from empathy_nlg.generators.base import GenerationRequest, GenerationResult, Generator
+from empathy_nlg.taxonomy import POLARITIES
 
 
 @dataclass
@@ -79,6 +80,8 @@ class TrainedGenerator(Generator):
         self.tone_bias, self.tone_min_prob = float(tone_bias), float(tone_min_prob)
         self.model = self.model_class.load(folder, backbone_path=backbone_path, device=device, dtype=dtype)
         self.model.train(False)
+        # the tone entries depend only on the polarity: tokenised once, not on every turn
+        self._tone = {pol: C.tone_bias(self.model.lm.tokenizer, pol, bias=self.tone_bias) for pol in POLARITIES}
         self.settings = self.model.settings
         self.num_beams = int(num_beams or getattr(self.settings, "num_beams", 0) or self.decoding["num_beams"])
         self.configure(**own)
@@ -130,10 +133,9 @@ class TrainedGenerator(Generator):
                 torch.manual_seed(int(self.decoding.get("seed", 13)))
                 # the history bias is per conversation: the engine sends one request at a time (a
                 # batch of several shares the union of their earlier replies)
-                tok = self.model.lm.tokenizer
                 bias = self.steering(chunk[0]) if size == 1 else []
                 # history after the others: where both name the same tokens, keeping away wins
-                bias += C.history_bias(tok, [t for r in chunk for t in r.earlier_replies],
+                bias += C.history_bias(self.model.lm.tokenizer, [t for r in chunk for t in r.earlier_replies],
                                        n=self.history_ngram, bias=self.history_bias)
                 ids, beam_scores = self.model.lm.generate(inputs.prefixes, inputs.prompts, self.decoding,
                                                           num_return=k, sequence_bias=bias)
@@ -157,12 +159,11 @@ class TrainedGenerator(Generator):
     def steering(self, request: GenerationRequest) -> List[List[Any]]:
         """The request's own bias entries: grounding (its user's last messages, newest first), then
         tone (by perception's polarity, when confident enough); tone wins on a shared token."""
-        tok = self.model.lm.tokenizer
         said = [u.text for u in reversed(request.context) if u.role == "speaker"][: self.grounding_turns]
-        entries = C.grounding_bias(tok, said, bias=self.grounding_bias) if self.grounding_turns else []
+        entries = C.grounding_bias(self.model.lm.tokenizer, said, bias=self.grounding_bias)
         p = request.perception
         if p is not None and p.polarity_prob >= self.tone_min_prob:
-            entries += C.tone_bias(tok, p.polarity, bias=self.tone_bias)
+            entries += self._tone.get(p.polarity, [])
         return entries
 
     def score(self, requests: Sequence[GenerationRequest], references: Sequence[str]) -> Optional[Dict[str, float]]:

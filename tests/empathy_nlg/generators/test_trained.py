@@ -25,6 +25,19 @@ def saved(tmp_path, tiny_llama):
             "decoding": {"max_new_tokens": 6}}
 
 
+def biases_seen(gen, monkeypatch):
+    """The ``sequence_bias`` of every ``generate`` call of ``gen``'s backbone (the calls still run)."""
+    seen = []
+    real = gen.model.lm.generate
+
+    def spy(prefixes, prompts, decoding, num_return=1, sequence_bias=None):
+        seen.append(sequence_bias)
+        return real(prefixes, prompts, decoding, num_return=num_return, sequence_bias=sequence_bias)
+
+    monkeypatch.setattr(gen.model.lm, "generate", spy)
+    return seen
+
+
 def test_every_trained_generator_is_one_small_subclass():
     from empathy_nlg.generators.imagine import ImagineGenerator
     from empathy_nlg.generators.nec import NecGenerator
@@ -49,14 +62,7 @@ def test_beams_become_candidates_with_details(saved):
 def test_earlier_replies_reach_decoding_as_a_history_bias(saved, monkeypatch):
     gen = create_generator("finetuned", {**saved, "num_beams": 2, "history_ngram": 2, "history_bias": -3.0,
                                          "grounding_bias": 0})
-    seen = []
-    real = gen.model.lm.generate
-
-    def spy(prefixes, prompts, decoding, num_return=1, sequence_bias=None):
-        seen.append(sequence_bias)
-        return real(prefixes, prompts, decoding, num_return=num_return, sequence_bias=sequence_bias)
-
-    monkeypatch.setattr(gen.model.lm, "generate", spy)
+    seen = biases_seen(gen, monkeypatch)
     gen.generate([GenerationRequest(context=CONTEXT)])
     gen.generate([GenerationRequest(context=CONTEXT, earlier_replies=["I'm so sorry to hear that."])])
     assert not seen[0]
@@ -83,14 +89,7 @@ def test_grounding_bias_pushes_the_users_content_words_only():
 
 def test_each_requests_own_words_reach_decoding_as_its_grounding_bias(saved, monkeypatch):
     gen = create_generator("finetuned", {**saved, "num_beams": 2, "grounding_bias": 2.0, "grounding_turns": 2})
-    seen = []
-    real = gen.model.lm.generate
-
-    def spy(prefixes, prompts, decoding, num_return=1, sequence_bias=None):
-        seen.append(sequence_bias)
-        return real(prefixes, prompts, decoding, num_return=num_return, sequence_bias=sequence_bias)
-
-    monkeypatch.setattr(gen.model.lm, "generate", spy)
+    seen = biases_seen(gen, monkeypatch)
     two = [GenerationRequest(context=CONTEXT), GenerationRequest(context=[Utterance("speaker", "my cat purrs loudly")])]
     assert len(gen.generate(two)) == 2
     assert len(seen) == 2  # one call per request: each is decoded with its own user's words
@@ -100,11 +99,10 @@ def test_each_requests_own_words_reach_decoding_as_its_grounding_bias(saved, mon
     expected = C.grounding_bias(tok, ["i am sad today", "my dog died yesterday in the park"], bias=2.0)
     assert gen.steering(two[0]) == expected  # the last two user messages, newest first
 
-    seen.clear()
     off = create_generator("finetuned", {**saved, "num_beams": 2, "grounding_bias": 0, "tone_bias": 0})
-    monkeypatch.setattr(off.model.lm, "generate", spy)
+    seen_off = biases_seen(off, monkeypatch)
     off.generate([GenerationRequest(context=CONTEXT)])
-    assert seen == [[]]
+    assert seen_off == [[]]
     with pytest.raises(ValueError, match="grounding_turns"):
         create_generator("finetuned", {**saved, "grounding_turns": -1})
 
