@@ -7,7 +7,14 @@ representation, social commonsense… — and :class:`ConditionedBackbone` place
 the token embeddings of the dialogue prompt:
 
 * causal LM (SmolLM2, Llama, GPT-2): ``[prefix ; prompt ; reply]`` is one decoder sequence; the
-  loss covers the reply tokens only;
+  loss covers the reply tokens only. By default the prefix vectors are input embeddings and enter
+  at the bottom. With ``prefix_layer`` set (a paper's ``prefix_top_layers`` setting) they enter
+  only the top layers: the lower layers see a zero placeholder at the prefix positions and the
+  vectors are added to the residual stream at the input of decoder layer ``prefix_layer`` — the
+  layer-wise form of prefix conditioning (as in prefix-tuning, which feeds every layer its own
+  prefix). Nothing below that layer then depends on a trainable parameter, so with
+  ``lora.top_layers`` set to the same depth a training step runs the lower layers forward only
+  (the CPU fast path) although the paper's conditioning is trained;
 * seq2seq (BART): ``[prefix ; prompt]`` is the encoder input, the reply is the decoder target.
 
 Only the LoRA matrices and the paper module's own layers are trained; the backbone weights stay
@@ -21,6 +28,7 @@ Also here: the dialogue prompt (:func:`prompt_messages`), FACE token weights (Ji
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -144,6 +152,9 @@ class ConditionedBackbone:
         #: compute the LM head only where a reply token is predicted (False: over every position,
         #: as a plain forward does; kept for the training benchmark's baseline)
         self.reply_head_only = True
+        #: the decoder layer at whose input the prefix vectors join the residual stream (``None``:
+        #: they are input embeddings); see the module docstring
+        self.prefix_layer: Optional[int] = None
         self.tokenizer = tokenizer
         self.is_seq2seq = is_seq2seq
         self.device = device
@@ -189,6 +200,76 @@ class ConditionedBackbone:
             starts.append(s)
         return embeds, mask, starts
 
+    def _inputs(self, pieces, left: bool):
+        """``(embeds, mask, starts, inject)``: the padded input embeddings and, when the prefix
+        enters at ``prefix_layer``, the prefix rows at their positions (``inject``, else ``None``);
+        the embeddings then hold zeros there."""
+        import torch
+
+        if self.prefix_layer is None or self.is_seq2seq or all(p.shape[0] == 0 for p, _ in pieces):
+            embeds, mask, starts = self._pad(pieces, left)
+            return embeds, mask, starts, None
+        blank = [(torch.zeros(p.shape[0], t.shape[1], dtype=t.dtype, device=t.device), t) for p, t in pieces]
+        embeds, mask, starts = self._pad(blank, left)
+        rows = []
+        for (p, _t), s in zip(pieces, starts):
+            width = embeds.shape[1]
+            rows.append(torch.cat([p.new_zeros(s, p.shape[1]), p, p.new_zeros(width - s - p.shape[0], p.shape[1])], dim=0))
+        return embeds, mask, starts, torch.stack(rows)
+
+    def decoder_layers(self):
+        """The decoder blocks of a decoder-only backbone (``model.layers`` of Llama-style bodies,
+        ``transformer.h`` of GPT-2)."""
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        body = getattr(base, base.base_model_prefix)
+        layers = getattr(body, "layers", None) or getattr(body, "h", None)
+        if layers is None:
+            raise ValueError("prefix_top_layers: this backbone's decoder layers were not found")
+        return layers
+
+    @contextlib.contextmanager
+    def injected(self, inject):
+        """While active, the input of decoder layer ``prefix_layer`` gets ``inject`` added on the
+        forward pass that covers the whole sequence (training, scoring, the first step of
+        ``generate``); later decoding steps see the prefix through the key/value cache. Beam search
+        repeats every example ``num_beams`` times: so is ``inject``."""
+        if inject is None:
+            yield
+            return
+        width = inject.shape[1]
+
+        def hook(_module, args, kwargs):
+            h = args[0] if args else kwargs["hidden_states"]
+            if h.shape[1] != width:  # a decoding step after the first: nothing to add
+                return None
+            add = inject if h.shape[0] == inject.shape[0] else inject.repeat_interleave(h.shape[0] // inject.shape[0], dim=0)
+            h = h + add.to(h.dtype)
+            if args:
+                return (h, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": h}
+
+        handle = self.decoder_layers()[self.prefix_layer].register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def stream_rms(self, layer: Optional[int]) -> float:
+        """The RMS of the residual stream at the input of decoder ``layer`` over a short fixed text
+        (``None``: the input embeddings' RMS) — the scale a prefix entering there starts at."""
+        import torch
+
+        if layer is None or self.is_seq2seq:
+            return self.embedding_rms
+        ids = self.tokenizer("I lost my job today and I do not know what to tell my family.",
+                             add_special_tokens=False)["input_ids"]
+        batch = torch.tensor([ids], dtype=torch.long, device=self.device)
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        body = getattr(base, base.base_model_prefix)
+        with torch.no_grad():
+            states = body(inputs_embeds=self.embed(batch), output_hidden_states=True).hidden_states
+        return float(states[layer][0, 1:].float().pow(2).mean().sqrt())  # without the first position's outlier
+
     def forward(self, prefixes, prompts: Sequence[List[int]], replies: Sequence[List[int]], hidden: bool = False):
         """Logits for every reply token (teacher forcing).
 
@@ -198,7 +279,7 @@ class ConditionedBackbone:
         import torch
 
         pieces = self._rows(prefixes, prompts, replies)
-        embeds, mask, _ = self._pad(pieces, left=False)
+        embeds, mask, _, inject = self._inputs(pieces, left=False)
         r_max = max(len(r) for r in replies)
         targets = torch.full((len(replies), r_max), -100, dtype=torch.long, device=self.device)
         info: Dict[str, Any] = {}
@@ -216,7 +297,7 @@ class ConditionedBackbone:
                 info["context_hidden"], info["context_mask"] = out.encoder_last_hidden_state, mask
                 info["reply_hidden"], info["reply_mask"] = out.decoder_hidden_states[-1], dec_mask
             return logits, targets, info
-        with self._autocast():
+        with self._autocast(), self.injected(inject):
             last = self._body(embeds, mask)
             # the LM head (vocabulary × hidden, the largest single matmul of a small model) runs only
             # on the positions that predict a reply token, not on the prompt
@@ -262,7 +343,7 @@ class ConditionedBackbone:
         return body(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
 
     def generate(self, prefixes, prompts: Sequence[List[int]], decoding: Mapping[str, Any], num_return: int = 1,
-                 sequence_bias: Optional[List[List[Any]]] = None):
+                 sequence_bias: Optional[List[List[Any]]] = None, context_out: Optional[List[Any]] = None):
         """Generated token ids (decoder-only models return only the new tokens when fed
         ``inputs_embeds``; BART's start tokens are special and vanish in :meth:`decode`) and,
         with several returns, the beam scores (length-normalised log-probabilities).
@@ -271,13 +352,18 @@ class ConditionedBackbone:
         :func:`grounding_bias` and :func:`tone_bias`) shifts the logit of a token that would
         complete one of the listed sequences: how decoding keeps away from what the assistant
         already said earlier in the conversation and from a tone that contradicts the user's news,
-        and leans towards the words the user said."""
+        and leans towards the words the user said.
+
+        ``context_out`` (a list, decoder-only backbones): receives the mean last-layer hidden state
+        of each ``[prefix ; prompt]`` ([B, d], what :meth:`context_vectors` computes), taken from
+        the first decoding step, which encodes the whole prompt anyway — a reranker that needs it
+        (NEC's ``z_x``) then costs no second pass over the prompt."""
         import torch
 
         from empathy_nlg.decoding.generation import generate_kwargs
 
         pieces = self._rows(prefixes, prompts, None)
-        embeds, mask, _ = self._pad(pieces, left=not self.is_seq2seq)
+        embeds, mask, _, inject = self._inputs(pieces, left=not self.is_seq2seq)
         d = generate_kwargs(decoding)  # the project's one set of decoding defaults
         kwargs: Dict[str, Any] = dict(
             max_new_tokens=int(d["max_new_tokens"]),
@@ -295,7 +381,8 @@ class ConditionedBackbone:
             kwargs.update(temperature=float(d["temperature"]), top_p=float(d["top_p"]))
         if num_return > 1:
             kwargs.update(output_scores=True, return_dict_in_generate=True)
-        with torch.inference_mode(), warnings.catch_warnings():
+        with torch.inference_mode(), warnings.catch_warnings(), self.injected(inject), \
+                self._prompt_states(mask, context_out):
             # Fed embeddings, generate() applies the repetition penalty and the no-repeat n-grams to
             # the reply only (not to the prompt) — what we want: echoing the user is not penalised.
             warnings.filterwarnings("ignore", message=r"Passing `(repetition_penalty|no_repeat_ngram_size)` with `inputs_embeds`")
@@ -306,6 +393,33 @@ class ConditionedBackbone:
             return seqs, scores
         return out, None
 
+    @contextlib.contextmanager
+    def _prompt_states(self, mask, context_out: Optional[List[Any]]):
+        """While active, the first forward pass over the whole prompt (width of ``mask``) appends
+        the masked mean of its last-layer hidden states (one row per example, beams folded) to
+        ``context_out``."""
+        if context_out is None or self.is_seq2seq:
+            yield
+            return
+        n, width = mask.shape
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        body = getattr(base, base.base_model_prefix)
+        taken: List[Any] = []
+
+        def hook(_module, _args, output):
+            h = output[0] if isinstance(output, tuple) else output.last_hidden_state
+            if taken or h.shape[1] != width:
+                return
+            rows = h[:: h.shape[0] // n] if h.shape[0] != n else h  # beams repeat each example: one row each
+            taken.append(masked_mean(rows.float(), mask))
+
+        handle = body.register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+            context_out.extend(taken)
+
     def reply_nll(self, prefixes, prompts: Sequence[List[int]], replies: Sequence[List[int]]) -> Tuple[float, int]:
         """Summed NLL and token count of ``replies`` given ``[prefix ; prompt]`` (teacher forcing)."""
         logits, targets, _ = self.forward(prefixes, prompts, replies)
@@ -314,11 +428,11 @@ class ConditionedBackbone:
     def context_vectors(self, prefixes, prompts: Sequence[List[int]]):
         """Mean last-layer hidden state over ``[prefix ; prompt]`` (NEC's ``z_x``) → [B, d]."""
         pieces = self._rows(prefixes, prompts, None)
-        embeds, mask, _ = self._pad(pieces, left=False)
+        embeds, mask, _, inject = self._inputs(pieces, left=False)
         if self.is_seq2seq:
             hidden = self.model.get_encoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         else:
-            with self._autocast():
+            with self._autocast(), self.injected(inject):
                 hidden = self._body(embeds, mask)
         return masked_mean(hidden.float(), mask)
 
@@ -480,6 +594,19 @@ def token_nll(logits, targets, weights=None):
 
 
 # ----------------------------------------------------------------------------------- the shared base
+def prefix_layer(lm: ConditionedBackbone, top_layers: Optional[int]) -> Optional[int]:
+    """The decoder layer where a prefix that enters only the top ``top_layers`` layers joins
+    (``None``: the prefix is input embeddings)."""
+    if not top_layers:
+        return None
+    if lm.is_seq2seq:
+        raise ValueError("prefix_top_layers applies to decoder-only backbones, not to a seq2seq one")
+    n = len(lm.decoder_layers())
+    if not 1 <= int(top_layers) <= n:
+        raise ValueError(f"prefix_top_layers must be between 1 and {n}, got {top_layers}")
+    return n - int(top_layers)
+
+
 class TrainedModel:
     """Backbone + LoRA adapters + a paper's heads: what every trained generator is made of.
 
@@ -523,6 +650,7 @@ class TrainedModel:
     @settings.setter
     def settings(self, value) -> None:
         self._settings = value
+        self.lm.prefix_layer = prefix_layer(self.lm, getattr(value, "prefix_top_layers", None))
         if self.heads is not None and hasattr(self.heads, "settings"):
             self.heads.settings = value
 

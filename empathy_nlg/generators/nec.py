@@ -19,7 +19,10 @@ generic and wrong-emotion replies. Here is each part, with the adaptation made:
    (:func:`~empathy_nlg.knowledge.seeds.nec_social_knowledge`). NEC adds an attention path in the
    decoder; here each chosen inference becomes one *prefix vector* (MiniLM mean-pooled tokens →
    linear → + relation embedding), which every backbone layer attends to — the equivalent
-   conditioning of a decoder-only backbone.
+   conditioning of a decoder-only backbone. With ``prefix_top_layers: N`` the vectors join the
+   residual stream at the input of the top N layers instead of entering as input embeddings
+   (NEC's extra attention path sits in the decoder's upper part as well); that is what lets NEC
+   train on the CPU fast path of the ``finetuned`` adapter (LoRA on the top 8 layers only).
 3. **Contrastive training** after the NLL stage (``nll_steps``): for each example the gold reply
    is the positive; negatives of the four kinds — D (a reply of a training conversation with a
    different emotion), y′ (the model's own greedy output, generated online), B (another gold reply
@@ -52,7 +55,7 @@ from empathy_nlg.generators import conditioned as C
 from empathy_nlg.generators.base import GenerationRequest, settings_from_mapping
 from empathy_nlg.generators.trained import Choice, Inputs, TrainedGenerator
 from empathy_nlg.paths import ARTIFACTS_DIR
-from empathy_nlg.taxonomy import NEC_SOCIAL_RELATIONS
+from empathy_nlg.taxonomy import NEC_ENTITY_RELATIONS, NEC_SOCIAL_RELATIONS
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,8 @@ DEFAULT_MODEL_DIR = ARTIFACTS_DIR / "generators" / "nec"
 VERSION = "nec-v1"
 NEGATIVE_KINDS = ("neg_d", "neg_y", "neg_b", "neg_h")
 FACT_SCORER_FILE = "fact_scorer.json"
+#: dialogues whose knowledge is fetched together when features are built (see NecKnowledge.prefetch)
+PREFETCH_BLOCK = 128
 _STOP = set("""a an the and or but if so to of in on at for with from by is are was were be been am i you he she
 it we they me him her them my your our their this that these those have has had do does did not no yes
 just very really too can could would should will get got go went make made thing things some any person
@@ -88,6 +93,10 @@ class NecSettings:
     num_beams: int = 4
     frequent_pool: int = 20
     y_prime_tokens: int = 20
+    #: the social prefix joins the residual stream at the input of the top N decoder layers
+    #: (``None``: as input embeddings, at the bottom). Set it to ``lora.top_layers`` (or the
+    #: ``init_adapter``'s) so a training step runs the lower layers forward only.
+    prefix_top_layers: Optional[int] = None
 
     @classmethod
     def from_mapping(cls, values: Optional[Mapping[str, Any]]) -> "NecSettings":
@@ -197,14 +206,14 @@ class NecHeads(nn.Module):
     embeddings) and the contrastive projection of ``z_x`` / ``z_y``. Their shapes depend only on
     the dimensions; no setting is read inside."""
 
-    def __init__(self, encoder_dim: int, hidden: int, embedding_rms: float) -> None:
+    def __init__(self, encoder_dim: int, hidden: int, prefix_rms: float) -> None:
         super().__init__()
         self.social_proj = nn.Linear(encoder_dim, hidden)
         self.relation_emb = nn.Embedding(len(NEC_SOCIAL_RELATIONS), hidden)
         nn.init.normal_(self.relation_emb.weight, std=0.02)
         self.prefix_norm = nn.LayerNorm(hidden)
-        with torch.no_grad():
-            self.prefix_norm.weight.fill_(embedding_rms)
+        with torch.no_grad():  # the scale of where the prefix enters (input embeddings or a layer's stream)
+            self.prefix_norm.weight.fill_(prefix_rms)
         self.z_proj = nn.Linear(hidden, hidden)  # contrastive projection of z_x and z_y
 
     def social_prefix(self, vecs, present):
@@ -237,7 +246,7 @@ class NecModel(C.TrainedModel):
         self.rng = random.Random(13)
 
     def build_heads(self) -> NecHeads:
-        return NecHeads(self.encoder.dim, self.lm.hidden_size, self.lm.embedding_rms)
+        return NecHeads(self.encoder.dim, self.lm.hidden_size, self.lm.stream_rms(self.lm.prefix_layer))
 
     # -- conditioning ----------------------------------------------------------------------------
     def prefixes(self, social: Sequence[Mapping[str, str]]):
@@ -380,12 +389,39 @@ class CachedEncoder:
 class NecKnowledge:
     """Entity facts (ranked by the fact scorer) and social inferences for a dialogue."""
 
-    def __init__(self, source, encoder, settings: NecSettings, scorer: FactScorer) -> None:
+    def __init__(self, source, encoder, settings: NecSettings, scorer: FactScorer, cache_size: int = 50_000) -> None:
         self.source = source
-        self.encoder = CachedEncoder(encoder)
+        self.encoder = CachedEncoder(encoder, size=cache_size)
         self.settings = settings
         self.scorer = scorer
         self.use_scorer(scorer)
+        #: entities of dialogues warmed by :meth:`prefetch`, consumed by :meth:`candidates`
+        self._entities: Dict[str, List[str]] = {}
+
+    def prefetch(self, contexts: Sequence[Sequence[Utterance]]) -> None:
+        """Warm the caches for a block of dialogues, so that :meth:`social` and :meth:`candidates`
+        then answer from memory: one batched knowledge query per relation family and one batched
+        encoding for the block, instead of several small ones per dialogue (how the features of
+        all of ED train are built in minutes rather than hours). The block's queries must fit the
+        knowledge source's cache (``cache_size``, 4,096 by default: blocks of ≤ 128 dialogues)."""
+        from empathy_nlg.knowledge.seeds import entity_heads, extract_entities, join_dialogue
+
+        s = self.settings
+        if s.social:
+            lasts = [self.last_said(ctx) for ctx in contexts]
+            answers = self.source.infer(lasts, list(NEC_SOCIAL_RELATIONS), k=s.knowledge_per_relation)
+            texts: List[str] = []
+            for ctx, last, answer in zip(contexts, lasts, answers):
+                texts.append(join_dialogue([u.text for u in ctx]) or last)
+                texts.extend(t for rel in NEC_SOCIAL_RELATIONS for t in answer.get(rel, []))
+            self.encoder.encode(texts)
+        if s.entity:
+            heads: List[str] = []
+            for ctx in contexts:
+                text = self.dialogue_text(ctx, s.context_turns)
+                ents = self._entities.setdefault(text, extract_entities(text, max_entities=s.max_entities))
+                heads.extend(entity_heads(self.source, text, ents))
+            self.source.infer(heads, list(NEC_ENTITY_RELATIONS), k=s.knowledge_per_relation)
 
     def use_scorer(self, scorer: FactScorer) -> None:
         """Rank facts with ``scorer``'s weights, embedding through this object's cache."""
@@ -398,8 +434,9 @@ class NecKnowledge:
     def candidates(self, context: Sequence[Utterance]):
         from empathy_nlg.knowledge.seeds import nec_entity_knowledge
 
-        return nec_entity_knowledge(self.source, self.dialogue_text(context, self.settings.context_turns),
-                                    k=self.settings.knowledge_per_relation, max_entities=self.settings.max_entities)
+        text = self.dialogue_text(context, self.settings.context_turns)
+        return nec_entity_knowledge(self.source, text, k=self.settings.knowledge_per_relation,
+                                    max_entities=self.settings.max_entities, entities=self._entities.pop(text, None))
 
     def entity_facts(self, context: Sequence[Utterance]) -> List[List[str]]:
         from empathy_nlg.knowledge.seeds import rank_entity_facts
@@ -416,10 +453,14 @@ class NecKnowledge:
 
         if not self.settings.social:
             return {}
-        speakers = [u.text for u in context if u.role == "speaker"]
-        last = speakers[-1] if speakers else context[-1].text
-        return nec_social_knowledge(self.source, last, [u.text for u in context], self.encoder,
+        return nec_social_knowledge(self.source, self.last_said(context), [u.text for u in context], self.encoder,
                                     k=self.settings.knowledge_per_relation)
+
+    @staticmethod
+    def last_said(context: Sequence[Utterance]) -> str:
+        """The user's (speaker's) last message, the head of the social inferences."""
+        speakers = [u.text for u in context if u.role == "speaker"]
+        return speakers[-1] if speakers else context[-1].text
 
 
 # ----------------------------------------------------------------------------------- serving
@@ -434,6 +475,7 @@ class NecGenerator(TrainedGenerator):
     needs_perception = False  # NEC is non-emotion-centric: it does not condition on the label
     model_class = NecModel
     default_model_dir = DEFAULT_MODEL_DIR
+    needs_context_vectors = True  # z_x of the reranking, from the decoding pass
 
     def configure(self, knowledge: Optional[Mapping[str, Any]] = None, rerank: bool = True,
                   alpha: Optional[float] = None) -> None:
@@ -469,7 +511,10 @@ class NecGenerator(TrainedGenerator):
             return Choice(chosen=list(range(len(texts))), candidates=[[{"text": t, "score": 0.0}] if t else [] for t in texts],
                           details=[{"nec_rerank": None} for _ in texts])
         n = len(texts) // k
-        z_x = self.model.z(self.model.lm.context_vectors(inputs.prefixes, inputs.prompts))
+        ctx = inputs.context_vectors
+        if ctx is None:  # not taken while decoding (a seq2seq backbone): one more pass over the prompt
+            ctx = self.model.lm.context_vectors(inputs.prefixes, inputs.prompts)
+        z_x = self.model.z(ctx)
         z_y = self.model.z(self.model.lm.text_vectors([t or "." for t in texts]))
         sim = C.cosine(z_x.repeat_interleave(k, dim=0), z_y)
         lm = beam_scores if beam_scores is not None else torch.zeros_like(sim)
@@ -502,6 +547,7 @@ def frequent_replies(path: Path, n: int) -> List[str]:
 class NecRecipe(C.TrainingRecipe):
     model_class = NecModel
     ABLATIONS = ("entity", "social", *NEGATIVE_KINDS)
+    NEEDS_CM = False  # NEC has no communication-mechanism loss
 
     def feature_extra(self, settings: NecSettings, config: Mapping[str, Any], encoder, out_dir: Path):
         """Adds ``fact_candidates`` / ``facts`` (entity) and ``social`` to every feature, and trains the
@@ -517,30 +563,40 @@ class NecRecipe(C.TrainingRecipe):
             import numpy as np
 
             from empathy_nlg.knowledge.base import load_knowledge_source
-            from empathy_nlg.knowledge.seeds import linearise_fact
+            from empathy_nlg.knowledge.seeds import join_dialogue, linearise_fact
 
             source = load_knowledge_source(dict(source_cfg), encoder=encoder)
             scorer = FactScorer(encoder)
-            nk = NecKnowledge(source, encoder, settings, scorer)
-            items = feats
+            # a memory large enough for the commonsense tails and facts of all of ED train
+            nk = NecKnowledge(source, encoder, settings, scorer, cache_size=400_000)
+            bar = None
             if progress:
                 from tqdm.auto import tqdm
 
-                items = tqdm(feats, desc="knowledge (entity + social)", unit="ex")
-            for f in items:
-                ctx = [Utterance(r, t) for r, t in f["context"]]
-                f["social"] = nk.social(ctx)
-                f["fact_candidates"] = [[x.entity, x.relation, x.tail] for x in nk.candidates(ctx)] if settings.entity else []
+                bar = tqdm(total=len(feats), desc="knowledge (entity + social)", unit="ex")
+            for start in range(0, len(feats), PREFETCH_BLOCK):
+                block = feats[start : start + PREFETCH_BLOCK]
+                contexts = [[Utterance(r, t) for r, t in f["context"]] for f in block]
+                nk.prefetch(contexts)
+                for f, ctx in zip(block, contexts):
+                    f["social"] = nk.social(ctx)
+                    f["fact_candidates"] = [[x.entity, x.relation, x.tail] for x in nk.candidates(ctx)] if settings.entity else []
+                if bar is not None:
+                    bar.update(len(block))
+            if bar is not None:
+                bar.close()
             if not settings.entity:
                 return
+            dlg_texts = [join_dialogue(nk.dialogue_text([Utterance(r, t) for r, t in f["context"]], settings.context_turns))
+                         for f in feats]
             training_split = not scorer_path.is_file()
             if training_split:  # the first split built is the training split: fit the scorer on it
-                dlg_texts = [nk.dialogue_text([Utterance(r, t) for r, t in f["context"]], settings.context_turns) for f in feats]
                 pairs = [(i, tuple(c)) for i, f in enumerate(feats) for c in f["fact_candidates"]]
                 if pairs:
                     uniq_facts = sorted({linearise_fact(c) for _, c in pairs})
-                    fvec = dict(zip(uniq_facts, np.asarray(encoder.encode(uniq_facts, progress=progress))))
-                    dvec = np.asarray(encoder.encode(dlg_texts, progress=progress))
+                    # through the knowledge object's memory: the ranking below reuses these vectors
+                    fvec = dict(zip(uniq_facts, np.asarray(nk.encoder.encode(uniq_facts, progress=progress))))
+                    dvec = np.asarray(nk.encoder.encode(dlg_texts, progress=progress))
                     labels = [1.0 if content_words(c[0] + " " + c[2]) & content_words(feats[i]["reference"]) else 0.0
                               for i, c in pairs]
                     report = scorer.fit(np.stack([dvec[i] for i, _ in pairs]), np.stack([fvec[linearise_fact(c)] for _, c in pairs]), labels)
@@ -553,8 +609,10 @@ class NecRecipe(C.TrainingRecipe):
             scorer = nk.scorer
             from empathy_nlg.knowledge.seeds import EntityFact, rank_entity_facts
 
-            for f in feats:
-                ctx_text = nk.dialogue_text([Utterance(r, t) for r, t in f["context"]], settings.context_turns)
+            # one batched encoding of what the ranking needs (a no-op where the fit above cached it)
+            nk.encoder.encode(dlg_texts + sorted({linearise_fact(c) for f in feats for c in f["fact_candidates"]}),
+                              progress=progress)
+            for f, ctx_text in zip(feats, dlg_texts):
                 cands = [EntityFact(*c) for c in f["fact_candidates"]]
                 f["facts"] = [[x.entity, x.relation, x.tail] for x in rank_entity_facts(ctx_text, cands, scorer, top_n=settings.n_facts)]
 

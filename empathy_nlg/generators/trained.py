@@ -44,6 +44,9 @@ class Inputs:
     prompts: List[List[int]]         # prompt token ids per request
     knowledge: List[Dict[str, List[str]]] = field(default_factory=list)  # reported per request
     details: List[Dict[str, Any]] = field(default_factory=list)          # reported per request
+    #: the mean last-layer hidden state of each ``[prefix ; prompt]`` ([B, d]), filled in by the
+    #: shared loop from the decoding pass when :attr:`TrainedGenerator.needs_context_vectors`
+    context_vectors: Any = None
 
 
 @dataclass
@@ -60,6 +63,8 @@ class TrainedGenerator(Generator):
 
     model_class: ClassVar[Type[C.TrainedModel]]
     default_model_dir: ClassVar[Path]
+    #: whether :meth:`choose` reads ``inputs.context_vectors`` (taken from the decoding pass)
+    needs_context_vectors: ClassVar[bool] = False
 
     def __init__(self, model_dir: Optional[str] = None, backbone_path: Optional[str] = None, device: Optional[str] = None,
                  dtype: str = "auto", decoding: Optional[Mapping[str, Any]] = None, num_beams: Optional[int] = None,
@@ -137,8 +142,11 @@ class TrainedGenerator(Generator):
                 # history after the others: where both name the same tokens, keeping away wins
                 bias += C.history_bias(self.model.lm.tokenizer, [t for r in chunk for t in r.earlier_replies],
                                        n=self.history_ngram, bias=self.history_bias)
+                states: Optional[List[Any]] = [] if (self.needs_context_vectors and k > 1) else None
                 ids, beam_scores = self.model.lm.generate(inputs.prefixes, inputs.prompts, self.decoding,
-                                                          num_return=k, sequence_bias=bias)
+                                                          num_return=k, sequence_bias=bias, context_out=states)
+                if states:
+                    inputs.context_vectors = states[0]
                 raw = [self.model.lm.decode(i) for i in ids]
                 texts = [clean_reply(r) for r in raw]
                 choice = self.choose(inputs, texts, beam_scores, k)

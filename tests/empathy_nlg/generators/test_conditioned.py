@@ -148,15 +148,21 @@ def test_bf16_autocast_runs_the_forward_in_bfloat16_and_keeps_fp32_weights(tiny_
     assert lm.forward([_prefix(lm, 0)], prompts, replies)[0].dtype == torch.float32
 
 
-def test_lora_on_the_top_layers_only_leaves_the_lower_layers_without_graph(tiny_llama, tmp_path):
+def _three_layers(tiny_llama, folder):
+    """The tiny Llama with 3 decoder layers (random weights, seed 0) saved in ``folder``."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(str(tiny_llama))
     cfg = LlamaConfig.from_pretrained(str(tiny_llama))
     cfg.num_hidden_layers = 3
     torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(str(tmp_path / "three"))
-    tok.save_pretrained(str(tmp_path / "three"))
+    LlamaForCausalLM(cfg).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return tok
+
+
+def test_lora_on_the_top_layers_only_leaves_the_lower_layers_without_graph(tiny_llama, tmp_path):
+    tok = _three_layers(tiny_llama, tmp_path / "three")
     lm = _lm(tmp_path / "three", top_layers=1, target_modules=["q_proj", "v_proj", "gate_proj"])
     names = [n for n, p in lm.model.named_parameters() if p.requires_grad]
     assert names and all(".layers.2." in n for n in names)
@@ -170,3 +176,107 @@ def test_lora_on_the_top_layers_only_leaves_the_lower_layers_without_graph(tiny_
     logits, targets, _ = lm.forward([_prefix(lm, 0)], prompts, [C.encode_reply(tok, "oh no", 32, False)])
     C.token_nll(logits, targets).backward()
     assert seen == {0: False, 1: False, 2: True}
+
+
+def _outputs_per_layer(lm):
+    seen = {}
+    for i, layer in enumerate(lm.decoder_layers()):
+        layer.register_forward_hook(lambda m, a, out, i=i: seen.__setitem__(i, (out[0] if isinstance(out, tuple) else out).requires_grad))
+    return seen
+
+
+def test_a_prefix_entering_at_layer_0_is_exactly_the_input_embedding_prefix(tiny_llama, tmp_path):
+    """The injection adds the prefix to a zero placeholder: at the first layer's input that is the
+    prefix as input embeddings, in training (logits) and in beam search (left padding, beams)."""
+    tok = _three_layers(tiny_llama, tmp_path / "three")
+    lm = _lm(tmp_path / "three")
+    prompts = [C.encode_prompt(tok, C.prompt_messages([Utterance("speaker", t)], 2), 64)
+               for t in ("i am sad", "my dog died this morning and i miss him")]
+    replies = [C.encode_reply(tok, "oh no", 32, False), C.encode_reply(tok, "i am so sorry", 32, False)]
+    prefixes = [_prefix(lm, 3, 0), _prefix(lm, 1, 1)]
+    plain, _, _ = lm.forward(prefixes, prompts, replies)
+    plain_ids, plain_scores = lm.generate(prefixes, prompts, {"max_new_tokens": 5}, num_return=2)
+    lm.prefix_layer = 0
+    injected, _, _ = lm.forward(prefixes, prompts, replies)
+    ids, scores = lm.generate(prefixes, prompts, {"max_new_tokens": 5}, num_return=2)
+    assert torch.allclose(plain, injected, atol=1e-5)
+    assert ids.tolist() == plain_ids.tolist() and torch.allclose(scores, plain_scores, atol=1e-5)
+
+
+def test_a_prefix_entering_the_top_layer_trains_without_graph_below_and_steers_generation(tiny_llama, tmp_path):
+    tok = _three_layers(tiny_llama, tmp_path / "three")
+    lm = _lm(tmp_path / "three", top_layers=1)
+    lm.prefix_layer = 2
+    seen = _outputs_per_layer(lm)
+    prompts = [C.encode_prompt(tok, C.prompt_messages([Utterance("speaker", "i am sad")], 2), 64)]
+    prefix = _prefix(lm, 3, 0, grad=True)
+    logits, targets, _ = lm.forward([prefix], prompts, [C.encode_reply(tok, "oh no", 32, False)])
+    C.token_nll(logits, targets).backward()
+    assert seen == {0: False, 1: False, 2: True}  # the fast path holds with a trained prefix
+    assert prefix.grad is not None and prefix.grad.abs().sum() > 0
+    # the prefix reaches the output only through the top layer, in beam search as well
+    _, s1 = lm.generate([_prefix(lm, 3, 0) * 20], prompts, {"max_new_tokens": 4}, num_return=3)
+    again, s1b = lm.generate([_prefix(lm, 3, 0) * 20], prompts, {"max_new_tokens": 4}, num_return=3)
+    _, s2 = lm.generate([_prefix(lm, 3, 7) * 20], prompts, {"max_new_tokens": 4}, num_return=3)
+    assert torch.equal(s1, s1b) and not torch.equal(s1, s2)
+
+
+def test_injected_prefixes_of_a_padded_batch_match_each_example_alone(tiny_llama, tmp_path):
+    """Rows of different prefix and prompt lengths: each row's prefix lands on its own positions
+    (left padding in generation, right padding in training)."""
+    tok = _three_layers(tiny_llama, tmp_path / "three")
+    lm = _lm(tmp_path / "three")
+    lm.prefix_layer = 1
+    prompts = [C.encode_prompt(tok, C.prompt_messages([Utterance("speaker", t)], 2), 64)
+               for t in ("i am sad", "we adopted a kitten yesterday and she sleeps on my feet")]
+    prefixes = [_prefix(lm, 3, 0) * 10, _prefix(lm, 1, 1) * 10]
+    batch_ctx = lm.context_vectors(prefixes, prompts)
+    batch_ids, _ = lm.generate(prefixes, prompts, {"max_new_tokens": 5})
+    for i in range(2):
+        alone = lm.context_vectors([prefixes[i]], [prompts[i]])
+        assert torch.allclose(batch_ctx[i], alone[0], atol=1e-5)
+        ids, _ = lm.generate([prefixes[i]], [prompts[i]], {"max_new_tokens": 5})
+        row = [t for t in batch_ids[i].tolist() if t != tok.pad_token_id]
+        assert row[: len(ids[0])] == [t for t in ids[0].tolist() if t != tok.pad_token_id]
+
+
+def test_prefix_top_layers_sets_the_entry_layer_and_is_checked(tiny_llama, tmp_path):
+    from dataclasses import dataclass
+    from typing import Optional
+
+    _three_layers(tiny_llama, tmp_path / "three")
+    lm = _lm(tmp_path / "three")
+    assert C.prefix_layer(lm, None) is None
+    assert C.prefix_layer(lm, 1) == 2 and C.prefix_layer(lm, 3) == 0
+    with pytest.raises(ValueError, match="between 1 and 3"):
+        C.prefix_layer(lm, 4)
+
+    @dataclass
+    class S:
+        prefix_top_layers: Optional[int] = None
+        variant: str = "x"
+
+    bb = C.load_base(str(tmp_path / "three"), device="cpu", dtype="float32")
+    model = C.TrainedModel(S(prefix_top_layers=2), bb, lora={"r": 2})
+    assert model.lm.prefix_layer == 1
+    model.settings = S()  # a run branched with other settings: the entry layer follows them
+    assert model.lm.prefix_layer is None
+
+
+@pytest.mark.parametrize("layer", [None, 1])
+def test_generate_hands_out_the_prompt_vectors_of_its_first_pass(tiny_llama, tmp_path, layer):
+    """``context_out`` gets what ``context_vectors`` computes (NEC's z_x) from the decoding pass
+    itself: one row per example, whatever the beams, the padding and where the prefix enters."""
+    tok = _three_layers(tiny_llama, tmp_path / "three")
+    lm = _lm(tmp_path / "three")
+    lm.prefix_layer = layer
+    prompts = [C.encode_prompt(tok, C.prompt_messages([Utterance("speaker", t)], 2), 64)
+               for t in ("i am sad", "we adopted a kitten yesterday and she sleeps on my feet")]
+    prefixes = [_prefix(lm, 3, 0) * 10, _prefix(lm, 1, 1) * 10]
+    expected = lm.context_vectors(prefixes, prompts)
+    for beams in (1, 3):
+        taken = []
+        lm.generate(prefixes, prompts, {"max_new_tokens": 4}, num_return=beams, context_out=taken)
+        assert len(taken) == 1 and taken[0].shape == expected.shape
+        assert torch.allclose(taken[0], expected, atol=1e-4)
+    lm.generate(prefixes, prompts, {"max_new_tokens": 4})  # without the list nothing is captured

@@ -52,21 +52,49 @@ def test_fact_scorer_learns_a_separable_relevance_and_reports_auc(encoder):
     assert N.content_words("The dog is at the park!") == {"dog", "park"}
 
 
+class Counting:
+    """The encoder, recording every batch it is asked to embed."""
+
+    def __init__(self, encoder, calls):
+        self.encoder, self.calls, self.dim = encoder, calls, encoder.dim
+
+    def encode(self, texts, **kw):
+        self.calls.append(list(texts))
+        return self.encoder.encode(texts)
+
+
 def test_cached_encoder_embeds_each_text_once(encoder):
     calls = []
-
-    class Counting:
-        dim = encoder.dim
-
-        def encode(self, texts, **kw):
-            calls.append(list(texts))
-            return encoder.encode(texts)
-
-    cached = N.CachedEncoder(Counting(), size=10)
+    cached = N.CachedEncoder(Counting(encoder, calls), size=10)
     a = cached.encode(["dog", "park", "dog"])
     b = cached.encode(["park", "cat"])
     assert calls == [["dog", "park"], ["cat"]]
     assert np.allclose(a[1], b[0]) and a.shape == (3, encoder.dim)
+
+
+def test_prefetch_gives_the_same_knowledge_in_a_few_batched_queries(encoder):
+    """Feature building warms the caches a block at a time: the knowledge per dialogue is the
+    same as without, and the source and the encoder are each asked once per block."""
+    from empathy_nlg.knowledge.base import load_knowledge_source
+
+    contexts = [[Utterance("speaker", turns[0]), Utterance("listener", turns[1])] + ([Utterance("speaker", turns[2])] if len(turns) > 2 else [])
+                for _, _, turns in knowledge_fixtures.CONVERSATIONS]
+    settings = N.NecSettings()
+    plain_source = load_knowledge_source({"type": "fixed"})
+    plain = N.NecKnowledge(plain_source, encoder, settings, N.FactScorer(encoder))
+    expected = [(plain.social(c), plain.candidates(c)) for c in contexts]
+
+    source = load_knowledge_source({"type": "fixed"})
+    calls = []
+    warm = N.NecKnowledge(source, Counting(encoder, calls), settings, N.FactScorer(encoder))
+    warm.prefetch(contexts)
+    queries_after_prefetch, encodes_after_prefetch = len(source.queries), len(calls)
+    got = [(warm.social(c), warm.candidates(c)) for c in contexts]
+    assert got == expected
+    assert any(soc for soc, _ in got) and any(cands for _, cands in got)  # the fixture yields knowledge
+    assert len(source.queries) == queries_after_prefetch  # every later lookup came from the cache
+    assert encodes_after_prefetch == 1 and len(calls) == 1  # one batched encoding for the block
+    assert warm._entities == {}  # the warmed entities are consumed, not kept
 
 
 def test_negatives_follow_the_switches(tiny_llama, encoder):

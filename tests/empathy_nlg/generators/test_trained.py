@@ -30,9 +30,9 @@ def biases_seen(gen, monkeypatch):
     seen = []
     real = gen.model.lm.generate
 
-    def spy(prefixes, prompts, decoding, num_return=1, sequence_bias=None):
+    def spy(prefixes, prompts, decoding, num_return=1, sequence_bias=None, context_out=None):
         seen.append(sequence_bias)
-        return real(prefixes, prompts, decoding, num_return=num_return, sequence_bias=sequence_bias)
+        return real(prefixes, prompts, decoding, num_return=num_return, sequence_bias=sequence_bias, context_out=context_out)
 
     monkeypatch.setattr(gen.model.lm, "generate", spy)
     return seen
