@@ -211,17 +211,15 @@ class ConditionedBackbone:
             return embeds, mask, starts, None
         blank = [(torch.zeros(p.shape[0], t.shape[1], dtype=t.dtype, device=t.device), t) for p, t in pieces]
         embeds, mask, starts = self._pad(blank, left)
-        rows = []
+        rows, width = [], embeds.shape[1]
         for (p, _t), s in zip(pieces, starts):
-            width = embeds.shape[1]
             rows.append(torch.cat([p.new_zeros(s, p.shape[1]), p, p.new_zeros(width - s - p.shape[0], p.shape[1])], dim=0))
         return embeds, mask, starts, torch.stack(rows)
 
     def decoder_layers(self):
         """The decoder blocks of a decoder-only backbone (``model.layers`` of Llama-style bodies,
         ``transformer.h`` of GPT-2)."""
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        body = getattr(base, base.base_model_prefix)
+        body = self._decoder_body()
         layers = getattr(body, "layers", None) or getattr(body, "h", None)
         if layers is None:
             raise ValueError("prefix_top_layers: this backbone's decoder layers were not found")
@@ -264,10 +262,8 @@ class ConditionedBackbone:
         ids = self.tokenizer("I lost my job today and I do not know what to tell my family.",
                              add_special_tokens=False)["input_ids"]
         batch = torch.tensor([ids], dtype=torch.long, device=self.device)
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        body = getattr(base, base.base_model_prefix)
         with torch.no_grad():
-            states = body(inputs_embeds=self.embed(batch), output_hidden_states=True).hidden_states
+            states = self._decoder_body()(inputs_embeds=self.embed(batch), output_hidden_states=True).hidden_states
         return float(states[layer][0, 1:].float().pow(2).mean().sqrt())  # without the first position's outlier
 
     def forward(self, prefixes, prompts: Sequence[List[int]], replies: Sequence[List[int]], hidden: bool = False):
@@ -338,9 +334,12 @@ class ConditionedBackbone:
     def _body(self, embeds, mask):
         """Last-layer hidden states of a decoder-only backbone (after its final norm), without
         the LM head."""
+        return self._decoder_body()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+
+    def _decoder_body(self):
+        """The decoder stack of a decoder-only backbone (under the PEFT wrapper), without the LM head."""
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        body = getattr(base, base.base_model_prefix)
-        return body(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        return getattr(base, base.base_model_prefix)
 
     def generate(self, prefixes, prompts: Sequence[List[int]], decoding: Mapping[str, Any], num_return: int = 1,
                  sequence_bias: Optional[List[List[Any]]] = None, context_out: Optional[List[Any]] = None):
@@ -402,8 +401,6 @@ class ConditionedBackbone:
             yield
             return
         n, width = mask.shape
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        body = getattr(base, base.base_model_prefix)
         taken: List[Any] = []
 
         def hook(_module, _args, output):
@@ -413,7 +410,7 @@ class ConditionedBackbone:
             rows = h[:: h.shape[0] // n] if h.shape[0] != n else h  # beams repeat each example: one row each
             taken.append(masked_mean(rows.float(), mask))
 
-        handle = body.register_forward_hook(hook)
+        handle = self._decoder_body().register_forward_hook(hook)
         try:
             yield
         finally:

@@ -419,8 +419,9 @@ class NecKnowledge:
             heads: List[str] = []
             for ctx in contexts:
                 text = self.dialogue_text(ctx, s.context_turns)
-                ents = self._entities.setdefault(text, extract_entities(text, max_entities=s.max_entities))
-                heads.extend(entity_heads(self.source, text, ents))
+                if text not in self._entities:  # a dialogue repeated in the block is parsed once
+                    self._entities[text] = extract_entities(text, max_entities=s.max_entities)
+                heads.extend(entity_heads(self.source, text, self._entities[text]))
             self.source.infer(heads, list(NEC_ENTITY_RELATIONS), k=s.knowledge_per_relation)
 
     def use_scorer(self, scorer: FactScorer) -> None:
