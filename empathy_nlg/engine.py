@@ -89,7 +89,8 @@ class EmpathyEngine:
                 domain.update(DomainResponses.load(extra))
             else:
                 log.warning("safety responses %s not found: the scripted follow-ups fall back to the crisis resources", extra)
-        perceiver = Perceiver.load(artifacts_dir=p.get("artifacts"), encoder_path=p.get("encoder"), device=p.get("device"))
+        perceiver = Perceiver.load(artifacts_dir=p.get("artifacts"), encoder_path=p.get("encoder"), device=p.get("device"),
+                                   crisis_encoder=p.get("crisis_encoder"))
         name = settings["generation"]["generator"]
         gen_config = dict(settings["generation"].get("generators", {}).get(name, {}))
         generator = create_generator(name, gen_config)

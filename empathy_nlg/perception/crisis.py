@@ -176,6 +176,8 @@ WINDOW_TURNS = 3
 MAX_CHUNKS = 8
 CONTEXT_TURNS = 3
 HEAD = "crisis_head"
+#: the head on the larger frozen encoder (:mod:`empathy_nlg.perception.crisis_mpnet`)
+LARGE_HEAD = "crisis_head_mpnet"
 CONTEXT_ONLY = "context-only"
 
 
@@ -203,41 +205,82 @@ class CrisisDetector:
     normalised sentence embeddings (the perceiver's cached encoder).
     """
 
-    def __init__(self, head=None, embed=None, own_encoder: bool = False) -> None:
+    def __init__(self, head=None, embed=None, own_encoder: bool = False, large=None, large_head=None) -> None:
         self.model, self.config = head if head is not None else (None, {})
-        self.threshold = float(self.config.get("threshold", 0.5))
-        self.concern_threshold = float(self.config.get("concern_threshold", self.threshold))
-        self.cue_gate = float(self.config.get("cue_gate", CUE_GATE))
         self.embed = embed
         #: ``embed`` is the detector's own fine-tuned encoder: embeddings of the shared encoder that a
         #: caller passes in (``message_embedding``) are of another space and are ignored
         self.own_encoder = own_encoder
-        self.version = f"patterns+{self.config.get('version', 'no-classifier')}" if self.model is not None else "patterns-only"
+        #: the larger frozen encoder (:mod:`empathy_nlg.perception.crisis_mpnet`) and its head: when both
+        #: are there they decide, and the MiniLM head above is only the gate that says when they run
+        self.large, self.large_model, self.large_config = None, None, {}
+        if large is not None and large_head is not None and self.model is not None:
+            self.large = large
+            self.large_model, self.large_config = large_head
+        active = self.large_config if self.large is not None else self.config
+        self.threshold = float(active.get("threshold", 0.5))
+        self.concern_threshold = float(active.get("concern_threshold", self.threshold))
+        self.cue_gate = float(active.get("cue_gate", CUE_GATE))
+        #: MiniLM-head probability at or above which the larger encoder runs (any pattern or cue in the
+        #: user's recent messages makes it run too)
+        self.gate = float(self.large_config.get("gate_threshold", 0.0))
+        if self.model is None:
+            self.version = "patterns-only"
+        elif self.large is not None:
+            self.version = f"patterns+{self.large_config.get('version', 'large')}"
+        else:
+            self.version = f"patterns+{self.config.get('version', 'no-classifier')}"
+        #: messages the gate let through to the larger encoder / kept from it (for bench and eval)
+        self.gate_stats = {"large": 0, "gated_out": 0}
 
     @classmethod
-    def load(cls, art_dir, embed=None, encoder_path=None, device=None) -> "CrisisDetector":
+    def load(cls, art_dir, embed=None, encoder_path=None, device=None, crisis_encoder=None) -> "CrisisDetector":
         """The committed head from ``art_dir`` (patterns only, with a warning, when it is missing).
 
         A head trained end to end (config ``encoder: tuned``) brings its own encoder adapter
-        (:mod:`empathy_nlg.perception.crisis_encoder`); ``embed`` is then not used."""
+        (:mod:`empathy_nlg.perception.crisis_encoder`); ``embed`` is then not used.
+        ``crisis_encoder`` (the ``perception.crisis_encoder`` setting: a prepared folder's name or path,
+        e.g. ``all-mpnet-base-v2``) adds the larger encoder and its head (``crisis_head_mpnet``) with the
+        MiniLM head as their gate; when the encoder or that head is missing the MiniLM head decides
+        alone, with a logged warning (never an error)."""
         import logging
 
         from empathy_nlg.perception.common import load_head
 
+        logger = logging.getLogger(__name__)
         try:
             head = load_head(art_dir, HEAD)
         except FileNotFoundError:
-            logging.getLogger(__name__).warning("no %s in %s: the crisis flag uses patterns only "
-                                                "(train it: empathy-nlg train-perception --task crisis)", HEAD, art_dir)
+            logger.warning("no %s in %s: the crisis flag uses patterns only "
+                           "(train it: empathy-nlg train-perception --task crisis)", HEAD, art_dir)
             return cls(None, embed)
         if head[1].get("encoder") == "tuned":
             from empathy_nlg.perception.crisis_encoder import TunedEncoder
 
             return cls(head, TunedEncoder.load(art_dir, encoder_path, device).encode, own_encoder=True)
+        if crisis_encoder:
+            from empathy_nlg.perception.crisis_mpnet import is_prepared, load_encoder, resolve
+
+            if not is_prepared(resolve(crisis_encoder)):
+                load_encoder(crisis_encoder)  # logs why (not prepared) and how to prepare it
+                return cls(head, embed)
+            try:
+                large_head = load_head(art_dir, LARGE_HEAD)
+            except FileNotFoundError:
+                logger.warning("no %s in %s: the crisis classifier falls back to its MiniLM head", LARGE_HEAD, art_dir)
+                return cls(head, embed)
+            large = load_encoder(crisis_encoder, device=device)  # None (with a warning) when it cannot load
+            if large is not None:
+                trained_on = large_head[1].get("encoder_name")
+                if trained_on and trained_on != large.path.name:
+                    logger.warning("%s was trained on %s, not %s: the crisis classifier falls back to its MiniLM head",
+                                   LARGE_HEAD, trained_on, large.path.name)
+                    return cls(head, embed)
+                return cls(head, embed, large=large, large_head=large_head)
         return cls(head, embed)
 
     def probability(self, texts: Sequence[str], message_embedding: Optional[np.ndarray] = None) -> Optional[float]:
-        """P(crisis) of the last of ``texts`` given the earlier ones (None without a classifier)."""
+        """P(crisis) of the last of ``texts`` given the earlier ones by the MiniLM head (None without one)."""
         if self.model is None or self.embed is None or not texts:
             return None
         from empathy_nlg.perception.common import predict_head
@@ -251,6 +294,32 @@ class CrisisDetector:
         previous = [t for t in texts[:-1] if t.strip()][-CONTEXT_TURNS:]
         ctx = self.embed(previous) if previous else None
         return float(predict_head(self.model, features(m, ctx)[None, :], "bce")[0, 0])
+
+    def large_probability(self, texts: Sequence[str]) -> Optional[float]:
+        """P(crisis) by the larger encoder's head (None without it); embeddings LRU-cached per text."""
+        if self.large is None or not texts:
+            return None
+        from empathy_nlg.perception.common import predict_head
+
+        pieces = chunks(texts[-1])
+        previous = [t for t in texts[:-1] if t.strip()][-CONTEXT_TURNS:]
+        emb = self.large.encode(pieces + previous)  # one batch: the message's chunks and the uncached context
+        m, ctx = emb[: len(pieces)], (emb[len(pieces):] if previous else None)
+        return float(predict_head(self.large_model, features(m, ctx)[None, :], "bce")[0, 0])
+
+    def classify(self, texts: Sequence[str], message_embedding: Optional[np.ndarray] = None,
+                 force_large: bool = False) -> Optional[float]:
+        """The deciding classifier's probability: the larger encoder's head when it is loaded and the
+        gate opens (MiniLM head ≥ ``gate``, or ``force_large``: a pattern or cue in the recent messages);
+        gated out, 0.0 (the MiniLM head is sure enough it is ordinary talk); otherwise the MiniLM head's."""
+        p_small = self.probability(texts, message_embedding)
+        if self.large is None or p_small is None:
+            return p_small
+        if force_large or p_small >= self.gate:
+            self.gate_stats["large"] += 1
+            return self.large_probability(texts)
+        self.gate_stats["gated_out"] += 1
+        return 0.0
 
     def scaled(self, p: float) -> float:
         """The classifier's probability mapped piecewise-linearly so that ``threshold`` → 0.5."""
@@ -267,13 +336,17 @@ class CrisisDetector:
         if any(not r.startswith("negated:") for r in reasons):
             score = max(score, 0.5)
         emb = None if embeddings is None or len(embeddings) == 0 else embeddings[-1]
-        p = self.probability(list(texts), emb)
+        recent = [t for t in list(texts)[-WINDOW_TURNS:] if t.strip()]
+        # the larger encoder runs whenever a pattern or a cue matches anywhere in the recent messages
+        lexical = bool(reasons) or (self.large is not None and (bool(cue_matches(", ".join(recent)))
+                                                                  or pattern_matches(", ".join(recent))[0] > 0))
+        p = self.classify(list(texts), emb, force_large=lexical)
         concern = False
         if p is not None:
             if p >= self.threshold:
                 reasons.append(f"classifier:{p:.2f}")
                 if len(texts) > 1 and not any(not r.startswith("negated:") for r in reasons[:-1]):
-                    alone = self.probability([texts[-1]], emb)
+                    alone = self.classify([texts[-1]], emb, force_large=True)
                     if alone is not None and alone < self.threshold:
                         # flagged only because of what was said before: the engine's follow-up
                         # state answers these instead of repeating the resources
@@ -282,7 +355,6 @@ class CrisisDetector:
                 reasons.append(f"concern:{p:.2f}")
                 concern = True
             score = max(score, self.scaled(p))
-        recent = [t for t in list(texts)[-WINDOW_TURNS:] if t.strip()]
         window, earlier = ", ".join(recent), ", ".join(recent[:-1])
         if score < 0.5 and len(recent) > 1:
             # a plan told over several messages ("I'm holding my dad's revolver" / "it's loaded"): the

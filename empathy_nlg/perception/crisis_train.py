@@ -208,6 +208,18 @@ def safe_followups(positives: Sequence[Example], seed: int, per_message: int = 3
 
 
 CHAT_DEV = Path(__file__).resolve().parents[2] / "configs" / "conversations" / "dev.jsonl"
+#: held-out ordinary conversations: never trained or tuned on
+CHAT_HELDOUT = CHAT_DEV.with_name("heldout.jsonl")
+
+
+def default_crisis_encoder() -> Optional[str]:
+    """``perception.crisis_encoder`` of the engine's default settings (what the served engine uses)."""
+    from empathy_nlg.paths import CONFIG_DIR
+
+    try:
+        return (yaml.safe_load((CONFIG_DIR / "engine.default.yml").read_text()) or {}).get("perception", {}).get("crisis_encoder")
+    except (OSError, yaml.YAMLError):
+        return None
 
 
 def chat_turns(path: Path) -> List[Example]:
@@ -261,7 +273,7 @@ def threshold_for_recall(probs: np.ndarray, labels: np.ndarray, target: float) -
 def threshold_for_fpr(probs: np.ndarray, max_fpr: float, floor: float = 0.02) -> float:
     """The smallest threshold (grid 0.02…0.98 by 0.02, then 0.99…0.999; ≥ ``floor``) that flags at most
     ``max_fpr`` of the negatives ``probs``."""
-    grid = [round(float(t), 2) for t in np.arange(0.02, 0.99, 0.02)] + [0.99, 0.995, 0.998, 0.999]
+    grid = [round(float(t), 2) for t in np.arange(0.02, 0.99, 0.02)] + [0.99, 0.995, 0.998, 0.999, 0.9995, 0.9999]
     for t in [t for t in grid if t >= floor]:
         if not len(probs) or np.mean(probs >= t) <= max_fpr:
             return t
@@ -277,8 +289,11 @@ def rates(pred: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
 
 def train_crisis(data_dir: Path, encoder, out_dir: Path, seed: int = 13, own_weight: float = 3.0, use_cssrs: bool = True,
                  target_recall: float = 0.9, max_fpr: float = 0.01, max_checkin_fpr: float = 0.04,
-                 progress: bool = True) -> Dict[str, object]:
-    """Fit the head, choose its threshold on dev, write ``crisis_head`` to ``out_dir``; dev metrics."""
+                 progress: bool = True, head_name: str = HEAD, version: str = VERSION,
+                 extra_config: Optional[Dict[str, object]] = None) -> Dict[str, object]:
+    """Fit the head, choose its threshold on dev, write ``head_name`` (default ``crisis_head``) to
+    ``out_dir``; dev metrics. ``encoder`` embeds texts (the shared MiniLM's cache, or the larger
+    encoder's for ``crisis_head_mpnet``); ``extra_config`` joins the head's JSON."""
     import torch
 
     from empathy_nlg.perception.common import build_mlp, predict_head, save_head
@@ -330,9 +345,9 @@ def train_crisis(data_dir: Path, encoder, out_dir: Path, seed: int = 13, own_wei
     threshold, concern, metrics = calibrate(p_dev, dev, p_chat, target_recall, max_fpr, max_checkin_fpr)
     metrics.update({"dev_auc": round(100 * best_auc, 2), "best_epoch": best_epoch,
                     "train_examples": len(train), "dev_examples": len(dev)})
-    save_head(model, {**config, "threshold": threshold, "concern_threshold": concern, "version": VERSION, "seed": seed,
-                      "own_weight": own_weight, "use_cssrs": use_cssrs,
-                      "target_recall": target_recall, "dev": metrics}, out_dir, HEAD)
+    save_head(model, {**config, "threshold": threshold, "concern_threshold": concern, "version": version, "seed": seed,
+                      "own_weight": own_weight, "use_cssrs": use_cssrs, **(extra_config or {}),
+                      "target_recall": target_recall, "dev": metrics}, out_dir, head_name)
     return metrics
 
 
@@ -365,6 +380,67 @@ def calibrate(p_dev: np.ndarray, dev: Sequence[Example], p_chat: np.ndarray, tar
                "dev_own": rates(pred[src == "own"], y_dev[src == "own"]),
                "dev_xstest": rates(pred[src == "xstest"], y_dev[src == "xstest"])}
     return threshold, concern, metrics
+
+
+# ------------------------------------------------------------------------------ the larger frozen encoder
+LARGE_VERSION = "mpnet-crisis-mlp-v7"  # v7: the head on frozen all-mpnet-base-v2, gated by the MiniLM head v6
+#: own positives of these categories (and their multi-turn forms) must all pass the gate
+GATE_CATEGORIES = ("plan_means", "timing", "farewell", "ideation", "self_harm", "past_attempt")
+
+
+def lexical_gate(ex: Example) -> bool:
+    """True when a pattern or a cue matches the example's recent messages: the larger encoder then
+    runs whatever the MiniLM head says (:meth:`CrisisDetector.detect`)."""
+    from empathy_nlg.perception.crisis import WINDOW_TURNS, cue_matches, pattern_matches
+
+    recent = [t for t in (list(ex.context) + [ex.text])[-WINDOW_TURNS:] if t.strip()]
+    window = ", ".join(recent)
+    return bool(pattern_matches(ex.text)[1]) or pattern_matches(window)[0] > 0 or bool(cue_matches(window))
+
+
+def gate_threshold(p_small: np.ndarray, examples: Sequence[Example], margin: float = 0.5) -> Tuple[float, Dict[str, object]]:
+    """The MiniLM-head gate: ``margin`` × the lowest MiniLM probability of any own positive (train and
+    dev: :data:`GATE_CATEGORIES`, alone or in context) that no pattern or cue would send to the larger
+    encoder anyway — so no imminent-danger (or other crisis) phrasing the project has written is gated
+    out, with room below the lowest one. Returns the threshold and what it lets through."""
+    cats = {c for g in GATE_CATEGORIES for c in (g, f"context:{g}")}
+    lex = np.asarray([lexical_gate(ex) for ex in examples])
+    own_pos = np.asarray([ex.source == "own" and ex.label == 1 and ex.category in cats for ex in examples])
+    need = own_pos & ~lex
+    low = float(p_small[need].min()) if need.any() else 0.0
+    gate = round(margin * low, 6)
+    opened = (p_small >= gate) | lex
+    src = np.asarray([ex.source for ex in examples])
+    label = np.asarray([ex.label for ex in examples])
+    imminent = np.asarray([ex.category in IMMINENT for ex in examples])
+    stats = {"gate_threshold": gate, "lowest_own_positive": round(low, 6), "margin": margin,
+             "own_positives_checked": int(own_pos.sum()), "of_them_without_pattern_or_cue": int(need.sum()),
+             "imminent_positives_gated_out": int((own_pos & imminent & ~opened).sum()),
+             "opened_share_ed": round(float(100 * opened[src == "ed"].mean()), 2) if (src == "ed").any() else None,
+             "opened_share_own_negatives": round(float(100 * opened[(src == "own") & (label == 0)].mean()), 2),
+             "opened_share_cssrs": round(float(100 * opened[src == "cssrs"].mean()), 2) if (src == "cssrs").any() else None}
+    return gate, stats
+
+
+def train_large(data_dir: Path, small_cache, large_cache, out_dir: Path, encoder_name: str, seed: int = 13,
+                progress: bool = True, **kwargs) -> Dict[str, object]:
+    """``crisis_head_mpnet``: the crisis head on the larger frozen encoder (``large_cache`` embeds with
+    it), thresholds chosen on dev as for the MiniLM head, plus the gate (:func:`gate_threshold`)
+    computed from the MiniLM ``crisis_head`` already in ``out_dir`` (``small_cache``: the shared
+    MiniLM's embeddings)."""
+    from empathy_nlg.perception.common import load_head, predict_head, save_head
+    from empathy_nlg.perception.crisis import LARGE_HEAD
+
+    small, _ = load_head(out_dir, HEAD)
+    train, dev = split_data(data_dir, seed)
+    own = [ex for ex in train + dev if ex.source == "own" or ex.source == "cssrs" or ex.source == "ed"]
+    p_small = predict_head(small, featurise(own, small_cache.encode), "bce")[:, 0]
+    gate, gate_stats = gate_threshold(p_small, own)
+    metrics = train_crisis(data_dir, large_cache, out_dir, seed=seed, progress=progress, head_name=LARGE_HEAD,
+                           version=LARGE_VERSION, extra_config={"encoder_name": encoder_name, "gate_threshold": gate,
+                                                                "gate": gate_stats}, **kwargs)
+    metrics["gate"] = gate_stats
+    return metrics
 
 
 # ------------------------------------------------------------------------------ end-to-end fine-tuning
@@ -533,7 +609,13 @@ def evaluate_detector(detector: CrisisDetector, examples: Sequence[Example]) -> 
     labels = np.asarray([ex.label for ex, _ in rows])
     pred = np.asarray([r.crisis for _, r in rows])
     reached = np.asarray([r.crisis or r.concern for _, r in rows])
+    auc = None
+    if len(set(labels.tolist())) == 2:
+        from sklearn.metrics import roc_auc_score
+
+        auc = round(float(100 * roc_auc_score(labels, [r.score for _, r in rows])), 2)
     return {
+        "auc": auc,
         "overall": rates(pred, labels) if len(rows) else {},
         "overall_with_checkin": rates(reached, labels) if len(rows) else {},
         "per_category": per_category,
@@ -549,7 +631,13 @@ IMMINENT = ("plan_means", "timing", "farewell", "context:plan_means", "context:t
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--own", type=Path, default=OWN_HELDOUT, help=f"own phrasings YAML (default {OWN_HELDOUT.name})")
+    parser.add_argument("--own", type=Path, nargs="+", default=[OWN_HELDOUT, OWN_HELDOUT_B, OWN_HELDOUT_C, OWN_HELDOUT_D],
+                        help="own phrasings YAML file(s) (default: the four held-out sets)")
+    parser.add_argument("--chat", type=Path, nargs="*", default=[CHAT_DEV, CHAT_HELDOUT],
+                        help="conversation-script files whose every user turn must stay unflagged (counts of flags and check-ins)")
+    parser.add_argument("--crisis-encoder", default=None,
+                        help="the crisis classifier's larger encoder (default: perception.crisis_encoder of the engine's "
+                             "default settings; 'none' for the MiniLM head alone)")
     parser.add_argument("--cssrs", type=Path, default=None,
                         help="C-SSRS posts JSONL to evaluate on (default: the dev users of ../shared/data; pass "
                              "a held-out file of the same format to measure on unseen users)")
@@ -568,9 +656,14 @@ def run(args: argparse.Namespace) -> int:
     set_threads(2)
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
     encoder = SentenceEncoder()
+    large = args.crisis_encoder if args.crisis_encoder is not None else default_crisis_encoder()
     detector = (CrisisDetector(None, encoder.encode) if args.patterns_only
-                else CrisisDetector.load(args.artifacts or DEFAULT_ARTIFACTS_DIR, encoder.encode))
-    sets: Dict[str, List[Example]] = {"own phrasings (" + Path(args.own).name + ")": read_own(args.own)}
+                else CrisisDetector.load(args.artifacts or DEFAULT_ARTIFACTS_DIR, encoder.encode, crisis_encoder=large))
+    own_files = args.own if isinstance(args.own, (list, tuple)) else [args.own]
+    sets: Dict[str, List[Example]] = {"own phrasings (" + Path(f).name + ")": read_own(f) for f in own_files}
+    for f in args.chat or []:
+        if Path(f).is_file():
+            sets["conversation scripts (" + Path(f).name + ", every user turn)"] = chat_turns(f)
     if args.cssrs:
         sets["C-SSRS posts (" + Path(args.cssrs).name + ")"] = [ex for _, ex in read_cssrs(args.cssrs)]
     elif (data_dir / "crisis" / "cssrs_reddit_posts.jsonl").is_file():
@@ -578,12 +671,21 @@ def run(args: argparse.Namespace) -> int:
         sets["C-SSRS dev users (seeded 20 %)"] = [ex for ex in dev if ex.source == "cssrs"]
         sets["XSTest safe prompts (held-out half)"] = [ex for ex in dev if ex.source == "xstest"]
     results = {}
-    print(f"crisis detector {detector.version} (threshold {detector.threshold})")
+    print(f"crisis detector {detector.version} (threshold {detector.threshold}, check-in {detector.concern_threshold}"
+          f"{', gate ' + str(detector.gate) if detector.large is not None else ''})")
     for name, examples in sets.items():
+        before = dict(detector.gate_stats)
         res = evaluate_detector(detector, examples)
+        res["larger_encoder_ran"] = detector.gate_stats["large"] - before["large"]
         results[name] = res
         o, c = res["overall"], res["overall_with_checkin"]
-        print(f"\n== {name}\n  crisis flag:           recall {o.get('recall', float('nan')):5.1f} % of {o.get('n_pos', 0)}, "
+        head = f"\n== {name}"
+        if res["auc"] is not None:
+            head += f" — ROC AUC of the score {res['auc']:.1f}"
+        if detector.large is not None:
+            head += f" (larger encoder ran for {res['larger_encoder_ran']} of {len(examples)} messages)"
+        print(head)
+        print(f"  crisis flag:           recall {o.get('recall', float('nan')):5.1f} % of {o.get('n_pos', 0)}, "
               f"false positives {o.get('fpr', float('nan')):5.1f} % of {o.get('n_neg', 0)}")
         print(f"  crisis or check-in:    recall {c.get('recall', float('nan')):5.1f} %, false positives {c.get('fpr', float('nan')):5.1f} %")
         for cat, r in res["per_category"].items():
@@ -592,6 +694,7 @@ def run(args: argparse.Namespace) -> int:
                      else f"false positives {r['fpr']:5.1f} % / with check-in {w['fpr']:5.1f} % (n={r['n_neg']})")
             print(f"  {cat:32s} {shown}")
         imminent = [m for m in res["misses"] if m["category"] in IMMINENT]
+        res["imminent_neither"] = sum(1 for m in imminent if not m["checkin"])
         if imminent:
             print(f"  RELEASE BLOCKER — imminent-danger statements without the crisis flag ({len(imminent)}):")
             for m in imminent:

@@ -30,6 +30,7 @@ from empathy_nlg.perception.cause import CauseModel
 from empathy_nlg.perception.cm import ContextCMPredictor
 from empathy_nlg.perception.common import DEFAULT_ARTIFACTS_DIR
 from empathy_nlg.perception.crisis import CrisisDetector
+from empathy_nlg.perception.crisis_mpnet import ENCODER_NAME as DEFAULT_CRISIS_ENCODER
 from empathy_nlg.perception.emotion import EmotionClassifier, dialogue_features, result_from_probs
 from empathy_nlg.perception.types import CauseUtterance, Perception
 from empathy_nlg.taxonomy import CM_CODES
@@ -57,11 +58,17 @@ class Perceiver:
             "cm": cm.version,
             "crisis": crisis.version,
         }
+        if crisis.large is not None:
+            self.versions["crisis_encoder"] = crisis.large.name
 
     @classmethod
     def load(cls, artifacts_dir: Path | None = None, encoder_path: Path | str | None = None,
-             device: str | None = None) -> "Perceiver":
-        """Load the committed heads from ``artifacts_dir`` and the packaged encoder (a few seconds)."""
+             device: str | None = None, crisis_encoder: str | None = None) -> "Perceiver":
+        """Load the committed heads from ``artifacts_dir`` and the packaged encoder (a few seconds).
+
+        ``crisis_encoder``: the crisis classifier's larger encoder (the ``perception.crisis_encoder``
+        setting, e.g. :data:`DEFAULT_CRISIS_ENCODER`; None: the MiniLM crisis head alone — what tools
+        that do not judge crises use). Configured but missing, it falls back with a warning."""
         from empathy_nlg.perception.encoder import SentenceEncoder
 
         art = Path(artifacts_dir) if artifacts_dir else DEFAULT_ARTIFACTS_DIR
@@ -76,7 +83,7 @@ class Perceiver:
             emotion=EmotionClassifier.load(art),
             cause=CauseModel.load(art),
             cm=ContextCMPredictor.load(art),
-            crisis=CrisisDetector.load(art, encoder_path=encoder_path, device=device),
+            crisis=CrisisDetector.load(art, encoder_path=encoder_path, device=device, crisis_encoder=crisis_encoder),
             max_turns=int(settings.get("max_turns", 12)),
             cache_size=int(settings.get("cache_size", 1024)),
         )

@@ -36,10 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="instead of training: write ED conversations annotated with cause indices to this path")
     parser.add_argument("--annotate-input", type=Path, default=None,
                         help="ed-jsonl file to annotate (default: <data-dir>/empathetic_dialogues/train.jsonl)")
-    parser.add_argument("--crisis-encoder", choices=("frozen", "tuned"), default="frozen",
-                        help="crisis classifier: a head on the frozen shared encoder (default, the committed one) or "
-                             "trained end to end with a LoRA adapter on the encoder (tuned; starts from the frozen head; "
-                             "≈ 26 min on 2 CPU cores — see the perception model card for why it is not the default)")
+    parser.add_argument("--crisis-encoder", choices=("mpnet", "frozen", "tuned"), default="mpnet",
+                        help="crisis classifier: mpnet (default, the committed ones) = the head on the shared MiniLM "
+                             "(crisis_head: the gate and the fallback) and then a head on the frozen all-mpnet-base-v2 "
+                             "(crisis_head_mpnet; needs `empathy-nlg prepare-encoder`); frozen = the MiniLM head only; "
+                             "tuned = MiniLM trained end to end with a LoRA adapter (≈ 26 min on 2 CPU cores — see the "
+                             "perception model card for why it is not the default)")
+    parser.add_argument("--large-encoder", default=None,
+                        help="folder of the crisis classifier's larger encoder (default: the prepared all-mpnet-base-v2)")
     parser.add_argument("--crisis-epochs", type=int, default=3, help="fine-tuning epochs of the tuned crisis encoder")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="stop the crisis fine-tuning after this long (the best epoch so far is saved)")
@@ -161,8 +165,20 @@ def run(args: argparse.Namespace) -> int:
             summary["crisis"]["frozen_dev"] = {k: frozen[k] for k in ("dev_auc", "threshold", "concern_threshold",
                                                                       "dev_own", "dev_cssrs", "dev_ed")}
         else:
-            summary["crisis"] = train_crisis(data_dir, encoder, out, seed=args.seed, progress=progress)
+            summary["crisis"] = train_crisis(data_dir, cache, out, seed=args.seed, progress=progress)
             shutil.rmtree(out / ADAPTER_DIR, ignore_errors=True)  # a stale adapter must not outlive its head
+            if args.crisis_encoder == "mpnet":
+                from empathy_nlg.perception.crisis_mpnet import ENCODER_NAME, CachedEncoder, encoders_dir, is_prepared
+                from empathy_nlg.perception.crisis_train import train_large
+
+                large_path = Path(args.large_encoder) if args.large_encoder else encoders_dir() / ENCODER_NAME
+                if not is_prepared(large_path):
+                    raise SystemExit(f"no prepared encoder in {large_path}: run `empathy-nlg prepare-encoder` first "
+                                     "(or --crisis-encoder frozen for the MiniLM head alone)")
+                large = CachedEncoder(large_path, quantize=False, cache_size=16)
+                large_cache = EmbeddingCache(large, args.cache_dir)
+                summary["crisis"]["mpnet"] = train_large(data_dir, cache, large_cache, out, large_path.name,
+                                                         seed=args.seed, progress=progress)
         timings["crisis"] = time.time() - t0
 
     settings_path = out / "perceiver.json"

