@@ -224,6 +224,8 @@ class CrisisDetector:
         #: MiniLM-head probability at or above which the larger encoder runs (any pattern or cue in the
         #: user's recent messages makes it run too)
         self.gate = float(self.large_config.get("gate_threshold", 0.0))
+        #: an earlier message at or above the MiniLM head's own check-in threshold opens the gate too
+        self.context_gate = float(self.large_config.get("context_gate_threshold", self.config.get("concern_threshold", 1.0)))
         if self.model is None:
             self.version = "patterns-only"
         elif self.large is not None:
@@ -307,6 +309,21 @@ class CrisisDetector:
         m, ctx = emb[: len(pieces)], (emb[len(pieces):] if previous else None)
         return float(predict_head(self.large_model, features(m, ctx)[None, :], "bce")[0, 0])
 
+    def context_opens_gate(self, texts: Sequence[str]) -> bool:
+        """True when one of the user's previous :data:`CONTEXT_TURNS` messages, judged by the MiniLM head
+        in its own context, reached that head's own check-in threshold (``context_gate``): a plan told
+        over several messages ("gave my guitar to my cousin" / "sorted the bank stuff" / "so
+        everything's taken care of now") keeps the larger encoder reading the conversation. Cheap:
+        those embeddings are in the shared cache; with this threshold it opens the gate for < 1 % more
+        of ordinary messages (ED valid, the dev chat scripts)."""
+        texts = list(texts)
+        for end in range(len(texts) - 1, max(len(texts) - 1 - CONTEXT_TURNS, 0), -1):
+            if texts[end - 1].strip():
+                p = self.probability(texts[:end])
+                if p is not None and p >= self.context_gate:
+                    return True
+        return False
+
     def classify(self, texts: Sequence[str], message_embedding: Optional[np.ndarray] = None,
                  force_large: bool = False) -> Optional[float]:
         """The deciding classifier's probability: the larger encoder's head when it is loaded and the
@@ -315,7 +332,7 @@ class CrisisDetector:
         p_small = self.probability(texts, message_embedding)
         if self.large is None or p_small is None:
             return p_small
-        if force_large or p_small >= self.gate:
+        if force_large or p_small >= self.gate or self.context_opens_gate(texts):
             self.gate_stats["large"] += 1
             return self.large_probability(texts)
         self.gate_stats["gated_out"] += 1

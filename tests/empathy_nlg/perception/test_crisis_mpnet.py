@@ -126,8 +126,9 @@ class _Large:
         return np.asarray([[0.9 if "rope" in t else 0.2 if "letters" in t else 0.02, 0.0] for t in texts], np.float32)
 
 
-def _small(texts):  # the MiniLM stand-in: everything looks harmless except "rope"/"tonight" a little
-    return np.asarray([[0.3 if ("rope" in t or "tonight" in t) else 0.01, 0.0] for t in texts], np.float32)
+def _small(texts):  # the MiniLM stand-in: harmless but for "rope"/"tonight" (a little) and "bridge" (concerned)
+    return np.asarray([[0.7 if "bridge" in t else 0.3 if ("rope" in t or "tonight" in t) else 0.01, 0.0] for t in texts],
+                      np.float32)
 
 
 def _gated():
@@ -154,6 +155,15 @@ def test_a_pattern_or_cue_opens_the_gate_whatever_the_minilm_head_says():
     # the larger head (0.2) is above the cue gate (0.05), below its check-in threshold: the cue asks the check-in
     assert large.seen and "cue:farewell_letters" in r.reasons and r.concern and not r.crisis
     assert det.detect(["I want to end my life"]).crisis  # a pattern: flagged whatever the classifiers say
+
+
+def test_an_earlier_concerning_message_keeps_the_gate_open():
+    det, large = _gated()  # the MiniLM head's own check-in threshold (0.5) is the context gate
+    assert det.context_gate == 0.5
+    det.detect(["what a nice day", "anyway, everything is sorted now"])
+    assert large.seen == []  # nothing concerning before: the MiniLM head alone was enough
+    det.detect(["I keep thinking about the bridge", "anyway, everything is sorted now"])
+    assert "anyway, everything is sorted now" in large.seen and "I keep thinking about the bridge" in large.seen
 
 
 def test_the_larger_encoder_reads_the_context_and_caches_it():
