@@ -8,7 +8,11 @@ Method (safety first: recall before precision)
    and the mean embedding of the user's previous (up to 3) messages, so "tonight's the night"
    after "I bought a rope" is read in its context. Trained on real labelled posts (C-SSRS Reddit
    annotations) plus the project's own phrasings and hard negatives; its threshold is chosen on a
-   dev split for recall. Reason: ``classifier:<p>``.
+   dev split for recall. Reason: ``classifier:<p>``. Served (v7, ``crisis_head_mpnet``) on the
+   frozen all-mpnet-base-v2 (:mod:`empathy_nlg.perception.crisis_mpnet`), which runs only when the
+   MiniLM head (``crisis_head``, v6) opens the gate (probability ≥ ``gate_threshold``, an earlier
+   message at its check-in threshold, or any pattern/cue); without that encoder the MiniLM head
+   decides alone (a warning at load).
 2. **Curated lexical patterns** (:data:`PATTERNS`) as a floor the classifier cannot lower:
    explicit suicide/self-harm phrasings, wishes to be dead, plans and means, burden statements.
    Idioms that share the words ("this exam is killing me", "dying to see", "phone died") never

@@ -207,6 +207,7 @@ def test_production_detector_uses_the_real_larger_encoder(production):
 
     cfg = json.loads((DEFAULT_ARTIFACTS_DIR / f"{LARGE_HEAD}.json").read_text())
     assert production.large is not None and production.version == f"patterns+{cfg['version']}"
+    assert not production.large.quantized  # int8 ruins these embeddings (crisis_mpnet module doc)
     assert production.large.path.name == cfg["encoder_name"] == M.ENCODER_NAME
     assert (production.threshold, production.concern_threshold, production.gate) == (
         cfg["threshold"], cfg["concern_threshold"], cfg["gate_threshold"])
