@@ -228,6 +228,9 @@ class CrisisDetector:
         #: MiniLM-head probability at or above which the larger encoder runs (any pattern or cue in the
         #: user's recent messages makes it run too)
         self.gate = float(self.large_config.get("gate_threshold", 0.0))
+        #: how the deciding probability is made when the larger encoder runs: its head alone
+        #: (``large``) or the mean of both heads (``mean``)
+        self.combine = str(self.large_config.get("combine", "large"))
         #: an earlier message at or above the MiniLM head's own check-in threshold opens the gate too
         self.context_gate = float(self.large_config.get("context_gate_threshold", self.config.get("concern_threshold", 1.0)))
         if self.model is None:
@@ -330,15 +333,17 @@ class CrisisDetector:
 
     def classify(self, texts: Sequence[str], message_embedding: Optional[np.ndarray] = None,
                  force_large: bool = False) -> Optional[float]:
-        """The deciding classifier's probability: the larger encoder's head when it is loaded and the
-        gate opens (MiniLM head ≥ ``gate``, or ``force_large``: a pattern or cue in the recent messages);
+        """The deciding classifier's probability: the larger encoder's head (or, with ``combine: mean``,
+        the mean of both heads) when it is loaded and the gate opens (MiniLM head ≥ ``gate``, or ``force_large``: a pattern or cue in the recent messages);
         gated out, 0.0 (the MiniLM head is sure enough it is ordinary talk); otherwise the MiniLM head's."""
         p_small = self.probability(texts, message_embedding)
         if self.large is None or p_small is None:
             return p_small
         if force_large or p_small >= self.gate or self.context_opens_gate(texts):
             self.gate_stats["large"] += 1
-            return self.large_probability(texts)
+            p_large = self.large_probability(texts)
+            # ``combine: mean`` (v8): the two heads' average ranks better on dev than either alone
+            return 0.5 * (p_small + p_large) if self.combine == "mean" else p_large
         self.gate_stats["gated_out"] += 1
         return 0.0
 

@@ -149,6 +149,16 @@ def test_the_gate_decides_when_the_larger_encoder_runs():
     assert det.gate_stats == {"large": 1, "gated_out": 1}
 
 
+def test_combine_mean_averages_the_two_heads():
+    large = _Large()
+    det = CrisisDetector((_Head(), {"threshold": 0.95}), _small, large=large,
+                         large_head=(_Head(), {"threshold": 0.8, "concern_threshold": 0.5, "gate_threshold": 0.1,
+                                               "combine": "mean"}))
+    assert det.classify(["I tied a rope to the beam"]) == pytest.approx(0.5 * (0.3 + 0.9), abs=1e-4)
+    assert det.classify(["a lovely walk"]) == 0.0  # gated out: the larger encoder did not run
+    assert _gated()[0].classify(["I tied a rope to the beam"]) == pytest.approx(0.9, abs=1e-4)  # default: large alone
+
+
 def test_a_pattern_or_cue_opens_the_gate_whatever_the_minilm_head_says():
     det, large = _gated()
     r = det.detect(["I wrote letters to my kids last night"])  # a farewell cue; MiniLM 0.01 < gate
