@@ -85,6 +85,7 @@ class TrainedGenerator(Generator):
         self.tone_bias, self.tone_min_prob = float(tone_bias), float(tone_min_prob)
         self.model = self.model_class.load(folder, backbone_path=backbone_path, device=device, dtype=dtype)
         self.model.train(False)
+        self.model.lm.prepare_for_serving()
         # the tone entries depend only on the polarity: tokenised once, not on every turn
         self._tone = {pol: C.tone_bias(self.model.lm.tokenizer, pol, bias=self.tone_bias) for pol in POLARITIES}
         self.settings = self.model.settings

@@ -280,3 +280,80 @@ def test_generate_hands_out_the_prompt_vectors_of_its_first_pass(tiny_llama, tmp
         assert len(taken) == 1 and taken[0].shape == expected.shape
         assert torch.allclose(taken[0], expected, atol=1e-4)
     lm.generate(prefixes, prompts, {"max_new_tokens": 4})  # without the list nothing is captured
+
+
+@pytest.mark.parametrize("layer", [None, 0, 2])
+@pytest.mark.parametrize("decoding, beams", [({"max_new_tokens": 6}, 1), ({"max_new_tokens": 6}, 3),
+                                             ({"max_new_tokens": 6, "num_beams": 4}, 2),
+                                             ({"max_new_tokens": 6, "do_sample": True, "seed": 3}, 2)])
+def test_the_shared_prefill_decodes_exactly_as_generate_alone(tiny_llama, tmp_path, layer, decoding, beams):
+    """The prompt run once per example, its cache repeated for the beams: the same tokens, beam
+    scores and prompt vectors as ``transformers`` running every beam's copy of the prompt, for a
+    padded batch, with the prefix at the bottom or in the upper layers, with a sequence bias."""
+    tok = _three_layers(tiny_llama, tmp_path / "three")
+    lm = _lm(tmp_path / "three")
+    lm.model.eval()  # as served (LoRA dropout off): sampling then draws the same numbers both ways
+    lm.prefix_layer = layer
+    prompts = [C.encode_prompt(tok, C.prompt_messages([Utterance("speaker", t)], 2), 64)
+               for t in ("i am sad", "we adopted a kitten yesterday and she sleeps on my feet")]
+    prefixes = [_prefix(lm, 3, 0) * 10, _prefix(lm, 1, 1) * 10]
+    bias = [[tok("the", add_special_tokens=False)["input_ids"], -3.0]]
+    runs = {}
+    for shared in (False, True):
+        lm.shared_prefill = shared
+        calls = _count_body_widths(lm)
+        torch.manual_seed(0)
+        taken = []
+        ids, scores = lm.generate(prefixes, prompts, decoding, num_return=beams, sequence_bias=bias, context_out=taken)
+        runs[shared] = (ids, scores, taken[0], calls)
+    (ids0, s0, z0, calls0), (ids1, s1, z1, calls1) = runs[False], runs[True]
+    assert ids1.tolist() == ids0.tolist()
+    assert (s0 is None and s1 is None) or torch.allclose(s0, s1, atol=1e-4)
+    assert torch.allclose(z0, z1, atol=1e-4)
+    width = max(p.shape[0] + len(t) for p, t in zip(prefixes, prompts))
+    expand = max(decoding.get("num_beams", 1), beams)
+    # without it the whole prompt runs once per beam; with it, once per example, minus one position
+    assert calls0[0] == (2 * expand, width)
+    assert calls1[:2] == [(2, width - 1), (2 * expand, 1)]
+
+
+def _count_body_widths(lm):
+    """(batch, positions) of every forward pass of the decoder body, filled in as they run."""
+    seen = []
+
+    def hook(_module, args, kwargs):
+        x = next(v for v in (kwargs.get("inputs_embeds"), kwargs.get("input_ids"), *args) if v is not None)
+        seen.append(tuple(x.shape[:2]))
+
+    lm._decoder_body().register_forward_pre_hook(hook, with_kwargs=True)
+    return seen
+
+
+def test_serving_merges_the_adapters_exactly(tiny_llama, tmp_path):
+    """prepare_for_serving: the merged backbone scores and decodes as the adapters did, with a
+    prefix in the upper layers too."""
+    tok = _three_layers(tiny_llama, tmp_path / "three")
+    lm = _lm(tmp_path / "three")
+    with torch.no_grad():  # trained-looking adapters, so that merging has something to merge
+        for name, p in lm.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    lm.model.eval()
+    lm.prefix_layer = 1
+    prompts = [C.encode_prompt(tok, C.prompt_messages([Utterance("speaker", "we adopted a kitten")], 2), 64)]
+    prefixes = [_prefix(lm, 2, 0) * 10]
+    replies = [C.encode_reply(tok, "oh how lovely", 32, False)]
+    with torch.no_grad():
+        before, _, _ = lm.forward(prefixes, prompts, replies)
+        with lm.model.disable_adapter():
+            plain = lm.model(input_ids=torch.tensor([prompts[0]])).logits
+    ids_before, s_before = lm.generate(prefixes, prompts, {"max_new_tokens": 5}, num_return=2)
+    lm.prepare_for_serving()
+    assert not any("lora" in n for n, _ in lm.model.named_modules())
+    with torch.no_grad():
+        merged, _, _ = lm.forward(prefixes, prompts, replies)
+        after = lm.model(input_ids=torch.tensor([prompts[0]])).logits
+    ids_merged, s_merged = lm.generate(prefixes, prompts, {"max_new_tokens": 5}, num_return=2)
+    assert torch.allclose(before, merged, atol=1e-4)
+    assert not torch.allclose(plain, after, atol=1e-3)  # the adapters' change is in the weights now
+    assert ids_merged.tolist() == ids_before.tolist() and torch.allclose(s_before, s_merged, atol=1e-4)
