@@ -5,6 +5,15 @@ default the engine's settings), perceives ``--n`` held-out ED contexts once (per
 reported separately: ``bench-perceive``), warms up, then times one ``generate`` call per context
 (batch of one, as in a live conversation: knowledge look-up, conditioning, decoding and — for
 NEC — reranking included) and prints p50 / p95 / mean seconds per reply.
+
+``--speedups`` times each trained generator once per serving speed-up, cumulatively, in one run
+on the same contexts, and prints each step's ratio against the first (the backbone with its
+adapters, decoded by plain ``transformers.generate``, which runs the prompt once per beam) and how
+many replies stayed the same:
+
+1. ``plain``: adapters separate, the prompt run once per beam;
+2. ``+ shared prefill``: the prompt run once per reply, its key/value cache repeated for the beams;
+3. ``+ merged adapters``: the LoRA weights merged into the backbone (the served configuration).
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="YAML with generators: {NAME: {...}} (as for evaluate)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    parser.add_argument("--speedups", action="store_true",
+                        help="trained generators: time plain generate, + shared prefill, + merged adapters (ratios)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,25 +60,61 @@ def run(args: argparse.Namespace) -> int:
     device = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
     results: Dict[str, Any] = {"device": device, "n": args.n, "data": str(data)}
     print(f"reply latency, batch of 1, {args.n} held-out contexts of {data.name}, on {device}")
-    for name, gen in build_generators(args.generator, config).items():
-        for r in requests[: args.warmup]:
-            gen.generate([r])
-        times: List[float] = []
-        words: List[int] = []
-        for i, r in enumerate(requests[args.warmup :], 1):
-            t0 = time.perf_counter()
-            out = gen.generate([r])[0]
-            times.append(time.perf_counter() - t0)
-            words.append(len(out.text.split()))
-            print(f"\r  {name}: {i}/{args.n}", end="", flush=True)
-        arr = np.asarray(times)
-        row = {"p50_s": round(float(np.percentile(arr, 50)), 3), "p95_s": round(float(np.percentile(arr, 95)), 3),
-               "mean_s": round(float(arr.mean()), 3), "mean_words": round(float(np.mean(words)), 1),
-               "version": gen.version}
-        results[name] = row
-        print(f"\r  {name:24s} p50 {row['p50_s']:.2f} s   p95 {row['p95_s']:.2f} s   mean {row['mean_s']:.2f} s"
-              f"   ({row['mean_words']} words/reply)")
+    if args.speedups:
+        results["speedups"] = {name: _speedup_ladder(name, config, requests, args) for name in args.generator}
+    else:
+        for name, gen in build_generators(args.generator, config).items():
+            row, _ = _time(name, gen, requests, args)
+            results[name] = row
+            print(f"\r  {name:24s} p50 {row['p50_s']:.2f} s   p95 {row['p95_s']:.2f} s   mean {row['mean_s']:.2f} s"
+                  f"   ({row['mean_words']} words/reply)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
         print(f"written to {args.json}")
     return 0
+
+
+def _time(label: str, gen, requests, args) -> tuple:
+    """Warm-up, then one timed ``generate`` per context: (figures, reply texts)."""
+    for r in requests[: args.warmup]:
+        gen.generate([r])
+    times: List[float] = []
+    texts: List[str] = []
+    for i, r in enumerate(requests[args.warmup :], 1):
+        t0 = time.perf_counter()
+        out = gen.generate([r])[0]
+        times.append(time.perf_counter() - t0)
+        texts.append(out.text)
+        print(f"\r  {label}: {i}/{args.n}", end="", flush=True)
+    arr = np.asarray(times)
+    row = {"p50_s": round(float(np.percentile(arr, 50)), 3), "p95_s": round(float(np.percentile(arr, 95)), 3),
+           "mean_s": round(float(arr.mean()), 3), "mean_words": round(float(np.mean([len(t.split()) for t in texts])), 1),
+           "version": gen.version}
+    return row, texts
+
+
+def _speedup_ladder(name: str, config, requests, args) -> Dict[str, Any]:
+    """The serving speed-ups of one trained generator, cumulatively, on the same contexts."""
+    from empathy_nlg.evaluation.harness import build_generators
+    from empathy_nlg.generators.trained import TrainedGenerator
+
+    section = dict((config.get("generators") or {}).get(name) or {})
+    unmerged = build_generators([name], {**config, "generators": {**(config.get("generators") or {}),
+                                                                 name: {**section, "merge_adapters": False}}})[name]
+    if not isinstance(unmerged, TrainedGenerator):
+        raise ValueError(f"--speedups: {name!r} is not a trained generator")
+    steps: Dict[str, Any] = {}
+    print(f"{name}: serving speed-ups, cumulative; ratio = p50 against 'plain'")
+    unmerged.model.lm.shared_prefill = False
+    steps["plain"], base = _time(name, unmerged, requests, args)
+    unmerged.model.lm.shared_prefill = True
+    steps["+ shared prefill"], shared = _time(name, unmerged, requests, args)
+    del unmerged
+    merged = build_generators([name], config)[name]
+    steps["+ merged adapters"], final = _time(name, merged, requests, args)
+    for (label, row), texts in zip(steps.items(), (base, shared, final)):
+        row["ratio_p50"] = round(steps["plain"]["p50_s"] / row["p50_s"], 2)
+        row["same_replies"] = f"{sum(a == b for a, b in zip(base, texts))}/{len(base)}"
+        print(f"\r  {label:20s} p50 {row['p50_s']:.2f} s   p95 {row['p95_s']:.2f} s   ×{row['ratio_p50']:.2f}"
+              f"   same replies as plain {row['same_replies']}")
+    return steps

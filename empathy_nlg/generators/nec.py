@@ -490,6 +490,10 @@ class NecGenerator(TrainedGenerator):
         if self.settings.entity or self.settings.social:
             source = load_knowledge_source_or_none(dict(knowledge or {"type": "retrieval"}), "nec", encoder=self.model.encoder)
             self.knowledge = NecKnowledge(source, self.model.encoder, self.settings, self.model.fact_scorer)
+            if self.settings.entity:
+                from empathy_nlg.knowledge.seeds import load_spacy
+
+                load_spacy()  # at load, not on the first user's turn (several seconds on this CPU)
 
     def version_suffix(self) -> str:
         return "" if self.rerank else "/no-rerank"

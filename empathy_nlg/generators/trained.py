@@ -70,7 +70,7 @@ class TrainedGenerator(Generator):
                  dtype: str = "auto", decoding: Optional[Mapping[str, Any]] = None, num_beams: Optional[int] = None,
                  batch_size: int = 8, history_ngram: int = 3, history_bias: float = -4.0,
                  grounding_bias: float = 1.5, grounding_turns: int = 2, tone_bias: float = -5.0,
-                 tone_min_prob: float = 0.6, **own: Any) -> None:
+                 tone_min_prob: float = 0.6, merge_adapters: bool = True, **own: Any) -> None:
         from empathy_nlg.decoding.generation import DecodingConfig
 
         folder = Path(model_dir) if model_dir else self.default_model_dir
@@ -85,7 +85,8 @@ class TrainedGenerator(Generator):
         self.tone_bias, self.tone_min_prob = float(tone_bias), float(tone_min_prob)
         self.model = self.model_class.load(folder, backbone_path=backbone_path, device=device, dtype=dtype)
         self.model.train(False)
-        self.model.lm.prepare_for_serving()
+        if merge_adapters:  # False: the adapters stay separate (the latency benchmark's baseline)
+            self.model.lm.prepare_for_serving()
         # the tone entries depend only on the polarity: tokenised once, not on every turn
         self._tone = {pol: C.tone_bias(self.model.lm.tokenizer, pol, bias=self.tone_bias) for pol in POLARITIES}
         self.settings = self.model.settings

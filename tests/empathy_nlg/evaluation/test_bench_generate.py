@@ -21,3 +21,37 @@ def test_bench_generate_measures_each_generator(tmp_path, capsys):
     assert figures["n"] == 3 and 0 <= row["p50_s"] <= row["p95_s"] and row["mean_words"] == 2.0
     assert "p95" in capsys.readouterr().out
     assert main(["bench-generate", "--generator", "canned", "--config", str(cfg), "--data", str(data), "--n", "0"]) == 2
+
+
+def test_speedups_time_each_serving_step_on_the_same_contexts(tmp_path, tiny_llama, capsys):
+    """--speedups: plain generate, + shared prefill, + merged adapters, each timed with its ratio
+    against plain and the count of replies that stayed the same (all of them: both steps are exact)."""
+    import torch
+    import yaml
+
+    from empathy_nlg.generators import conditioned as C
+    from empathy_nlg.generators import finetuned as F
+
+    bb = C.load_base(str(tiny_llama), device="cpu", dtype="float32")
+    model = F.FinetunedModel(F.FinetunedSettings(max_prompt_tokens=48), bb, None, lora={"r": 2, "alpha": 4, "dropout": 0.0})
+    with torch.no_grad():
+        for name, p in model.peft.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    model.save(tmp_path / "m", extra={"trained_at": "test"})
+    data = write_ed(tmp_path / "ed.jsonl")
+    cfg = tmp_path / "cfg.yml"
+    cfg.write_text(yaml.safe_dump({"generators": {"ft": {
+        "generator": "finetuned", "model_dir": str(tmp_path / "m"), "backbone_path": str(tiny_llama), "device": "cpu",
+        "num_beams": 3, "grounding_bias": 0, "tone_bias": 0, "decoding": {"max_new_tokens": 5}}}}))
+    out = tmp_path / "bench.json"
+    assert main(["bench-generate", "--generator", "ft", "--config", str(cfg), "--data", str(data),
+                 "--n", "3", "--warmup", "1", "--speedups", "--json", str(out)]) == 0
+    steps = json.loads(out.read_text())["speedups"]["ft"]
+    assert list(steps) == ["plain", "+ shared prefill", "+ merged adapters"]
+    assert steps["plain"]["ratio_p50"] == 1.0
+    for row in steps.values():
+        assert row["same_replies"] == "3/3" and row["p50_s"] > 0
+    assert "same replies as plain" in capsys.readouterr().out
+    cfg.write_text(yaml.safe_dump({"generators": {"c": {"generator": "frequent"}}}))
+    assert main(["bench-generate", "--generator", "c", "--config", str(cfg), "--data", str(data), "--speedups"]) == 2
