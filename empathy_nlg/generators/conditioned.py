@@ -171,8 +171,8 @@ class ConditionedBackbone:
         """Serving only (the weights stop being trainable): the LoRA adapters merged into the
         backbone's weights — the same function (tested), without the adapters' extra matmuls on
         every decoding step. (Dynamic int8 quantisation of the Linear layers was measured too and
-        rejected: 3-4× faster decoding here, but none of 8 replies stayed the same and they got
-        worse — the activations' outliers do not survive per-tensor int8; docs/generators.md.)"""
+        rejected: ≈ 3× faster decoding here, but none of 8 replies stayed the same and they got
+        worse; docs/generators.md.)"""
         if hasattr(self.model, "merge_and_unload"):
             self.model = self.model.merge_and_unload()
         self.model.eval()
