@@ -369,8 +369,12 @@ class ConditionedBackbone:
 
         ``context_out`` (a list, decoder-only backbones): receives the mean last-layer hidden state
         of each ``[prefix ; prompt]`` ([B, d], what :meth:`context_vectors` computes), taken from
-        the first decoding step, which encodes the whole prompt anyway — a reranker that needs it
-        (NEC's ``z_x``) then costs no second pass over the prompt."""
+        the passes that encode the prompt anyway (the shared prefill and the first decoding step)
+        — a reranker that needs it (NEC's ``z_x``) then costs no second pass over the prompt.
+
+        The prompt runs once per example (:meth:`_prefill`), not once per beam: same tokens and
+        scores as ``transformers.generate`` alone (``shared_prefill = False``), ×1.6 faster for
+        NEC's 4 beams here (``bench-generate --speedups``)."""
         import torch
 
         from empathy_nlg.decoding.generation import generate_kwargs
