@@ -43,7 +43,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -363,9 +363,17 @@ class CrisisDetector:
             score = max(score, 0.5)
         emb = None if embeddings is None or len(embeddings) == 0 else embeddings[-1]
         recent = [t for t in list(texts)[-WINDOW_TURNS:] if t.strip()]
+        window, earlier = ", ".join(recent), ", ".join(recent[:-1])
+        matched: Dict[Any, Any] = {}  # the patterns and the cues each read the window once per call
+
+        def on_window(match):
+            if match not in matched:
+                matched[match] = match(window)
+            return matched[match]
+
         # the larger encoder runs whenever a pattern or a cue matches anywhere in the recent messages
-        lexical = bool(reasons) or (self.large is not None and (bool(cue_matches(", ".join(recent)))
-                                                                  or pattern_matches(", ".join(recent))[0] > 0))
+        lexical = bool(reasons) or (self.large is not None and (bool(on_window(cue_matches))
+                                                                  or on_window(pattern_matches)[0] > 0))
         p = self.classify(list(texts), emb, force_large=lexical)
         concern = False
         if p is not None:
@@ -381,14 +389,13 @@ class CrisisDetector:
                 reasons.append(f"concern:{p:.2f}")
                 concern = True
             score = max(score, self.scaled(p))
-        window, earlier = ", ".join(recent), ", ".join(recent[:-1])
         if score < 0.5 and len(recent) > 1:
             # a plan told over several messages ("I'm holding my dad's revolver" / "it's loaded"): the
             # patterns read the user's recent messages together, and a match that reaches into the
             # latest one flags it (marked context-only: it needs the earlier messages). A statement
             # wholly inside an earlier message was judged at its own turn and does not flag again.
-            strong = lambda text: {r for r in pattern_matches(text)[1] if not r.startswith("negated:")}  # noqa: E731
-            spanning = strong(window) - strong(earlier)
+            strong = lambda found: {r for r in found[1] if not r.startswith("negated:")}  # noqa: E731
+            spanning = strong(on_window(pattern_matches)) - strong(pattern_matches(earlier))
             if spanning:
                 score = max(score, 0.5)
                 reasons.extend([f"window:{r}" for r in sorted(spanning)] + [CONTEXT_ONLY])
@@ -397,7 +404,7 @@ class CrisisDetector:
             cues = cue_matches(texts[-1])
             if len(recent) > 1:
                 before = set(cue_matches(earlier)) | set(cues)
-                cues += [c for c in cue_matches(window) if c not in before]
+                cues += [c for c in on_window(cue_matches) if c not in before]
         if cues:
             reasons.extend(f"cue:{c}" for c in cues)
             if p is None or p >= self.cue_gate:

@@ -27,7 +27,6 @@ only ≈ 13 % of the time). ``quantize=True`` is kept for experiments only.
 from __future__ import annotations
 
 import argparse
-import io
 import logging
 import os
 import shutil
