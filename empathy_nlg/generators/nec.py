@@ -404,7 +404,7 @@ class NecKnowledge:
         encoding for the block, instead of several small ones per dialogue (how the features of
         all of ED train are built in minutes rather than hours). The block's queries must fit the
         knowledge source's cache (``cache_size``, 4,096 by default: blocks of ≤ 128 dialogues)."""
-        from empathy_nlg.knowledge.seeds import entity_heads, extract_entities, join_dialogue
+        from empathy_nlg.knowledge.seeds import entity_heads, extract_entities, social_texts
 
         s = self.settings
         if s.social:
@@ -412,8 +412,7 @@ class NecKnowledge:
             answers = self.source.infer(lasts, list(NEC_SOCIAL_RELATIONS), k=s.knowledge_per_relation)
             texts: List[str] = []
             for ctx, last, answer in zip(contexts, lasts, answers):
-                texts.append(join_dialogue([u.text for u in ctx]) or last)
-                texts.extend(t for rel in NEC_SOCIAL_RELATIONS for t in answer.get(rel, []))
+                texts.extend(social_texts(answer, [u.text for u in ctx], last))
             self.encoder.encode(texts)
         if s.entity:
             heads: List[str] = []

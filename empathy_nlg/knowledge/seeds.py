@@ -74,6 +74,13 @@ def imagine_knowledge(
 
 
 # ---------------------------------------------------------------------- NEC social
+def social_texts(answer: Mapping[str, Sequence[str]], context: Dialogue, last_utterance: str,
+                 relations: Sequence[str] = NEC_SOCIAL_RELATIONS) -> List[str]:
+    """What NEC's social knowledge embeds for one dialogue: the context text (the last utterance
+    when the context is empty) followed by every relation's candidates, in ``relations`` order."""
+    return [join_dialogue(context) or last_utterance] + [t for rel in relations for t in answer.get(rel, [])]
+
+
 def nec_social_knowledge(
     source: KnowledgeSource,
     last_utterance: str,
@@ -84,11 +91,11 @@ def nec_social_knowledge(
 ) -> Dict[str, str]:
     """``relation → the candidate closest to the context`` ("" when the source found nothing)."""
     answer = source.infer([last_utterance], list(relations), k=k)[0]
-    candidates = [t for rel in relations for t in answer.get(rel, [])]
+    texts = social_texts(answer, context, last_utterance, relations)
     result: Dict[str, str] = {rel: "" for rel in relations}
-    if not candidates:
+    if len(texts) == 1:
         return result
-    vectors = np.asarray(encoder.encode([join_dialogue(context) or last_utterance] + candidates), dtype=np.float32)
+    vectors = np.asarray(encoder.encode(texts), dtype=np.float32)
     ctx, cand = vectors[0], vectors[1:]
     sims = cand @ ctx
     pos = 0
