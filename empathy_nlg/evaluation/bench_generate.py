@@ -13,7 +13,9 @@ many replies stayed the same:
 
 1. ``plain``: adapters separate, the prompt run once per beam;
 2. ``+ shared prefill``: the prompt run once per reply, its key/value cache repeated for the beams;
-3. ``+ merged adapters``: the LoRA weights merged into the backbone (the served configuration).
+3. ``+ merged adapters``: the LoRA weights merged into the backbone, fp32;
+4. ``+ bfloat16 weights``: the merged weights cast to bf16 (``serve_dtype: auto`` on a CPU that
+   multiplies bf16 natively — the served configuration there; skipped elsewhere).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     parser.add_argument("--speedups", action="store_true",
-                        help="trained generators: time plain generate, + shared prefill, + merged adapters (ratios)")
+                        help="trained generators: time plain generate, + shared prefill, + merged adapters, + bf16 weights (ratios)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,8 +101,12 @@ def _speedup_ladder(name: str, config, requests, args) -> Dict[str, Any]:
     from empathy_nlg.generators.trained import TrainedGenerator
 
     section = dict((config.get("generators") or {}).get(name) or {})
-    unmerged = build_generators([name], {**config, "generators": {**(config.get("generators") or {}),
-                                                                 name: {**section, "merge_adapters": False}}})[name]
+
+    def built(**options: Any):
+        sections = {**(config.get("generators") or {}), name: {**section, **options}}
+        return build_generators([name], {**config, "generators": sections})[name]
+
+    unmerged = built(merge_adapters=False, serve_dtype="float32")
     if not isinstance(unmerged, TrainedGenerator):
         raise ValueError(f"--speedups: {name!r} is not a trained generator")
     steps: Dict[str, Any] = {}
@@ -110,9 +116,17 @@ def _speedup_ladder(name: str, config, requests, args) -> Dict[str, Any]:
     unmerged.model.lm.shared_prefill = True
     steps["+ shared prefill"], shared = _time(name, unmerged, requests, args)
     del unmerged
-    merged = build_generators([name], config)[name]
-    steps["+ merged adapters"], final = _time(name, merged, requests, args)
-    for (label, row), texts in zip(steps.items(), (base, shared, final)):
+    merged = built(serve_dtype="float32")
+    steps["+ merged adapters"], fp32 = _time(name, merged, requests, args)
+    del merged
+    runs = [base, shared, fp32]
+    served = built()  # as configured: serve_dtype auto → bf16 weights where the CPU multiplies bf16 natively
+    if served.serve_dtype != "float32":
+        steps[f"+ {served.serve_dtype} weights"], cast = _time(name, served, requests, args)
+        runs.append(cast)
+    else:
+        print("  (no bf16 step: serve_dtype resolves to float32 on this machine — no native bf16)")
+    for (label, row), texts in zip(steps.items(), runs):
         row["ratio_p50"] = round(steps["plain"]["p50_s"] / row["p50_s"], 2)
         row["same_replies"] = f"{sum(a == b for a, b in zip(base, texts))}/{len(base)}"
         print(f"\r  {label:20s} p50 {row['p50_s']:.2f} s   p95 {row['p95_s']:.2f} s   ×{row['ratio_p50']:.2f}"

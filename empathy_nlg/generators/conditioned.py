@@ -177,6 +177,21 @@ class ConditionedBackbone:
             self.model = self.model.merge_and_unload()
         self.model.eval()
 
+    def cast_for_serving(self, mode: Optional[str] = "auto") -> str:
+        """Serving only: the backbone's weights cast to the dtype ``mode`` resolves to (as for
+        autocast, :func:`resolve_autocast`: ``auto`` → bf16 on CUDA and on CPUs that multiply bf16
+        natively, else unchanged; ``float32``/``none`` → unchanged) after the adapters were merged
+        in fp32. Decoding one token for a few beams reads every weight once and is bound by memory
+        bandwidth: half the bytes, ≈ ×1.5–1.7 faster steps on an AVX-512 BF16 CPU
+        (``bench-generate --speedups``). The paper heads stay fp32; their outputs are cast where
+        they enter the backbone. Returns the dtype the backbone now has (``"float32"``, …)."""
+        import torch
+
+        target = resolve_autocast(mode, self.device)
+        if target is not None:
+            self.model.to({"bf16": torch.bfloat16, "fp16": torch.float16}[target])
+        return str(self.embeddings.weight.dtype).replace("torch.", "")
+
     @property
     def embeddings(self):
         return self.model.get_input_embeddings()

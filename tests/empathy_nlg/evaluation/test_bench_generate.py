@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from empathy_nlg.cli import main
 from tests.empathy_nlg.generators.knowledge_fixtures import write_ed
 
@@ -23,14 +25,18 @@ def test_bench_generate_measures_each_generator(tmp_path, capsys):
     assert main(["bench-generate", "--generator", "canned", "--config", str(cfg), "--data", str(data), "--n", "0"]) == 2
 
 
-def test_speedups_time_each_serving_step_on_the_same_contexts(tmp_path, tiny_llama, capsys):
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_speedups_time_each_serving_step_on_the_same_contexts(tmp_path, tiny_llama, capsys, monkeypatch, native_bf16):
     """--speedups: plain generate, + shared prefill, + merged adapters, each timed with its ratio
-    against plain and the count of replies that stayed the same (all of them: both steps are exact)."""
+    against plain and the count of replies that stayed the same (all of them: these steps are
+    exact); + bf16 weights only on a CPU with native bf16 (``serve_dtype: auto``)."""
     import torch
     import yaml
 
     from empathy_nlg.generators import conditioned as C
     from empathy_nlg.generators import finetuned as F
+
+    monkeypatch.setattr(C, "cpu_has_native_bf16", lambda: native_bf16)
 
     bb = C.load_base(str(tiny_llama), device="cpu", dtype="float32")
     model = F.FinetunedModel(F.FinetunedSettings(max_prompt_tokens=48), bb, None, lora={"r": 2, "alpha": 4, "dropout": 0.0})
@@ -48,10 +54,13 @@ def test_speedups_time_each_serving_step_on_the_same_contexts(tmp_path, tiny_lla
     assert main(["bench-generate", "--generator", "ft", "--config", str(cfg), "--data", str(data),
                  "--n", "3", "--warmup", "1", "--speedups", "--json", str(out)]) == 0
     steps = json.loads(out.read_text())["speedups"]["ft"]
-    assert list(steps) == ["plain", "+ shared prefill", "+ merged adapters"]
+    exact = ["plain", "+ shared prefill", "+ merged adapters"]
+    assert list(steps) == exact + (["+ bfloat16 weights"] if native_bf16 else [])
     assert steps["plain"]["ratio_p50"] == 1.0
-    for row in steps.values():
-        assert row["same_replies"] == "3/3" and row["p50_s"] > 0
+    for label in exact:
+        assert steps[label]["same_replies"] == "3/3" and steps[label]["p50_s"] > 0
+    if native_bf16:
+        assert steps["+ bfloat16 weights"]["p50_s"] > 0 and steps["+ bfloat16 weights"]["same_replies"].endswith("/3")
     assert "same replies as plain" in capsys.readouterr().out
     cfg.write_text(yaml.safe_dump({"generators": {"c": {"generator": "frequent"}}}))
     assert main(["bench-generate", "--generator", "c", "--config", str(cfg), "--data", str(data), "--speedups"]) == 2

@@ -357,3 +357,31 @@ def test_serving_merges_the_adapters_exactly(tiny_llama, tmp_path):
     assert torch.allclose(before, merged, atol=1e-4)
     assert not torch.allclose(plain, after, atol=1e-3)  # the adapters' change is in the weights now
     assert ids_merged.tolist() == ids_before.tolist() and torch.allclose(s_before, s_merged, atol=1e-4)
+
+
+def test_serving_cast_to_bf16_keeps_the_heads_fp32_and_decodes_close_to_fp32(tiny_llama, tmp_path, monkeypatch):
+    """cast_for_serving: ``float32`` leaves the weights alone; ``auto`` casts to bf16 only where
+    the CPU multiplies bf16 natively; ``bf16`` casts; a prefix (fp32, as the heads make it) still
+    enters, and the reply scores stay close to the fp32 ones."""
+    tok = _three_layers(tiny_llama, tmp_path / "three")
+    lm = _lm(tmp_path / "three")
+    lm.prepare_for_serving()
+    lm.prefix_layer = 1
+    prompts = [C.encode_prompt(tok, C.prompt_messages([Utterance("speaker", "we adopted a kitten")], 2), 64)]
+    prefixes = [_prefix(lm, 2, 0) * 10]
+    replies = [C.encode_reply(tok, "oh how lovely", 32, False)]
+    with torch.no_grad():
+        fp32, _, _ = lm.forward(prefixes, prompts, replies)
+    assert lm.cast_for_serving("float32") == "float32"
+    monkeypatch.setattr(C, "cpu_has_native_bf16", lambda: False)
+    assert lm.cast_for_serving("auto") == "float32"  # no native bf16: emulated bf16 would be slower
+    monkeypatch.setattr(C, "cpu_has_native_bf16", lambda: True)
+    assert lm.cast_for_serving("auto") == "bfloat16"
+    assert all(p.dtype == torch.bfloat16 for p in lm.model.parameters())
+    assert prefixes[0].dtype == torch.float32
+    with torch.no_grad():
+        bf16, _, _ = lm.forward(prefixes, prompts, replies)
+    assert bf16.dtype == torch.bfloat16
+    assert torch.allclose(bf16.float().log_softmax(-1), fp32.log_softmax(-1), atol=0.15)
+    ids, scores = lm.generate(prefixes, prompts, {"max_new_tokens": 5}, num_return=2)
+    assert ids.shape[0] == 2 and torch.isfinite(scores).all()
