@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from empathy_nlg.dialogue import DialogueView, Utterance, dialogue_from_events, history_from_roles, turn_key
-from empathy_nlg.decoding.conversation import Candidate, ConversationReranker, RerankSettings
+from empathy_nlg.decoding.conversation import Candidate, ConversationReranker, RerankSettings, story_polarity
 from empathy_nlg.domain import DomainResponses, UnknownResponseError
 from empathy_nlg.generators.base import GenerationRequest, Generator, create_generator
 from empathy_nlg.perception.types import Perception
@@ -59,6 +59,7 @@ class EmpathyEngine:
         self.history_turns = int(settings["server"]["history_turns"])
         conversation = dict(gen.get("conversation") or {})
         self.exemplar_settings = {"enabled": True, "k": 3, "min_score": 0.55, **dict(conversation.get("exemplars") or {})}
+        self.story_polarity = float(conversation.get("story_polarity", 0.0))
         self.reranker = reranker
         self.exemplars = exemplars if self.exemplar_settings["enabled"] else None
         self._model_lock = threading.Lock()
@@ -293,9 +294,14 @@ class EmpathyEngine:
     def _generate(self, response_name, view, perception, sender_id, turn_index, slots, channel, stored_replies=()):
         trajectory = self.repository.emotion_trajectory(sender_id, before_turn=turn_index)
         earlier = self.earlier_replies(stored_replies, view)
+        # the tone the reply answers: this message in the light of the story so far
+        heard = perception
+        if self.story_polarity > 0 and perception is not None:
+            heard = story_polarity(perception, self.repository.positive_trajectory(sender_id, before_turn=turn_index),
+                                   self.story_polarity)
         request = GenerationRequest(
             context=list(view.turns),
-            perception=perception,
+            perception=heard,
             emotion_trajectory=trajectory,
             persona=self._persona(sender_id, slots),
             earlier_replies=earlier,
@@ -304,11 +310,14 @@ class EmpathyEngine:
             result = self.generator.generate([request])[0]
             text, source, rerank = result.text.strip(), "generator", None
             if self.reranker is not None:
-                text, source, rerank = self._rerank(result, view, perception, earlier)
+                text, source, rerank = self._rerank(result, view, heard, earlier)
         if text:
             details = {k: v for k, v in (result.details or {}).items() if k not in ("raw", "system_prompt")}
             if rerank is not None:
                 details["rerank"] = rerank
+            if heard is not perception:
+                details["answered_polarity"] = {"polarity": heard.polarity, "prob": round(float(heard.polarity_prob), 4),
+                                                "story_weight": self.story_polarity}
             details["source"] = source
             generator = result.generator if source == "generator" else f"{result.generator}+exemplar"
             return {"text": text}, generator, result.version, result.knowledge, details

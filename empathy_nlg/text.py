@@ -139,6 +139,31 @@ def tone(text: str) -> Optional[str]:
     return "sympathy" if s and not c else "celebration" if c and not s else None
 
 
+#: people and animals a reply must never offer to replace: "I hope you find a new dog soon" to a dog
+#: that died, "you'll find a new girlfriend" to a girlfriend who cannot come abroad yet. Only these:
+#: "I hope you find a new job" after a lay-off is a fair thing to say.
+IRREPLACEABLE = frozenset(stem(w) for w in """
+dog dogs puppy puppies pup cat cats kitten kittens pet pets horse pony bird parrot budgie hamster rabbit bunny
+guinea tortoise turtle
+girlfriend boyfriend wife husband partner fiance fiancee spouse
+mom mum mother mommy mummy dad father daddy son daughter baby babies child children kid kids
+brother sister sibling grandma grandmother granny nan nana grandpa grandfather grandad granddad grandparent
+grandparents grandson granddaughter uncle aunt auntie nephew niece cousin
+""".split())
+_REPLACE = re.compile(r"\b(?:a\s+new|another|a\s+different|a\s+better|new|other)\s+([a-z]+)", re.IGNORECASE)
+
+
+def replaces(text: str, said: Sequence[str]) -> Optional[str]:
+    """The person or animal (one of :data:`IRREPLACEABLE`) that ``text`` offers to replace ("a new
+    dog", "another husband") when the user spoke of one in ``said``; None otherwise."""
+    mentioned = set().union(*[content_words(t) for t in said]) if said else set()
+    for match in _REPLACE.finditer(text or ""):
+        word = stem(match.group(1).lower())
+        if word in IRREPLACEABLE and word in mentioned:
+            return match.group(1).lower()
+    return None
+
+
 # ---------------------------------------------------------------------------------------- emoji
 #: the feeling each common emoji carries, in words. The sentence encoder (MiniLM's WordPiece
 #: vocabulary) reads every emoji as [UNK], so "😭😭😭💔" was perceived as *proud*: the words are

@@ -27,11 +27,15 @@ repetitive): Jaccard with an earlier reply ≥ ``repeat_veto``; an echo of the u
 no") to a message perceived positive, or a celebration phrase ("congrats", "awesome") to one
 perceived negative, when perception's polarity probability is ≥ ``polarity_guard``. The guard is
 lexical on purpose (:func:`empathy_nlg.text.tone`): it states the rule a person would, and the
-learned polarity term ranks everything it lets through.
+learned polarity term ranks everything it lets through. The **replacement guard**
+(``replacement_guard``): to news not perceived as good, no offer to replace a person or an animal
+the user spoke of ("I hope you find a new dog soon" to a dog that died;
+:func:`empathy_nlg.text.replaces`).
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -40,9 +44,26 @@ import numpy as np
 from empathy_nlg.generators.base import settings_from_mapping
 from empathy_nlg.perception.types import Perception
 from empathy_nlg.taxonomy import CM_CODES
-from empathy_nlg.text import content_words, jaccard, max_jaccard, opening, tone
+from empathy_nlg.text import content_words, jaccard, max_jaccard, opening, replaces, tone
 
 TERMS = ("gen", "polarity", "cm", "grounding")
+
+
+def story_polarity(perception: Optional[Perception], earlier_positive: Sequence[float], weight: float) -> Optional[Perception]:
+    """The perception the decoding answers: the message's P(positive) blended with the mean of the
+    user's earlier turns' (``weight`` on the story; 0 or no earlier turn: ``perception`` itself).
+    A copy with ``polarity``/``polarity_prob`` replaced — what was perceived and stored is unchanged.
+    Perception reads one message at a time: "he danced with my grandma" alone sounds sad, in a
+    wedding story it is good news; "but my mom is really upset" after good news stays bad news
+    when the message itself is clear enough."""
+    if perception is None or not earlier_positive or weight <= 0:
+        return perception
+    now = perception.polarity_prob if perception.polarity == "positive" else 1.0 - perception.polarity_prob
+    story = float(np.mean(list(earlier_positive)))
+    p = (1.0 - weight) * float(now) + weight * story
+    out = copy.copy(perception)
+    out.polarity, out.polarity_prob = ("positive", p) if p >= 0.5 else ("negative", 1.0 - p)
+    return out
 PENALTIES = ("repeat", "opening")
 
 
@@ -64,6 +85,7 @@ class RerankSettings:
     exemplar_prior: float = 0.3
     echo_veto: float = 0.7
     polarity_guard: float = 0.6
+    replacement_guard: bool = True
 
     @classmethod
     def from_mapping(cls, values: Optional[Dict[str, Any]]) -> "RerankSettings":
@@ -159,6 +181,10 @@ class ConversationReranker:
             if (perception is not None and float(perception.polarity_prob) >= self.settings.polarity_guard
                     and tone(c.text) == {"positive": "sympathy", "negative": "celebration"}.get(perception.polarity)):
                 c.vetoed, c.terms["wrong_tone"] = True, 1.0
+            # "a new dog" to a dog that died: never offer to replace someone the user spoke of
+            if (self.settings.replacement_guard and (perception is None or perception.polarity != "positive")
+                    and replaces(c.text, user_turns)):
+                c.vetoed, c.terms["replaces"] = True, 1.0
         return cands
 
     def choose(self, candidates: Sequence[Candidate], user_turns: Sequence[str], perception: Optional[Perception],
@@ -177,6 +203,7 @@ class ConversationReranker:
             "repeat_veto": self.settings.repeat_veto,
             "echo_veto": self.settings.echo_veto,
             "polarity_guard": self.settings.polarity_guard,
+            "replacement_guard": self.settings.replacement_guard,
             "exemplar_prior": self.settings.exemplar_prior,
             "chosen": chosen.text if chosen else None,
             "candidates": [{"text": c.text, "source": c.source, "total": round(c.total, 4), "vetoed": c.vetoed, **c.terms}

@@ -43,6 +43,10 @@ Rates are percentages (0–100) of all replies unless said otherwise. Word token
   ``custom`` forwarded), else the turn is not judged. A mismatch is a sympathetic-only reply to a
   positive turn or a celebratory-only reply to a negative turn. Rate over the judged turns
   (``polarity_judged``).
+* ``replacement_rate`` — % of replies that offer to replace a person or an animal the user spoke of
+  ("a new dog", "another husband") in a turn not expected to be good news: the rule of the
+  reranker's replacement guard (:func:`empathy_nlg.text.replaces`), so the rate shows the guard's
+  effect in an ablation; with the guard on only a turn whose every candidate it vetoed can count.
 * ``grounded_rate`` — % of replies sharing at least one content word with what the user said so far
   in the conversation: word tokens minus :data:`STOPWORDS` (pronouns, auxiliaries, fillers such as
   "really", "just", "so", "feel", "sounds", "hear"), possessive ``'s`` dropped, each word lightly
@@ -92,6 +96,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Proto
 
 from empathy_nlg.evaluation.harness import _jsonable
 from empathy_nlg.taxonomy import CM_CODES, polarity_of
+from empathy_nlg.text import replaces
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +181,7 @@ DEFINITIONS: Dict[str, str] = {
     "polarity_mismatch_rate": "% of judged turns with a sympathetic-only reply to a positive turn or a celebratory-only reply to a negative turn (lexical marker lists); expected polarity = the script's polarity, or the engine's perceived polarity for mixed scripts and ED replays",
     "polarity_judged": "turns whose expected polarity was known (the denominator of polarity_mismatch_rate)",
     "grounded_rate": "% of replies sharing at least one content word (stopwords removed, light suffix normalisation) with what the user said so far in the conversation",
+    "replacement_rate": "% of replies offering to replace a person or an animal the user spoke of ('a new dog', 'another husband') in a turn not expected to be good news; the same rule as the reranker's replacement guard (empathy_nlg.text.replaces), so with the guard on only a turn whose every candidate it vetoed can count",
     "er_rate": "% of replies the EPITOME response classifier rates as emotional reaction (seeker post = the user turn answered)",
     "ip_rate": "% of replies the EPITOME response classifier rates as interpretation",
     "ex_rate": "% of replies the EPITOME response classifier rates as exploration",
@@ -405,6 +411,7 @@ def score_conversation(transcript: Dict[str, Any], epitome: Optional[Sequence[Op
     earlier_tokens: List[set] = []
     earlier_openings: List[Tuple[str, ...]] = []
     user_words: set = set()
+    said: List[str] = []
     for i, turn in enumerate(transcript["turns"]):
         reply = turn.get("reply") or ""
         toks = tokens(reply)
@@ -422,6 +429,8 @@ def score_conversation(transcript: Dict[str, Any], epitome: Optional[Sequence[Op
         expected = expected_polarity(polarity, turn.get("perceived_polarity"), by_perception)
         mismatch = polarity_mismatch(expected, judged["sympathetic"], judged["celebratory"])
         shared = sorted(set(content_words(reply)) & user_words)
+        said.append(turn.get("user") or "")
+        replaced = replaces(reply, said) if expected != "positive" else None
         m: Dict[str, Any] = {
             "words": len(toks),
             "max_jaccard": round(best_j, 4),
@@ -436,6 +445,7 @@ def score_conversation(transcript: Dict[str, Any], epitome: Optional[Sequence[Op
             "polarity_mismatch": mismatch,
             "grounded": bool(shared),
             "shared_words": shared,
+            "replaces": replaced,
             "epitome": dict(epitome[i]) if epitome is not None and epitome[i] is not None else None,
         }
         turn["metrics"] = m
@@ -464,6 +474,8 @@ def turn_flags(turn: Mapping[str, Any]) -> List[str]:
     if m.get("polarity_mismatch"):
         tone = "sympathetic" if m.get("sympathetic") else "celebratory"
         flags.append(f"polarity mismatch ({tone} reply to a {m.get('expected_polarity')} turn)")
+    if m.get("replaces"):
+        flags.append(f"offers a new {m['replaces']}")
     if "empty" not in flags and not m.get("grounded", True):
         flags.append("ungrounded")
     return flags
@@ -487,6 +499,7 @@ def aggregate(transcripts: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
         "polarity_mismatch_rate": _rate(judged, len(judged)),
         "polarity_judged": len(judged),
         "grounded_rate": _rate([m.get("grounded") for m in ms], n),
+        "replacement_rate": _rate([m.get("replaces") for m in ms], n),
     }
     for code in CM_CODES:
         flags = [m.get("epitome") for m in ms]

@@ -197,6 +197,29 @@ class StateRepository:
                 stmt = stmt.where(Turn.turn_index < before_turn)
             return [e for e in reversed(session.scalars(stmt).all())]
 
+    def positive_trajectory(self, sender_id: str, before_turn: Optional[int] = None, limit: int = 3) -> List[float]:
+        """P(positive) of the conversation's earlier turns, oldest first (at most ``limit``): the
+        share of the stored top-5 emotion probability that falls on MIME's positive group."""
+        from empathy_nlg.taxonomy import polarity_of
+
+        with self._sessions() as session:
+            stmt = (
+                select(Turn.emotion_top_k)
+                .join(Conversation)
+                .where(Conversation.sender_id == sender_id, Turn.emotion_top_k.is_not(None))
+                .order_by(Turn.turn_index.desc())
+                .limit(limit)
+            )
+            if before_turn is not None:
+                stmt = stmt.where(Turn.turn_index < before_turn)
+            rows = list(reversed(session.scalars(stmt).all()))
+        out = []
+        for top in rows:
+            total = sum(float(e["prob"]) for e in top or [])
+            if total > 0:
+                out.append(sum(float(e["prob"]) for e in top if polarity_of(e["label"]) == "positive") / total)
+        return out
+
     def recent_replies(self, sender_id: str, limit: int = 20) -> List[Dict[str, Any]]:
         """The assistant's latest replies to this sender, oldest first: ``{turn_index, response, text, generator}``."""
         with self._sessions() as session:

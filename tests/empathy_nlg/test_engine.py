@@ -80,6 +80,24 @@ def test_emotion_trajectory_from_stored_state_reaches_the_generator(engine):
     assert engine.generator.requests[-1].perception.emotion == "proud"
 
 
+def test_the_reply_answers_the_message_in_the_light_of_the_story(engine):
+    """generation.conversation.story_polarity: the generator and the reranker get the message's
+    polarity blended with the earlier turns' (stored in SQL); what was perceived is stored as it was."""
+    events = [user("My exam went badly", "m1")]
+    first = engine.nlg(nlg_request("utter_empathize", events))
+    assert "answered_polarity" not in first["custom"]["generation"]  # no story yet
+    events += [bot("I hear that you feel sad."), user("but I got promoted at work", "m2")]
+    out = engine.nlg(nlg_request("utter_empathize", events))
+    heard = engine.generator.requests[-1].perception
+    assert heard.emotion == "proud" and heard.polarity_prob < 0.9  # 0.5 × 0.9 (proud) + 0.5 × P(pos | sad turn)
+    assert out["custom"]["generation"]["answered_polarity"]["story_weight"] == 0.5
+    assert engine.repository.conversation("u1")["turns"][1]["polarity"] == "positive"
+    engine.story_polarity = 0.0
+    events += [bot("I hear that you feel proud."), user("and I got promoted again", "m3")]
+    engine.nlg(nlg_request("utter_empathize", events))
+    assert engine.generator.requests[-1].perception.polarity_prob == 0.9
+
+
 def test_templated_response_renders_domain_and_is_recorded(engine):
     out = engine.nlg(nlg_request("utter_greet", [user("hello", "m1")], slots={"name": "Ana"}))
     assert out["text"] == "Hi Ana!" and out["custom"]["generator"] == "template"

@@ -156,3 +156,56 @@ def test_tone(text, expected):
     from empathy_nlg.text import tone
 
     assert tone(text) == expected
+
+
+def test_replacement_guard_never_offers_a_new_dog_for_one_the_user_lost():
+    p = make_perception("devastated")
+    p.polarity, p.polarity_prob = "negative", 0.9
+    said = ["My dog died this morning.", "I had him for 14 years."]
+    cands = [Candidate("I'm so sorry. I hope you find a new dog soon.", "generator", 1.0),
+             Candidate("I'm so sorry. Fourteen years is a lifetime together.", "generator", 0.0)]
+    r = reranker(polarity=0)
+    assert r.choose(cands, said, p, []).text.startswith("I'm so sorry. Fourteen")
+    scored = r.score(cands, said, p, [])
+    assert scored[0].vetoed and scored[0].terms["replaces"] == 1.0 and not scored[1].vetoed
+    # a new job after a lay-off is a fair thing to say; a dog nobody mentioned is not a replacement
+    job = [Candidate("I hope you find a new job soon.", "generator", 1.0)]
+    assert not r.score(job, ["I got laid off after 9 years"], p, [])[0].vetoed
+    assert not r.score([Candidate("Maybe a new dog would cheer you up?", "generator", 1.0)],
+                       ["I failed my exam"], p, [])[0].vetoed
+    # good news: no guard ("another kitten!" to a new kitten is not tone-deaf); switched off: none either
+    p.polarity = "positive"
+    assert not r.score([Candidate("You should get another kitten!", "generator", 1.0)], ["we adopted a kitten"], p, [])[0].vetoed
+    p.polarity = "negative"
+    off = ConversationReranker(RerankSettings.from_mapping({"replacement_guard": False}), encode, polarity, None)
+    assert not off.score(cands, said, p, [])[0].vetoed
+
+
+@pytest.mark.parametrize("reply,said,expected", [
+    ("I hope you find a new dog soon.", ["my dog died"], "dog"),
+    ("You will find another husband one day.", ["my husband left me"], "husband"),
+    ("I am sure you will be able to find a new girlfriend.", ["my girlfriend can't come for a year"], "girlfriend"),
+    ("Are you going to get new kittens?", ["our kitten is sick"], "kittens"),
+    ("I hope you find a new job soon.", ["I lost my job"], None),
+    ("I hope you find a new dog soon.", ["my cat died"], None),
+    ("How is your dog doing?", ["my dog is sick"], None),
+])
+def test_replaces(reply, said, expected):
+    from empathy_nlg.text import replaces
+
+    assert replaces(reply, said) == expected
+
+
+def test_story_polarity_reads_the_message_in_the_light_of_the_story():
+    from empathy_nlg.decoding.conversation import story_polarity
+
+    p = make_perception("sad")
+    p.polarity, p.polarity_prob = "negative", 0.7  # "he danced with my grandma", alone
+    assert story_polarity(p, [0.95, 0.9], 0.0) is p and story_polarity(p, [], 0.5) is p
+    heard = story_polarity(p, [0.95, 0.9, 0.97], 0.5)  # … in a wedding story
+    assert heard.polarity == "positive" and heard.polarity_prob == pytest.approx(0.5 * 0.3 + 0.5 * 0.94)
+    assert (p.polarity, p.polarity_prob) == ("negative", 0.7)  # what was perceived is left as it was
+    clear = make_perception("devastated")
+    clear.polarity, clear.polarity_prob = "negative", 0.99  # "but my mom is really upset", clearly bad news
+    assert story_polarity(clear, [0.9], 0.5).polarity == "negative"
+    assert story_polarity(None, [0.9], 0.5) is None

@@ -96,6 +96,16 @@ def test_polarity_judge_fixed_polarity():
     assert "polarity mismatch (celebratory reply to a negative turn)" in neg["turns"][0]["flags"]
 
 
+def test_replacement_judge_counts_offers_to_replace_who_the_user_spoke_of_unless_good_news():
+    users = ["my dog died this morning", "I keep expecting him at the door", "I lost my job too"]
+    sad = scored(["I'm so sorry.", "I hope you find a new dog soon.", "I hope you find a new job."], users=users)
+    assert [t["metrics"]["replaces"] for t in sad["turns"]] == [None, "dog", None]
+    assert "offers a new dog" in sad["turns"][1]["flags"]
+    assert sad["metrics"]["replacement_rate"] == pytest.approx(33.33)
+    happy = scored(["Will you get another kitten?"], users=["we adopted a kitten"], polarity="positive")
+    assert happy["turns"][0]["metrics"]["replaces"] is None and happy["metrics"]["replacement_rate"] == 0.0
+
+
 def test_polarity_judge_mixed_and_ed_use_perception_or_skip():
     mixed = scored(["That's great!", "That's great!", "That's great!"], polarity="mixed",
                    perceived=["negative", "positive", None])

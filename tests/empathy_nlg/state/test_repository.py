@@ -36,6 +36,9 @@ def _exercise(repo: StateRepository, sender: str) -> None:
     assert repo.emotion_trajectory(sender) == ["sad", "anxious", "proud"]
     assert repo.emotion_trajectory(sender, before_turn=2) == ["sad", "anxious"]
     assert repo.emotion_trajectory(sender, limit=1) == ["proud"]
+    pos = repo.positive_trajectory(sender)  # P(positive) from the stored top-5 emotions, oldest first
+    assert len(pos) == 3 and pos[0] < 0.1 and pos[1] < 0.1 and pos[2] > 0.9
+    assert repo.positive_trajectory(sender, before_turn=2) == pos[:2] and repo.positive_trajectory(sender, limit=1) == pos[2:]
     assert repo.conversation("nobody-" + sender) is None
     repo.set_persona(sender, "a night-shift nurse")
     assert repo.persona(sender) == "a night-shift nurse"
