@@ -8,6 +8,7 @@ from any working directory.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 from pathlib import Path
@@ -42,14 +43,36 @@ def _merge(base: Dict[str, Any], override: Mapping[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def _read_yaml(path: Path) -> Dict[str, Any]:
+def read_config_file(path: Path | str) -> Dict[str, Any]:
+    """A YAML (or ``.json``) config file as a mapping — the one reader of the engine, train,
+    evaluate and converse-eval configs. An empty file is ``{}``; a missing or unreadable file, a
+    syntax error (with its line) or a top level that is not a mapping is a :class:`ConfigError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    is_json = path.suffix.lower() == ".json"
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        data = json.loads(text) if is_json else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid {'JSON' if is_json else 'YAML'}: {exc}".replace("\n", " ")) from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return data
+
+
+@functools.lru_cache(maxsize=1)
+def _packaged_defaults() -> Dict[str, Any]:
+    return read_config_file(DEFAULTS_FILE)
+
+
+def packaged_defaults() -> Dict[str, Any]:
+    """The engine's packaged defaults (``engine.default.yml``), read once; a fresh copy each call.
+    What a command that has no engine config of its own falls back to (the harness's generator
+    sections, the crisis encoder of ``train-perception`` / ``bench-perceive``)."""
+    return copy.deepcopy(_packaged_defaults())
 
 
 def schema_errors(schema_file: Path, data: Mapping[str, Any]) -> List[str]:
@@ -89,14 +112,14 @@ def default_config_path() -> Optional[Path]:
 
 def load_settings(path: Optional[Path | str] = None, overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Defaults, then ``path`` (if given), then environment variables, then ``overrides``."""
-    settings = _read_yaml(DEFAULTS_FILE)
+    settings = packaged_defaults()
     base = Path.cwd()
     source = str(DEFAULTS_FILE)
     if path is not None:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"engine config {path} does not exist")
-        settings = _merge(settings, _read_yaml(path))
+        settings = _merge(settings, read_config_file(path))
         base = path.resolve().parent
         source = str(path)
     for var, (section, key) in ENV_OVERRIDES.items():

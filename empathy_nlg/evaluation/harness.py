@@ -447,39 +447,17 @@ def evaluate(
 
 # ----------------------------------------------------------------------------------- CLI
 def _load_config(path: Optional[str]) -> Dict[str, Any]:
-    if not path:
-        return {}
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"config file {path} does not exist")
-    text = p.read_text(encoding="utf-8")
-    try:
-        if p.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
+    """--config (YAML or JSON), read by the settings module's one reader; none → ``{}``."""
+    from empathy_nlg.settings import read_config_file
 
-            data = yaml.safe_load(text)
-    except Exception as exc:  # yaml/json errors carry the line
-        raise ValueError(f"config file {path} is not valid {'JSON' if p.suffix.lower() == '.json' else 'YAML'}: {exc}".replace("\n", " ")) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ValueError(f"config file {path}: the top level must be a mapping")
-    return data
+    return read_config_file(path) if path else {}
 
 
 def _engine_default_generators() -> Dict[str, Any]:
     """``generation.generators`` of the engine's default config (how the engine builds them)."""
-    from empathy_nlg.paths import CONFIG_DIR
+    from empathy_nlg.settings import packaged_defaults
 
-    path = CONFIG_DIR / "engine.default.yml"
-    if not path.is_file():
-        return {}
-    import yaml
-
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    return dict(((data.get("generation") or {}).get("generators")) or {})
+    return dict(((packaged_defaults().get("generation") or {}).get("generators")) or {})
 
 
 def _generator_config(config: Mapping[str, Any], name: str) -> Dict[str, Any]:

@@ -214,11 +214,11 @@ CHAT_HELDOUT = CHAT_DEV.with_name("heldout.jsonl")
 
 def default_crisis_encoder() -> Optional[str]:
     """``perception.crisis_encoder`` of the engine's default settings (what the served engine uses)."""
-    from empathy_nlg.paths import CONFIG_DIR
+    from empathy_nlg.settings import ConfigError, packaged_defaults
 
     try:
-        return (yaml.safe_load((CONFIG_DIR / "engine.default.yml").read_text()) or {}).get("perception", {}).get("crisis_encoder")
-    except (OSError, yaml.YAMLError):
+        return (packaged_defaults().get("perception") or {}).get("crisis_encoder")
+    except ConfigError:
         return None
 
 

@@ -64,19 +64,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_config(path: str | Path, generator: str) -> Dict[str, Any]:
-    import yaml
-
-    from empathy_nlg.settings import schema_errors
+    from empathy_nlg.settings import read_config_file, schema_errors
 
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"config file {p} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{p}: not valid YAML: {exc}".replace("\n", " ")) from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{p}: the top level must be a mapping")
+    data = read_config_file(p)  # a syntax error or a non-mapping: ConfigError (a ValueError) naming the file
     data.setdefault("generator", generator)
     lines = schema_errors(SCHEMA_FILE, data)
     if lines:

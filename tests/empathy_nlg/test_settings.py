@@ -49,3 +49,33 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("server: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_settings(bad)
+
+
+def test_one_reader_for_every_config_file(tmp_path):
+    """read_config_file: YAML or JSON, empty → {}, every failure a ConfigError (a ValueError) that names the file."""
+    from empathy_nlg.settings import ConfigError, read_config_file
+
+    (tmp_path / "a.yml").write_text("generation:\n  generator: nec\n")
+    (tmp_path / "b.json").write_text('{"generators": {"nec": {}}}')
+    (tmp_path / "empty.yml").write_text("")
+    assert read_config_file(tmp_path / "a.yml") == {"generation": {"generator": "nec"}}
+    assert read_config_file(tmp_path / "b.json") == {"generators": {"nec": {}}}
+    assert read_config_file(tmp_path / "empty.yml") == {}
+    for name, text, message in [("bad.yml", "a: [1,\n", "not valid YAML"), ("bad.json", "{", "not valid JSON"),
+                                ("list.yml", "- 1\n", "top level must be a mapping")]:
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ConfigError, match=message) as err:
+            read_config_file(tmp_path / name)
+        assert name in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="does not exist"):
+        read_config_file(tmp_path / "missing.yml")
+
+
+def test_packaged_defaults_are_read_once_and_handed_out_as_copies(monkeypatch):
+    from empathy_nlg.settings import load_settings, packaged_defaults
+
+    monkeypatch.delenv("EMPATHY_NLG_GENERATOR", raising=False)
+    first = packaged_defaults()
+    first["generation"]["generator"] = "changed by a caller"
+    assert packaged_defaults()["generation"]["generator"] == "nec"
+    assert load_settings()["generation"]["generator"] == "nec"
