@@ -2,20 +2,27 @@
 
 * ``POST /nlg`` — Rasa's NLG protocol.
 * ``POST /perceive`` — emotion, causes, CM plan and crisis flag for a message in its context.
-* ``GET /health`` — 200 ``ok`` only once every model is loaded (503 ``loading`` before).
+* ``GET /health`` — 200 ``ok`` only once every model is loaded (503 ``loading`` before), with
+  the ``/nlg`` queue (``in_flight``, ``limit``, ``refused``).
 * ``GET /conversations/{sender_id}`` — the stored empathy state of a conversation.
 
 Models load in a background thread at start, so ``/health`` answers at once. An optional bearer
 token guards every route but ``/health`` (``Authorization: Bearer …`` or Rasa's ``?token=…``).
 Bodies above ``server.max_body_bytes`` get 413; invalid bodies 422 with what is wrong; nothing is
-persisted for a rejected request.
+persisted for a rejected request. ``/nlg`` admits one request the model answers plus
+``server.nlg_queue`` waiting for it; one more gets 503 with ``Retry-After`` (the agent's NLG then
+answers with the domain's text for that response) — a burst never piles up past what the clients'
+timeouts can wait for.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import math
 import threading
+import time
+from collections import deque
 from contextlib import asynccontextmanager
 from typing import Any, Callable, Mapping, Optional
 
@@ -74,6 +81,42 @@ class EngineHolder:
         return self.engine
 
 
+class Admission:
+    """At most ``limit`` ``/nlg`` requests inside the engine at once: the one the model answers and
+    the ones waiting for it (the engine answers one at a time). :meth:`enter` says whether one more
+    may come in; :meth:`retry_after` estimates when a refused one should come back."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(1, int(limit))
+        self.in_flight = 0
+        self.refused = 0
+        self._seconds: deque = deque(maxlen=20)  # the latest requests' durations
+        self._lock = threading.Lock()
+
+    def enter(self) -> bool:
+        with self._lock:
+            if self.in_flight >= self.limit:
+                self.refused += 1
+                return False
+            self.in_flight += 1
+            return True
+
+    def leave(self, seconds: float) -> None:
+        with self._lock:
+            self.in_flight = max(0, self.in_flight - 1)
+            self._seconds.append(float(seconds))
+
+    def retry_after(self) -> int:
+        """Whole seconds until the queue has likely drained (1–60): the queue times the recent mean."""
+        with self._lock:
+            mean = sum(self._seconds) / len(self._seconds) if self._seconds else 1.0
+            return int(min(60, max(1, math.ceil(mean * self.in_flight))))
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            return {"in_flight": self.in_flight, "limit": self.limit, "refused": self.refused}
+
+
 def create_app(settings: Mapping[str, Any], loader: Optional[Callable[[], EmpathyEngine]] = None) -> FastAPI:
     """Build the app; ``loader`` (default: :meth:`EmpathyEngine.load`) runs in a background thread."""
     server = settings["server"]
@@ -82,6 +125,7 @@ def create_app(settings: Mapping[str, Any], loader: Optional[Callable[[], Empath
     max_chars = int(server["max_message_chars"])
     max_events = int(server["max_events"])
     holder = EngineHolder(loader or (lambda: EmpathyEngine.load(settings)))
+    admission = Admission(1 + int(server["nlg_queue"]))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -96,6 +140,7 @@ def create_app(settings: Mapping[str, Any], loader: Optional[Callable[[], Empath
         responses={401: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
     )
     app.state.holder = holder
+    app.state.admission = admission
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
@@ -139,9 +184,9 @@ def create_app(settings: Mapping[str, Any], loader: Optional[Callable[[], Empath
     @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def health():
         if holder.engine is not None:
-            return HealthResponse(status="ok", models=holder.engine.describe())
+            return HealthResponse(status="ok", models=holder.engine.describe(), queue=admission.snapshot())
         status = "error" if holder.error else "loading"
-        body = HealthResponse(status=status, detail=holder.error or "models are loading")
+        body = HealthResponse(status=status, detail=holder.error or "models are loading", queue=admission.snapshot())
         return JSONResponse(status_code=503, content=body.model_dump())
 
     @app.post("/nlg", response_model=NLGResponse, dependencies=[Depends(authorise)])
@@ -149,10 +194,17 @@ def create_app(settings: Mapping[str, Any], loader: Optional[Callable[[], Empath
         if len(body.tracker.events) > max_events:
             raise HTTPException(status_code=413, detail=f"tracker has {len(body.tracker.events)} events; limit {max_events}")
         engine = holder.require()
+        if not admission.enter():
+            wait = admission.retry_after()
+            raise HTTPException(status_code=503, headers={"Retry-After": str(wait)},
+                                detail=f"engine busy: {admission.limit} requests already in the queue; retry in {wait} s")
+        start = time.perf_counter()
         try:
             return await run_in_threadpool(engine.nlg, body.model_dump())
         except UnknownResponseError as exc:
             raise HTTPException(status_code=404, detail=str(exc)) from None
+        finally:
+            admission.leave(time.perf_counter() - start)
 
     @app.post("/perceive", response_model=PerceiveResponse, dependencies=[Depends(authorise)])
     async def perceive(body: PerceiveRequest):

@@ -112,6 +112,8 @@ class HealthResponse(BaseModel):
     api_version: str = API_VERSION
     detail: Optional[str] = None
     models: Dict[str, Any] = Field(default_factory=dict)
+    #: the /nlg queue: requests inside the engine (answered or waiting), its limit, refusals so far
+    queue: Dict[str, int] = Field(default_factory=dict)
 
 
 class ErrorResponse(BaseModel):

@@ -155,3 +155,38 @@ def test_token_required_when_configured(domain_file, sqlite_url):
         assert c.post("/perceive", json={"text": "hi"}, headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert c.post("/perceive?token=s3cret", json={"text": "hi"}).status_code == 200  # how Rasa sends `token:`
         assert c.get("/health").status_code == 200  # health stays open for probes
+
+
+def test_nlg_queue_is_bounded_with_retry_after_and_health_shows_it(domain_file, sqlite_url):
+    """server.nlg_queue: one request answered plus nlg_queue waiting; one more gets 503 with
+    Retry-After and writes nothing; /health reports the queue; leaving frees a place."""
+    app = build(domain_file, sqlite_url, nlg_queue=2)
+    with TestClient(app) as c:
+        app.state.holder.wait(30)
+        admission = app.state.admission
+        assert c.get("/health").json()["queue"] == {"in_flight": 0, "limit": 3, "refused": 0}
+        assert c.post("/nlg", json=rasa_body()).status_code == 200
+        before = rows(app)
+        for _ in range(3):  # three requests inside the engine (as if slow ones were in progress)
+            assert admission.enter()
+        r = c.post("/nlg", json=rasa_body(sender="s2"))
+        assert r.status_code == 503 and "engine busy" in r.json()["error"]
+        assert 1 <= int(r.headers["Retry-After"]) <= 60
+        assert rows(app) == before
+        assert c.get("/health").json()["queue"] == {"in_flight": 3, "limit": 3, "refused": 1}
+        admission.leave(0.5)
+        assert c.post("/nlg", json=rasa_body(sender="s2")).status_code == 200
+        assert c.get("/health").json()["queue"]["in_flight"] == 2
+
+
+def test_admission_retry_after_grows_with_the_queue():
+    from empathy_nlg.api.app import Admission
+
+    a = Admission(4)
+    assert a.retry_after() == 1  # nothing measured, nothing waiting
+    for _ in range(3):
+        assert a.enter()
+    a.leave(2.0)  # one answered in 2 s; two still inside
+    assert a.retry_after() == 4
+    assert a.enter() and a.enter() and not a.enter()
+    assert a.snapshot() == {"in_flight": 4, "limit": 4, "refused": 1}
