@@ -1,6 +1,10 @@
 """Engine configuration: packaged defaults ← a YAML file ← environment, validated by a JSON schema.
 
-``load_settings(path)`` returns a plain nested dict. Relative paths in the file (``domain``,
+``load_settings(path)`` returns a plain nested dict (what the engine and the app are built from);
+:meth:`EngineSettings.load` the same settings as one typed object (pydantic), which the commands
+read (``serve``, ``db``, ``converse-eval``; ``evaluate`` for the packaged generator sections).
+The JSON schema stays the validator users see (every violation with its key path); the typed
+model mirrors it and is checked against it by the tests. Relative paths in the file (``domain``,
 SQLite files) are resolved against the config file's folder, so the engine behaves the same
 from any working directory.
 """
@@ -12,9 +16,10 @@ import functools
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field
 
 from empathy_nlg.paths import CONFIG_DIR
 
@@ -137,3 +142,88 @@ def load_settings(path: Optional[Path | str] = None, overrides: Optional[Mapping
         extra = Path(safety["responses"])
         safety["responses"] = str(extra if extra.is_absolute() else (base / extra).resolve())
     return settings
+
+
+# ------------------------------------------------------------------------------------ typed view
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Section):
+    host: str
+    port: int
+    token: Optional[str] = None
+    max_body_bytes: int
+    max_message_chars: int
+    max_events: int
+    nlg_queue: int
+    history_turns: int
+
+
+class StateSettings(_Section):
+    database_url: str
+
+
+class PerceptionSettings(_Section):
+    artifacts: Optional[str] = None
+    encoder: Optional[str] = None
+    crisis_encoder: Optional[str] = None
+    device: str = "auto"
+
+
+class SafetySettings(_Section):
+    followup_turns: int = 3
+    responses: Optional[str] = None
+
+
+class ExemplarSettings(_Section):
+    enabled: bool = True
+    k: int = 3
+    min_score: float = 0.55
+    cache_dir: Optional[str] = None
+
+
+class ConversationSettings(_Section):
+    story_polarity: float = 0.0
+    #: the reranker's own settings, validated by :class:`empathy_nlg.decoding.conversation.RerankSettings`
+    rerank: Dict[str, Any] = Field(default_factory=dict)
+    exemplars: ExemplarSettings = Field(default_factory=ExemplarSettings)
+
+
+class GenerationSettings(_Section):
+    generator: str
+    generated_responses: List[str]
+    conversation: ConversationSettings = Field(default_factory=ConversationSettings)
+    #: one section per generator: its constructor's options (each generator checks its own)
+    generators: Dict[str, Dict[str, Any]] = Field(default_factory=dict)
+
+    def section(self, name: Optional[str] = None) -> Dict[str, Any]:
+        """The options of generator ``name`` (default: the served one); ``{}`` when it has none."""
+        return dict(self.generators.get(name or self.generator) or {})
+
+
+class EngineSettings(_Section):
+    """The engine's settings as one typed object (see the module doc)."""
+
+    server: ServerSettings
+    state: StateSettings
+    perception: PerceptionSettings
+    safety: SafetySettings = Field(default_factory=SafetySettings)
+    domain: str
+    generation: GenerationSettings
+
+    @classmethod
+    def load(cls, path: Optional[Path | str] = None, overrides: Optional[Mapping[str, Any]] = None) -> "EngineSettings":
+        """:func:`load_settings` (defaults ← ``path`` ← environment ← ``overrides``, schema-checked), typed."""
+        return cls.model_validate(load_settings(path, overrides))
+
+    @classmethod
+    def find(cls, path: Optional[Path | str] = None, overrides: Optional[Mapping[str, Any]] = None) -> Tuple["EngineSettings", Optional[Path]]:
+        """``path``, else the project's ``engine.yml`` as every command finds it
+        (:func:`default_config_path`), else the packaged defaults: the settings and the file used."""
+        config = Path(path) if path is not None else default_config_path()
+        return cls.load(config, overrides), config
+
+    def as_dict(self) -> Dict[str, Any]:
+        """The plain nested mapping the engine and the app are built from."""
+        return self.model_dump()

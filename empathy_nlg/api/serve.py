@@ -18,14 +18,13 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from empathy_nlg.api.app import create_app
-    from empathy_nlg.settings import default_config_path, load_settings
+    from empathy_nlg.settings import EngineSettings
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    config = args.config if args.config is not None else default_config_path()
-    settings = load_settings(config)
-    host = args.host or settings["server"]["host"]
-    port = args.port or settings["server"]["port"]
+    settings, config = EngineSettings.find(args.config)
+    host = args.host or settings.server.host
+    port = args.port or settings.server.port
     print(f"empathy engine on http://{host}:{port} (config: {config or 'defaults'}; "
-          f"generator: {settings['generation']['generator']}; models load in the background, see /health)", flush=True)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+          f"generator: {settings.generation.generator}; models load in the background, see /health)", flush=True)
+    uvicorn.run(create_app(settings.as_dict()), host=host, port=port, log_level="info", access_log=False)
     return 0

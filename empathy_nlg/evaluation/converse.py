@@ -997,11 +997,11 @@ def nested_overrides(flat: Mapping[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def engine_settings(out_dir: Path, config: Optional[str], generator: Optional[str], sets: Mapping[str, Any]) -> Tuple[Dict[str, Any], Optional[Path]]:
-    """The engine settings for a run: config ← --generator ← --set ← a fresh SQLite file in ``out_dir``."""
-    from empathy_nlg.settings import default_config_path, load_settings
+def engine_settings(out_dir: Path, config: Optional[str], generator: Optional[str], sets: Mapping[str, Any]) -> Tuple[Any, Optional[Path]]:
+    """The engine settings for a run (:class:`~empathy_nlg.settings.EngineSettings`): config ←
+    --generator ← --set ← a fresh SQLite file in ``out_dir``."""
+    from empathy_nlg.settings import EngineSettings
 
-    path = Path(config) if config else default_config_path()
     db = (out_dir / STATE_DB).resolve()
     for stale in (db, db.with_name(db.name + "-journal"), db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
         stale.unlink(missing_ok=True)
@@ -1010,7 +1010,7 @@ def engine_settings(out_dir: Path, config: Optional[str], generator: Optional[st
         overrides["generation.generator"] = generator
     overrides.update(sets)
     overrides["state.database_url"] = f"sqlite:///{db}"
-    return load_settings(path, nested_overrides(overrides)), path
+    return EngineSettings.find(config, nested_overrides(overrides))
 
 
 def _plural(n: int, word: str) -> str:
@@ -1055,18 +1055,18 @@ def run(args: argparse.Namespace) -> int:
 
         settings, config_path = engine_settings(out, args.config, args.generator, sets)
         print(f"loading the engine (config: {config_path or 'packaged defaults'}; generator: "
-              f"{settings['generation']['generator']})…", file=sys.stderr, flush=True)
+              f"{settings.generation.generator})…", file=sys.stderr, flush=True)
         t_load = time.perf_counter()
-        engine = EmpathyEngine.load(settings)
+        engine = EmpathyEngine.load(settings.as_dict())
         described = engine.describe()
-        label = args.label or described.get("generator") or settings["generation"]["generator"]
+        label = args.label or described.get("generator") or settings.generation.generator
         meta["engine"] = {
             "config": str(config_path) if config_path else None,
             "generator": described.get("generator"),
             "generator_version": described.get("generator_version"),
             "perception": described.get("perception"),
             "set": sets,
-            "database_url": settings["state"]["database_url"],
+            "database_url": settings.state.database_url,
             "load_seconds": round(time.perf_counter() - t_load, 1),
         }
         replayer = EngineReplayer(engine, response=args.response)

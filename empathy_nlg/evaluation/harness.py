@@ -455,9 +455,9 @@ def _load_config(path: Optional[str]) -> Dict[str, Any]:
 
 def _engine_default_generators() -> Dict[str, Any]:
     """``generation.generators`` of the engine's default config (how the engine builds them)."""
-    from empathy_nlg.settings import packaged_defaults
+    from empathy_nlg.settings import EngineSettings
 
-    return dict(((packaged_defaults().get("generation") or {}).get("generators")) or {})
+    return dict(EngineSettings.load().generation.generators)
 
 
 def _generator_config(config: Mapping[str, Any], name: str) -> Dict[str, Any]:

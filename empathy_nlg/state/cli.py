@@ -18,13 +18,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_url(args: argparse.Namespace) -> str:
-    from empathy_nlg.settings import default_config_path, load_settings
+    from empathy_nlg.settings import EngineSettings
     from empathy_nlg.state.repository import database_url
 
     if args.url:
         return database_url(args.url)
-    config = args.config if args.config is not None else default_config_path()
-    return database_url(load_settings(config)["state"]["database_url"])
+    return database_url(EngineSettings.find(args.config)[0].state.database_url)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from empathy_nlg.settings import ConfigError, load_settings
@@ -79,3 +81,29 @@ def test_packaged_defaults_are_read_once_and_handed_out_as_copies(monkeypatch):
     first["generation"]["generator"] = "changed by a caller"
     assert packaged_defaults()["generation"]["generator"] == "nec"
     assert load_settings()["generation"]["generator"] == "nec"
+
+
+def test_the_typed_settings_mirror_the_schema_and_round_trip(tmp_path, monkeypatch):
+    """EngineSettings: every key the schema allows has a typed field (the packaged defaults, which
+    set them all, validate and dump back unchanged); a key the model does not know is refused."""
+    import pydantic
+
+    from empathy_nlg.settings import SCHEMA_FILE, EngineSettings, packaged_defaults
+
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    typed = EngineSettings.load()
+    assert typed.as_dict() == load_settings()
+    assert typed.server.nlg_queue == 8 and typed.generation.section()["alpha"] == 0.7
+    assert typed.generation.conversation.exemplars.k == 3 and typed.safety.followup_turns == 3
+    schema = json.loads(SCHEMA_FILE.read_text())
+    for section in ("server", "state", "perception", "safety"):
+        allowed = set(schema["properties"][section]["properties"])
+        assert allowed == set(getattr(EngineSettings.model_fields[section].annotation, "model_fields")), section
+    conversation = schema["properties"]["generation"]["properties"]["conversation"]["properties"]
+    assert set(conversation) == set(EngineSettings.model_fields["generation"].annotation.model_fields["conversation"].annotation.model_fields)
+    with pytest.raises(pydantic.ValidationError):
+        EngineSettings.model_validate({**packaged_defaults(), "server": {**packaged_defaults()["server"], "colour": "red"}})
+    cfg = tmp_path / "engine.yml"
+    cfg.write_text("server:\n  port: 6000\n")
+    settings, found = EngineSettings.find(cfg)
+    assert found == cfg and settings.server.port == 6000

@@ -261,11 +261,11 @@ def test_engine_settings_fresh_database_and_overrides(tmp_path, domain_file):
     (out / C.STATE_DB).write_text("stale")
     settings, path = C.engine_settings(out, str(config), "prompted", {"generation.generators.nec.rerank": False})
     assert path == config
-    assert settings["state"]["database_url"] == f"sqlite:///{(out / C.STATE_DB).resolve()}"
+    assert settings.state.database_url == f"sqlite:///{(out / C.STATE_DB).resolve()}"
     assert not (out / C.STATE_DB).exists()          # a fresh file for every run
-    assert settings["generation"]["generator"] == "prompted"
-    assert settings["generation"]["generators"]["nec"]["rerank"] is False
-    assert settings["generation"]["generators"]["nec"]["alpha"] == 0.7  # the rest of the section kept
+    assert settings.generation.generator == "prompted"
+    assert settings.generation.section("nec")["rerank"] is False
+    assert settings.generation.section("nec")["alpha"] == 0.7  # the rest of the section kept
     with pytest.raises(ValueError):                 # the schema still validates
         C.engine_settings(out, str(config), None, {"server.port": "not a port"})
 
