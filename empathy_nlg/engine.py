@@ -12,6 +12,7 @@ latency. The emotion trajectory stored for earlier turns conditions the generato
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -35,6 +36,28 @@ CRISIS_PREFIX = "utter_crisis_"
 
 class EngineNotReady(RuntimeError):
     pass
+
+
+class StageClock:
+    """Milliseconds per stage of one request (``custom.timing``): ``with clock("perception"): …``
+    adds the block's wall time to that stage."""
+
+    def __init__(self) -> None:
+        self.ms: Dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ms[stage] = self.ms.get(stage, 0.0) + (time.perf_counter() - start) * 1000
+
+    def add(self, stage: str, ms: float) -> None:
+        self.ms[stage] = self.ms.get(stage, 0.0) + float(ms)
+
+    def rounded(self) -> Dict[str, float]:
+        return {k: round(v, 1) for k, v in self.ms.items()}
 
 
 class EmpathyEngine:
@@ -167,19 +190,24 @@ class EmpathyEngine:
         details: Dict[str, Any] = {}
         turn: Optional[TurnRecord] = None
         turn_index: Optional[int] = None
+        clock = StageClock()
         if view.message_key is not None:
-            perception = self._perception_for(view)
+            with clock("perception"):
+                perception = self._perception_for(view)
             turn = TurnRecord(sender_id, view.message_key, view.last_user_text or "", perception)
             # read only: the request writes once, turn and reply together, when its reply is known
             # (record_reply below), so a failure on the way leaves no half-written turn
-            turn_index = self.repository.turn_index_of(sender_id, view.message_key)
+            with clock("sql"):
+                turn_index = self.repository.turn_index_of(sender_id, view.message_key)
 
         generate = bool(response_name in self.generated_responses and view.turns and view.turns[-1].role == "speaker")
         decision = SafetyDecision(None, [])
         # what the assistant already said to this sender (read once: the safety steps and the decoding use it)
-        stored_replies = self.repository.recent_replies(sender_id, limit=50) if turn is not None else []
+        with clock("sql"):
+            stored_replies = self.repository.recent_replies(sender_id, limit=50) if turn is not None else []
+            earlier_turns = (self.repository.recent_turns(sender_id, limit=self.safety.followup_turns, before_turn=turn_index)
+                             if turn is not None else [])
         if turn is not None:
-            earlier_turns = self.repository.recent_turns(sender_id, limit=self.safety.followup_turns, before_turn=turn_index)
             decision = self.safety.decide(response_name, generate, perception, earlier_turns, stored_replies,
                                           view.last_user_text or "")
             # A crisis turn the detector did not flag is stored as one all the same, so the follow-ups
@@ -199,12 +227,13 @@ class EmpathyEngine:
             details = {"safety": {"state": decision.state, "reason": decision.reason, "responses": decision.responses}}
         elif generate:
             message, generator_name, version, knowledge, details = self._generate(
-                response_name, view, perception, sender_id, turn_index, slots, channel, stored_replies)
+                response_name, view, perception, sender_id, turn_index, slots, channel, stored_replies, clock)
         else:
             message = self.domain.render(response_name, slots, channel)
             generator_name, version = "template", "domain"
 
         latency_ms = (time.perf_counter() - start) * 1000
+        write_start = time.perf_counter()
         if turn is not None:
             self.repository.record_reply(
                 turn,
@@ -217,6 +246,7 @@ class EmpathyEngine:
                     knowledge=knowledge,
                 ),
             )
+        clock.add("sql", (time.perf_counter() - write_start) * 1000)
         message["custom"] = {
             "emotion": perception.top_k(3) if perception else None,
             "polarity": perception.polarity if perception else None,
@@ -232,6 +262,9 @@ class EmpathyEngine:
             "response": response_name,
             "turn_index": turn_index,
             "latency_ms": round(latency_ms, 1),
+            # where the time went (ms): perception (or its crisis re-check), sql (reads and the one
+            # write), and for a generated reply the generator's own stages and the conversation reranker
+            "timing": clock.rounded(),
         }
         return message
 
@@ -291,14 +324,18 @@ class EmpathyEngine:
             return value
         return stored
 
-    def _generate(self, response_name, view, perception, sender_id, turn_index, slots, channel, stored_replies=()):
-        trajectory = self.repository.emotion_trajectory(sender_id, before_turn=turn_index)
+    def _generate(self, response_name, view, perception, sender_id, turn_index, slots, channel, stored_replies=(),
+                  clock: Optional[StageClock] = None):
+        clock = clock or StageClock()
+        with clock("sql"):
+            trajectory = self.repository.emotion_trajectory(sender_id, before_turn=turn_index)
+            story = (self.repository.positive_trajectory(sender_id, before_turn=turn_index)
+                     if self.story_polarity > 0 and perception is not None else [])
         earlier = self.earlier_replies(stored_replies, view)
         # the tone the reply answers: this message in the light of the story so far
         heard = perception
-        if self.story_polarity > 0 and perception is not None:
-            heard = story_polarity(perception, self.repository.positive_trajectory(sender_id, before_turn=turn_index),
-                                   self.story_polarity)
+        if story:
+            heard = story_polarity(perception, story, self.story_polarity)
         request = GenerationRequest(
             context=list(view.turns),
             perception=heard,
@@ -307,12 +344,16 @@ class EmpathyEngine:
             earlier_replies=earlier,
         )
         with self._model_lock:
-            result = self.generator.generate([request])[0]
+            with clock("generator"):
+                result = self.generator.generate([request])[0]
+            for stage, ms in ((result.details or {}).get("timing") or {}).items():
+                clock.add(f"generator.{stage}", ms)
             text, source, rerank = result.text.strip(), "generator", None
             if self.reranker is not None:
-                text, source, rerank = self._rerank(result, view, heard, earlier)
+                with clock("rerank"):
+                    text, source, rerank = self._rerank(result, view, heard, earlier)
         if text:
-            details = {k: v for k, v in (result.details or {}).items() if k not in ("raw", "system_prompt")}
+            details = {k: v for k, v in (result.details or {}).items() if k not in ("raw", "system_prompt", "timing")}
             if rerank is not None:
                 details["rerank"] = rerank
             if heard is not perception:

@@ -522,6 +522,25 @@ def aggregate(transcripts: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     return out
 
 
+def stage_timing(transcripts: Sequence[Mapping[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """p50 / p95 / mean ms per stage of the engine's ``custom.timing`` over the generated turns
+    (``perceive`` — the engine's /perceive call in engine mode — then perception as /nlg saw it, sql,
+    the generator and its own stages, the conversation reranker); ``{}`` when the replies carry no
+    timing (REST without the engine's ``custom`` forwarded)."""
+    per_stage: Dict[str, List[float]] = {}
+    for tr in transcripts:
+        for turn in tr["turns"]:
+            timing = (turn.get("custom") or {}).get("timing")
+            if turn.get("kind") != "generated" or not isinstance(timing, Mapping):
+                continue
+            if turn.get("perceive_ms") is not None:
+                per_stage.setdefault("perceive", []).append(float(turn["perceive_ms"]))
+            for stage, ms in timing.items():
+                per_stage.setdefault(stage, []).append(float(ms))
+    return {stage: {"p50": round(percentile(v, 50), 1), "p95": round(percentile(v, 95), 1),
+                    "mean": round(sum(v) / len(v), 1), "n": len(v)} for stage, v in per_stage.items()}
+
+
 # ======================================================================================== replay
 class EngineLike(Protocol):
     def perceive(self, text: str, history: Sequence[Mapping[str, str]] = (), sender_id: Optional[str] = None,
@@ -819,6 +838,7 @@ def benchmark(
         **dict(meta or {}),
         "cm_scorer": type(cm_scorer).__name__ if cm_scorer is not None else None,
         "overall": aggregate(transcripts),
+        "timing_ms": stage_timing(transcripts),
         "conversations": [
             {"id": t["id"], "polarity": t["polarity"], "source": t["source"], **({"emotion": t["emotion"]} if t.get("emotion") else {}),
              "metrics": t["metrics"]}
@@ -883,6 +903,12 @@ def render_report(summary: Mapping[str, Any], transcripts: Sequence[Mapping[str,
     for key in METRIC_ORDER:
         if key in overall:
             lines.append(f"| `{key}` | {_fmt(overall[key])} | {_cell(DEFINITIONS[key])} |")
+
+    timing = summary.get("timing_ms") or {}
+    if timing:
+        lines += ["", "## Where the time goes (generated turns, engine's `custom.timing`)", "",
+                  "| stage | p50 ms | p95 ms | mean ms | turns |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| `{stage}` | {row['p50']} | {row['p95']} | {row['mean']} | {row['n']} |" for stage, row in timing.items()]
 
     cols = [("turns", "turns"), ("repeat %", "repeat_rate"), ("opening %", "opening_repeat_rate"),
             ("mismatch %", "polarity_mismatch_rate"), ("judged", "polarity_judged"), ("grounded %", "grounded_rate"),
@@ -1084,6 +1110,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nconversation benchmark '{label}' ({summary['mode']} mode): {_plural(o['conversations'], 'conversation')}, "
           f"{_plural(o['turns'], 'turn')} from {source['path']}")
     print(metrics_table(o))
+    if summary.get("timing_ms"):
+        print("  where the time goes, generated turns (ms p50 / p95): " + ", ".join(
+            f"{stage} {row['p50']:.0f}/{row['p95']:.0f}" for stage, row in summary["timing_ms"].items()))
     print(f"transcripts: {out / CONVERSATIONS}\nsummary:     {out / SUMMARY}\nreport:      {out / REPORT}"
           f"  (total {time.perf_counter() - t0:.1f} s)")
     return 0

@@ -140,6 +140,7 @@ class TrainedGenerator(Generator):
             t0 = time.perf_counter()
             with torch.inference_mode():
                 inputs = self.inputs(chunk)
+                t_inputs = time.perf_counter()
                 torch.manual_seed(int(self.decoding.get("seed", 13)))
                 # the history bias is per conversation: the engine sends one request at a time (a
                 # batch of several shares the union of their earlier replies)
@@ -148,21 +149,29 @@ class TrainedGenerator(Generator):
                 bias += C.history_bias(self.model.lm.tokenizer, [t for r in chunk for t in r.earlier_replies],
                                        n=self.history_ngram, bias=self.history_bias)
                 states: Optional[List[Any]] = [] if (self.needs_context_vectors and k > 1) else None
+                t_bias = time.perf_counter()
                 ids, beam_scores = self.model.lm.generate(inputs.prefixes, inputs.prompts, self.decoding,
                                                           num_return=k, sequence_bias=bias, context_out=states)
+                t_decode = time.perf_counter()
                 if states:
                     inputs.context_vectors = states[0]
                 raw = [self.model.lm.decode(i) for i in ids]
                 texts = [clean_reply(r) for r in raw]
                 choice = self.choose(inputs, texts, beam_scores, k)
-            seconds = round((time.perf_counter() - t0) / len(chunk), 3)
+            t_end = time.perf_counter()
+            seconds = round((t_end - t0) / len(chunk), 3)
+            # per request (a batch shares its passes): conditioning (the paper's inputs, knowledge
+            # included), the steering biases, decoding, and choosing among the beams
+            timing = {"inputs": (t_inputs - t0), "bias": (t_bias - t_inputs), "decode": (t_decode - t_bias),
+                      "choose": (t_end - t_decode)}
+            timing = {stage: round(1000 * v / len(chunk), 1) for stage, v in timing.items()}
             for i, _request in enumerate(chunk):
                 j = choice.chosen[i]
                 if not texts[j]:  # the chosen beam was empty after clean-up: the first non-empty one
                     j = next((b for b in range(i * k, (i + 1) * k) if texts[b]), j)
                 details = dict(inputs.details[i]) if inputs.details else {}
                 details.update(choice.details[i] if choice.details else {})
-                details.update(raw=raw[j], beams=k, seconds=seconds)
+                details.update(raw=raw[j], beams=k, seconds=seconds, timing=timing)
                 results.append(GenerationResult(
                     text=texts[j], generator=self.name, version=self.version,
                     knowledge=inputs.knowledge[i] if inputs.knowledge else dict(chunk[i].knowledge),

@@ -38,6 +38,8 @@ def test_generated_turn_is_persisted_with_perception(engine):
     state = engine.repository.conversation("u1")
     assert state["turns"][0]["emotion"] == "sad"
     assert state["turns"][0]["replies"][0]["text"] == "I hear that you feel sad."
+    timing = out["custom"]["timing"]  # where the time went, per stage
+    assert {"perception", "sql", "generator"} <= set(timing) and all(ms >= 0 for ms in timing.values())
 
 
 def test_generator_details_reach_custom_without_the_raw_text(engine):

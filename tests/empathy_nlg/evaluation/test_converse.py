@@ -573,3 +573,15 @@ def test_cli_engine_mode_builds_settings_like_the_server(tmp_path, domain_file, 
     assert summary["overall"]["polarity_judged"] == 2 and summary["overall"]["generated_share"] == 100.0
     assert (out / C.STATE_DB).is_file()
     assert "conversation benchmark 'echo' (engine mode): 1 conversation, 2 turns" in captured.out
+
+
+def test_stage_timing_summarises_the_engines_custom_timing_over_generated_turns():
+    tr = transcript(["a", "b", "c"], kinds=["generated", "generated", "crisis"])
+    for turn, ms in zip(tr["turns"], (100.0, 300.0, 5.0)):
+        turn["custom"] = {"timing": {"generator": ms, "generator.decode": ms / 2, "sql": 2.0}}
+        turn["perceive_ms"] = 20.0
+    timing = C.stage_timing([tr])
+    assert set(timing) == {"perceive", "generator", "generator.decode", "sql"}
+    assert timing["generator"] == {"p50": 200.0, "p95": 290.0, "mean": 200.0, "n": 2}  # the crisis turn is left out
+    assert timing["perceive"]["n"] == 2
+    assert C.stage_timing([transcript(["a"])]) == {}  # no custom.timing (REST without forwarding): nothing
