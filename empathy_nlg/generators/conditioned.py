@@ -177,6 +177,14 @@ class ConditionedBackbone:
             self.model = self.model.merge_and_unload()
         self.model.eval()
 
+    def use_attention(self, implementation: Optional[str]) -> str:
+        """Serving: the backbone's attention kernel (``eager``, ``sdpa``; None or ``auto``: leave it),
+        set through ``transformers``' own ``set_attn_implementation``; returns the one in use."""
+        model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        if implementation not in (None, "auto") and hasattr(model, "set_attn_implementation"):
+            model.set_attn_implementation(implementation)
+        return str(getattr(model.config, "_attn_implementation", "") or "default")
+
     def cast_for_serving(self, mode: Optional[str] = "auto") -> str:
         """Serving only: the backbone's weights cast to the dtype ``mode`` resolves to (as for
         autocast, :func:`resolve_autocast`: ``auto`` → bf16 on CUDA and on CPUs that multiply bf16

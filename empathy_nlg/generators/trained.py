@@ -71,7 +71,7 @@ class TrainedGenerator(Generator):
                  batch_size: int = 8, history_ngram: int = 3, history_bias: float = -4.0,
                  grounding_bias: float = 1.5, grounding_turns: int = 2, tone_bias: float = -5.0,
                  tone_min_prob: float = 0.6, merge_adapters: bool = True, serve_dtype: str = "auto",
-                 **own: Any) -> None:
+                 attention: Optional[str] = None, **own: Any) -> None:
         from empathy_nlg.decoding.generation import DecodingConfig
 
         folder = Path(model_dir) if model_dir else self.default_model_dir
@@ -90,6 +90,7 @@ class TrainedGenerator(Generator):
             self.model.lm.prepare_for_serving()
         # after the merge (done in the loaded precision): bf16 weights where the hardware has it
         self.serve_dtype = self.model.lm.cast_for_serving(serve_dtype)
+        self.attention = self.model.lm.use_attention(attention)
         # the tone entries depend only on the polarity: tokenised once, not on every turn
         self._tone = {pol: C.tone_bias(self.model.lm.tokenizer, pol, bias=self.tone_bias) for pol in POLARITIES}
         self.settings = self.model.settings

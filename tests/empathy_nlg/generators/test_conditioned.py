@@ -385,3 +385,23 @@ def test_serving_cast_to_bf16_keeps_the_heads_fp32_and_decodes_close_to_fp32(tin
     assert torch.allclose(bf16.float().log_softmax(-1), fp32.log_softmax(-1), atol=0.15)
     ids, scores = lm.generate(prefixes, prompts, {"max_new_tokens": 5}, num_return=2)
     assert ids.shape[0] == 2 and torch.isfinite(scores).all()
+
+
+def test_the_attention_kernel_is_chosen_for_serving_and_decodes_the_same_in_fp32(tiny_llama, tmp_path):
+    """use_attention: eager and sdpa give the same beams in fp32 (the kernels differ in speed, and
+    in bf16 in rounding); None / auto leave the kernel as loaded."""
+    tok = _three_layers(tiny_llama, tmp_path / "three")
+    lm = _lm(tmp_path / "three")
+    lm.prepare_for_serving()
+    lm.prefix_layer = 1
+    prompts = [C.encode_prompt(tok, C.prompt_messages([Utterance("speaker", "we adopted a kitten")], 2), 64)]
+    prefixes = [_prefix(lm, 2, 0) * 10]
+    loaded = lm.use_attention(None)
+    assert lm.use_attention("auto") == loaded
+    runs = {}
+    for kernel in ("sdpa", "eager"):
+        assert lm.use_attention(kernel) == kernel
+        torch.manual_seed(0)
+        runs[kernel] = lm.generate(prefixes, prompts, {"max_new_tokens": 6}, num_return=3)
+    assert runs["eager"][0].tolist() == runs["sdpa"][0].tolist()
+    assert torch.allclose(runs["eager"][1], runs["sdpa"][1], atol=1e-4)
