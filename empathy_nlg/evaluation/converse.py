@@ -815,26 +815,41 @@ def benchmark(
     label: str = "run",
     meta: Optional[Mapping[str, Any]] = None,
     progress: bool = True,
+    concurrency: int = 1,
 ) -> Dict[str, Any]:
-    """Replay, score and write ``conversations.jsonl``, ``summary.json`` and ``report.md``; returns the summary."""
+    """Replay, score and write ``conversations.jsonl``, ``summary.json`` and ``report.md``; returns the summary.
+
+    ``concurrency`` > 1 replays that many conversations at once (threads; each conversation's
+    turns stay in order), the load of several people talking at the same time; the transcripts
+    keep the script's order."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     transcripts: List[Dict[str, Any]] = []
     path = out / CONVERSATIONS
+    pool = None
+    if concurrency > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="converse")
+        replayed = pool.map(replayer.replay, conversations)
+    else:
+        replayed = (replayer.replay(conv) for conv in conversations)
     with path.open("w", encoding="utf-8") as fh, _progress(len(conversations), label, progress) as bar:
-        for conv in conversations:
-            tr = replayer.replay(conv)
+        for tr in replayed:
             score_conversation(tr, epitome_flags(tr, cm_scorer))
             transcripts.append(tr)
             fh.write(json.dumps(tr, ensure_ascii=False) + "\n")
             fh.flush()
             bar.update(1)
+    if pool is not None:
+        pool.shutdown()
     summary: Dict[str, Any] = {
         "label": label,
         "mode": getattr(replayer, "mode", "engine"),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - start, 2),
+        "concurrency": concurrency,
         **dict(meta or {}),
         "cm_scorer": type(cm_scorer).__name__ if cm_scorer is not None else None,
         "overall": aggregate(transcripts),
@@ -985,6 +1000,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     rest.add_argument("--rest", metavar="URL", default=None, help="Rasa REST webhook, e.g. http://localhost:5005/webhooks/rest/webhook")
     rest.add_argument("--domain", default="domain.yml", help="Rasa domain whose texts count as templates (default domain.yml)")
     rest.add_argument("--timeout", type=float, default=REST_TIMEOUT_S, help=f"seconds per REST request (default {REST_TIMEOUT_S:g})")
+    rest.add_argument("--concurrency", type=int, default=1, metavar="N",
+                      help="replay N conversations at once (people talking at the same time; default 1)")
     parser.add_argument("--no-cm-scorer", action="store_true", help="do not load the EPITOME classifiers (er/ip/ex_rate become null)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -1059,6 +1076,11 @@ def run(args: argparse.Namespace) -> int:
     sets = parse_sets(getattr(args, "set_", []))
     if args.rest and (args.config or args.generator or sets):
         raise ValueError("--config, --generator and --set apply to engine mode only, not with --rest")
+    concurrency = int(getattr(args, "concurrency", 1) or 1)
+    if concurrency < 1:
+        raise ValueError(f"--concurrency must be at least 1, got {concurrency}")
+    if concurrency > 1 and not args.rest:
+        raise ValueError("--concurrency applies to REST mode (--rest URL): the load goes through the running stack")
     conversations = read_script(script, args.limit) if script else read_ed_replay(ed, args.limit)
     source = {"kind": "script" if script else "ed", "path": str(script or ed), "limit": args.limit,
               "conversations": len(conversations), "turns": sum(len(c.turns) for c in conversations)}
@@ -1100,15 +1122,16 @@ def run(args: argparse.Namespace) -> int:
     cm_scorer = None if args.no_cm_scorer else load_cm_scorer()
     try:
         summary = benchmark(conversations, replayer, out, cm_scorer=cm_scorer, label=label, meta=meta,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, concurrency=concurrency)
     except ConverseError as exc:
         print(f"empathy-nlg converse-eval: error: {exc}", file=sys.stderr)
         if (out / CONVERSATIONS).is_file():
             print(f"conversations replayed so far: {out / CONVERSATIONS}", file=sys.stderr)
         return 1
     o = summary["overall"]
+    at_once = f", {concurrency} at once" if concurrency > 1 else ""
     print(f"\nconversation benchmark '{label}' ({summary['mode']} mode): {_plural(o['conversations'], 'conversation')}, "
-          f"{_plural(o['turns'], 'turn')} from {source['path']}")
+          f"{_plural(o['turns'], 'turn')} from {source['path']}{at_once}")
     print(metrics_table(o))
     if summary.get("timing_ms"):
         print("  where the time goes, generated turns (ms p50 / p95): " + ", ".join(

@@ -585,3 +585,29 @@ def test_stage_timing_summarises_the_engines_custom_timing_over_generated_turns(
     assert timing["generator"] == {"p50": 200.0, "p95": 290.0, "mean": 200.0, "n": 2}  # the crisis turn is left out
     assert timing["perceive"]["n"] == 2
     assert C.stage_timing([transcript(["a"])]) == {}  # no custom.timing (REST without forwarding): nothing
+
+
+def test_cli_rest_concurrency_replays_conversations_at_once_in_script_order(tmp_path, rasa_server, rest_domain, capsys):
+    """--concurrency N: N conversations talk at the same time (the server sees them interleaved:
+    four 1-second turns take ≈ 1 s, not 4), each conversation's turns stay in order, and the
+    transcripts keep the script's order. Engine mode refuses it."""
+    lines = [json.dumps({"id": f"c{i}", "polarity": "negative", "turns": ["slow", f"my plant {i} died"]}) for i in range(4)]
+    script = write_lines(tmp_path / "s.jsonl", lines)
+    out = tmp_path / "out"
+    t0 = time.perf_counter()
+    code = main(["converse-eval", "--script", str(script), "--rest", rasa_server, "--domain", str(rest_domain),
+                 "--out", str(out), "--no-cm-scorer", "--no-progress", "--concurrency", "4"])
+    elapsed = time.perf_counter() - t0
+    assert code == 0, capsys.readouterr().err
+    assert "4 at once" in capsys.readouterr().out
+    assert elapsed < 3.5  # the four 1-second turns overlapped
+    trs = [json.loads(line) for line in (out / C.CONVERSATIONS).read_text().splitlines()]
+    assert [t["id"] for t in trs] == ["c0", "c1", "c2", "c3"]
+    for i, tr in enumerate(trs):
+        assert [t["user"] for t in tr["turns"]] == ["slow", f"my plant {i} died"]
+    by_sender: Dict[str, List[str]] = {}
+    for body in _Handler.received:
+        by_sender.setdefault(body["sender"], []).append(body["message"])
+    assert len(by_sender) == 4 and all(msgs[0] == "slow" for msgs in by_sender.values())
+    assert json.loads((out / C.SUMMARY).read_text())["concurrency"] == 4
+    assert main(["converse-eval", "--script", str(script), "--out", str(out), "--concurrency", "2"]) != 0
