@@ -54,8 +54,9 @@ def story_polarity(perception: Optional[Perception], earlier_positive: Sequence[
     user's earlier turns' (``weight`` on the story; 0 or no earlier turn: ``perception`` itself).
     A copy with ``polarity``/``polarity_prob`` replaced — what was perceived and stored is unchanged.
     Perception reads one message at a time: "he danced with my grandma" alone sounds sad, in a
-    wedding story it is good news; "but my mom is really upset" after good news stays bad news
-    when the message itself is clear enough."""
+    wedding story it is good news. The price: a clear turn against the story ("but my mom is
+    really upset" after good news) keeps its polarity but at a confidence below the tone bias's
+    and the guard's thresholds, so only the learned polarity term steers it."""
     if perception is None or not earlier_positive or weight <= 0:
         return perception
     now = perception.polarity_prob if perception.polarity == "positive" else 1.0 - perception.polarity_prob
