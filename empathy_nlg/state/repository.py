@@ -183,38 +183,32 @@ class StateRepository:
             self._conversation(session, sender_id).persona = persona
 
     # -- reads ------------------------------------------------------------------------------
-    def emotion_trajectory(self, sender_id: str, before_turn: Optional[int] = None, limit: int = 5) -> List[str]:
-        """Emotions of the conversation's earlier turns, oldest first (at most ``limit``)."""
+    def _earlier(self, column, sender_id: str, before_turn: Optional[int], limit: int) -> List[Any]:
+        """``column`` of the conversation's latest turns where it is set, oldest first (at most
+        ``limit``; only turns before ``before_turn`` when given)."""
         with self._sessions() as session:
             stmt = (
-                select(Turn.emotion)
+                select(column)
                 .join(Conversation)
-                .where(Conversation.sender_id == sender_id, Turn.emotion.is_not(None))
+                .where(Conversation.sender_id == sender_id, column.is_not(None))
                 .order_by(Turn.turn_index.desc())
                 .limit(limit)
             )
             if before_turn is not None:
                 stmt = stmt.where(Turn.turn_index < before_turn)
-            return [e for e in reversed(session.scalars(stmt).all())]
+            return list(reversed(session.scalars(stmt).all()))
+
+    def emotion_trajectory(self, sender_id: str, before_turn: Optional[int] = None, limit: int = 5) -> List[str]:
+        """Emotions of the conversation's earlier turns, oldest first (at most ``limit``)."""
+        return self._earlier(Turn.emotion, sender_id, before_turn, limit)
 
     def positive_trajectory(self, sender_id: str, before_turn: Optional[int] = None, limit: int = 3) -> List[float]:
         """P(positive) of the conversation's earlier turns, oldest first (at most ``limit``): the
         share of the stored top-5 emotion probability that falls on MIME's positive group."""
         from empathy_nlg.taxonomy import polarity_of
 
-        with self._sessions() as session:
-            stmt = (
-                select(Turn.emotion_top_k)
-                .join(Conversation)
-                .where(Conversation.sender_id == sender_id, Turn.emotion_top_k.is_not(None))
-                .order_by(Turn.turn_index.desc())
-                .limit(limit)
-            )
-            if before_turn is not None:
-                stmt = stmt.where(Turn.turn_index < before_turn)
-            rows = list(reversed(session.scalars(stmt).all()))
         out = []
-        for top in rows:
+        for top in self._earlier(Turn.emotion_top_k, sender_id, before_turn, limit):
             total = sum(float(e["prob"]) for e in top or [])
             if total > 0:
                 out.append(sum(float(e["prob"]) for e in top if polarity_of(e["label"]) == "positive") / total)

@@ -359,16 +359,22 @@ def test_serving_merges_the_adapters_exactly(tiny_llama, tmp_path):
     assert ids_merged.tolist() == ids_before.tolist() and torch.allclose(s_before, s_merged, atol=1e-4)
 
 
-def test_serving_cast_to_bf16_keeps_the_heads_fp32_and_decodes_close_to_fp32(tiny_llama, tmp_path, monkeypatch):
-    """cast_for_serving: ``float32`` leaves the weights alone; ``auto`` casts to bf16 only where
-    the CPU multiplies bf16 natively; ``bf16`` casts; a prefix (fp32, as the heads make it) still
-    enters, and the reply scores stay close to the fp32 ones."""
+def _serving_lm(tiny_llama, tmp_path):
+    """A three-layer backbone prepared for serving (adapters merged), its prefix entering layer 1,
+    with one prompt and one prefix: ``(tokenizer, lm, prompts, prefixes)``."""
     tok = _three_layers(tiny_llama, tmp_path / "three")
     lm = _lm(tmp_path / "three")
     lm.prepare_for_serving()
     lm.prefix_layer = 1
     prompts = [C.encode_prompt(tok, C.prompt_messages([Utterance("speaker", "we adopted a kitten")], 2), 64)]
-    prefixes = [_prefix(lm, 2, 0) * 10]
+    return tok, lm, prompts, [_prefix(lm, 2, 0) * 10]
+
+
+def test_serving_cast_to_bf16_keeps_the_heads_fp32_and_decodes_close_to_fp32(tiny_llama, tmp_path, monkeypatch):
+    """cast_for_serving: ``float32`` leaves the weights alone; ``auto`` casts to bf16 only where
+    the CPU multiplies bf16 natively; ``bf16`` casts; a prefix (fp32, as the heads make it) still
+    enters, and the reply scores stay close to the fp32 ones."""
+    tok, lm, prompts, prefixes = _serving_lm(tiny_llama, tmp_path)
     replies = [C.encode_reply(tok, "oh how lovely", 32, False)]
     with torch.no_grad():
         fp32, _, _ = lm.forward(prefixes, prompts, replies)
@@ -390,12 +396,7 @@ def test_serving_cast_to_bf16_keeps_the_heads_fp32_and_decodes_close_to_fp32(tin
 def test_the_attention_kernel_is_chosen_for_serving_and_decodes_the_same_in_fp32(tiny_llama, tmp_path):
     """use_attention: eager and sdpa give the same beams in fp32 (the kernels differ in speed, and
     in bf16 in rounding); None / auto leave the kernel as loaded."""
-    tok = _three_layers(tiny_llama, tmp_path / "three")
-    lm = _lm(tmp_path / "three")
-    lm.prepare_for_serving()
-    lm.prefix_layer = 1
-    prompts = [C.encode_prompt(tok, C.prompt_messages([Utterance("speaker", "we adopted a kitten")], 2), 64)]
-    prefixes = [_prefix(lm, 2, 0) * 10]
+    _tok, lm, prompts, prefixes = _serving_lm(tiny_llama, tmp_path)
     loaded = lm.use_attention(None)
     assert lm.use_attention("auto") == loaded
     runs = {}
