@@ -27,7 +27,7 @@ from empathy_nlg.domain import DomainResponses, UnknownResponseError
 from empathy_nlg.generators.base import GenerationRequest, Generator, create_generator
 from empathy_nlg.perception.types import Perception
 from empathy_nlg.safety import CRISIS_RESPONSES, SCRIPTED_RESPONSES, SafetyDecision, SafetyPolicy
-from empathy_nlg.state.repository import ReplyRecord, StateRepository, TurnRecord
+from empathy_nlg.state.repository import ReplyRecord, StateRepository, TurnRecord, positive_shares
 
 log = logging.getLogger(__name__)
 
@@ -328,9 +328,10 @@ class EmpathyEngine:
                   clock: Optional[StageClock] = None):
         clock = clock or StageClock()
         with clock("sql"):
-            trajectory = self.repository.emotion_trajectory(sender_id, before_turn=turn_index)
-            story = (self.repository.positive_trajectory(sender_id, before_turn=turn_index)
-                     if self.story_polarity > 0 and perception is not None else [])
+            history = self.repository.emotion_history(sender_id, before_turn=turn_index, limit=5)
+        trajectory = [turn["emotion"] for turn in history]
+        # the story's polarity so far: its last three perceived turns
+        story = positive_shares(history[-3:]) if self.story_polarity > 0 and perception is not None else []
         earlier = self.earlier_replies(stored_replies, view)
         # the tone the reply answers: this message in the light of the story so far
         heard = perception

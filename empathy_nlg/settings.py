@@ -1,10 +1,13 @@
-"""Engine configuration: packaged defaults ← a YAML file ← environment, validated by a JSON schema.
+"""Settings: the engine's (packaged defaults ← a YAML file ← environment) and a training run's,
+each validated by a JSON schema and read as one typed object.
 
-``load_settings(path)`` returns a plain nested dict (what the engine and the app are built from);
-:meth:`EngineSettings.load` the same settings as one typed object (pydantic), which the commands
-read (``serve``, ``db``, ``converse-eval``; ``evaluate`` for the packaged generator sections).
-The JSON schema stays the validator users see (every violation with its key path); the typed
-model mirrors it and is checked against it by the tests. Relative paths in the file (``domain``,
+``load_settings(path)`` returns the engine's settings as a plain nested dict (what the engine and
+the app are built from); :meth:`EngineSettings.load` the same settings as one typed object
+(pydantic), which the commands read (``serve``, ``db``, ``converse-eval``; ``evaluate`` for the
+packaged generator sections). :meth:`TrainSettings.load` reads a ``train`` config
+(``configs/train/*.yml``) the same way. The JSON schemas stay the validators users see (every
+violation with its key path); the typed models mirror them and are checked against them by the
+tests. Relative paths in the file (``domain``,
 SQLite files) are resolved against the config file's folder, so the engine behaves the same
 from any working directory.
 """
@@ -16,7 +19,7 @@ import functools
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Type
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,6 +28,7 @@ from empathy_nlg.paths import CONFIG_DIR
 
 DEFAULTS_FILE = CONFIG_DIR / "engine.default.yml"
 SCHEMA_FILE = CONFIG_DIR / "engine.schema.json"
+TRAIN_SCHEMA_FILE = CONFIG_DIR / "train.schema.json"
 
 ENV_OVERRIDES = {
     "DATABASE_URL": ("state", "database_url"),
@@ -66,6 +70,15 @@ def read_config_file(path: Path | str) -> Dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return data
+
+
+def settings_from_mapping(cls: Type[Any], values: Optional[Mapping[str, Any]], what: str) -> Any:
+    """Build the settings dataclass ``cls`` from a config section; an unknown key is a clear error."""
+    values = dict(values or {})
+    unknown = set(values) - set(cls.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown {what} settings: {sorted(unknown)}")
+    return cls(**values)
 
 
 @functools.lru_cache(maxsize=1)
@@ -227,3 +240,77 @@ class EngineSettings(_Section):
     def as_dict(self) -> Dict[str, Any]:
         """The plain nested mapping the engine and the app are built from."""
         return self.model_dump()
+
+
+# --------------------------------------------------------------------------- a training run's config
+class TrainData(_Section):
+    #: ``None``: ``<data>/empathetic_dialogues/{train,valid}.jsonl``
+    train: Optional[str] = None
+    valid: Optional[str] = None
+    max_train_examples: Optional[int] = None
+    max_valid_examples: Optional[int] = 200
+
+
+class TrainOptim(_Section):
+    lr: float = 3e-4
+    heads_lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 8
+    max_steps: int = 300
+    warmup_steps: int = 20
+    checkpoint_every: int = 25
+    max_minutes: Optional[float] = None
+    grad_clip: float = 1.0
+    #: validation perplexity every N steps; the best model is kept and exported
+    eval_every: Optional[int] = None
+    #: length-bucketed batches
+    bucket: bool = True
+    autocast: Optional[Literal["auto", "none", "bf16", "fp16"]] = None
+
+
+class TrainSettings(_Section):
+    """One ``empathy-nlg train`` run (``configs/train/*.yml``, schema ``train.schema.json``), typed."""
+
+    generator: str
+    #: the run folder: features, checkpoint, log (``None``: ``runs/<variant>``)
+    out_dir: Optional[str] = None
+    features_dir: Optional[str] = None
+    init_from: Optional[str] = None
+    init_adapter: Optional[str] = None
+    init_model: Optional[str] = None
+    export_dir: Optional[str] = None
+    seed: int = 13
+    device: Optional[str] = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    backbone_path: Optional[str] = None
+    threads: Optional[int] = None
+    data: TrainData = Field(default_factory=TrainData)
+    causes: Literal["model", "speaker"] = "model"
+    #: the knowledge source (``{"type": NAME, ...its options}``; ``None``: retrieval)
+    knowledge: Optional[Dict[str, Any]] = None
+    #: the generator's architecture and ablation switches (its settings dataclass checks them)
+    settings: Dict[str, Any] = Field(default_factory=dict)
+    #: the LoRA options (:class:`empathy_nlg.generators.conditioned.LoraSettings` checks them)
+    lora: Optional[Dict[str, Any]] = None
+    optim: TrainOptim = Field(default_factory=TrainOptim)
+
+    @classmethod
+    def load(cls, path: Path | str, generator: str) -> "TrainSettings":
+        """The config file at ``path`` for ``generator`` (its ``generator:`` key may be left out):
+        a missing file is a ``FileNotFoundError``, a schema violation or a config for another
+        generator a ``ValueError`` naming the key."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist")
+        data = read_config_file(path)
+        data.setdefault("generator", generator)
+        lines = schema_errors(TRAIN_SCHEMA_FILE, data)
+        if lines:
+            raise ValueError(f"{path} is invalid: " + "; ".join(lines))
+        if data["generator"] != generator:
+            raise ValueError(f"{path} is a config for {data['generator']!r}, not {generator!r}")
+        return cls.model_validate(data)
+
+    def updated(self, **changes: Any) -> "TrainSettings":
+        """A validated copy with top-level keys replaced (a mapping section is merged key by key)."""
+        return type(self).model_validate(_merge(self.model_dump(), changes))

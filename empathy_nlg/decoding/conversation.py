@@ -41,8 +41,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from empathy_nlg.generators.base import settings_from_mapping
 from empathy_nlg.perception.types import Perception
+from empathy_nlg.settings import settings_from_mapping
 from empathy_nlg.taxonomy import CM_CODES
 from empathy_nlg.text import content_words, jaccard, max_jaccard, opening, replaces, tone
 

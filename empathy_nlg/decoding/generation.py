@@ -12,7 +12,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Mapping
 
-from empathy_nlg.generators.base import settings_from_mapping
+from empathy_nlg.settings import settings_from_mapping
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -26,6 +26,10 @@ class DecodingConfig:
     top_p: float = 0.9
     repetition_penalty: float = 1.1
     no_repeat_ngram_size: int = 3
+    #: beam search: stop as soon as ``num_beams`` replies are complete (``False``: transformers'
+    #: default heuristic, which keeps going while a running beam's length-normalised score is
+    #: better than the worst complete one)
+    early_stopping: bool = False
     seed: int = 13
 
     @classmethod

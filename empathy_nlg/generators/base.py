@@ -84,15 +84,6 @@ class Generator(ABC):
         """Optional: learn from training replies (used by trivial baselines)."""
 
 
-def settings_from_mapping(cls: Type[Any], values: Optional[Mapping[str, Any]], what: str) -> Any:
-    """Build the settings dataclass ``cls`` from a config section; an unknown key is a clear error."""
-    values = dict(values or {})
-    unknown = set(values) - set(cls.__dataclass_fields__)
-    if unknown:
-        raise ValueError(f"unknown {what} settings: {sorted(unknown)}")
-    return cls(**values)
-
-
 GENERATORS: Registry[Type[Generator]] = Registry("generator", {
     "prompted": "empathy_nlg.generators.prompted:PromptedBackboneGenerator",
     "frequent": "empathy_nlg.generators.frequent:MostFrequentReplyGenerator",

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from empathy_nlg.datasets import Utterance
-from empathy_nlg.generators.base import settings_from_mapping
+from empathy_nlg.settings import TrainSettings, settings_from_mapping
 from empathy_nlg.text import CELEBRATION_WORDS, NO_ECHO_PREFIXES, STOPWORDS, SYMPATHY_WORDS, words
 
 log = logging.getLogger(__name__)
@@ -419,6 +419,8 @@ class ConditionedBackbone:
             kwargs["sequence_bias"] = [[list(ids), float(b)] for ids, b in sequence_bias]
         if kwargs["do_sample"]:
             kwargs.update(temperature=float(d["temperature"]), top_p=float(d["top_p"]))
+        if kwargs["num_beams"] > 1:
+            kwargs["early_stopping"] = bool(d["early_stopping"])
         if num_return > 1:
             kwargs.update(output_scores=True, return_dict_in_generate=True)
         head = None
@@ -796,7 +798,7 @@ class TrainingRecipe:
     def settings_from(self, values: Optional[Mapping[str, Any]]):
         return self.model_class.settings_type.from_mapping(values)
 
-    def feature_extra(self, settings, config: Mapping[str, Any], encoder, out_dir: Path):
+    def feature_extra(self, settings, config: TrainSettings, encoder, out_dir: Path):
         """``(add(features, progress), key)`` adding the paper's keys to every feature, or ``(None, None)``."""
         return None, None
 
@@ -808,7 +810,7 @@ class TrainingRecipe:
     def load_model(self, folder: Path, backbone, encoder, trainable: bool):
         return self.model_class.from_folder(Path(folder), backbone, encoder, trainable)
 
-    def prepare(self, model, train_feats: Sequence[Mapping[str, Any]], config: Mapping[str, Any], **_: Any) -> None:
+    def prepare(self, model, train_feats: Sequence[Mapping[str, Any]], config: TrainSettings, **_: Any) -> None:
         """Anything computed from the training data before the first step (FACE weights, pools)."""
 
 

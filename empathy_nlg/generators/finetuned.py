@@ -24,9 +24,10 @@ from typing import Any, List, Mapping, Optional, Sequence
 
 from empathy_nlg.datasets import Utterance
 from empathy_nlg.generators import conditioned as C
-from empathy_nlg.generators.base import GenerationRequest, settings_from_mapping
+from empathy_nlg.generators.base import GenerationRequest
 from empathy_nlg.generators.trained import Inputs, TrainedGenerator
 from empathy_nlg.paths import ARTIFACTS_DIR
+from empathy_nlg.settings import settings_from_mapping
 
 log = logging.getLogger(__name__)
 

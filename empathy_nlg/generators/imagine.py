@@ -62,9 +62,10 @@ from torch import nn
 
 from empathy_nlg.datasets import Utterance
 from empathy_nlg.generators import conditioned as C
-from empathy_nlg.generators.base import GenerationRequest, settings_from_mapping
+from empathy_nlg.generators.base import GenerationRequest
 from empathy_nlg.generators.trained import Inputs, TrainedGenerator
 from empathy_nlg.paths import ARTIFACTS_DIR
+from empathy_nlg.settings import TrainSettings, settings_from_mapping
 from empathy_nlg.taxonomy import CM_CODES, EMOTIONS, IMAGINE_KNOWLEDGE_GROUPS
 
 log = logging.getLogger(__name__)
@@ -387,11 +388,11 @@ class ImagineRecipe(C.TrainingRecipe):
     model_class = ImagineModel
     ABLATIONS = ("cause", "cm", "knowledge", "face")
 
-    def feature_extra(self, settings: ImagineSettings, config: Mapping[str, Any], encoder, out_dir: Path):
+    def feature_extra(self, settings: ImagineSettings, config: TrainSettings, encoder, out_dir: Path):
         """Adds ``knowledge`` (the four groups) to every feature, from the configured source."""
         if not settings.knowledge:
             return None, None
-        source_cfg = dict(config.get("knowledge") or {"type": "retrieval"})
+        source_cfg = dict(config.knowledge or {"type": "retrieval"})
 
         def add_knowledge(feats: List[Dict[str, Any]], progress: bool) -> None:
             from empathy_nlg.knowledge.base import load_knowledge_source
@@ -412,7 +413,7 @@ class ImagineRecipe(C.TrainingRecipe):
 
         return add_knowledge, {"knowledge": source_cfg, "cause": settings.cause, "k": settings.knowledge_per_relation}
 
-    def prepare(self, model: ImagineModel, train_feats: Sequence[Mapping[str, Any]], config: Mapping[str, Any], **_: Any) -> None:
+    def prepare(self, model: ImagineModel, train_feats: Sequence[Mapping[str, Any]], config: TrainSettings, **_: Any) -> None:
         """FACE weights from the training replies."""
 
         if model.settings.face:

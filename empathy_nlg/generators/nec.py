@@ -52,9 +52,10 @@ from torch import nn
 
 from empathy_nlg.datasets import Utterance
 from empathy_nlg.generators import conditioned as C
-from empathy_nlg.generators.base import GenerationRequest, settings_from_mapping
+from empathy_nlg.generators.base import GenerationRequest
 from empathy_nlg.generators.trained import Choice, Inputs, TrainedGenerator
 from empathy_nlg.paths import ARTIFACTS_DIR
+from empathy_nlg.settings import TrainSettings, settings_from_mapping
 from empathy_nlg.taxonomy import NEC_ENTITY_RELATIONS, NEC_SOCIAL_RELATIONS
 
 log = logging.getLogger(__name__)
@@ -553,12 +554,12 @@ class NecRecipe(C.TrainingRecipe):
     ABLATIONS = ("entity", "social", *NEGATIVE_KINDS)
     NEEDS_CM = False  # NEC has no communication-mechanism loss
 
-    def feature_extra(self, settings: NecSettings, config: Mapping[str, Any], encoder, out_dir: Path):
+    def feature_extra(self, settings: NecSettings, config: TrainSettings, encoder, out_dir: Path):
         """Adds ``fact_candidates`` / ``facts`` (entity) and ``social`` to every feature, and trains the
         fact scorer on the training split (saved to ``out_dir/fact_scorer.json``)."""
         if not (settings.entity or settings.social):
             return None, None
-        source_cfg = dict(config.get("knowledge") or {"type": "retrieval"})
+        source_cfg = dict(config.knowledge or {"type": "retrieval"})
         scorer_path = Path(out_dir) / FACT_SCORER_FILE
 
         def add(feats: List[Dict[str, Any]], progress: bool) -> None:
@@ -624,7 +625,7 @@ class NecRecipe(C.TrainingRecipe):
                "max_entities": settings.max_entities, "k": settings.knowledge_per_relation, "turns": settings.context_turns}
         return add, key
 
-    def prepare(self, model: NecModel, train_feats: Sequence[Mapping[str, Any]], config: Mapping[str, Any],
+    def prepare(self, model: NecModel, train_feats: Sequence[Mapping[str, Any]], config: TrainSettings,
                 out_dir: Optional[Path] = None, train_path: Optional[Path] = None) -> None:
         """Negative pools (by emotion; the most frequent ED replies) and the trained fact scorer."""
         import json
@@ -636,8 +637,8 @@ class NecRecipe(C.TrainingRecipe):
         model.pool_by_emotion = pools
         if train_path is not None and model.settings.neg_h:
             model.frequent = frequent_replies(train_path, model.settings.frequent_pool)
-        model.rng = random.Random(int(config.get("seed", 13)))
-        torch.manual_seed(int(config.get("seed", 13)))
+        model.rng = random.Random(config.seed)
+        torch.manual_seed(config.seed)
         if out_dir is not None and (Path(out_dir) / FACT_SCORER_FILE).is_file():
             d = json.loads((Path(out_dir) / FACT_SCORER_FILE).read_text())
             model.fact_scorer = FactScorer(model.encoder, d.get("weights"), d.get("bias", 0.0))

@@ -19,10 +19,23 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from empathy_nlg.perception.types import Perception
 from empathy_nlg.state.models import Conversation, Reply, Turn, utcnow
+from empathy_nlg.taxonomy import polarity_of
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # The engine's own Alembic version table, so its history never collides with another app's.
 VERSION_TABLE = "empathy_alembic_version"
+
+
+def positive_shares(history: List[Dict[str, Any]]) -> List[float]:
+    """For each turn of an :meth:`Repository.emotion_history` with a stored top-5: the share of its
+    emotion probability that falls on MIME's positive group (the story's polarity so far)."""
+    out = []
+    for turn in history:
+        top = turn["top_k"]
+        total = sum(float(e["prob"]) for e in top)
+        if total > 0:
+            out.append(sum(float(e["prob"]) for e in top if polarity_of(e["label"]) == "positive") / total)
+    return out
 
 
 def normalise_url(url: str) -> str:
@@ -183,36 +196,31 @@ class StateRepository:
             self._conversation(session, sender_id).persona = persona
 
     # -- reads ------------------------------------------------------------------------------
-    def _earlier(self, column, sender_id: str, before_turn: Optional[int], limit: int) -> List[Any]:
-        """``column`` of the conversation's latest turns where it is set, oldest first (at most
-        ``limit``; only turns before ``before_turn`` when given)."""
+    def emotion_history(self, sender_id: str, before_turn: Optional[int] = None, limit: int = 5) -> List[Dict[str, Any]]:
+        """The perceived emotion of the conversation's latest turns that have one, oldest first (at
+        most ``limit``; only turns before ``before_turn`` when given), in one query:
+        ``{"emotion": label, "top_k": [{"label", "prob"}, …]}``."""
         with self._sessions() as session:
             stmt = (
-                select(column)
+                select(Turn.emotion, Turn.emotion_top_k)
                 .join(Conversation)
-                .where(Conversation.sender_id == sender_id, column.is_not(None))
+                .where(Conversation.sender_id == sender_id, Turn.emotion.is_not(None))
                 .order_by(Turn.turn_index.desc())
                 .limit(limit)
             )
             if before_turn is not None:
                 stmt = stmt.where(Turn.turn_index < before_turn)
-            return list(reversed(session.scalars(stmt).all()))
+            rows = session.execute(stmt).all()
+        return [{"emotion": r[0], "top_k": r[1] or []} for r in reversed(rows)]
 
     def emotion_trajectory(self, sender_id: str, before_turn: Optional[int] = None, limit: int = 5) -> List[str]:
         """Emotions of the conversation's earlier turns, oldest first (at most ``limit``)."""
-        return self._earlier(Turn.emotion, sender_id, before_turn, limit)
+        return [h["emotion"] for h in self.emotion_history(sender_id, before_turn, limit)]
 
     def positive_trajectory(self, sender_id: str, before_turn: Optional[int] = None, limit: int = 3) -> List[float]:
-        """P(positive) of the conversation's earlier turns, oldest first (at most ``limit``): the
-        share of the stored top-5 emotion probability that falls on MIME's positive group."""
-        from empathy_nlg.taxonomy import polarity_of
-
-        out = []
-        for top in self._earlier(Turn.emotion_top_k, sender_id, before_turn, limit):
-            total = sum(float(e["prob"]) for e in top or [])
-            if total > 0:
-                out.append(sum(float(e["prob"]) for e in top if polarity_of(e["label"]) == "positive") / total)
-        return out
+        """P(positive) of the conversation's earlier turns, oldest first (at most ``limit``; see
+        :func:`positive_shares`)."""
+        return positive_shares(self.emotion_history(sender_id, before_turn, limit))
 
     def recent_replies(self, sender_id: str, limit: int = 20) -> List[Dict[str, Any]]:
         """The assistant's latest replies to this sender, oldest first: ``{turn_index, response, text, generator}``."""

@@ -1,7 +1,7 @@
 """``empathy-nlg train --generator NAME --config FILE``: train a generator's adapters and heads.
 
-The config (YAML, validated by ``empathy_nlg/config/train.schema.json``; see
-``configs/train/*.yml``) names the data, the cause source, the knowledge source, the generator's
+The config (YAML, validated by ``empathy_nlg/config/train.schema.json`` and read as
+:class:`empathy_nlg.settings.TrainSettings`; see ``configs/train/*.yml``) names the data, the cause source, the knowledge source, the generator's
 settings (incl. ablation switches), LoRA and the optimiser schedule. A run lives in ``out_dir``:
 
 * ``features-{train,valid}-<fingerprint>.jsonl`` — the conditioning inputs, built once (in
@@ -30,18 +30,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from empathy_nlg.paths import CONFIG_DIR, default_data_dir
+from empathy_nlg.paths import default_data_dir
 from empathy_nlg.registry import Registry
+from empathy_nlg.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
-SCHEMA_FILE = CONFIG_DIR / "train.schema.json"
 #: generator name → its training recipe (the ``RECIPE`` of the generator's module)
 RECIPES: Registry[Any] = Registry("training recipe", {name: f"empathy_nlg.generators.{name}:RECIPE"
                                                       for name in ("finetuned", "imagine", "nec")})
-DEFAULT_OPTIM = {"lr": 3e-4, "heads_lr": 1e-3, "weight_decay": 0.0, "batch_size": 8, "max_steps": 300,
-                 "warmup_steps": 20, "checkpoint_every": 25, "max_minutes": None, "grad_clip": 1.0,
-                 "eval_every": None, "bucket": True, "autocast": None}
 #: batches are formed within windows of this many batches, sorted by length (little padding), and
 #: the batches of an epoch are then shuffled
 BUCKET_WINDOW = 64
@@ -61,22 +58,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="switch a part off (imagine: cause, cm, knowledge, face; nec: entity, social, "
                         "neg_d, neg_y, neg_b, neg_h); repeatable; out_dir gets a -no-PART suffix")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def load_config(path: str | Path, generator: str) -> Dict[str, Any]:
-    from empathy_nlg.settings import read_config_file, schema_errors
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"config file {p} does not exist")
-    data = read_config_file(p)  # a syntax error or a non-mapping: ConfigError (a ValueError) naming the file
-    data.setdefault("generator", generator)
-    lines = schema_errors(SCHEMA_FILE, data)
-    if lines:
-        raise ValueError(f"{p} is invalid: " + "; ".join(lines))
-    if data["generator"] != generator:
-        raise ValueError(f"{p} is a config for {data['generator']!r}, not {generator!r}")
-    return data
 
 
 def recipe_for(generator: str):
@@ -180,25 +161,47 @@ def validation_ppl(model, feats: Sequence[Mapping[str, Any]], batch_size: int) -
     return math.exp(total / max(1, count))
 
 
-def train(config: Mapping[str, Any], *, resume: bool = False, progress: bool = True) -> Dict[str, Any]:
+def _new_model(recipe, config: TrainSettings, settings, backbone, encoder):
+    """A fresh run's model: new, or starting from a trained model folder — its LoRA adapter alone
+    (``init_adapter``: the heads are new) or its adapter and heads (``init_model``: a model of this
+    generator trained further, e.g. on more data). Either way this config's settings build it."""
+    from empathy_nlg.generators import conditioned as C
+
+    if config.init_adapter and config.init_model:
+        raise ValueError("give init_adapter or init_model, not both")
+    key, start = next(((k, Path(v)) for k, v in (("init_adapter", config.init_adapter), ("init_model", config.init_model)) if v),
+                      (None, None))
+    if start is not None and not (start / C.ADAPTER_DIR).is_dir():
+        raise FileNotFoundError(f"{key}: {start} holds no {C.ADAPTER_DIR}/ folder (give a trained model's folder)")
+    if config.init_model:
+        saved = C.read_trained_config(start).get("generator")
+        if saved != config.generator:
+            raise ValueError(f"init_model: {start} holds a {saved!r} model, not a {config.generator!r} one")
+    model = recipe.new_model(settings, backbone, encoder, config.lora, adapter_dir=start)
+    if config.init_model:
+        C.load_heads(start, model.heads, backbone.device)
+    return model
+
+
+def train(config: TrainSettings | Mapping[str, Any], *, resume: bool = False, progress: bool = True) -> Dict[str, Any]:
     """Run (or resume) one training run; returns the summary written next to the model."""
     import torch
 
     from empathy_nlg.training import features as FE
 
-    generator = config["generator"]
-    recipe = recipe_for(generator)
-    settings = recipe.settings_from(config.get("settings"))
-    out_dir = Path(config.get("out_dir") or f"runs/{settings.variant}")
-    export_dir = Path(config.get("export_dir") or out_dir / "final")
-    optim = {**DEFAULT_OPTIM, **(config.get("optim") or {})}
-    seed = int(config.get("seed", 13))
-    data = config.get("data") or {}
+    config = config if isinstance(config, TrainSettings) else TrainSettings.model_validate(config)
+    recipe = recipe_for(config.generator)
+    settings = recipe.settings_from(config.settings)
+    out_dir = Path(config.out_dir or f"runs/{settings.variant}")
+    export_dir = Path(config.export_dir or out_dir / "final")
+    optim = config.optim
+    seed = config.seed
+    data = config.data
     data_dir = default_data_dir() / "empathetic_dialogues"
-    train_path = Path(data.get("train") or data_dir / "train.jsonl")
-    valid_path = Path(data.get("valid") or data_dir / "valid.jsonl")
-    if config.get("threads"):
-        torch.set_num_threads(int(config["threads"]))
+    train_path = Path(data.train or data_dir / "train.jsonl")
+    valid_path = Path(data.valid or data_dir / "valid.jsonl")
+    if config.threads:
+        torch.set_num_threads(config.threads)
     ckpt = out_dir / "checkpoint"
     if resume and not (ckpt / "state.json").is_file():
         raise FileNotFoundError(f"nothing to resume: {ckpt}/state.json does not exist")
@@ -212,20 +215,20 @@ def train(config: Mapping[str, Any], *, resume: bool = False, progress: bool = T
     from empathy_nlg.perception.encoder import SentenceEncoder
 
     # Training keeps the adapters in fp32 whatever the device ("auto" → float32 here).
-    dtype = config.get("dtype", "auto")
-    backbone = C.load_base(config.get("backbone_path"), device=config.get("device"),
+    dtype = config.dtype
+    backbone = C.load_base(config.backbone_path, device=config.device,
                            dtype="float32" if dtype == "auto" else dtype)
     encoder = SentenceEncoder(device=backbone.device)
-    causes = config.get("causes", "model")
-    feat_dir = Path(config.get("features_dir") or out_dir)
+    causes = config.causes
+    feat_dir = Path(config.features_dir or out_dir)
     extra, extra_key = recipe.feature_extra(settings, config, encoder, feat_dir)
     cm = getattr(recipe, "NEEDS_CM", True)
-    train_feats = FE.build_features(train_path, data.get("max_train_examples"), seed, causes, feat_dir, "train",
+    train_feats = FE.build_features(train_path, data.max_train_examples, seed, causes, feat_dir, "train",
                                     extra=extra, extra_key=extra_key, progress=progress, cm=cm)
-    valid_feats = FE.build_features(valid_path, data.get("max_valid_examples", 200), seed, causes, feat_dir, "valid",
+    valid_feats = FE.build_features(valid_path, data.max_valid_examples, seed, causes, feat_dir, "valid",
                                     extra=extra, extra_key=extra_key, progress=progress, cm=cm)
 
-    init_from = Path(config["init_from"]) if config.get("init_from") else None
+    init_from = Path(config.init_from) if config.init_from else None
     if init_from is not None and not resume:
         # Branch off another run (e.g. NEC's contrastive ablations share its NLL stage): its weights,
         # optimiser, RNG and step count; this config's settings (ablation switches) and out_dir.
@@ -240,31 +243,27 @@ def train(config: Mapping[str, Any], *, resume: bool = False, progress: bool = T
             model.settings = settings
         state = json.loads((ckpt_in / "state.json").read_text())
     else:
-        init_adapter = config.get("init_adapter")
-        if init_adapter and not (Path(init_adapter) / C.ADAPTER_DIR).is_dir():
-            raise FileNotFoundError(f"init_adapter: {init_adapter} holds no {C.ADAPTER_DIR}/ folder (give a trained model's folder)")
-        model = recipe.new_model(settings, backbone, encoder, config.get("lora"),
-                                 adapter_dir=Path(init_adapter) if init_adapter else None)
+        model = _new_model(recipe, config, settings, backbone, encoder)
         state = {"step": 0, "seconds": 0.0, "examples": 0}
-    model.lm.autocast = optim.get("autocast")
+    model.lm.autocast = optim.autocast
     recipe.prepare(model, train_feats, config, out_dir=feat_dir, train_path=train_path)
     params = model.trainable_parameters()
     head_ids = {id(p) for p in model.heads.parameters()}
     groups = [
-        {"params": [p for p in params if id(p) not in head_ids], "lr": optim["lr"]},
-        {"params": [p for p in params if id(p) in head_ids], "lr": optim["heads_lr"]},
+        {"params": [p for p in params if id(p) not in head_ids], "lr": optim.lr},
+        {"params": [p for p in params if id(p) in head_ids], "lr": optim.heads_lr},
     ]
-    optimizer = torch.optim.AdamW(groups, weight_decay=optim["weight_decay"])
+    optimizer = torch.optim.AdamW(groups, weight_decay=optim.weight_decay)
     if (resume or init_from is not None) and (ckpt_in / "optimizer.pt").is_file():
         saved = torch.load(ckpt_in / "optimizer.pt", map_location=backbone.device, weights_only=False)
         optimizer.load_state_dict(saved["optimizer"])
         torch.set_rng_state(saved["rng"].cpu())
     base_lrs = [g["lr"] for g in groups]
-    total_steps = int(optim["max_steps"])
-    bs = int(optim["batch_size"])
+    total_steps = optim.max_steps
+    bs = optim.batch_size
     step = int(state["step"])
     start_seconds = float(state["seconds"])
-    deadline = time.monotonic() + 60 * float(optim["max_minutes"]) if optim.get("max_minutes") else None
+    deadline = time.monotonic() + 60 * optim.max_minutes if optim.max_minutes else None
     t0 = time.monotonic()
     rng_state = None
     model.train(True)
@@ -275,8 +274,8 @@ def train(config: Mapping[str, Any], *, resume: bool = False, progress: bool = T
         bar = tqdm(total=total_steps, initial=step, desc=f"train {settings.variant}", unit="step")
     log_path = out_dir / "log.jsonl"
     stopped = "done"
-    lengths = [example_length(f) for f in train_feats] if optim.get("bucket", True) else None
-    eval_every = int(optim["eval_every"]) if optim.get("eval_every") else None
+    lengths = [example_length(f) for f in train_feats] if optim.bucket else None
+    eval_every = optim.eval_every
     best = {"valid_ppl": state.get("best_valid_ppl"), "step": state.get("best_step")}
     best_dir = out_dir / "best"
 
@@ -305,7 +304,7 @@ def train(config: Mapping[str, Any], *, resume: bool = False, progress: bool = T
                 if deadline is not None and time.monotonic() >= deadline:
                     stopped = "time budget reached"
                     break
-                factor = _lr_factor(step, int(optim["warmup_steps"]), total_steps)
+                factor = _lr_factor(step, optim.warmup_steps, total_steps)
                 for g, base in zip(optimizer.param_groups, base_lrs):
                     g["lr"] = base * factor
                 rng_state = torch.get_rng_state()
@@ -313,7 +312,7 @@ def train(config: Mapping[str, Any], *, resume: bool = False, progress: bool = T
                 loss, parts = model.loss(batch, step)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, float(optim["grad_clip"]))
+                torch.nn.utils.clip_grad_norm_(params, optim.grad_clip)
                 optimizer.step()
                 step += 1
                 state["examples"] += len(batch)
@@ -327,7 +326,7 @@ def train(config: Mapping[str, Any], *, resume: bool = False, progress: bool = T
                 rng_state = None
                 if eval_every and step % eval_every == 0:
                     evaluate_and_keep_best(log_fh)
-                if step % int(optim["checkpoint_every"]) == 0 and step < total_steps:
+                if step % optim.checkpoint_every == 0 and step < total_steps:
                     _save_checkpoint(model, optimizer, out_dir, snapshot())
     except KeyboardInterrupt:
         stopped = "interrupted"
@@ -355,7 +354,7 @@ def train(config: Mapping[str, Any], *, resume: bool = False, progress: bool = T
             "train_data": str(train_path), "valid_data": str(valid_path), "causes": causes,
             "device": backbone.device, "threads": torch.get_num_threads(),
             "trained_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "config": json.loads(json.dumps(config, default=str)),
+            "config": config.model_dump(mode="json"),
         })
         if eval_every and (best_dir / C.CONFIG_FILE).is_file():
             # the served artefact is the best validation checkpoint, not necessarily the last step
@@ -370,35 +369,28 @@ def train(config: Mapping[str, Any], *, resume: bool = False, progress: bool = T
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(args.config, args.generator)
+    config = TrainSettings.load(args.config, args.generator)
     recipe = recipe_for(args.generator)
     for part in args.ablate:
         if part not in recipe.ABLATIONS:
             raise ValueError(f"--ablate {part}: {args.generator} parts are {', '.join(recipe.ABLATIONS)}")
-        config["settings"] = {**(config.get("settings") or {}), part: False}
+        config = config.updated(settings={part: False})
         if not args.out_dir:
-            config["out_dir"] = f"{config.get('out_dir') or 'runs/' + args.generator}-no-{part}"
-            config.pop("export_dir", None)
-    if args.out_dir:
-        config["out_dir"] = args.out_dir
-    if args.init_from:
-        config["init_from"] = args.init_from
-    if args.export_dir:
-        config["export_dir"] = args.export_dir
-    if args.max_steps or args.max_minutes:
-        config["optim"] = dict(config.get("optim") or {})
-        if args.max_steps:
-            config["optim"]["max_steps"] = args.max_steps
-        if args.max_minutes:
-            config["optim"]["max_minutes"] = args.max_minutes
+            config = config.updated(out_dir=f"{config.out_dir or 'runs/' + args.generator}-no-{part}", export_dir=None)
+    command_line = {"out_dir": args.out_dir, "init_from": args.init_from, "export_dir": args.export_dir}
+    config = config.updated(**{key: value for key, value in command_line.items() if value})
+    if args.max_steps:
+        config = config.updated(optim={"max_steps": args.max_steps})
+    if args.max_minutes:
+        config = config.updated(optim={"max_minutes": args.max_minutes})
     summary = train(config, resume=args.resume, progress=not args.quiet)
     minutes = summary["seconds"] / 60
-    print(f"\n{config['generator']}: {summary['step']}/{summary['total_steps']} steps, "
+    print(f"\n{config.generator}: {summary['step']}/{summary['total_steps']} steps, "
           f"{summary['examples']} examples seen, {minutes:.1f} min ({summary['stopped']})")
     if summary["stopped"] == "done":
         print(f"valid PPL {summary['valid_ppl']} on {summary['valid_examples']} examples; "
               f"model: {summary['export_dir']} ({summary['export_mb']} MB)")
     else:
-        print(f"checkpoint: {Path(config.get('out_dir') or 'runs')}/checkpoint — continue with --resume")
+        print(f"checkpoint: {Path(config.out_dir or 'runs')}/checkpoint — continue with --resume")
     return 0
 

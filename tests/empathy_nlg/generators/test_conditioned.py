@@ -406,3 +406,34 @@ def test_the_attention_kernel_is_chosen_for_serving_and_decodes_the_same_in_fp32
         runs[kernel] = lm.generate(prefixes, prompts, {"max_new_tokens": 6}, num_return=3)
     assert runs["eager"][0].tolist() == runs["sdpa"][0].tolist()
     assert torch.allclose(runs["eager"][1], runs["sdpa"][1], atol=1e-4)
+
+
+def test_early_stopping_ends_beam_search_once_the_beams_are_complete(tiny_llama, tmp_path):
+    """``decoding.early_stopping`` reaches beam search (off by default, never for greedy); with the
+    end-of-reply token made likely, beams complete at different lengths, and stopping once
+    ``num_beams`` replies are complete never takes more decoding steps than the default."""
+    tok = _three_layers(tiny_llama, tmp_path / "three")
+    lm = _lm(tmp_path / "three")
+    lm.model.eval()
+    prompts = [C.encode_prompt(tok, C.prompt_messages([Utterance("speaker", "we adopted a kitten")], 2), 64)]
+    prefixes = [_prefix(lm, 2, 0) * 10]
+    seen = []
+    plain_generate = lm.model.generate
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("early_stopping"))
+        return plain_generate(*args, **kwargs)
+
+    lm.model.generate = spy
+    eos = [[[tok.eos_token_id], 4.0]]
+    steps = {}
+    for early in (False, True):
+        calls = _count_body_widths(lm)
+        ids, scores = lm.generate(prefixes, prompts, {"max_new_tokens": 12, "num_beams": 4, "early_stopping": early},
+                                  num_return=4, sequence_bias=eos)
+        steps[early] = len(calls)
+        assert ids.shape[0] == 4 and scores.shape == (4,)
+    assert seen == [False, True]
+    assert steps[True] <= steps[False]
+    lm.generate(prefixes, prompts, {"max_new_tokens": 3})  # greedy: transformers is not given the flag
+    assert seen[-1] is None

@@ -11,6 +11,7 @@ from empathy_nlg.generators import GenerationRequest, available_generators, crea
 from empathy_nlg.generators import conditioned as C  # noqa: E402
 from empathy_nlg.generators import imagine as I  # noqa: E402
 from empathy_nlg.perception.types import CauseUtterance  # noqa: E402
+from empathy_nlg.settings import TrainSettings  # noqa: E402
 from tests.empathy_nlg.conftest import make_perception  # noqa: E402
 from tests.empathy_nlg.generators import knowledge_fixtures  # noqa: E402,F401  (registers "fixed")
 
@@ -28,7 +29,7 @@ def feature(**over):
 def make_model(tiny_llama, encoder, **settings):
     bb = C.load_base(str(tiny_llama), device="cpu", dtype="float32")
     model = I.ImagineModel(I.ImagineSettings(**settings), bb, encoder, lora={"r": 2, "alpha": 4, "dropout": 0.0})
-    I.RECIPE.prepare(model, [feature(), feature(reference="how do you feel ?")], {})
+    I.RECIPE.prepare(model, [feature(), feature(reference="how do you feel ?")], TrainSettings(generator="imagine"))
     return model
 
 

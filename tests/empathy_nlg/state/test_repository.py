@@ -5,7 +5,7 @@ import uuid
 import pytest
 from sqlalchemy import inspect, text
 
-from empathy_nlg.state.repository import ReplyRecord, StateRepository, TurnRecord, normalise_url
+from empathy_nlg.state.repository import ReplyRecord, StateRepository, TurnRecord, normalise_url, positive_shares
 from tests.empathy_nlg.conftest import POSTGRES_URL, make_perception, postgres_available
 
 
@@ -39,6 +39,8 @@ def _exercise(repo: StateRepository, sender: str) -> None:
     pos = repo.positive_trajectory(sender)  # P(positive) from the stored top-5 emotions, oldest first
     assert len(pos) == 3 and pos[0] < 0.1 and pos[1] < 0.1 and pos[2] > 0.9
     assert repo.positive_trajectory(sender, before_turn=2) == pos[:2] and repo.positive_trajectory(sender, limit=1) == pos[2:]
+    history = repo.emotion_history(sender, before_turn=3)  # both, from one query (what the engine reads)
+    assert [h["emotion"] for h in history] == ["sad", "anxious", "proud"] and positive_shares(history) == pos
     assert repo.conversation("nobody-" + sender) is None
     repo.set_persona(sender, "a night-shift nurse")
     assert repo.persona(sender) == "a night-shift nurse"

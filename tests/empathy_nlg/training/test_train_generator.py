@@ -9,6 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from empathy_nlg.settings import TrainSettings  # noqa: E402
 from empathy_nlg.training import generator as T  # noqa: E402
 from tests.empathy_nlg.generators import knowledge_fixtures as K  # noqa: E402  (registers "fixed")
 
@@ -44,13 +45,42 @@ def write_yaml(path, cfg):
 def test_config_is_validated_with_clear_errors(tmp_path, config):
     bad = config(optim={"batch_size": 0})
     with pytest.raises(ValueError, match="optim.batch_size"):
-        T.load_config(write_yaml(tmp_path / "a.yml", bad), "imagine")
+        TrainSettings.load(write_yaml(tmp_path / "a.yml", bad), "imagine")
     with pytest.raises(ValueError, match="not 'nec'"):
-        T.load_config(write_yaml(tmp_path / "b.yml", config()), "nec")
+        TrainSettings.load(write_yaml(tmp_path / "b.yml", config()), "nec")
     with pytest.raises(ValueError, match="bogus"):
-        T.load_config(write_yaml(tmp_path / "c.yml", {**config(), "bogus": 1}), "imagine")
+        TrainSettings.load(write_yaml(tmp_path / "c.yml", {**config(), "bogus": 1}), "imagine")
     with pytest.raises(FileNotFoundError):
-        T.load_config(tmp_path / "missing.yml", "imagine")
+        TrainSettings.load(tmp_path / "missing.yml", "imagine")
+    without_name = {k: v for k, v in config().items() if k != "generator"}
+    loaded = TrainSettings.load(write_yaml(tmp_path / "d.yml", without_name), "imagine")
+    assert loaded.generator == "imagine" and loaded.optim.batch_size == 2 and loaded.optim.grad_clip == 1.0
+
+
+def test_the_typed_train_settings_mirror_the_schema():
+    """TrainSettings has a field for every key the train schema allows (top level, data, optim);
+    the committed configs load; ``updated`` merges a section key by key and validates."""
+    import pydantic
+
+    from empathy_nlg.paths import PACKAGE_DIR
+    from empathy_nlg.settings import TRAIN_SCHEMA_FILE, TrainData, TrainOptim
+
+    schema = json.loads(TRAIN_SCHEMA_FILE.read_text())
+    assert set(schema["properties"]) == set(TrainSettings.model_fields)
+    assert set(schema["properties"]["data"]["properties"]) == set(TrainData.model_fields)
+    assert set(schema["properties"]["optim"]["properties"]) == set(TrainOptim.model_fields)
+    configs = sorted((PACKAGE_DIR.parent / "configs" / "train").glob("*.yml"))
+    assert len(configs) >= 4
+    for path in configs:  # every committed config loads for the generator it names
+        assert TrainSettings.load(path, path.stem.split("_")[0]).generator == path.stem.split("_")[0]
+    nec = TrainSettings.load(PACKAGE_DIR.parent / "configs" / "train" / "nec_ed.yml", "nec")
+    assert nec.optim.batch_size == 16 and nec.settings["prefix_top_layers"] == 8 and nec.causes == "speaker"
+    longer = nec.updated(optim={"max_steps": 400}, settings={"neg_h": False})
+    assert longer.optim.max_steps == 400 and longer.optim.batch_size == 16
+    assert longer.settings["neg_h"] is False and longer.settings["prefix_top_layers"] == 8
+    assert nec.optim.max_steps == 200  # the original is unchanged
+    with pytest.raises(pydantic.ValidationError):
+        nec.updated(causes="oracle")
 
 
 def test_tiny_run_trains_logs_checkpoints_and_exports(tmp_path, config):
@@ -143,6 +173,29 @@ def test_nec_runs_its_nll_then_contrastive_stage_and_branches(tmp_path, config):
     out = T.train(branch, progress=False)
     assert out["step"] == 5
     assert json.loads((tmp_path / "nec-no-b" / "final" / "generator.json").read_text())["variant"] == "nec-no-b"
+
+    # a trained NEC continues on more data: adapter and heads from its folder, optimiser and step afresh
+    from safetensors.torch import load_file
+
+    from empathy_nlg.generators import conditioned as C
+    from empathy_nlg.perception.encoder import SentenceEncoder
+
+    final = tmp_path / "nec" / "final"
+    more = TrainSettings.model_validate(config("nec-more", generator="nec", init_model=str(final),
+                                               settings={"nll_steps": 0, "max_prompt_tokens": 96, "y_prime_tokens": 4},
+                                               optim={"max_steps": 1}))
+    recipe = T.recipe_for("nec")
+    model = T._new_model(recipe, more, recipe.settings_from(more.settings), C.load_base(more.backbone_path, device="cpu"),
+                         SentenceEncoder(device="cpu"))
+    saved = load_file(str(final / C.HEADS_FILE))
+    own = model.heads.state_dict()
+    assert set(saved) == set(own) and all(torch.equal(own[k], saved[k].float()) for k in saved)
+    assert model.settings.nll_steps == 0  # this config's settings, not the folder's
+    assert T.train(more, progress=False)["step"] == 1
+    with pytest.raises(ValueError, match="not both"):
+        T.train(more.updated(init_adapter=str(final), out_dir=str(tmp_path / "x")), progress=False)
+    with pytest.raises(ValueError, match="holds a 'nec' model"):
+        T.train(config("wrong", init_model=str(final)), progress=False)  # an IMAGINE run from a NEC folder
 
 
 def test_length_bucketed_batches_cover_each_example_once_per_epoch_with_little_padding():
