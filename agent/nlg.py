@@ -6,7 +6,8 @@ Configure in ``endpoints.yml``::
       type: agent.nlg.EngineNaturalLanguageGenerator
       url: http://127.0.0.1:5056/nlg
       timeout: 30          # seconds; a CPU reply takes a few
-      token: ...           # optional, the engine's bearer token
+      token: ...           # optional, the engine's token (default: $EMPATHY_NLG_TOKEN, which
+                           # `make serve` / `make chat` set from var/engine.token)
 
 It posts Rasa's own NLG request (same body as the built-in ``callback`` type). When the engine is
 down, slow, refuses the request or answers with no text, it logs a warning and renders the
@@ -19,6 +20,7 @@ keeps in the bot event's metadata (and so in SQL) instead of sending it to the u
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Dict, Optional, Text
 
 import aiohttp
@@ -35,6 +37,10 @@ CRISIS_PREFIX = "utter_crisis_"
 
 class EngineNaturalLanguageGenerator(CallbackNaturalLanguageGenerator):
     def __init__(self, endpoint_config: EndpointConfig, domain: Optional[Domain] = None) -> None:
+        token = os.environ.get("EMPATHY_NLG_TOKEN")
+        if not endpoint_config.token and token:
+            # sent as a header (the engine also takes Rasa's ?token=, which ends up in URLs and logs)
+            endpoint_config.headers = {**(endpoint_config.headers or {}), "Authorization": f"Bearer {token}"}
         super().__init__(endpoint_config=endpoint_config)
         domain = domain or Domain.empty()
         self.templated = TemplatedNaturalLanguageGenerator(domain.responses)
@@ -74,7 +80,9 @@ class EngineNaturalLanguageGenerator(CallbackNaturalLanguageGenerator):
                 method="post", json=body, timeout=aiohttp.ClientTimeout(total=self.timeout)
             )
             if not isinstance(response, dict) or not self.validate_response(response):
-                raise ValueError(f"unexpected NLG answer {str(response)[:200]!r}")
+                # the answer's shape, never its text (logs carry no conversation content)
+                shape = sorted(response)[:8] if isinstance(response, dict) else type(response).__name__
+                raise ValueError(f"unexpected NLG answer ({shape})")
         except Exception as exc:  # any failure: answer from the domain, never stay silent
             log.warning(
                 "empathy engine NLG failed for %s (%s: %s); falling back to the domain text", utter_action, type(exc).__name__, exc

@@ -10,17 +10,25 @@ waits until the engine's ``/health`` says its models are loaded (showing progres
 every process it started when the foreground one ends or on Ctrl-C. Ports and files can be changed
 with the environment (ENGINE_PORT, ACTIONS_PORT, RASA_PORT, ENGINE_CONFIG, RASA_ENDPOINTS).
 The end-to-end tests drive the same :class:`Stack`.
+
+Secure by default: one token per install (``var/engine.token``, git-ignored, mode 600, made on
+the first start; ``EMPATHY_NLG_TOKEN`` overrides it) guards the engine's routes (the agent's
+components and the NLG endpoint send it) and Rasa's HTTP API (``--auth-token``: its
+``/conversations`` and ``/model`` routes); the chat channels (web page, REST, socket.io, Slack)
+stay open to users.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -29,6 +37,29 @@ from typing import Dict, List, Optional
 ROOT = Path(__file__).resolve().parents[1]
 RASA_BIN = ROOT / ".venvs" / "rasa" / "bin"
 ENGINE_BIN = ROOT / ".venvs" / "engine" / "bin"
+TOKEN_FILE = ROOT / "var" / "engine.token"
+
+
+def install_token(path: Path = TOKEN_FILE) -> str:
+    """``EMPATHY_NLG_TOKEN`` when set, else the install's token in ``path`` (made on first use:
+    32 random bytes, URL-safe, readable by its owner only)."""
+    given = os.environ.get("EMPATHY_NLG_TOKEN", "").strip()
+    if given:
+        return given
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        os.chmod(path, 0o600)
+        token = path.read_text(encoding="utf-8").strip()
+        if token:
+            return token
+        path.unlink()  # an empty file (an interrupted first start): make a new token
+        return install_token(path)
+    token = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(token + "\n")
+    return token
 
 
 def http_json(url: str, body: Optional[dict] = None, timeout: float = 10.0, headers: Optional[Dict[str, str]] = None):
@@ -56,8 +87,10 @@ class Stack:
         rasa_port: int = 5005,
         logs: Optional[Path] = None,
         env: Optional[Dict[str, str]] = None,
+        token: Optional[str] = None,
     ) -> None:
         self.root = root
+        self.token = token
         self.ports = {"engine": engine_port, "actions": actions_port, "rasa": rasa_port}
         self.logs = logs or root / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -65,6 +98,8 @@ class Stack:
         # Rasa 3.6 prints pages of third-party deprecation warnings at start; keep the shell readable.
         self.env.setdefault("PYTHONWARNINGS", "ignore")
         self.env.setdefault("EMPATHY_ENGINE_URL", f"http://127.0.0.1:{engine_port}")
+        if token:
+            self.env["EMPATHY_NLG_TOKEN"] = token  # the engine checks it; the agent's components send it
         self.procs: Dict[str, subprocess.Popen] = {}
 
     # -- processes ----------------------------------------------------------------------------
@@ -91,6 +126,8 @@ class Stack:
                "--port", str(self.ports["rasa"]), "--enable-api", "--cors", "*"]
         if credentials:
             cmd += ["--credentials", str(credentials)]
+        if self.token:
+            cmd += ["--auth-token", self.token]
         return self._spawn("rasa", cmd, foreground=foreground)
 
     def stop(self, name: str, timeout: float = 20.0) -> None:
@@ -142,12 +179,22 @@ class Stack:
     def rasa_url(self, path: str = "") -> str:
         return f"http://127.0.0.1:{self.ports['rasa']}{path}"
 
+    def rasa_api(self, path: str) -> str:
+        """A URL of Rasa's HTTP API (``/conversations/…``, ``/model/…``), with the token it asks for."""
+        if not self.token:
+            return self.rasa_url(path)
+        return self.rasa_url(path) + ("&" if "?" in path else "?") + urllib.parse.urlencode({"token": self.token})
+
+    def engine_headers(self) -> Dict[str, str]:
+        """What a client of the engine's routes (all but ``/health``) sends."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
     def warm_up(self) -> None:
         """One message through NLU (and so the engine's perception) before the first prompt, so that
         the first turn is not the one paying for TensorFlow's and torch's first calls. Nothing is
         stored: /model/parse has no conversation."""
         for _ in range(2):
-            http_json(self.rasa_url("/model/parse"), {"text": "I had a long day at work today"}, timeout=120)
+            http_json(self.rasa_api("/model/parse"), {"text": "I had a long day at work today"}, timeout=120)
 
     def start_backend(self, engine_config: Optional[Path] = None, show: bool = False) -> None:
         """Engine + action server, waiting until both answer."""
@@ -204,6 +251,7 @@ def main(argv: List[str]) -> int:
         engine_port=int(env.get("ENGINE_PORT", 5056)),
         actions_port=int(env.get("ACTIONS_PORT", 5055)),
         rasa_port=int(env.get("RASA_PORT", 5005)),
+        token=install_token(),
     )
     engine_config = Path(env.get("ENGINE_CONFIG", ROOT / "engine.yml"))
     endpoints = Path(env.get("RASA_ENDPOINTS", ROOT / "endpoints.yml"))
@@ -226,7 +274,7 @@ def main(argv: List[str]) -> int:
             # `rasa run` in the background (its logs in logs/rasa.log), warmed, then the conversation
             # in this terminal: the screen shows the conversation and nothing else.
             stack.start_rasa(model, endpoints, ROOT / "credentials.yml")
-            stack.wait_ready("rasa", stack.rasa_url("/status"), show=True, timeout=600)
+            stack.wait_ready("rasa", stack.rasa_api("/status"), show=True, timeout=600)
             stack.warm_up()
             code = chat(stack)
         else:

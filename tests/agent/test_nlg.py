@@ -91,3 +91,19 @@ def test_crisis_scripts_cannot_be_altered_by_the_engine(fake_engine):
     assert generate(nlg(fake_engine.url), "utter_crisis_support")["text"] == "You deserve support right now."
     fake_engine.handler = lambda path, body: (200, {"text": "You deserve support right now.", "custom": {}})
     assert generate(nlg(fake_engine.url), "utter_crisis_support")["text"] == "You deserve support right now."
+
+
+def test_the_engine_token_from_the_environment_is_sent_as_a_bearer_header(fake_engine, monkeypatch):
+    """`make serve` puts the install's token in EMPATHY_NLG_TOKEN; the NLG sends it as a header (not
+    in the URL); a token in endpoints.yml (Rasa's ``?token=``) is left as the user wrote it."""
+    fake_engine.handler = lambda path, body: (200, {"text": "ok"})
+    monkeypatch.setenv("EMPATHY_NLG_TOKEN", "s3cret")
+    assert generate(nlg(fake_engine.url))["text"] == "ok"
+    sent = fake_engine.requests[-1]
+    assert sent["headers"].get("Authorization") == "Bearer s3cret" and "s3cret" not in sent["path"]
+    generate(nlg(fake_engine.url, token="fromfile"))
+    sent = fake_engine.requests[-1]
+    assert "Authorization" not in sent["headers"] and sent["path"].endswith("token=fromfile")
+    monkeypatch.delenv("EMPATHY_NLG_TOKEN")
+    generate(nlg(fake_engine.url))
+    assert "Authorization" not in fake_engine.requests[-1]["headers"]

@@ -32,7 +32,10 @@ class Assistant:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.db = workdir / "assistant.db"
-        self.stack = Stack(engine_port=free_port(), actions_port=free_port(), rasa_port=free_port(), logs=workdir / "logs")
+        # with a token, as `make serve` runs it (var/engine.token)
+        self.token = f"e2e-{uuid.uuid4().hex}"
+        self.stack = Stack(engine_port=free_port(), actions_port=free_port(), rasa_port=free_port(), logs=workdir / "logs",
+                           token=self.token)
         self.engine_config = workdir / "engine.yml"
         self.endpoints = workdir / "endpoints.yml"
         self.engine_config.write_text(yaml.safe_dump({
@@ -59,7 +62,7 @@ class Assistant:
     def start_rasa(self, credentials: Optional[Path] = None) -> None:
         # the project's channels, as `make serve` opens them (the checked REST channel among them)
         self.stack.start_rasa(MODEL, self.endpoints, credentials or ROOT / "credentials.yml")
-        self.stack.wait_ready("rasa", self.stack.rasa_url("/status"), timeout=300)
+        self.stack.wait_ready("rasa", self.stack.rasa_api("/status"), timeout=300)
 
     # talking
     def say(self, sender: str, text: str) -> List[Dict[str, Any]]:
@@ -68,7 +71,7 @@ class Assistant:
         return replies
 
     def tracker_events(self, sender: str) -> List[Dict[str, Any]]:
-        status, tracker = http_json(self.stack.rasa_url(f"/conversations/{sender}/tracker"))
+        status, tracker = http_json(self.stack.rasa_api(f"/conversations/{sender}/tracker"))
         assert status == 200
         return tracker["events"]
 

@@ -56,6 +56,27 @@ def test_four_turn_conversation_is_answered_and_stored(assistant, sender):
     assert generated_bots and all(g.get("generation") for g in generated_bots)  # what the generator used is kept
 
 
+def test_the_stack_runs_with_its_token_and_nothing_private_answers_without_it(assistant, sender):
+    """As `make serve` runs it: the agent's components and the NLG endpoint carry the token (the
+    conversation is perceived and generated), while the engine's routes and Rasa's HTTP API refuse
+    a client without it; /health and the chat channel stay open."""
+    replies = assistant.say(sender, "My sister finally visited me after two years abroad.")
+    assert replies and all(t and t.strip() for t in texts(replies))
+    rows = assistant.engine_turns(sender)
+    assert rows and rows[-1][2] and rows[-1][4] is not None  # perceived (/perceive) and answered (/nlg) with the token
+    engine = assistant.stack.engine_url
+    assert http_json(engine(f"/conversations/{sender}"))[0] == 401
+    assert http_json(engine(f"/conversations/{sender}"), headers={"Authorization": "Bearer wrong"})[0] == 401
+    assert http_json(engine("/perceive"), {"text": "hello", "sender_id": sender})[0] == 401
+    status, stored = http_json(engine(f"/conversations/{sender}"), headers=assistant.stack.engine_headers())
+    assert status == 200 and stored["turns"][-1]["user_text"].startswith("My sister")
+    assert http_json(engine("/health"))[0] == 200
+    assert http_json(assistant.stack.rasa_url(f"/conversations/{sender}/tracker"))[0] == 401
+    assert http_json(assistant.stack.rasa_api(f"/conversations/{sender}/tracker"))[0] == 200
+    for log in assistant.stack.logs.glob("*.log"):  # no process logs what people say (no debug logging asked)
+        assert "finally visited" not in log.read_text(errors="replace"), log.name
+
+
 def test_history_survives_restarting_rasa_and_the_engine(assistant, sender):
     assistant.say(sender, "My best friend is moving to another country next week.")
     before = assistant.tracker_events(sender)

@@ -126,6 +126,40 @@ def test_body_size_limit(client):
     assert rows(client.app)["turns"] == 0
 
 
+def test_too_many_tracker_events_and_a_chunked_body_over_the_limit_get_413(domain_file, sqlite_url):
+    app = build(domain_file, sqlite_url, max_body_bytes=4096, max_events=3)
+    with TestClient(app) as client:
+        app.state.holder.wait(30)
+        body = rasa_body()
+        body["tracker"]["events"] = [{"event": "user", "text": f"msg {i}", "message_id": f"m{i}", "parse_data": {}} for i in range(4)]
+        r = client.post("/nlg", json=body)
+        assert r.status_code == 413 and "4 events; limit 3" in r.json()["error"]
+        # a chunked upload has no content-length: what arrives is measured
+        chunks = iter([b'{"text": "', b"x" * 3000, b"x" * 3000, b'"}'])
+        r = client.post("/perceive", content=chunks, headers={"content-type": "application/json"})
+        assert r.status_code == 413 and "4096 bytes" in r.json()["error"]
+        r = client.post("/perceive", content=iter([b'{"text": "', b"a small chunked message", b'"}']),
+                        headers={"content-type": "application/json"})
+        assert r.status_code == 200
+        assert rows(app) == {"conversations": 0, "turns": 0, "replies": 0}
+
+
+def test_an_unexpected_failure_is_a_500_that_names_no_detail_and_writes_nothing(domain_file, sqlite_url, monkeypatch):
+    app = build(domain_file, sqlite_url)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        app.state.holder.wait(30)
+        repository = app.state.holder.engine.repository
+
+        def broken(*_args, **_kwargs):
+            raise RuntimeError("disk full at /var/secret/path")
+
+        monkeypatch.setattr(repository, "record_reply", broken)
+        r = client.post("/nlg", json=rasa_body())
+        assert r.status_code == 500 and r.json() == {"error": "internal error: RuntimeError"}
+        assert "secret" not in r.text and "Traceback" not in r.text
+        assert rows(app) == {"conversations": 0, "turns": 0, "replies": 0}
+
+
 def test_perceive(client):
     r = client.post("/perceive", json={"text": "I got promoted!", "history": [{"role": "user", "text": "hi"}, {"role": "bot", "text": "hello"}], "sender_id": "p1", "turn_index": 1})
     assert r.status_code == 200
