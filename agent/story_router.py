@@ -10,6 +10,10 @@ intent to ``share_feeling`` when
 * the message is a **first-person statement** (I / my / we … and no question mark) read as
   ``out_of_scope``, or as ``ask_resources`` without asking for anything ("ok, I'll call the
   line"): people ask for tasks and for numbers, they tell about themselves; or
+* the message is **not in words the classifier was trained on**: mostly letters outside the Latin
+  alphabet (Arabic, Hebrew, Chinese, Russian, Hindi …) or no letters at all but emoji ("😭😭😭💔"),
+  read as ``out_of_scope``, ``ask_help``, ``greet``, ``bot_challenge``, ``affirm`` or ``deny``: a
+  feeling in another script or in pictures is for the listener, not the help text; or
 * the conversation is **mid-story** (an earlier user message of this session was
   ``share_feeling``, ``nlu_fallback`` or ``crisis``; Rasa passes the tracker to ``process``) and the intent
   is one of ``mid_story`` (default out_of_scope, greet, ask_help, bot_challenge) below its
@@ -23,6 +27,7 @@ and before ``agent.crisis_detector.CrisisDetector``.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any, Dict, List, Optional, Text
 
 from rasa.engine.graph import ExecutionContext, GraphComponent
@@ -37,6 +42,8 @@ from rasa.shared.nlu.training_data.training_data import TrainingData
 
 STORY_INTENTS = ("share_feeling", "nlu_fallback", "crisis")
 FIRST_PERSON = re.compile(r"\b(?:i|i'm|im|i've|ive|i'd|i'll|my|me|mine|we|we're|our|us)\b", re.IGNORECASE)
+#: what the classifier reads a message it cannot read as (a foreign script, emoji alone)
+UNREADABLE_AS = ("out_of_scope", "ask_help", "greet", "bot_challenge", "affirm", "deny")
 ASKS_FOR_RESOURCES = re.compile(r"\?|\b(?:help|numbers?|again|give me|send me|what'?s the|hotline|helpline|lifeline|"
                                 r"crisis line|988|samaritans|resources?|who (?:can|do|should) i|where (?:can|do|should) i)\b",
                                 re.IGNORECASE)
@@ -76,13 +83,27 @@ class StoryRouter(GraphComponent):
         return story
 
     @staticmethod
-    def reason(name: Optional[Text], confidence: float, text: Text, mid_story: bool, limits: Dict[Text, float]) -> Optional[Text]:
+    def script(text: Text) -> Text:
+        """``"latin"``, ``"other"`` (most letters outside the Latin alphabet), ``"emoji"`` (no
+        letters, at least one pictograph) or ``"none"`` (digits, punctuation, nothing)."""
+        letters = [c for c in text if c.isalpha()]
+        if letters:
+            latin = sum(1 for c in letters if "LATIN" in unicodedata.name(c, ""))
+            return "latin" if latin * 2 >= len(letters) else "other"
+        if any(unicodedata.category(c) == "So" for c in text):
+            return "emoji"
+        return "none"
+
+    @classmethod
+    def reason(cls, name: Optional[Text], confidence: float, text: Text, mid_story: bool, limits: Dict[Text, float]) -> Optional[Text]:
         """Why this reading is the story going on (None: keep the intent)."""
         statement = bool(FIRST_PERSON.search(text)) and "?" not in text
         if name == "ask_resources" and ASKS_FOR_RESOURCES.search(text):
             return None  # asking for the numbers: always answered with them
         if name in ("out_of_scope", "ask_resources") and statement:
             return "first-person statement"
+        if name in UNREADABLE_AS and cls.script(text) in ("other", "emoji"):
+            return "another script" if cls.script(text) == "other" else "emoji"
         if mid_story and (name == "ask_resources" or (name in limits and confidence < float(limits[name]))):
             return "mid-story"
         return None

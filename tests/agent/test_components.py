@@ -139,6 +139,13 @@ def test_story_router_keeps_a_story_going_and_leaves_clear_requests(graph_contex
         ("hello", "greet", False, "greet"),
         ("I want to end it", "crisis", True, "crisis"),
         ("thanks for listening", "thank", True, "thank"),
+        ("أنا متعب جدا من العمل", "out_of_scope", False, "share_feeling"),  # another script, first message
+        ("我的狗昨天死了", "greet", False, "share_feeling"),
+        ("😢😢💔", "ask_help", False, "share_feeling"),  # emoji alone
+        ("🙏", "affirm", False, "share_feeling"),
+        ("???", "out_of_scope", False, "out_of_scope"),  # no letters, no pictures: left alone
+        ("Привет, позвони на горячую линию", "ask_resources", False, "ask_resources"),  # requests keep their intent
+        ("до свидания", "goodbye", False, "goodbye"),
     ]
     for text, intent, mid, expected in cases:
         m = msg(text, intent)

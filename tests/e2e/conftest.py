@@ -88,7 +88,7 @@ class Assistant:
         )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def assistant(tmp_path_factory):
     if not MODEL.is_file():
         pytest.fail("models/assistant.tar.gz is missing: run `make setup` first")
