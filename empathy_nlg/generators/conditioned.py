@@ -36,7 +36,7 @@ import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from empathy_nlg.datasets import Utterance
 from empathy_nlg.settings import TrainSettings, settings_from_mapping
@@ -103,6 +103,37 @@ def face_weights(tokenizer, replies: Sequence[str], vocab_size: int) -> List[flo
 
 
 # ----------------------------------------------------------------------------------- model side
+@dataclass
+class TrainedSettings:
+    """What the settings of every trained generator hold (saved with the model): the prompt
+    window and the reply length. A paper's settings subclass this, add its own architecture
+    switches and knobs, and name the switches its ablations turn off (``SWITCHES``), which also
+    name its variant (``nec-no-entity``)."""
+
+    #: the generator's name (the variant's stem and the config section named in errors)
+    NAME: ClassVar[str] = "trained"
+    #: boolean fields an ablation switches off (``--ablate PART``)
+    SWITCHES: ClassVar[Tuple[str, ...]] = ()
+
+    context_turns: int = 2
+    max_prompt_tokens: int = 128
+    max_reply_tokens: int = 32
+
+    @classmethod
+    def from_mapping(cls, values: Optional[Mapping[str, Any]]):
+        return settings_from_mapping(cls, values, cls.NAME)
+
+    @staticmethod
+    def switch_label(switch: str) -> str:
+        """How a switched-off part reads in the variant name."""
+        return switch
+
+    @property
+    def variant(self) -> str:
+        off = [self.switch_label(n) for n in self.SWITCHES if not getattr(self, n)]
+        return self.NAME if not off else f"{self.NAME}-no-" + "-".join(off)
+
+
 @dataclass
 class LoraSettings:
     r: int = 8
@@ -787,13 +818,17 @@ class TrainingRecipe:
     ablation switches, the features it adds and what it prepares before the first step."""
 
     model_class: Any = TrainedModel
-    ABLATIONS: Tuple[str, ...] = ()
     #: whether the features carry the silver EPITOME labels (``cm``)
     NEEDS_CM: bool = True
 
     @property
     def name(self) -> str:
         return self.model_class.name
+
+    @property
+    def ABLATIONS(self) -> Tuple[str, ...]:  # noqa: N802 (read like the constant it was)
+        """The parts ``--ablate`` can switch off: the settings' ``SWITCHES``."""
+        return tuple(self.model_class.settings_type.SWITCHES)
 
     def settings_from(self, values: Optional[Mapping[str, Any]]):
         return self.model_class.settings_type.from_mapping(values)

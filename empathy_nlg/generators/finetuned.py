@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, List, Mapping, Optional, Sequence
+from typing import Any, ClassVar, List, Mapping, Optional, Sequence
 
 from empathy_nlg.datasets import Utterance
 from empathy_nlg.generators import conditioned as C
 from empathy_nlg.generators.base import GenerationRequest
 from empathy_nlg.generators.trained import Inputs, TrainedGenerator
 from empathy_nlg.paths import ARTIFACTS_DIR
-from empathy_nlg.settings import settings_from_mapping
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +35,10 @@ VERSION = "finetuned-v1"
 
 
 @dataclass
-class FinetunedSettings:
-    context_turns: int = 2
-    max_prompt_tokens: int = 128
-    max_reply_tokens: int = 32
+class FinetunedSettings(C.TrainedSettings):
+    NAME: ClassVar[str] = "finetuned"
+
     num_beams: int = 4
-
-    @classmethod
-    def from_mapping(cls, values: Optional[Mapping[str, Any]]) -> "FinetunedSettings":
-        return settings_from_mapping(cls, values, "finetuned")
-
-    @property
-    def variant(self) -> str:
-        return "finetuned"
 
 
 class FinetunedModel(C.TrainedModel):

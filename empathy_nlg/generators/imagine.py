@@ -55,7 +55,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -65,7 +65,7 @@ from empathy_nlg.generators import conditioned as C
 from empathy_nlg.generators.base import GenerationRequest
 from empathy_nlg.generators.trained import Inputs, TrainedGenerator
 from empathy_nlg.paths import ARTIFACTS_DIR
-from empathy_nlg.settings import TrainSettings, settings_from_mapping
+from empathy_nlg.settings import TrainSettings
 from empathy_nlg.taxonomy import CM_CODES, EMOTIONS, IMAGINE_KNOWLEDGE_GROUPS
 
 log = logging.getLogger(__name__)
@@ -76,31 +76,24 @@ VERSION = "imagine-v1"
 
 
 @dataclass
-class ImagineSettings:
+class ImagineSettings(C.TrainedSettings):
     """Architecture and ablation switches (saved with the trained model)."""
 
+    NAME: ClassVar[str] = "imagine"
+    SWITCHES: ClassVar[Tuple[str, ...]] = ("cause", "cm", "knowledge", "face")
+
+    context_turns: int = 3
+    max_prompt_tokens: int = 96
     cause: bool = True
     cm: bool = True
     knowledge: bool = True
     face: bool = True
-    context_turns: int = 3
-    max_prompt_tokens: int = 96
-    max_reply_tokens: int = 32
     max_cause_tokens: int = 48
     max_knowledge_tokens: int = 32
     knowledge_per_relation: int = 5
     encoder_heads: int = 8
     encoder_ff: int = 1024
     loss_weights: Dict[str, float] = field(default_factory=lambda: {"gen": 1.0, "emotion": 1.0, "cm": 1.0, "face": 1.5})
-
-    @classmethod
-    def from_mapping(cls, values: Optional[Mapping[str, Any]]) -> "ImagineSettings":
-        return settings_from_mapping(cls, values, "imagine")
-
-    @property
-    def variant(self) -> str:
-        off = [n for n in ("cause", "cm", "knowledge", "face") if not getattr(self, n)]
-        return "imagine" if not off else "imagine-no-" + "-".join(off)
 
 
 # ----------------------------------------------------------------------------------- the module
@@ -386,7 +379,6 @@ class ImagineRecipe(C.TrainingRecipe):
     """What ``empathy-nlg train --generator imagine`` needs from this module."""
 
     model_class = ImagineModel
-    ABLATIONS = ("cause", "cm", "knowledge", "face")
 
     def feature_extra(self, settings: ImagineSettings, config: TrainSettings, encoder, out_dir: Path):
         """Adds ``knowledge`` (the four groups) to every feature, from the configured source."""

@@ -45,7 +45,7 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -55,7 +55,7 @@ from empathy_nlg.generators import conditioned as C
 from empathy_nlg.generators.base import GenerationRequest
 from empathy_nlg.generators.trained import Choice, Inputs, TrainedGenerator
 from empathy_nlg.paths import ARTIFACTS_DIR
-from empathy_nlg.settings import TrainSettings, settings_from_mapping
+from empathy_nlg.settings import TrainSettings
 from empathy_nlg.taxonomy import NEC_ENTITY_RELATIONS, NEC_SOCIAL_RELATIONS
 
 log = logging.getLogger(__name__)
@@ -73,16 +73,16 @@ personx persony other others one about into out up down over there here what whe
 
 
 @dataclass
-class NecSettings:
+class NecSettings(C.TrainedSettings):
+    NAME: ClassVar[str] = "nec"
+    SWITCHES: ClassVar[Tuple[str, ...]] = ("entity", "social", *NEGATIVE_KINDS)
+
     entity: bool = True
     social: bool = True
     neg_d: bool = True
     neg_y: bool = True
     neg_b: bool = True
     neg_h: bool = True
-    context_turns: int = 2
-    max_prompt_tokens: int = 128
-    max_reply_tokens: int = 32
     max_knowledge_tokens: int = 24
     n_facts: int = 3
     max_entities: int = 3
@@ -101,15 +101,14 @@ class NecSettings:
 
     @classmethod
     def from_mapping(cls, values: Optional[Mapping[str, Any]]) -> "NecSettings":
-        s = settings_from_mapping(cls, values, "nec")
+        s = super().from_mapping(values)
         if not 0.0 <= s.alpha <= 1.0:
             raise ValueError(f"nec alpha must be in [0, 1], got {s.alpha}")
         return s
 
-    @property
-    def variant(self) -> str:
-        off = [n for n in ("entity", "social", *NEGATIVE_KINDS) if not getattr(self, n)]
-        return "nec" if not off else "nec-no-" + "-".join(n.replace("neg_", "") for n in off)
+    @staticmethod
+    def switch_label(switch: str) -> str:
+        return switch.replace("neg_", "")  # nec-no-b, not nec-no-neg_b
 
     @property
     def negatives(self) -> List[str]:
@@ -551,7 +550,6 @@ def frequent_replies(path: Path, n: int) -> List[str]:
 
 class NecRecipe(C.TrainingRecipe):
     model_class = NecModel
-    ABLATIONS = ("entity", "social", *NEGATIVE_KINDS)
     NEEDS_CM = False  # NEC has no communication-mechanism loss
 
     def feature_extra(self, settings: NecSettings, config: TrainSettings, encoder, out_dir: Path):
