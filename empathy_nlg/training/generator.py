@@ -188,8 +188,10 @@ def train(config: TrainSettings | Mapping[str, Any], *, resume: bool = False, pr
     import torch
 
     from empathy_nlg.training import features as FE
+    from empathy_nlg.training.distributed import Distributed
 
     config = config if isinstance(config, TrainSettings) else TrainSettings.model_validate(config)
+    job = Distributed()  # one process, or this process's share of a torchrun job
     recipe = recipe_for(config.generator)
     settings = recipe.settings_from(config.settings)
     out_dir = Path(config.out_dir or f"runs/{settings.variant}")
@@ -216,17 +218,25 @@ def train(config: TrainSettings | Mapping[str, Any], *, resume: bool = False, pr
 
     # Training keeps the adapters in fp32 whatever the device ("auto" → float32 here).
     dtype = config.dtype
-    backbone = C.load_base(config.backbone_path, device=config.device,
+    device = config.device
+    if job.enabled:
+        wants_cuda = str(device).startswith("cuda") or (device in (None, "auto") and torch.cuda.is_available())
+        device = job.start("cuda" if wants_cuda else "cpu")
+    backbone = C.load_base(config.backbone_path, device=device,
                            dtype="float32" if dtype == "auto" else dtype)
     encoder = SentenceEncoder(device=backbone.device)
     causes = config.causes
     feat_dir = Path(config.features_dir or out_dir)
     extra, extra_key = recipe.feature_extra(settings, config, encoder, feat_dir)
     cm = getattr(recipe, "NEEDS_CM", True)
+    if not job.main:
+        job.barrier()  # rank 0 builds the feature cache (and NEC's fact scorer) first
     train_feats = FE.build_features(train_path, data.max_train_examples, seed, causes, feat_dir, "train",
                                     extra=extra, extra_key=extra_key, progress=progress, cm=cm)
     valid_feats = FE.build_features(valid_path, data.max_valid_examples, seed, causes, feat_dir, "valid",
                                     extra=extra, extra_key=extra_key, progress=progress, cm=cm)
+    if job.main:
+        job.barrier()
 
     init_from = Path(config.init_from) if config.init_from else None
     if init_from is not None and not resume:
@@ -268,11 +278,13 @@ def train(config: TrainSettings | Mapping[str, Any], *, resume: bool = False, pr
     rng_state = None
     model.train(True)
     bar = None
-    if progress:
+    if progress and job.main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total_steps, initial=step, desc=f"train {settings.variant}", unit="step")
-    log_path = out_dir / "log.jsonl"
+    # rank 0 writes the log, the checkpoints and the models; the other processes of a job only train
+    log_path = out_dir / "log.jsonl" if job.main else Path(os.devnull)
+    step_loss = job.wrap(model)  # model.loss, or the same under DistributedDataParallel
     stopped = "done"
     lengths = [example_length(f) for f in train_feats] if optim.bucket else None
     eval_every = optim.eval_every
@@ -301,22 +313,25 @@ def train(config: TrainSettings | Mapping[str, Any], *, resume: bool = False, pr
     try:
         with log_path.open("a", encoding="utf-8") as log_fh:
             while step < total_steps:
-                if deadline is not None and time.monotonic() >= deadline:
+                if job.agree(deadline is not None and time.monotonic() >= deadline):
                     stopped = "time budget reached"
                     break
                 factor = _lr_factor(step, optim.warmup_steps, total_steps)
                 for g, base in zip(optimizer.param_groups, base_lrs):
                     g["lr"] = base * factor
                 rng_state = torch.get_rng_state()
-                batch = [train_feats[i] for i in _batch_at(step, len(train_feats), bs, seed, lengths)]
-                loss, parts = model.loss(batch, step)
+                # the global batch (what one process with batch_size × world would draw); this
+                # process trains on its share, DistributedDataParallel averages the gradients
+                batch = [train_feats[i] for i in _batch_at(step, len(train_feats), bs * job.world, seed, lengths)]
+                loss, parts = step_loss(job.share(batch), step)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, optim.grad_clip)
                 optimizer.step()
                 step += 1
                 state["examples"] += len(batch)
-                record = {"step": step, "loss": round(float(loss.detach()), 4), **{k: round(v, 4) for k, v in parts.items()},
+                mean_loss, parts = job.mean_of({"loss": float(loss.detach()), **parts})  # over the job's processes
+                record = {"step": step, "loss": round(mean_loss, 4), **{k: round(v, 4) for k, v in parts.items()},
                           "lr": round(optimizer.param_groups[0]["lr"], 7)}
                 log_fh.write(json.dumps(record) + "\n")
                 log_fh.flush()
@@ -324,18 +339,22 @@ def train(config: TrainSettings | Mapping[str, Any], *, resume: bool = False, pr
                     bar.set_postfix(loss=f"{record['loss']:.3f}", gen=f"{parts.get('gen', 0):.3f}")
                     bar.update(1)
                 rng_state = None
-                if eval_every and step % eval_every == 0:
+                if eval_every and step % eval_every == 0 and job.main:
                     evaluate_and_keep_best(log_fh)
-                if step % optim.checkpoint_every == 0 and step < total_steps:
+                if step % optim.checkpoint_every == 0 and step < total_steps and job.main:
                     _save_checkpoint(model, optimizer, out_dir, snapshot())
     except KeyboardInterrupt:
         stopped = "interrupted"
         # the interrupted step did not update anything: resume redoes it with the same randomness
-        _save_checkpoint(model, optimizer, out_dir, snapshot(), rng_state)
+        if job.main:
+            _save_checkpoint(model, optimizer, out_dir, snapshot(), rng_state)
         if bar is not None:
             bar.close()
         print(f"interrupted at step {step}: checkpoint saved in {ckpt}; continue with --resume", file=sys.stderr)
         raise
+    if not job.main:
+        job.stop()
+        return {**snapshot(), "stopped": stopped, "rank": job.rank}
     if eval_every and step % eval_every:
         # the end of a chunk (time budget) or of the run: the last steps are validated too, so the
         # best model so far is known before the run stops
@@ -344,7 +363,7 @@ def train(config: TrainSettings | Mapping[str, Any], *, resume: bool = False, pr
     if bar is not None:
         bar.close()
     _save_checkpoint(model, optimizer, out_dir, snapshot())
-    summary: Dict[str, Any] = {**snapshot(), "stopped": stopped}
+    summary: Dict[str, Any] = {**snapshot(), "stopped": stopped, "processes": job.world}
     if stopped == "done":
         ppl = validation_ppl(model, valid_feats, bs)
         summary.update({
@@ -365,6 +384,7 @@ def train(config: TrainSettings | Mapping[str, Any], *, resume: bool = False, pr
         summary["export_dir"] = str(export_dir)
         summary["export_mb"] = round(C.folder_megabytes(export_dir), 2)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    job.stop()
     return summary
 
 
@@ -384,6 +404,8 @@ def run(args: argparse.Namespace) -> int:
     if args.max_minutes:
         config = config.updated(optim={"max_minutes": args.max_minutes})
     summary = train(config, resume=args.resume, progress=not args.quiet)
+    if "rank" in summary:
+        return 0  # another process of a torchrun job: rank 0 reports
     minutes = summary["seconds"] / 60
     print(f"\n{config.generator}: {summary['step']}/{summary['total_steps']} steps, "
           f"{summary['examples']} examples seen, {minutes:.1f} min ({summary['stopped']})")
