@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from empathy_nlg.batching import GenerationBatcher
 from empathy_nlg.dialogue import DialogueView, Utterance, dialogue_from_events, history_from_roles, turn_key
 from empathy_nlg.decoding.conversation import Candidate, ConversationReranker, RerankSettings, story_polarity
 from empathy_nlg.domain import DomainResponses, UnknownResponseError
@@ -85,7 +86,16 @@ class EmpathyEngine:
         self.story_polarity = float(conversation.get("story_polarity", 0.0))
         self.reranker = reranker
         self.exemplars = exemplars if self.exemplar_settings["enabled"] else None
-        self._model_lock = threading.Lock()
+        # Two locks, not one: perception (Rasa's NLU calls /perceive synchronously, so a wait here
+        # stalls every conversation in Rasa) never waits for a decoding, and concurrent requests
+        # reach the batcher while it decodes and are decoded together (each with its own
+        # conditioning and steering).
+        self._perception_lock = threading.Lock()
+        self._generation_lock = threading.Lock()
+        batching = {"max_batch": 8, "window_ms": 0.0, **dict(gen.get("batching") or {})}
+        self.batcher = GenerationBatcher(lambda requests: self.generator.generate(requests), self._generation_lock,
+                                         max_batch=int(batching["max_batch"]),
+                                         window_ms=float(batching["window_ms"]))
         missing = [r for r in CRISIS_RESPONSES if r not in domain]
         if missing:
             raise ValueError(f"the domain must define the scripted crisis responses {missing}")
@@ -132,6 +142,7 @@ class EmpathyEngine:
             "exemplars": self.exemplars.describe() if self.exemplars is not None else None,
             "perception": dict(getattr(self.perceiver, "versions", {})),
             "generated_responses": sorted(self.generated_responses),
+            "batching": self.batcher.describe(),
         }
 
     def warm_up(self) -> float:
@@ -140,14 +151,15 @@ class EmpathyEngine:
         allocations). Returns the seconds it took."""
         start = time.perf_counter()
         dialogue = [Utterance("speaker", "I finally finished the painting I started last winter.")]
-        with self._model_lock:
+        with self._perception_lock:
             perception = self.perceiver.perceive(dialogue)
+        with self._generation_lock:
             self.generator.generate([GenerationRequest(context=dialogue, perception=perception)])
         return time.perf_counter() - start
 
     # -- perception -------------------------------------------------------------------------
     def _perceive(self, dialogue: Sequence[Utterance]) -> Perception:
-        with self._model_lock:
+        with self._perception_lock:
             return self.perceiver.perceive(list(dialogue))
 
     def perceive(
@@ -291,7 +303,7 @@ class EmpathyEngine:
         check = getattr(self.perceiver, "crisis_check", None)
         if check is None:
             return perception
-        with self._model_lock:
+        with self._perception_lock:
             own = check(list(dialogue))
         if own.crisis and not perception.crisis:
             perception.crisis = True
@@ -344,15 +356,14 @@ class EmpathyEngine:
             persona=self._persona(sender_id, slots),
             earlier_replies=earlier,
         )
-        with self._model_lock:
-            with clock("generator"):
-                result = self.generator.generate([request])[0]
-            for stage, ms in ((result.details or {}).get("timing") or {}).items():
-                clock.add(f"generator.{stage}", ms)
-            text, source, rerank = result.text.strip(), "generator", None
-            if self.reranker is not None:
-                with clock("rerank"):
-                    text, source, rerank = self._rerank(result, view, heard, earlier)
+        with clock("generator"):  # waiting for the batcher's turn included
+            result = self.batcher.submit(request)
+        for stage, ms in ((result.details or {}).get("timing") or {}).items():
+            clock.add(f"generator.{stage}", ms)
+        text, source, rerank = result.text.strip(), "generator", None
+        if self.reranker is not None:
+            with self._perception_lock, clock("rerank"):
+                text, source, rerank = self._rerank(result, view, heard, earlier)
         if text:
             details = {k: v for k, v in (result.details or {}).items() if k not in ("raw", "system_prompt", "timing")}
             if rerank is not None:

@@ -203,9 +203,15 @@ class ConversationSettings(_Section):
     exemplars: ExemplarSettings = Field(default_factory=ExemplarSettings)
 
 
+class BatchingSettings(_Section):
+    max_batch: int = 8
+    window_ms: float = 0.0
+
+
 class GenerationSettings(_Section):
     generator: str
     generated_responses: List[str]
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
     conversation: ConversationSettings = Field(default_factory=ConversationSettings)
     #: one section per generator: its constructor's options (each generator checks its own)
     generators: Dict[str, Dict[str, Any]] = Field(default_factory=dict)

@@ -410,7 +410,8 @@ class ConditionedBackbone:
         return getattr(base, base.base_model_prefix)
 
     def generate(self, prefixes, prompts: Sequence[List[int]], decoding: Mapping[str, Any], num_return: int = 1,
-                 sequence_bias: Optional[List[List[Any]]] = None, context_out: Optional[List[Any]] = None):
+                 sequence_bias: Optional[List[List[Any]]] = None, context_out: Optional[List[Any]] = None,
+                 row_bias: Optional[Sequence[List[List[Any]]]] = None):
         """Generated token ids (decoder-only models return only the new tokens when fed
         ``inputs_embeds``; BART's start tokens are special and vanish in :meth:`decode`) and,
         with several returns, the beam scores (length-normalised log-probabilities).
@@ -420,6 +421,11 @@ class ConditionedBackbone:
         complete one of the listed sequences: how decoding keeps away from what the assistant
         already said earlier in the conversation and from a tone that contradicts the user's news,
         and leans towards the words the user said.
+
+        ``row_bias`` (one list of such entries per example, after ``sequence_bias``'s shared ones):
+        each example's own steering, so that requests with different biases (their users' words,
+        their news, their conversations' earlier replies) decode in one batch, each exactly as it
+        would alone (:class:`RowSequenceBias`).
 
         ``context_out`` (a list, decoder-only backbones): receives the mean last-layer hidden state
         of each ``[prefix ; prompt]`` ([B, d], what :meth:`context_vectors` computes), taken from
@@ -446,10 +452,16 @@ class ConditionedBackbone:
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
         )
-        if sequence_bias:
-            kwargs["sequence_bias"] = [[list(ids), float(b)] for ids, b in sequence_bias]
         if kwargs["do_sample"]:
             kwargs.update(temperature=float(d["temperature"]), top_p=float(d["top_p"]))
+        if row_bias is not None:
+            shared = [[list(ids), float(b)] for ids, b in (sequence_bias or [])]
+            rows = [shared + [[list(ids), float(b)] for ids, b in own] for own in row_bias]
+            if len(rows) != len(prompts):
+                raise ValueError(f"row_bias has {len(rows)} entries for {len(prompts)} prompts")
+            kwargs["logits_processor"] = steering_processors(rows, kwargs)
+        elif sequence_bias:
+            kwargs["sequence_bias"] = [[list(ids), float(b)] for ids, b in sequence_bias]
         if kwargs["num_beams"] > 1:
             kwargs["early_stopping"] = bool(d["early_stopping"])
         if num_return > 1:
@@ -579,6 +591,50 @@ def resolve_autocast(mode: Optional[str], device: str) -> Optional[str]:
     if mode in ("fp16", "float16"):
         return "fp16"
     raise ValueError(f"autocast must be auto, none, bf16 or fp16, got {mode!r}")
+
+
+class RowSequenceBias:
+    """``transformers``' sequence bias with each example's own entries: a logits processor over
+    the ``batch × rows_per_example`` rows of a decoding step (beams or returned samples stay in
+    their example's block), applying to each block exactly what ``SequenceBiasLogitsProcessor``
+    would apply to that example decoded alone."""
+
+    def __init__(self, rows: Sequence[List[List[Any]]], rows_per_example: int) -> None:
+        from transformers.generation.logits_process import SequenceBiasLogitsProcessor
+
+        self.k = int(rows_per_example)
+        # an example without entries gets no processor (transformers refuses an empty list)
+        self.processors = [SequenceBiasLogitsProcessor(sequence_bias=entries) if entries else None for entries in rows]
+
+    def __call__(self, input_ids, scores):
+        out = scores.clone()
+        for i, proc in enumerate(self.processors):
+            if proc is not None:
+                block = slice(i * self.k, (i + 1) * self.k)
+                out[block] = proc(input_ids[block], scores[block])
+        return out
+
+
+def steering_processors(rows: Sequence[List[List[Any]]], kwargs: Dict[str, Any]):
+    """The logits processors of a greedy or beam decoding with per-example biases, in
+    ``transformers``' own order (sequence bias, repetition penalty, no-repeat n-grams), taking those
+    settings out of ``kwargs`` so that ``generate`` does not add them a second time. (Sampling adds
+    warpers that ``transformers`` orders among these: it decodes one request at a time.)"""
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        NoRepeatNGramLogitsProcessor,
+        RepetitionPenaltyLogitsProcessor,
+    )
+
+    if kwargs.get("do_sample"):
+        raise ValueError("per-example biases are for greedy and beam decoding; sampling decodes one request at a time")
+    procs = LogitsProcessorList([RowSequenceBias(rows, kwargs["num_beams"])])
+    if kwargs.get("repetition_penalty", 1.0) != 1.0:
+        procs.append(RepetitionPenaltyLogitsProcessor(kwargs["repetition_penalty"]))
+    if kwargs.get("no_repeat_ngram_size", 0) > 0:
+        procs.append(NoRepeatNGramLogitsProcessor(kwargs["no_repeat_ngram_size"]))
+    kwargs.update(repetition_penalty=1.0, no_repeat_ngram_size=0)
+    return procs
 
 
 def history_bias(tokenizer, replies: Sequence[str], n: int = 3, bias: float = -4.0, limit: int = 400) -> List[List[Any]]:

@@ -132,10 +132,10 @@ class TrainedGenerator(Generator):
 
         results: List[GenerationResult] = []
         k = self.candidates_per_request()
-        # the grounding and tone biases are each request's own (its user's words and news): one
-        # request per call then
-        own_bias = bool(self.grounding_bias and self.grounding_turns) or bool(self.tone_bias)
-        size = 1 if own_bias else self.batch_size
+        # every request steers its own rows of the batch (its user's words and news, its
+        # conversation's earlier replies); sampling decodes one request at a time
+        sampling = bool(self.decoding.get("do_sample"))
+        size = 1 if sampling else self.batch_size
         for start in range(0, len(requests), size):
             chunk = list(requests[start : start + size])
             t0 = time.perf_counter()
@@ -143,16 +143,15 @@ class TrainedGenerator(Generator):
                 inputs = self.inputs(chunk)
                 t_inputs = time.perf_counter()
                 torch.manual_seed(int(self.decoding.get("seed", 13)))
-                # the history bias is per conversation: the engine sends one request at a time (a
-                # batch of several shares the union of their earlier replies)
-                bias = self.steering(chunk[0]) if size == 1 else []
-                # history after the others: where both name the same tokens, keeping away wins
-                bias += C.history_bias(self.model.lm.tokenizer, [t for r in chunk for t in r.earlier_replies],
-                                       n=self.history_ngram, bias=self.history_bias)
+                rows = [self.bias_of(r) for r in chunk]
                 states: Optional[List[Any]] = [] if (self.needs_context_vectors and k > 1) else None
                 t_bias = time.perf_counter()
-                ids, beam_scores = self.model.lm.generate(inputs.prefixes, inputs.prompts, self.decoding,
-                                                          num_return=k, sequence_bias=bias, context_out=states)
+                if sampling:
+                    ids, beam_scores = self.model.lm.generate(inputs.prefixes, inputs.prompts, self.decoding, num_return=k,
+                                                              sequence_bias=rows[0], context_out=states)
+                else:
+                    ids, beam_scores = self.model.lm.generate(inputs.prefixes, inputs.prompts, self.decoding, num_return=k,
+                                                              row_bias=rows, context_out=states)
                 t_decode = time.perf_counter()
                 if states:
                     inputs.context_vectors = states[0]
@@ -178,6 +177,12 @@ class TrainedGenerator(Generator):
                     knowledge=inputs.knowledge[i] if inputs.knowledge else dict(chunk[i].knowledge),
                     details=details, candidates=choice.candidates[i]))
         return results
+
+    def bias_of(self, request: GenerationRequest) -> List[List[Any]]:
+        """All of a request's bias entries: its steering, then its conversation's history (after
+        the others: where both name the same tokens, keeping away from what was said wins)."""
+        return self.steering(request) + C.history_bias(self.model.lm.tokenizer, list(request.earlier_replies),
+                                                       n=self.history_ngram, bias=self.history_bias)
 
     def steering(self, request: GenerationRequest) -> List[List[Any]]:
         """The request's own bias entries: grounding (its user's last messages, newest first), then

@@ -437,3 +437,41 @@ def test_early_stopping_ends_beam_search_once_the_beams_are_complete(tiny_llama,
     assert steps[True] <= steps[False]
     lm.generate(prefixes, prompts, {"max_new_tokens": 3})  # greedy: transformers is not given the flag
     assert seen[-1] is None
+
+
+@pytest.mark.parametrize("decoding, beams", [({"max_new_tokens": 8}, 1), ({"max_new_tokens": 8, "num_beams": 4}, 4)])
+def test_per_example_biases_decode_a_batch_as_each_example_alone(tiny_llama, tmp_path, decoding, beams):
+    """``row_bias``: one request's own entries on its own rows. Alone, it decodes exactly as
+    transformers' ``sequence_bias`` (same tokens and beam scores: the same processors in the same
+    order); in a padded batch of requests with different biases, every request gets the replies
+    it gets alone."""
+    tok = _three_layers(tiny_llama, tmp_path / "three")
+    lm = _lm(tmp_path / "three")
+    lm.model.eval()
+    texts = ("i am sad", "we adopted a kitten yesterday and she sleeps on my feet", "my exam went well")
+    prompts = [C.encode_prompt(tok, C.prompt_messages([Utterance("speaker", t)], 2), 64) for t in texts]
+    prefixes = [_prefix(lm, 2, i) * 10 for i in range(3)]
+    ids_of = lambda w: tok(w, add_special_tokens=False)["input_ids"]  # noqa: E731
+    own = [[[ids_of("the"), -3.0], [ids_of("kitten"), 2.0]],                       # single tokens
+           [[ids_of("so sorry"), -5.0], [ids_of("she"), 1.5], [ids_of("the"), 4.0]],  # a two-token sequence
+           []]                                                                         # none at all
+    alone = []
+    for i in range(3):
+        builtin = lm.generate([prefixes[i]], [prompts[i]], decoding, num_return=beams, sequence_bias=own[i] or None)
+        rowwise = lm.generate([prefixes[i]], [prompts[i]], decoding, num_return=beams, row_bias=[own[i]])
+        assert rowwise[0].tolist() == builtin[0].tolist()
+        assert (builtin[1] is None and rowwise[1] is None) or torch.allclose(builtin[1], rowwise[1], atol=1e-5)
+        alone.append(builtin)
+    unsteered = lm.generate([prefixes[1]], [prompts[1]], decoding, num_return=beams)
+    assert unsteered[0].tolist() != alone[1][0].tolist()  # the entries do steer
+    ids, scores = lm.generate(prefixes, prompts, decoding, num_return=beams, row_bias=own)
+    for i, (ids_i, scores_i) in enumerate(alone):
+        block = ids[i * beams : (i + 1) * beams]
+        width = min(block.shape[1], ids_i.shape[1])
+        assert block[:, :width].tolist() == ids_i[:, :width].tolist(), i
+        if scores is not None:
+            assert torch.allclose(scores[i * beams : (i + 1) * beams], scores_i, atol=1e-4)
+    with pytest.raises(ValueError, match="3 prompts"):
+        lm.generate(prefixes, prompts, decoding, num_return=beams, row_bias=own[:2])
+    with pytest.raises(ValueError, match="sampling"):
+        lm.generate(prefixes, prompts, {"max_new_tokens": 4, "do_sample": True}, row_bias=own)

@@ -26,13 +26,15 @@ def saved(tmp_path, tiny_llama):
 
 
 def biases_seen(gen, monkeypatch):
-    """The ``sequence_bias`` of every ``generate`` call of ``gen``'s backbone (the calls still run)."""
+    """Each ``generate`` call of ``gen``'s backbone: the bias entries of each request in the batch
+    (the calls still run)."""
     seen = []
     real = gen.model.lm.generate
 
-    def spy(prefixes, prompts, decoding, num_return=1, sequence_bias=None, context_out=None):
-        seen.append(sequence_bias)
-        return real(prefixes, prompts, decoding, num_return=num_return, sequence_bias=sequence_bias, context_out=context_out)
+    def spy(prefixes, prompts, decoding, num_return=1, sequence_bias=None, context_out=None, row_bias=None):
+        seen.append(list(row_bias) if row_bias is not None else [sequence_bias])
+        return real(prefixes, prompts, decoding, num_return=num_return, sequence_bias=sequence_bias,
+                    context_out=context_out, row_bias=row_bias)
 
     monkeypatch.setattr(gen.model.lm, "generate", spy)
     return seen
@@ -65,8 +67,8 @@ def test_earlier_replies_reach_decoding_as_a_history_bias(saved, monkeypatch):
     seen = biases_seen(gen, monkeypatch)
     gen.generate([GenerationRequest(context=CONTEXT)])
     gen.generate([GenerationRequest(context=CONTEXT, earlier_replies=["I'm so sorry to hear that."])])
-    assert not seen[0]
-    assert seen[1] and all(b == -3.0 and len(ids) == 2 for ids, b in seen[1])
+    assert seen[0] == [[]]
+    assert seen[1][0] and all(b == -3.0 and len(ids) == 2 for ids, b in seen[1][0])
 
 
 def test_grounding_bias_pushes_the_users_content_words_only():
@@ -92,9 +94,9 @@ def test_each_requests_own_words_reach_decoding_as_its_grounding_bias(saved, mon
     seen = biases_seen(gen, monkeypatch)
     two = [GenerationRequest(context=CONTEXT), GenerationRequest(context=[Utterance("speaker", "my cat purrs loudly")])]
     assert len(gen.generate(two)) == 2
-    assert len(seen) == 2  # one call per request: each is decoded with its own user's words
-    assert seen[0] == gen.steering(two[0]) and seen[0]
-    assert seen[1] == gen.steering(two[1]) and seen[1]
+    assert len(seen) == 1  # one batch, each request decoded with its own user's words
+    assert seen[0][0] == gen.steering(two[0]) and seen[0][0]
+    assert seen[0][1] == gen.steering(two[1]) and seen[0][1]
     tok = gen.model.lm.tokenizer
     expected = C.grounding_bias(tok, ["i am sad today", "my dog died yesterday in the park"], bias=2.0)
     assert gen.steering(two[0]) == expected  # the last two user messages, newest first
@@ -102,7 +104,7 @@ def test_each_requests_own_words_reach_decoding_as_its_grounding_bias(saved, mon
     off = create_generator("finetuned", {**saved, "num_beams": 2, "grounding_bias": 0, "tone_bias": 0})
     seen_off = biases_seen(off, monkeypatch)
     off.generate([GenerationRequest(context=CONTEXT)])
-    assert seen_off == [[]]
+    assert seen_off == [[[]]]
     with pytest.raises(ValueError, match="grounding_turns"):
         create_generator("finetuned", {**saved, "grounding_turns": -1})
 
