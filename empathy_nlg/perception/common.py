@@ -2,8 +2,9 @@
 
 Every head in perception works on the *same* frozen MiniLM sentence embeddings
 (:class:`~empathy_nlg.perception.encoder.SentenceEncoder`), so training pre-computes them once
-and keeps them in an on-disk cache keyed by the text's SHA-1 (``.cache/perception`` by default,
-``EMPATHY_NLG_PERCEPTION_CACHE`` to move it). Inference never touches the cache.
+and keeps them in an on-disk cache keyed by the text's SHA-1 (``perception/`` in the project's
+one cache folder, :func:`empathy_nlg.paths.cache_dir`; ``EMPATHY_NLG_PERCEPTION_CACHE`` moves this
+part alone). Inference never touches the cache.
 """
 
 from __future__ import annotations
@@ -16,15 +17,15 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from empathy_nlg.paths import ARTIFACTS_DIR
+from empathy_nlg.paths import ARTIFACTS_DIR, cache_dir
 
 DEFAULT_ARTIFACTS_DIR = ARTIFACTS_DIR / "perception"
 
 
 def default_cache_dir() -> Path:
-    """Embedding cache folder: ``$EMPATHY_NLG_PERCEPTION_CACHE`` or ``./.cache/perception``."""
-    root = os.environ.get("EMPATHY_NLG_PERCEPTION_CACHE") or Path.cwd() / ".cache" / "perception"
-    path = Path(root)
+    """Embedding cache folder: ``$EMPATHY_NLG_PERCEPTION_CACHE``, else ``<cache_dir()>/perception``."""
+    given = os.environ.get("EMPATHY_NLG_PERCEPTION_CACHE")
+    path = Path(given) if given else cache_dir() / "perception"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

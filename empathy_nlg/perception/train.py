@@ -1,7 +1,7 @@
 """``empathy-nlg train-perception``: train the emotion, cause and CM heads and write the artefacts.
 
 All heads sit on the frozen shared MiniLM encoder; sentence embeddings are computed once and
-cached under ``--cache-dir`` (default ``.cache/perception``), so re-runs only train heads.
+cached under ``--cache-dir`` (default ``perception/`` in the cache folder, ``~/.cache/empathy-nlg``), so re-runs only train heads.
 Training is seeded (``--seed``) and uses at most ``--threads`` CPU threads.
 
 Also ``--annotate-causes OUT.jsonl``: label ED conversations (``--annotate-input``, default ED
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None, help=f"artefacts folder (default {DEFAULT_ARTIFACTS_DIR})")
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (keep it small on shared machines)")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default .cache/perception)")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default: perception/ in $EMPATHY_NLG_CACHE, ~/.cache/empathy-nlg)")
     parser.add_argument("--max-train-convs", type=int, default=0, help="use only the first N ED train conversations (0 = all)")
     parser.add_argument("--annotate-causes", type=Path, default=None, metavar="OUT.jsonl",
                         help="instead of training: write ED conversations annotated with cause indices to this path")
