@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 class GenerationBatcher:
     """``submit(request) → result`` from any thread; one worker decodes batches of at most
-    ``max_batch`` under ``lock`` (the engine's model lock, shared with perception)."""
+    ``max_batch`` under ``lock`` (the engine's generation lock; perception has its own)."""
 
     def __init__(self, generate: Callable[[Sequence[Any]], List[Any]], lock: Optional[threading.Lock] = None,
                  max_batch: int = 8, window_ms: float = 0.0) -> None:
