@@ -1,8 +1,10 @@
 """``empathy-nlg train --generator NAME --config FILE``: train a generator's adapters and heads.
 
 The config (YAML, validated by ``empathy_nlg/config/train.schema.json`` and read as
-:class:`empathy_nlg.settings.TrainSettings`; see ``configs/train/*.yml``) names the data, the cause source, the knowledge source, the generator's
-settings (incl. ablation switches), LoRA and the optimiser schedule. A run lives in ``out_dir``:
+:class:`empathy_nlg.settings.TrainSettings`; see ``configs/train/*.yml``) names the data, the
+cause source, the knowledge source, the generator's settings (incl. ablation switches), LoRA and
+the optimiser schedule. Under ``torchrun`` the same command trains on several processes
+(:mod:`empathy_nlg.training.distributed`). A run lives in ``out_dir``:
 
 * ``features-{train,valid}-<fingerprint>.jsonl`` — the conditioning inputs, built once (in
   ``features_dir`` when set, so ablation runs share them);
