@@ -102,8 +102,9 @@ class StoryRouter(GraphComponent):
             return None  # asking for the numbers: always answered with them
         if name in ("out_of_scope", "ask_resources") and statement:
             return "first-person statement"
-        if name in UNREADABLE_AS and cls.script(text) in ("other", "emoji"):
-            return "another script" if cls.script(text) == "other" else "emoji"
+        script = cls.script(text) if name in UNREADABLE_AS else "latin"
+        if script in ("other", "emoji"):
+            return "another script" if script == "other" else "emoji"
         if mid_story and (name == "ask_resources" or (name in limits and confidence < float(limits[name]))):
             return "mid-story"
         return None
