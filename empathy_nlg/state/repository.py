@@ -213,15 +213,6 @@ class StateRepository:
             rows = session.execute(stmt).all()
         return [{"emotion": r[0], "top_k": r[1] or []} for r in reversed(rows)]
 
-    def emotion_trajectory(self, sender_id: str, before_turn: Optional[int] = None, limit: int = 5) -> List[str]:
-        """Emotions of the conversation's earlier turns, oldest first (at most ``limit``)."""
-        return [h["emotion"] for h in self.emotion_history(sender_id, before_turn, limit)]
-
-    def positive_trajectory(self, sender_id: str, before_turn: Optional[int] = None, limit: int = 3) -> List[float]:
-        """P(positive) of the conversation's earlier turns, oldest first (at most ``limit``; see
-        :func:`positive_shares`)."""
-        return positive_shares(self.emotion_history(sender_id, before_turn, limit))
-
     def recent_replies(self, sender_id: str, limit: int = 20) -> List[Dict[str, Any]]:
         """The assistant's latest replies to this sender, oldest first: ``{turn_index, response, text, generator}``."""
         with self._sessions() as session:

@@ -34,14 +34,15 @@ def _exercise(repo: StateRepository, sender: str) -> None:
     assert first["replies"][0]["generator"] == "prompted" and first["replies"][0]["knowledge"] == {"affect": ["upset"]}
     assert first["message_id"] == "m0"
     assert len(first["replies"]) == 1  # the turn row was updated, not duplicated
-    assert repo.emotion_trajectory(sender) == ["sad", "anxious", "proud"]
-    assert repo.emotion_trajectory(sender, before_turn=2) == ["sad", "anxious"]
-    assert repo.emotion_trajectory(sender, limit=1) == ["proud"]
-    pos = repo.positive_trajectory(sender)  # P(positive) from the stored top-5 emotions, oldest first
+    emotions = lambda **kw: [h["emotion"] for h in repo.emotion_history(sender, **kw)]  # noqa: E731
+    assert emotions() == ["sad", "anxious", "proud"]
+    assert emotions(before_turn=2) == ["sad", "anxious"]
+    assert emotions(limit=1) == ["proud"]
+    shares = lambda **kw: positive_shares(repo.emotion_history(sender, **kw))  # noqa: E731
+    pos = shares()  # P(positive) from the stored top-5 emotions, oldest first
     assert len(pos) == 3 and pos[0] < 0.1 and pos[1] < 0.1 and pos[2] > 0.9
-    assert repo.positive_trajectory(sender, before_turn=2) == pos[:2] and repo.positive_trajectory(sender, limit=1) == pos[2:]
-    history = repo.emotion_history(sender, before_turn=3)  # both, from one query (what the engine reads)
-    assert [h["emotion"] for h in history] == ["sad", "anxious", "proud"] and positive_shares(history) == pos
+    assert shares(before_turn=2) == pos[:2] and shares(limit=1) == pos[2:]
+    assert emotions(before_turn=3) == ["sad", "anxious", "proud"] and shares(before_turn=3) == pos
     assert repo.conversation("nobody-" + sender) is None
     repo.set_persona(sender, "a night-shift nurse")
     assert repo.persona(sender) == "a night-shift nurse"
