@@ -13,7 +13,7 @@ holds for the conversation:
               with the resources one message away ("help"). The conversation leaves this state
               only once that many recent messages are unflagged.
 ``checkin``   the classifier is concerned but below the crisis threshold, and perception hears a
-              negative feeling → a scripted, direct safety question (asking directly is recommended practice and does not plant ideas).
+              negative feeling or a plan / timing / farewell cue matched → a scripted, direct safety question (asking directly is recommended practice and does not plant ideas).
 ``affirmed``  the previous reply was that question and the person says yes → the resources, and
               the turn is stored as a crisis turn.
 ``None``      an ordinary turn.
@@ -106,10 +106,15 @@ class SafetyPolicy:
                 kind = followup_kind(user_text)
                 return SafetyDecision("followup", [FOLLOWUPS[kind]], f"resources already given ({kind})")
             return SafetyDecision("followup", [], "template kept")
-        if (generated and perception is not None and getattr(perception, "crisis_concern", False)
-                and perception.polarity == "negative"):
-            # good news is never met with a safety question, whatever the classifier thinks
-            return SafetyDecision("checkin", [CHECKIN], "classifier concern below the crisis threshold")
+        if generated and perception is not None and getattr(perception, "crisis_concern", False):
+            if perception.polarity == "negative":
+                return SafetyDecision("checkin", [CHECKIN], "classifier concern below the crisis threshold")
+            if any(str(r).startswith("cue:") for r in perception.crisis_reasons or []):
+                # good news is not met with a safety question, whatever the classifier thinks — but a
+                # plan, a chosen time or a farewell is asked about however calm or glad it sounds
+                # ("I finally feel at peace now that I've decided when"): relief after deciding is a
+                # warning sign, and the cues match 0.03 % of ordinary ED messages
+                return SafetyDecision("checkin", [CHECKIN], "a plan, timing or farewell cue, however it sounds")
         return SafetyDecision(None, [])
 
     def render(self, decision: SafetyDecision, slots: Mapping[str, Any], channel: Optional[str],

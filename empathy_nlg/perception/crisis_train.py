@@ -71,6 +71,10 @@ OWN_HELDOUT_C = DATA_DIR / "heldout_c.yml"
 #: training files nor the other held-out sets, before train_b.yml joined training; never trained
 #: or tuned on
 OWN_HELDOUT_D = DATA_DIR / "heldout_d.yml"
+#: a fifth held-out set, written on 2026-12-04 by a helper session that read no file of the project
+#: (weighted to imminent danger without keywords, 40 multi-turn items, milestone and everyday-plan
+#: negatives), measured on the committed detector before anything was changed; never trained or tuned on
+OWN_HELDOUT_E = DATA_DIR / "heldout_e.yml"
 POSITIVE_CSSRS = {"ideation", "behavior", "attempt"}
 NEGATIVE_CSSRS = {"supportive", "uninformative"}
 VERSION = "minilm-crisis-mlp-v6"  # v6: + train_b.yml
@@ -210,6 +214,8 @@ def safe_followups(positives: Sequence[Example], seed: int, per_message: int = 3
 CHAT_DEV = Path(__file__).resolve().parents[2] / "configs" / "conversations" / "dev.jsonl"
 #: held-out ordinary conversations: never trained or tuned on
 CHAT_HELDOUT = CHAT_DEV.with_name("heldout.jsonl")
+#: 30 more held-out ordinary conversations, written with heldout_e.yml by the same helper
+CHAT_HELDOUT_E = CHAT_DEV.with_name("heldout_e.jsonl")
 
 
 def default_crisis_encoder() -> Optional[str]:
@@ -660,9 +666,9 @@ IMMINENT = ("plan_means", "timing", "farewell", "context:plan_means", "context:t
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--own", type=Path, nargs="+", default=[OWN_HELDOUT, OWN_HELDOUT_B, OWN_HELDOUT_C, OWN_HELDOUT_D],
-                        help="own phrasings YAML file(s) (default: the four held-out sets)")
-    parser.add_argument("--chat", type=Path, nargs="*", default=[CHAT_DEV, CHAT_HELDOUT],
+    parser.add_argument("--own", type=Path, nargs="+", default=[OWN_HELDOUT, OWN_HELDOUT_B, OWN_HELDOUT_C, OWN_HELDOUT_D, OWN_HELDOUT_E],
+                        help="own phrasings YAML file(s) (default: the five held-out sets)")
+    parser.add_argument("--chat", type=Path, nargs="*", default=[CHAT_DEV, CHAT_HELDOUT, CHAT_HELDOUT_E],
                         help="conversation-script files whose every user turn must stay unflagged (counts of flags and check-ins)")
     parser.add_argument("--crisis-encoder", default=None,
                         help="the crisis classifier's larger encoder (default: perception.crisis_encoder of the engine's "

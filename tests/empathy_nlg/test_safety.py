@@ -138,3 +138,22 @@ def test_rasas_crisis_route_marks_the_turn_and_resources_are_not_pasted_twice(en
     assert again["text"] in engine.domain.texts("utter_crisis_followup_reaching_out")
     events += [{"event": "bot", "text": again["text"]}, {"event": "user", "text": "help", "message_id": "r-2", "parse_data": {}}]
     assert ask("utter_crisis_resources", events)["text"] in engine.domain.texts("utter_crisis_resources")
+
+
+@pytest.mark.parametrize("polarity,reasons,state", [
+    ("negative", ["concern:0.70"], "checkin"),
+    ("positive", ["concern:0.70"], None),  # good news with a nervous classifier: no safety question
+    ("positive", ["concern:0.70", "cue:timing"], "checkin"),  # "I feel at peace now that I've decided when"
+    ("positive", ["cue:farewell"], "checkin"),
+])
+def test_the_checkin_follows_the_feeling_unless_a_plan_timing_or_farewell_cue_matched(domain_file, polarity, reasons, state):
+    domain = DomainResponses.load(domain_file)
+    domain.update(DomainResponses.load(ROOT / "safety_responses.yml"))
+    perception = make_perception("content" if polarity == "positive" else "sad")
+    assert perception.polarity == polarity
+    perception.crisis_concern, perception.crisis_reasons = True, reasons
+    decision = SafetyPolicy(domain).decide("utter_empathize", True, perception, [], [], "I finally feel at peace")
+    assert decision.state == state
+    assert decision.responses == (["utter_crisis_checkin"] if state else [])
+    perception.crisis_concern = False  # no concern: never a question, cue or not
+    assert SafetyPolicy(domain).decide("utter_empathize", True, perception, [], [], "x").state is None
