@@ -649,14 +649,22 @@ def evaluate_detector(detector: CrisisDetector, examples: Sequence[Example]) -> 
         from sklearn.metrics import roc_auc_score
 
         auc = round(float(100 * roc_auc_score(labels, [r.score for _, r in rows])), 2)
+    # the engine judges every message when it arrives: a multi-turn item whose last message gets
+    # neither the flag nor the check-in may have met the safety path at an earlier turn (the
+    # conversation is then in the follow-up state when the last message comes)
+    earlier = {}
+    for i, (ex, r) in enumerate(rows):
+        if ex.label == 1 and ex.context and not (r.crisis or r.concern):
+            earlier[i] = next((j + 1 for j in range(len(ex.context))
+                               if (lambda e: e.crisis or e.concern)(detector.detect(list(ex.context[: j + 1])))), None)
     return {
         "auc": auc,
         "overall": rates(pred, labels) if len(rows) else {},
         "overall_with_checkin": rates(reached, labels) if len(rows) else {},
         "per_category": per_category,
         "misses": [{"category": ex.category, "context": list(ex.context), "text": ex.text, "score": r.score,
-                    "checkin": r.concern}
-                   for ex, r in rows if ex.label == 1 and not r.crisis],
+                    "checkin": r.concern, "earlier_turn_reached": earlier.get(i)}
+                   for i, (ex, r) in enumerate(rows) if ex.label == 1 and not r.crisis],
         "false_alarms": [{"category": ex.category, "context": list(ex.context), "text": ex.text, "reasons": r.reasons}
                          for ex, r in rows if ex.label == 0 and r.crisis],
     }
@@ -730,10 +738,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {cat:32s} {shown}")
         imminent = [m for m in res["misses"] if m["category"] in IMMINENT]
         res["imminent_neither"] = sum(1 for m in imminent if not m["checkin"])
+        res["imminent_neither_any_turn"] = sum(1 for m in imminent if not m["checkin"] and not m["earlier_turn_reached"])
         if imminent:
-            print(f"  RELEASE BLOCKER — imminent-danger statements without the crisis flag ({len(imminent)}):")
+            print(f"  RELEASE BLOCKER — imminent-danger statements without the crisis flag ({len(imminent)}; "
+                  f"neither flag nor check-in: {res['imminent_neither']}, of them at no earlier turn of their "
+                  f"conversation either: {res['imminent_neither_any_turn']}):")
             for m in imminent:
-                tag = "check-in" if m["checkin"] else "MISSED"
+                tag = ("check-in" if m["checkin"] else
+                       f"MISSED here, turn {m['earlier_turn_reached']} reached the safety path" if m["earlier_turn_reached"]
+                       else "MISSED")
                 print(f"    [{m['category']}, {tag}] {' / '.join(m['context'] + [m['text']])}  (score {m['score']})")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -83,3 +83,13 @@ def test_evaluate_detector_reports_per_category_and_misses():
     assert res["per_category"]["ideation"]["recall"] == 100.0 and res["per_category"]["farewell"]["recall"] == 0.0
     assert res["per_category"]["figurative"]["fpr"] == 0.0
     assert [m["text"] for m in res["misses"]] == ["I gave my guitar away"] and res["false_alarms"] == []
+
+
+def test_evaluate_detector_says_whether_an_earlier_turn_of_a_missed_conversation_reached_the_safety_path():
+    ctx = ("I want to kill myself", "I have thought about it for weeks")
+    examples = [CT.Example("ok it's time", 1, "context:timing", "own", ctx),             # turn 1 flags (pattern)
+                CT.Example("ok it's time", 1, "context:timing", "own", ("my exam is friday", "I'm ready")),  # nothing does
+                CT.Example("ok", 0, "context:followup_safe", "own", ctx)]
+    res = CT.evaluate_detector(CrisisDetector(), examples)  # patterns only
+    reached = {tuple(m["context"]): m["earlier_turn_reached"] for m in res["misses"]}
+    assert reached == {ctx: 1, ("my exam is friday", "I'm ready"): None}
