@@ -6,12 +6,13 @@ Data (see ``../shared/data/README.md`` for licences):
   ``supportive | uninformative`` → 0; ``indicator`` (risk factors without ideation) is left out of
   training and of the Reddit metric, as in the issue's definition. Split **by user** (seeded):
   80 % train, 20 % dev — the dev users choose the epoch and the threshold.
-* **The project's own phrasings** (``crisis_data/train.yml``, ``train_b.yml``): six positive
-  categories (ideation, plan/means, timing, farewell, self-harm, past attempt), seven hard-negative
-  ones (figurative, grief, exhaustion, fiction/news, everyday sadness, tears of joy, everyday plans
-  that share the surface of danger talk) and multi-turn ``contexts`` where only the conversation
-  decides. The earlier evaluation phrasings (``crisis_eval.yml``) join training.
-  ``crisis_data/heldout*.yml`` are never trained or tuned on.
+* **The project's own phrasings** (``crisis_data/train.yml``, ``train_b.yml``, ``train_c.yml`` and,
+  since v9, the four older held-out sets ``heldout.yml`` … ``heldout_d.yml``): six positive
+  categories (ideation, plan/means, timing, farewell, self-harm, past attempt), hard-negative ones
+  (figurative, grief, exhaustion, fiction/news, everyday sadness, tears of joy, everyday plans
+  that share the surface of danger talk, recovery milestones) and multi-turn ``contexts`` where
+  only the conversation decides. The earlier evaluation phrasings (``crisis_eval.yml``) join
+  training. ``crisis_data/heldout_e.yml`` is never trained or tuned on.
 * **XSTest** safe prompts (Röttger et al. 2024): figurative/homonym hard negatives; a seeded
   half trains, the other half is evaluated.
 
@@ -58,26 +59,34 @@ OWN_TRAIN = DATA_DIR / "train.yml"
 #: more imminent-danger phrasings without keywords, and ordinary plans that share their surface
 #: (``everyday_plans``: a chosen date for a proposal, a rifle for hunting, giving a cat away before a move)
 OWN_TRAIN_B = DATA_DIR / "train_b.yml"
-#: every training file of own phrasings
-OWN_TRAIN_FILES = (OWN_TRAIN, OWN_TRAIN_B)
+#: milestone hard negatives (a quit-smoking anniversary, years of a habit) and relapse positives,
+#: written on 2026-12-03 after v7 flagged a held-out chat script's quit-smoking anniversary
+OWN_TRAIN_C = DATA_DIR / "train_c.yml"
+#: the first held-out set (training data since v9, :data:`RETIRED_HELDOUT`)
 OWN_HELDOUT = DATA_DIR / "heldout.yml"
 #: a second held-out set, written on 2026-12-03 after heldout.yml's misses had been read (so that
-#: additions made with them in mind can be measured cleanly); never trained or tuned on
+#: additions made with them in mind can be measured cleanly); training data since v9
 OWN_HELDOUT_B = DATA_DIR / "heldout_b.yml"
 #: a third held-out set, written before the imminent-danger pattern rules (heldout_b's misses had
-#: been read by then); never trained or tuned on
+#: been read by then); training data since v9
 OWN_HELDOUT_C = DATA_DIR / "heldout_c.yml"
 #: a fourth held-out set, written on 2026-12-03 (third session) by a session that read neither the
-#: training files nor the other held-out sets, before train_b.yml joined training; never trained
-#: or tuned on
+#: training files nor the other held-out sets, before train_b.yml joined training; training data
+#: since v9
 OWN_HELDOUT_D = DATA_DIR / "heldout_d.yml"
 #: a fifth held-out set, written on 2026-12-04 by a helper session that read no file of the project
 #: (weighted to imminent danger without keywords, 40 multi-turn items, milestone and everyday-plan
 #: negatives), measured on the committed detector before anything was changed; never trained or tuned on
 OWN_HELDOUT_E = DATA_DIR / "heldout_e.yml"
+#: the four older held-out sets, retired into training with v9 (2026-12-04): each had had its misses
+#: read and rules or training files written with them in mind, so they no longer measured unseen
+#: phrasings; as training data they add 593 chat-register phrasings. heldout_e.yml is the held-out set.
+RETIRED_HELDOUT = (OWN_HELDOUT, OWN_HELDOUT_B, OWN_HELDOUT_C, OWN_HELDOUT_D)
+#: every training file of own phrasings
+OWN_TRAIN_FILES = (OWN_TRAIN, OWN_TRAIN_B, OWN_TRAIN_C) + RETIRED_HELDOUT
 POSITIVE_CSSRS = {"ideation", "behavior", "attempt"}
 NEGATIVE_CSSRS = {"supportive", "uninformative"}
-VERSION = "minilm-crisis-mlp-v6"  # v6: + train_b.yml
+VERSION = "minilm-crisis-mlp-v9"  # v6: + train_b.yml; v9: + train_c.yml and the four older held-out sets
 ED_TRAIN_NEGATIVES = 4000
 ED_DEV_NEGATIVES = 1000
 
@@ -389,7 +398,7 @@ def calibrate(p_dev: np.ndarray, dev: Sequence[Example], p_chat: np.ndarray, tar
 
 
 # ------------------------------------------------------------------------------ the larger frozen encoder
-LARGE_VERSION = "mpnet-crisis-mlp-v7"  # v7: the head on frozen all-mpnet-base-v2, gated by the MiniLM head v6
+LARGE_VERSION = "mpnet-crisis-mlp-v9"  # v7: the head on frozen all-mpnet-base-v2, gated by the MiniLM head; v9: v7 on v9's data
 #: own positives of these categories (and their multi-turn forms) must all pass the gate
 GATE_CATEGORIES = ("plan_means", "timing", "farewell", "ideation", "self_harm", "past_attempt")
 
@@ -653,10 +662,12 @@ def evaluate_detector(detector: CrisisDetector, examples: Sequence[Example]) -> 
     # neither the flag nor the check-in may have met the safety path at an earlier turn (the
     # conversation is then in the follow-up state when the last message comes)
     earlier = {}
+    counted = dict(detector.gate_stats)  # these look-backs are diagnostics: not counted as messages judged
     for i, (ex, r) in enumerate(rows):
         if ex.label == 1 and ex.context and not (r.crisis or r.concern):
             earlier[i] = next((j + 1 for j in range(len(ex.context))
                                if (lambda e: e.crisis or e.concern)(detector.detect(list(ex.context[: j + 1])))), None)
+    detector.gate_stats.update(counted)
     return {
         "auc": auc,
         "overall": rates(pred, labels) if len(rows) else {},
@@ -674,8 +685,9 @@ IMMINENT = ("plan_means", "timing", "farewell", "context:plan_means", "context:t
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--own", type=Path, nargs="+", default=[OWN_HELDOUT, OWN_HELDOUT_B, OWN_HELDOUT_C, OWN_HELDOUT_D, OWN_HELDOUT_E],
-                        help="own phrasings YAML file(s) (default: the five held-out sets)")
+    parser.add_argument("--own", type=Path, nargs="+", default=[OWN_HELDOUT_E],
+                        help="own phrasings YAML file(s) (default: the held-out set heldout_e.yml; the older "
+                             "held-out sets are training data since v9)")
     parser.add_argument("--chat", type=Path, nargs="*", default=[CHAT_DEV, CHAT_HELDOUT, CHAT_HELDOUT_E],
                         help="conversation-script files whose every user turn must stay unflagged (counts of flags and check-ins)")
     parser.add_argument("--crisis-encoder", default=None,
