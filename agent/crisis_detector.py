@@ -5,6 +5,15 @@ slot) and overrides the intent with ``crisis`` (confidence 1.0), so the rule
 ``crisis → utter_crisis_support, utter_crisis_resources`` fires whatever the classifier thought.
 Place it after the intent classifiers (and the FallbackClassifier). When the engine is down the
 ``crisis`` intent of the NLU data is the safety net.
+
+When the engine is up, it also keeps that safety net from answering good news with the crisis
+script: DIET, trained on a few dozen crisis phrasings, read "gonna try making sauce this weekend,
+wish me luck" and "Thinking of spending some of it on a trip to Lisbon" (a quit-smoking story) as
+``crisis`` at 0.99+. If the engine perceived the message, did not flag it, has no concern about it
+(``crisis_concern``) and hears a positive feeling, the NLU ``crisis`` intent yields to ``demote_to``
+(default ``share_feeling``: the listener, whose own safety policy still applies); what happened is
+in ``parse_data["crisis_override"]`` (``demoted``). A negative or concerning message keeps the NLU
+route: recall first.
 """
 
 from __future__ import annotations
@@ -24,10 +33,11 @@ CRISIS_INTENT = "crisis"
 class CrisisDetector(EnginePerceptionComponent):
     @staticmethod
     def get_default_config() -> Dict[Text, Any]:
-        return {**EnginePerceptionComponent.get_default_config(), "intent": CRISIS_INTENT}
+        return {**EnginePerceptionComponent.get_default_config(), "intent": CRISIS_INTENT, "demote_to": "share_feeling"}
 
     def annotate(self, message: Message, perceived: Dict[Text, Any]) -> None:
         if not perceived.get("crisis"):
+            self._demote_good_news(message, perceived)
             return
         score = float(perceived.get("crisis_score", 1.0))
         add_entity(message, "crisis", True, score, self.__class__.__name__)
@@ -37,3 +47,19 @@ class CrisisDetector(EnginePerceptionComponent):
         message.set(INTENT, intent, add_to_output=True)
         message.set(INTENT_RANKING_KEY, ranking, add_to_output=True)
         message.set("crisis_override", {"previous_intent": previous.get(INTENT_NAME_KEY), "reasons": perceived.get("crisis_reasons", [])}, add_to_output=True)
+
+    def _demote_good_news(self, message: Message, perceived: Dict[Text, Any]) -> None:
+        """The NLU ``crisis`` intent → ``demote_to`` when the engine heard good news without concern."""
+        previous = message.get(INTENT) or {}
+        target = self.config.get("demote_to")
+        if (not target or previous.get(INTENT_NAME_KEY) != self.config["intent"] or perceived.get("crisis_concern")
+                or perceived.get("polarity") != "positive"):
+            return
+        confidence = float(previous.get(PREDICTED_CONFIDENCE_KEY) or 0.0)
+        intent = {INTENT_NAME_KEY: target, PREDICTED_CONFIDENCE_KEY: confidence}
+        ranking = [intent] + [r for r in message.get(INTENT_RANKING_KEY, []) if r.get(INTENT_NAME_KEY) not in (target, previous.get(INTENT_NAME_KEY))]
+        message.set(INTENT, intent, add_to_output=True)
+        message.set(INTENT_RANKING_KEY, ranking, add_to_output=True)
+        message.set("crisis_override", {"demoted": previous.get(INTENT_NAME_KEY), "confidence": confidence,
+                                        "reason": "the engine heard a positive feeling and no crisis or concern"},
+                    add_to_output=True)

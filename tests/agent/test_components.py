@@ -73,6 +73,26 @@ def test_crisis_overrides_the_intent(graph_context, fake_engine):
     assert m.get("crisis_override")["previous_intent"] == "share_feeling"
 
 
+def test_the_nlu_crisis_intent_yields_to_the_listener_only_for_good_news_the_engine_does_not_worry_about(graph_context, fake_engine):
+    def judged(polarity, concern=False):
+        p = perception("excited" if polarity == "positive" else "sad")
+        p.update({"polarity": polarity, "crisis_concern": concern})
+        fake_engine.handler = lambda path, body: (200, p)
+        m = message("gonna try making sauce this weekend, wish me luck", intent="crisis")
+        build(CrisisDetector, graph_context, fake_engine.url).process([m], tracker_with_history())
+        return m
+
+    m = judged("positive")
+    assert m.get("intent")["name"] == "share_feeling" and m.get("intent_ranking")[0]["name"] == "share_feeling"
+    assert "crisis" not in [r["name"] for r in m.get("intent_ranking")]
+    assert m.get("crisis_override")["demoted"] == "crisis" and entity(m, "crisis") is None
+    for kept in (judged("negative"), judged("positive", concern=True)):  # recall first: the safety net stays
+        assert kept.get("intent")["name"] == "crisis" and kept.get("crisis_override") is None
+    m = message("i got the job!!", intent="share_feeling")  # other intents are never touched
+    build(CrisisDetector, graph_context, fake_engine.url).process([m], tracker_with_history())
+    assert m.get("intent")["name"] == "share_feeling" and m.get("crisis_override") is None
+
+
 def test_engine_down_degrades_gracefully(graph_context):
     m = message()
     c = build(EmotionPerceiver, graph_context, "http://127.0.0.1:9", timeout_s=0.5, retries=0)
