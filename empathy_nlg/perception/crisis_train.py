@@ -75,7 +75,7 @@ OWN_HELDOUT_C = DATA_DIR / "heldout_c.yml"
 #: since v9
 OWN_HELDOUT_D = DATA_DIR / "heldout_d.yml"
 #: a fifth held-out set, written on 2026-12-04 by a helper session that read no file of the project
-#: (weighted to imminent danger without keywords, 40 multi-turn items, milestone and everyday-plan
+#: (weighted to imminent danger without keywords, 38 multi-turn items, milestone and everyday-plan
 #: negatives), measured on the committed detector before anything was changed; never trained or tuned on
 OWN_HELDOUT_E = DATA_DIR / "heldout_e.yml"
 #: the four older held-out sets, retired into training with v9 (2026-12-04): each had had its misses
@@ -661,12 +661,15 @@ def evaluate_detector(detector: CrisisDetector, examples: Sequence[Example]) -> 
     # the engine judges every message when it arrives: a multi-turn item whose last message gets
     # neither the flag nor the check-in may have met the safety path at an earlier turn (the
     # conversation is then in the follow-up state when the last message comes)
+    def reaches_safety(texts: Sequence[str]) -> bool:
+        judged = detector.detect(list(texts))
+        return judged.crisis or judged.concern
+
     earlier = {}
     counted = dict(detector.gate_stats)  # these look-backs are diagnostics: not counted as messages judged
     for i, (ex, r) in enumerate(rows):
         if ex.label == 1 and ex.context and not (r.crisis or r.concern):
-            earlier[i] = next((j + 1 for j in range(len(ex.context))
-                               if (lambda e: e.crisis or e.concern)(detector.detect(list(ex.context[: j + 1])))), None)
+            earlier[i] = next((j + 1 for j in range(len(ex.context)) if reaches_safety(ex.context[: j + 1])), None)
     detector.gate_stats.update(counted)
     return {
         "auc": auc,
