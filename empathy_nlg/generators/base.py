@@ -90,6 +90,7 @@ GENERATORS: Registry[Type[Generator]] = Registry("generator", {
     "finetuned": "empathy_nlg.generators.finetuned:FinetunedGenerator",
     "imagine": "empathy_nlg.generators.imagine:ImagineGenerator",
     "nec": "empathy_nlg.generators.nec:NecGenerator",
+    "mime": "empathy_nlg.generators.mime:MimeGenerator",
 })
 
 

@@ -904,6 +904,10 @@ class TrainingRecipe:
     def prepare(self, model, train_feats: Sequence[Mapping[str, Any]], config: TrainSettings, **_: Any) -> None:
         """Anything computed from the training data before the first step (FACE weights, pools)."""
 
+    def validation_extra(self, model, valid_feats: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+        """Measures of the paper's own parts logged beside each validation perplexity (none by default)."""
+        return {}
+
 
 # ----------------------------------------------------------------------------------- persistence
 def load_base(backbone_path: Optional[str], device: Optional[str], dtype: str = "auto"):

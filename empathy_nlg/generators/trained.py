@@ -112,6 +112,12 @@ class TrainedGenerator(Generator):
         """How many beams each request returns (the reranker's candidates)."""
         return max(1, self.num_beams)
 
+    def rows_per_request(self) -> int:
+        """How many decoder rows :meth:`inputs` makes of each request (request-major; MIME: one
+        per response-emotion draw). Each row returns ``candidates_per_request() // rows`` beams,
+        so a request's candidates stay contiguous."""
+        return 1
+
     def inputs(self, requests: Sequence[GenerationRequest]) -> Inputs:
         """The paper's conditioning for a batch (called under ``torch.inference_mode``)."""
         raise NotImplementedError
@@ -132,6 +138,7 @@ class TrainedGenerator(Generator):
 
         results: List[GenerationResult] = []
         k = self.candidates_per_request()
+        per_row = max(1, k // self.rows_per_request())
         # every request steers its own rows of the batch (its user's words and news, its
         # conversation's earlier replies); sampling decodes one request at a time
         sampling = bool(self.decoding.get("do_sample"))
@@ -143,14 +150,14 @@ class TrainedGenerator(Generator):
                 inputs = self.inputs(chunk)
                 t_inputs = time.perf_counter()
                 torch.manual_seed(int(self.decoding.get("seed", 13)))
-                rows = [self.bias_of(r) for r in chunk]
+                rows = [bias for r in chunk for bias in [self.bias_of(r)] * self.rows_per_request()]
                 states: Optional[List[Any]] = [] if (self.needs_context_vectors and k > 1) else None
                 t_bias = time.perf_counter()
                 if sampling:
-                    ids, beam_scores = self.model.lm.generate(inputs.prefixes, inputs.prompts, self.decoding, num_return=k,
+                    ids, beam_scores = self.model.lm.generate(inputs.prefixes, inputs.prompts, self.decoding, num_return=per_row,
                                                               sequence_bias=rows[0], context_out=states)
                 else:
-                    ids, beam_scores = self.model.lm.generate(inputs.prefixes, inputs.prompts, self.decoding, num_return=k,
+                    ids, beam_scores = self.model.lm.generate(inputs.prefixes, inputs.prompts, self.decoding, num_return=per_row,
                                                               row_bias=rows, context_out=states)
                 t_decode = time.perf_counter()
                 if states:

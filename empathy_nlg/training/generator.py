@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 #: generator name → its training recipe (the ``RECIPE`` of the generator's module)
 RECIPES: Registry[Any] = Registry("training recipe", {name: f"empathy_nlg.generators.{name}:RECIPE"
-                                                      for name in ("finetuned", "imagine", "nec")})
+                                                      for name in ("finetuned", "imagine", "nec", "mime")})
 #: batches are formed within windows of this many batches, sorted by length (little padding), and
 #: the batches of an epoch are then shuffled
 BUCKET_WINDOW = 64
@@ -58,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start from another run's checkpoint folder (weights, optimiser, step) with this config's settings")
     parser.add_argument("--ablate", action="append", default=[], metavar="PART",
                         help="switch a part off (imagine: cause, cm, knowledge, face; nec: entity, social, "
-                        "neg_d, neg_y, neg_b, neg_h); repeatable; out_dir gets a -no-PART suffix")
+                        "neg_d, neg_y, neg_b, neg_h; mime: mimicry, stochastic, grouping); repeatable; "
+                        "out_dir gets a -no-PART suffix")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -303,7 +304,8 @@ def train(config: TrainSettings | Mapping[str, Any], *, resume: bool = False, pr
         if ppl is None:
             return
         improved = best["valid_ppl"] is None or ppl < best["valid_ppl"]
-        log_fh.write(json.dumps({"step": step, "valid_ppl": round(ppl, 4), "best": improved}) + "\n")
+        extra = recipe.validation_extra(model, valid_feats)
+        log_fh.write(json.dumps({"step": step, "valid_ppl": round(ppl, 4), "best": improved, **extra}) + "\n")
         log_fh.flush()
         if improved:
             best.update(valid_ppl=round(ppl, 4), step=step)

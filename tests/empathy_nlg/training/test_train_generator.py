@@ -281,3 +281,28 @@ def test_a_branch_run_with_an_ablation_switches_it_off_in_the_heads_too(tmp_path
     assert rows() == without + 1
     saved = json.loads((tmp_path / "branch" / "final" / "generator.json").read_text())
     assert saved["variant"] == "imagine-no-cm" and saved["settings"]["cm"] is False
+
+
+def test_mime_run_logs_its_elbo_and_emotion_accuracy_and_an_ablation_drops_the_kl(tmp_path, config, capsys):
+    cfg = config("mime", generator="mime", knowledge=None,
+                 settings={"max_prompt_tokens": 48, "heads_dim": 32, "latent_dim": 8, "encoder_ff": 64},
+                 optim={"max_steps": 2, "eval_every": 2})
+    cfg.pop("knowledge")
+    summary = T.train(cfg, progress=False)
+    assert summary["stopped"] == "done"
+    out = tmp_path / "mime"
+    log = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    assert {"gen", "emotion", "recon", "kl"} <= set(log[0])
+    evals = [r for r in log if "valid_ppl" in r]
+    assert evals and set(evals[0]["emotion_acc"]) == {"top1", "top2", "top5"}
+    feats = json.loads(next(out.glob("features-train-*.jsonl")).read_text().splitlines()[0])
+    assert len(feats["reply_emotion"]) == 32 and abs(sum(feats["reply_emotion"]) - 1) < 0.01
+    assert json.loads((out / "final" / "generator.json").read_text())["variant"] == "mime"
+
+    path = write_yaml(tmp_path / "mime.yml", {**cfg, "out_dir": str(tmp_path / "m2")})
+    parser = argparse.ArgumentParser()
+    T.add_arguments(parser)
+    assert T.run(parser.parse_args(["--generator", "mime", "--config", str(path), "--ablate", "stochastic", "--quiet"])) == 0
+    ablated = [json.loads(l) for l in (tmp_path / "m2-no-stochastic" / "log.jsonl").read_text().splitlines()]
+    assert "kl" not in ablated[0] and "recon" in ablated[0]
+    assert "mime: 2/2 steps" in capsys.readouterr().out
