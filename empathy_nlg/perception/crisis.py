@@ -121,8 +121,27 @@ CUES: Dict[str, str] = {
                  r"(?:dog|cat|pets?|guitar|records|things|stuff|belongings|possessions|savings)\s+(?:away|to)\b",
     "blade_ready": r"\b(?:blade|blades|razor)\b[^.!?]{0,30}?\b(?:ready|in\s+my\s+hand|out\s+again|next\s+to\s+me)\b",
     "tell_them": r"\btell\s+(?:my|them|her|him|everyone)\b[^.!?]{0,40}?\b(?:i'?m\s+sorry|i\s+loved|(?:wasn'?t|not)\s+(?:their|his|her|your)\s+fault)\b",
+    # v10 (2026-12-04): four warning-sign families of the clinical lists that the cues above left
+    # out, written from the categories (final acts, what holds a person here, affairs settled,
+    # a ligature prepared, withdrawing with a goodbye), not from any one held-out message
+    "final_act": r"\bone\s+(?:last|final)\s+time\b|\bfor\s+the\s+(?:very\s+)?(?:last|final)\s+time\b(?!\s*[,!:])|\bone\s+(?:last|final)\s+(?:walk|look|visit|call|hug|drive|swim|"
+                 r"goodbye|night)\b|\b(?:hear|see)\s+(?:his|her|their|your|my\s+\w+(?:'s)?)\s+(?:voice|face)\s+one\s+(?:more|last)\s+time\b",
+    "nothing_holding": r"\b(?:last|only)\s+(?:thing|one|person|reason)\s+(?:(?:that\s+)?(?:was\s+|is\s+)?keep(?:s|ing)?|"
+                       r"(?:that\s+)?(?:was\s+|is\s+)?hold(?:s|ing)?|that\s+kept|that\s+held)\s+me\s+(?:here|alive|around)\b|"
+                       r"\bnothing\s+(?:left\s+)?(?:keeping|holding)\s+me\s+(?:here|alive|back)\b|"
+                       r"\bnothing\s+left\s+(?:for\s+me\s+)?to\s+(?:live|stay)\s+for\b",
+    "affairs_settled": r"\bpaid\s+off\s+(?:all\s+(?:of\s+)?)?my\s+debts\b|\b(?:very\s+)?last\s+(?:bill|loose\s+end)\b|"
+                       r"\bcancel(?:l?ed|l?ing)\s+my\s+(?:phone|gym|contract|subscriptions?|lease|insurance)\b[^.!?]{0,40}?"
+                       r"\b(?:and|too|as\s+well)\b|\bwon'?t\s+be\s+needing\s+any\s+of\s+(?:it|this|them)\b|"
+                       r"\b(?:made|wrote|written|signed)\s+(?:a|my)\s+will\b",
+    "ligature": r"\b(?:noose|ligature)\b|\bknot\s+is\s+(?:tied|ready)\b|\bknot\b[^.!?]{0,40}?\bhang(?:s|ing)\b",
+    "withdrawal_goodbye": r"\b(?:deleted|deactivated|closed)\s+(?:all\s+(?:of\s+)?)?my\s+(?:socials|social\s+media|accounts|"
+                          r"instagram|facebook|snapchat)\b[^.!?]{0,60}?\b(?:bye|goodbye|farewell)\b|"
+                          r"\bsaid\s+(?:bye|goodbye)\s+to\s+(?:the\s+)?(?:group\s*chat|everyone|everybody|all\s+of\s+them)\b",
 }
 _CUES = {name: re.compile(p, re.IGNORECASE) for name, p in CUES.items()}
+#: the patterns and cues, named in the detector's version (v10: five more cue families)
+RULES_VERSION = "patterns-v10"
 #: classifier probability below which a cue alone asks nothing (``cue_gate`` in the head's config)
 CUE_GATE = 0.05
 
@@ -236,9 +255,9 @@ class CrisisDetector:
         if self.model is None:
             self.version = "patterns-only"
         elif self.large is not None:
-            self.version = f"patterns+{self.large_config.get('version', 'large')}"
+            self.version = f"{RULES_VERSION}+{self.large_config.get('version', 'large')}"
         else:
-            self.version = f"patterns+{self.config.get('version', 'no-classifier')}"
+            self.version = f"{RULES_VERSION}+{self.config.get('version', 'no-classifier')}"
         #: messages the gate let through to the larger encoder / kept from it (for bench and eval)
         self.gate_stats = {"large": 0, "gated_out": 0}
 

@@ -78,6 +78,11 @@ OWN_HELDOUT_D = DATA_DIR / "heldout_d.yml"
 #: (weighted to imminent danger without keywords, 38 multi-turn items, milestone and everyday-plan
 #: negatives), measured on the committed detector before anything was changed; never trained or tuned on
 OWN_HELDOUT_E = DATA_DIR / "heldout_e.yml"
+#: a sixth held-out set, written on 2026-12-04 (fourth session) by a helper session that read no file
+#: of the project, after heldout_e's misses had been read (so that anything written with those in
+#: mind is measured on phrasings it never saw); weighted to indirect farewells, affairs put in order
+#: and "one last" acts, with negatives that share their surface forms; never trained or tuned on
+OWN_HELDOUT_F = DATA_DIR / "heldout_f.yml"
 #: the four older held-out sets, retired into training with v9 (2026-12-04): each had had its misses
 #: read and rules or training files written with them in mind, so they no longer measured unseen
 #: phrasings; as training data they add 593 chat-register phrasings. heldout_e.yml is the held-out set.
@@ -225,6 +230,8 @@ CHAT_DEV = Path(__file__).resolve().parents[2] / "configs" / "conversations" / "
 CHAT_HELDOUT = CHAT_DEV.with_name("heldout.jsonl")
 #: 30 more held-out ordinary conversations, written with heldout_e.yml by the same helper
 CHAT_HELDOUT_E = CHAT_DEV.with_name("heldout_e.jsonl")
+#: 30 more, written with heldout_f.yml by the same helper (a third with words a crude filter misreads)
+CHAT_HELDOUT_F = CHAT_DEV.with_name("heldout_f.jsonl")
 
 
 def default_crisis_encoder() -> Optional[str]:
@@ -688,10 +695,10 @@ IMMINENT = ("plan_means", "timing", "farewell", "context:plan_means", "context:t
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--own", type=Path, nargs="+", default=[OWN_HELDOUT_E],
-                        help="own phrasings YAML file(s) (default: the held-out set heldout_e.yml; the older "
-                             "held-out sets are training data since v9)")
-    parser.add_argument("--chat", type=Path, nargs="*", default=[CHAT_DEV, CHAT_HELDOUT, CHAT_HELDOUT_E],
+    parser.add_argument("--own", type=Path, nargs="+", default=[OWN_HELDOUT_E, OWN_HELDOUT_F],
+                        help="own phrasings YAML file(s) (default: the held-out sets heldout_e.yml and heldout_f.yml; "
+                             "the older held-out sets are training data since v9)")
+    parser.add_argument("--chat", type=Path, nargs="*", default=[CHAT_DEV, CHAT_HELDOUT, CHAT_HELDOUT_E, CHAT_HELDOUT_F],
                         help="conversation-script files whose every user turn must stay unflagged (counts of flags and check-ins)")
     parser.add_argument("--crisis-encoder", default=None,
                         help="the crisis classifier's larger encoder (default: perception.crisis_encoder of the engine's "

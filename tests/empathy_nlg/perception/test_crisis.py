@@ -118,6 +118,12 @@ def test_means_in_hand_flag_without_a_classifier(text, name):
     ("I wrote letters for my kids, they're in the bedside drawer", "farewell_letters"),
     ("I'll finally do it after everyone is asleep", "do_it"),
     ("I've picked the date and I feel calm", "date_chosen"),
+    # v10's families (written from the categories, not from held-out messages)
+    ("drove past my old school one last time", "final_act"),
+    ("my cat was the only thing keeping me alive and she's gone", "nothing_holding"),
+    ("signed my will at the bank and cancelled my insurance and the lease too", "affairs_settled"),
+    ("the loop is ready and the knot is hanging off the bannister", "ligature"),
+    ("closed all my accounts and said goodbye to everyone", "withdrawal_goodbye"),
 ])
 def test_imminent_danger_cues_ask_without_flagging(text, cue):
     r = CrisisDetector().detect([text])  # patterns only: a cue is a check-in, never the resources
@@ -132,6 +138,11 @@ def test_imminent_danger_cues_ask_without_flagging(text, cue):
     "I'm on top of the world today",
     "we took the whole family to the beach",
     "I'm sitting on the balcony enjoying the rain",  # a cue, but a classifier that is not concerned asks nothing
+    "we finally tied the knot last weekend",
+    "for the last time, put the toilet seat down",
+    "the only thing keeping me going this week is coffee",
+    "deleted all my social media for a month, best decision",
+    "paid off my student loan today!!",
 ])
 def test_everyday_sentences_with_the_same_words_are_not_flagged(text):
     det = CrisisDetector((_Head(2), {"threshold": 0.9, "concern_threshold": 0.5, "cue_gate": 0.1}), _embed)

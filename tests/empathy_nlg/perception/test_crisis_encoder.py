@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from empathy_nlg.perception.common import build_mlp, save_head  # noqa: E402
-from empathy_nlg.perception.crisis import HEAD, CrisisDetector  # noqa: E402
+from empathy_nlg.perception.crisis import HEAD, RULES_VERSION, CrisisDetector  # noqa: E402
 from empathy_nlg.perception.crisis_encoder import ADAPTER_DIR, TunedEncoder  # noqa: E402
 from empathy_nlg.perception.encoder import SentenceEncoder  # noqa: E402
 
@@ -76,7 +76,7 @@ def test_detector_loads_a_tuned_head_with_its_own_encoder(tmp_path):
     save_head(head, {"in_dim": 3 * enc.dim, "out_dim": 1, "hidden": 8, "dropout": 0.0, "loss": "bce",
                      "threshold": 0.5, "encoder": "tuned", "version": "test-tuned"}, tmp_path, HEAD)
     det = CrisisDetector.load(tmp_path, embed=lambda texts: pytest.fail("the shared encoder must not be used"))
-    assert det.own_encoder and det.version == "patterns+test-tuned"
+    assert det.own_encoder and det.version == f"{RULES_VERSION}+test-tuned"
     p = det.probability(["hello", TEXTS[0]])
     # an embedding of the shared encoder passed in is of another space: ignored, same answer
     assert det.probability(["hello", TEXTS[0]], message_embedding=np.zeros(enc.dim)) == pytest.approx(p)

@@ -12,7 +12,7 @@ import pytest
 
 from empathy_nlg.perception import crisis_mpnet as M
 from empathy_nlg.perception.common import DEFAULT_ARTIFACTS_DIR
-from empathy_nlg.perception.crisis import HEAD, LARGE_HEAD, CrisisDetector
+from empathy_nlg.perception.crisis import HEAD, LARGE_HEAD, RULES_VERSION, CrisisDetector
 
 
 def _split_zip(tmp_path, files, n_parts=3, top="all-mpnet-base-v2"):
@@ -141,7 +141,7 @@ def _gated():
 
 def test_the_gate_decides_when_the_larger_encoder_runs():
     det, large = _gated()
-    assert det.version == "patterns+fake-large-v1" and det.threshold == 0.8
+    assert det.version == f"{RULES_VERSION}+fake-large-v1" and det.threshold == 0.8
     r = det.detect(["what a lovely walk in the park"])  # the MiniLM head is sure: the larger encoder never runs
     assert not r.crisis and not r.concern and large.seen == [] and r.score == 0.0
     r = det.detect(["I tied a rope to the beam"])  # MiniLM 0.3 ≥ gate 0.1: the larger encoder decides (0.9 ≥ 0.8)
@@ -216,7 +216,7 @@ def test_production_detector_uses_the_real_larger_encoder(production):
     import json
 
     cfg = json.loads((DEFAULT_ARTIFACTS_DIR / f"{LARGE_HEAD}.json").read_text())
-    assert production.large is not None and production.version == f"patterns+{cfg['version']}"
+    assert production.large is not None and production.version == f"{RULES_VERSION}+{cfg['version']}"
     assert not production.large.quantized  # int8 ruins these embeddings (crisis_mpnet module doc)
     assert production.large.path.name == cfg["encoder_name"] == M.ENCODER_NAME
     assert (production.threshold, production.concern_threshold, production.gate) == (

@@ -26,12 +26,12 @@ def test_threshold_for_fpr_reaches_the_fine_grid_near_one():
     assert CT.threshold_for_fpr(negatives, 0.01, floor=0.5) == 0.5
 
 
-def test_the_older_heldout_sets_are_training_data_and_heldout_e_is_not():
+def test_the_older_heldout_sets_are_training_data_and_heldout_e_f_are_not():
     assert set(CT.RETIRED_HELDOUT) <= set(CT.OWN_TRAIN_FILES) and CT.OWN_TRAIN_C in CT.OWN_TRAIN_FILES
-    assert CT.OWN_HELDOUT_E not in CT.OWN_TRAIN_FILES
+    assert CT.OWN_HELDOUT_E not in CT.OWN_TRAIN_FILES and CT.OWN_HELDOUT_F not in CT.OWN_TRAIN_FILES
 
 
-@pytest.mark.parametrize("heldout", ["OWN_HELDOUT_E"])
+@pytest.mark.parametrize("heldout", ["OWN_HELDOUT_E", "OWN_HELDOUT_F"])
 def test_own_phrasings_files_are_complete_and_disjoint(heldout):
     train = [e for f in CT.OWN_TRAIN_FILES for e in CT.read_own(f)]
     held = CT.read_own(getattr(CT, heldout))
