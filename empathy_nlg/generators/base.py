@@ -91,6 +91,7 @@ GENERATORS: Registry[Type[Generator]] = Registry("generator", {
     "imagine": "empathy_nlg.generators.imagine:ImagineGenerator",
     "nec": "empathy_nlg.generators.nec:NecGenerator",
     "mime": "empathy_nlg.generators.mime:MimeGenerator",
+    "cause_gated": "empathy_nlg.generators.cause_gated:CauseGatedGenerator",
 })
 
 

@@ -60,14 +60,18 @@ def prompt_messages(context: Sequence[Utterance], turns: int, extra_system: str 
     return messages
 
 
+def prompt_text(tokenizer, messages: List[Dict[str, str]]) -> str:
+    """The chat prompt as text (generation prompt appended), before tokenisation."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    # plain checkpoints (GPT-2, BART): "speaker: … listener:" lines
+    lines = [f"{'speaker' if m['role'] == 'user' else 'listener'}: {m['content']}" for m in messages[1:]]
+    return "\n".join(lines) + "\nlistener:"
+
+
 def encode_prompt(tokenizer, messages: List[Dict[str, str]], max_tokens: int) -> List[int]:
     """Token ids of the chat prompt (generation prompt appended); the oldest tokens are cut first."""
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    else:  # plain checkpoints (GPT-2, BART): "speaker: … listener:" lines
-        lines = [f"{'speaker' if m['role'] == 'user' else 'listener'}: {m['content']}" for m in messages[1:]]
-        text = "\n".join(lines) + "\nlistener:"
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(prompt_text(tokenizer, messages), add_special_tokens=False)["input_ids"]
     return ids[-max_tokens:]
 
 
@@ -190,6 +194,8 @@ class ConditionedBackbone:
         #: beams (False: ``transformers`` repeats the prompt ``num_beams`` times and runs every copy;
         #: kept as the benchmark's baseline and the tests' reference)
         self.shared_prefill = True
+        #: the decoder layers an ``attention_bias`` applies in (``None``: all); see :meth:`biased`
+        self.bias_layers: Optional[List[int]] = None
         self.tokenizer = tokenizer
         self.is_seq2seq = is_seq2seq
         self.device = device
@@ -320,6 +326,52 @@ class ConditionedBackbone:
         finally:
             handle.remove()
 
+    @contextlib.contextmanager
+    def biased(self, bias, starts: Sequence[int], lengths: Sequence[int], width: int):
+        """While active, an additive bias on the attention logits of the decoder layers
+        :attr:`bias_layers` (``None``: all) — how a paper steers what the reply attends to in the
+        conditioning (Gao et al.'s gated attention, ``cause_gated``).
+
+        ``bias`` holds one 1-D tensor per example over its ``[prefix ; prompt]`` positions
+        (``lengths[i]`` of them; 0 leaves a position alone, ``-inf`` blocks it); ``starts`` and
+        ``width`` place them in the padded frame of the pass (:meth:`_inputs`). It applies to the
+        queries that predict reply tokens — the last prompt position and every reply position —
+        over those keys, never to the prompt's queries: the prompt's own states (the key/value
+        cache of :meth:`_prefill`) are those of the unbiased backbone, and every decoding step of
+        every beam attends to the cached prompt keys through the bias. Keys past the prompt (the
+        reply so far) get none. The decoder layers must take an ``attention_mask`` keyword and
+        the kernel must add a float mask (``eager``, ``sdpa``). ``None``: nothing changes."""
+        if bias is None:
+            yield
+            return
+        import torch
+
+        if self.is_seq2seq:
+            raise ValueError("an attention bias needs a decoder-only backbone, not a seq2seq one")
+        kernel = str(getattr(self._decoder_body().config, "_attn_implementation", None) or "eager")
+        if kernel not in ("eager", "sdpa"):
+            raise ValueError(f"an attention bias needs the eager or sdpa attention kernel, not {kernel!r}")
+        if len(bias) != len(starts):
+            raise ValueError(f"attention bias: {len(bias)} rows for {len(starts)} examples")
+        frame = torch.zeros(len(bias), width, dtype=torch.float32, device=self.device)
+        first = []
+        for i, (row, s, n) in enumerate(zip(bias, starts, lengths)):
+            if row.dim() != 1 or row.shape[0] != n:
+                raise ValueError(f"attention bias of example {i}: {tuple(row.shape)} for {n} prefix + prompt positions")
+            frame[i, s : s + n] = row.to(device=self.device, dtype=torch.float32)
+            first.append(s + n - 1)  # the position that predicts the first reply token
+        first_t = torch.tensor(first, dtype=torch.long, device=self.device)
+        layers = self.decoder_layers()
+        chosen = range(len(layers)) if self.bias_layers is None else self.bias_layers
+        handles = [layers[i].register_forward_pre_hook(
+            _attention_bias_hook(frame, first_t, getattr(getattr(layers[i], "self_attn", None), "layer_idx", i)),
+            with_kwargs=True) for i in chosen]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
     def stream_rms(self, layer: Optional[int]) -> float:
         """The RMS of the residual stream at the input of decoder ``layer`` over a short fixed text
         (``None``: the input embeddings' RMS) — the scale a prefix entering there starts at."""
@@ -334,20 +386,24 @@ class ConditionedBackbone:
             states = self._decoder_body()(inputs_embeds=self.embed(batch), output_hidden_states=True).hidden_states
         return float(states[layer][0, 1:].float().pow(2).mean().sqrt())  # without the first position's outlier
 
-    def forward(self, prefixes, prompts: Sequence[List[int]], replies: Sequence[List[int]], hidden: bool = False):
+    def forward(self, prefixes, prompts: Sequence[List[int]], replies: Sequence[List[int]], hidden: bool = False,
+                attention_bias=None):
         """Logits for every reply token (teacher forcing).
 
         Returns ``(logits [B, R, V], targets [B, R] with -100 padding, info)``; ``info`` has the
         last-layer hidden states of the prompt and reply positions when ``hidden``.
+        ``attention_bias``: see :meth:`biased` (``None``: none).
         """
         import torch
 
         pieces = self._rows(prefixes, prompts, replies)
-        embeds, mask, _, inject = self._inputs(pieces, left=False)
+        embeds, mask, starts, inject = self._inputs(pieces, left=False)
         r_max = max(len(r) for r in replies)
         targets = torch.full((len(replies), r_max), -100, dtype=torch.long, device=self.device)
         info: Dict[str, Any] = {}
         if self.is_seq2seq:
+            if attention_bias is not None:
+                raise ValueError("an attention bias needs a decoder-only backbone, not a seq2seq one")
             dec = torch.full((len(replies), r_max), self.tokenizer.pad_token_id, dtype=torch.long, device=self.device)
             dec_mask = torch.zeros_like(dec)
             for i, r in enumerate(replies):
@@ -361,7 +417,8 @@ class ConditionedBackbone:
                 info["context_hidden"], info["context_mask"] = out.encoder_last_hidden_state, mask
                 info["reply_hidden"], info["reply_mask"] = out.decoder_hidden_states[-1], dec_mask
             return logits, targets, info
-        with self._autocast(), self.injected(inject):
+        with self._autocast(), self.injected(inject), \
+                self.biased(attention_bias, starts, self._conditioning_lengths(prefixes, prompts), embeds.shape[1]):
             last = self._body(embeds, mask)
             # the LM head (vocabulary × hidden, the largest single matmul of a small model) runs only
             # on the positions that predict a reply token, not on the prompt
@@ -404,6 +461,11 @@ class ConditionedBackbone:
         the LM head."""
         return self._decoder_body()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
 
+    @staticmethod
+    def _conditioning_lengths(prefixes, prompts: Sequence[List[int]]) -> List[int]:
+        """Per example: its number of ``[prefix ; prompt]`` positions."""
+        return [(prefixes[i].shape[0] if prefixes is not None else 0) + len(p) for i, p in enumerate(prompts)]
+
     def _decoder_body(self):
         """The decoder stack of a decoder-only backbone (under the PEFT wrapper), without the LM head."""
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
@@ -411,7 +473,7 @@ class ConditionedBackbone:
 
     def generate(self, prefixes, prompts: Sequence[List[int]], decoding: Mapping[str, Any], num_return: int = 1,
                  sequence_bias: Optional[List[List[Any]]] = None, context_out: Optional[List[Any]] = None,
-                 row_bias: Optional[Sequence[List[List[Any]]]] = None):
+                 row_bias: Optional[Sequence[List[List[Any]]]] = None, attention_bias=None):
         """Generated token ids (decoder-only models return only the new tokens when fed
         ``inputs_embeds``; BART's start tokens are special and vanish in :meth:`decode`) and,
         with several returns, the beam scores (length-normalised log-probabilities).
@@ -434,13 +496,16 @@ class ConditionedBackbone:
 
         The prompt runs once per example (:meth:`_prefill`), not once per beam: same tokens and
         scores as ``transformers.generate`` alone (``shared_prefill = False``), ×1.6 faster for
-        NEC's 4 beams here (``bench-generate --speedups``)."""
+        NEC's 4 beams here (``bench-generate --speedups``).
+
+        ``attention_bias`` (one row per example, see :meth:`biased`): applied from the last prompt
+        position on, at every decoding step of every beam, over the (cached) prompt keys."""
         import torch
 
         from empathy_nlg.decoding.generation import generate_kwargs
 
         pieces = self._rows(prefixes, prompts, None)
-        embeds, mask, _, inject = self._inputs(pieces, left=not self.is_seq2seq)
+        embeds, mask, starts, inject = self._inputs(pieces, left=not self.is_seq2seq)
         d = generate_kwargs(decoding)  # the project's one set of decoding defaults
         kwargs: Dict[str, Any] = dict(
             max_new_tokens=int(d["max_new_tokens"]),
@@ -467,7 +532,8 @@ class ConditionedBackbone:
         if num_return > 1:
             kwargs.update(output_scores=True, return_dict_in_generate=True)
         head = None
-        with torch.inference_mode(), warnings.catch_warnings():
+        lengths = self._conditioning_lengths(prefixes, prompts)
+        with torch.inference_mode(), warnings.catch_warnings(), self.biased(attention_bias, starts, lengths, embeds.shape[1]):
             if self.shared_prefill and not self.is_seq2seq and embeds.shape[1] > 1:
                 kwargs["past_key_values"], head = self._prefill(
                     embeds, mask, inject, max(kwargs["num_beams"], num_return))
@@ -528,9 +594,10 @@ class ConditionedBackbone:
             handle.remove()
             context_out.extend(taken)
 
-    def reply_nll(self, prefixes, prompts: Sequence[List[int]], replies: Sequence[List[int]]) -> Tuple[float, int]:
+    def reply_nll(self, prefixes, prompts: Sequence[List[int]], replies: Sequence[List[int]],
+                  attention_bias=None) -> Tuple[float, int]:
         """Summed NLL and token count of ``replies`` given ``[prefix ; prompt]`` (teacher forcing)."""
-        logits, targets, _ = self.forward(prefixes, prompts, replies)
+        logits, targets, _ = self.forward(prefixes, prompts, replies, attention_bias=attention_bias)
         return summed_nll(logits, targets)
 
     def context_vectors(self, prefixes, prompts: Sequence[List[int]]):
@@ -566,6 +633,52 @@ class ConditionedBackbone:
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _attention_bias_hook(frame, first, layer_idx: int):
+    """A forward pre-hook of decoder layer ``layer_idx`` adding ``frame`` ([examples, width]: the
+    bias over the key positions of the pass's padded frame) to the attention mask of the queries at
+    or after ``first`` ([examples]: each example's last prompt position); see
+    :meth:`ConditionedBackbone.biased`. Beams (or samples) repeat each example; keys beyond
+    ``width`` (the reply so far) get no bias. A mask the backbone left out (sdpa's causal fast path)
+    or gave as booleans is rebuilt as floats first; the result is floored at the dtype's minimum so
+    that a blocked key is exactly 0 after the softmax, never NaN."""
+
+    def hook(_module, args, kwargs):
+        import torch
+
+        if "attention_mask" not in kwargs:
+            raise ValueError("an attention bias needs decoder layers that take an attention_mask keyword")
+        h = args[0] if args else kwargs["hidden_states"]
+        b, q = int(h.shape[0]), int(h.shape[1])
+        mask = kwargs["attention_mask"]
+        cache = kwargs.get("past_key_values")
+        past = int(cache.get_seq_length(layer_idx)) if cache is not None else 0
+        k = int(mask.shape[-1]) if mask is not None else past + q
+        offset = k - q  # the absolute position of the pass's first query
+        rep = max(1, b // frame.shape[0])
+        rows_first = first.repeat_interleave(rep) if rep > 1 else first
+        if offset + q - 1 < int(rows_first.min()):
+            return None  # no query of this pass predicts a reply token (the shared prefill)
+        device = h.device
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else h.dtype
+        low = torch.finfo(dtype).min
+        qpos = offset + torch.arange(q, device=device)
+        if mask is None:
+            causal = torch.arange(k, device=device)[None, :] <= qpos[:, None]
+            base = torch.zeros(q, k, dtype=dtype, device=device).masked_fill(~causal, low)[None, None]
+        elif mask.dtype == torch.bool:
+            base = torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill(~mask, low)
+        else:
+            base = mask.to(dtype)
+        base = base.expand(b, base.shape[1], q, k)
+        cols = frame.repeat_interleave(rep, dim=0) if rep > 1 else frame
+        cols = cols[:, :k] if cols.shape[1] >= k else torch.nn.functional.pad(cols, (0, k - cols.shape[1]))
+        rows = (qpos[None, :] >= rows_first[:, None])[:, None, :, None]  # [b, 1, q, 1]
+        add = torch.where(rows, cols[:, None, None, :].to(device=device, dtype=dtype), torch.zeros((), dtype=dtype, device=device))
+        return args, {**kwargs, "attention_mask": (base + add).clamp(min=low)}
+
+    return hook
 
 
 def cpu_has_native_bf16() -> bool:

@@ -47,6 +47,10 @@ class Inputs:
     #: the mean last-layer hidden state of each ``[prefix ; prompt]`` ([B, d]), filled in by the
     #: shared loop from the decoding pass when :attr:`TrainedGenerator.needs_context_vectors`
     context_vectors: Any = None
+    #: an additive attention bias per request row over its ``[prefix ; prompt]`` positions, applied
+    #: to the reply's queries (``ConditionedBackbone.biased``; ``None``: none — every paper but
+    #: ``cause_gated``)
+    attention_bias: Any = None
 
 
 @dataclass
@@ -152,13 +156,14 @@ class TrainedGenerator(Generator):
                 torch.manual_seed(int(self.decoding.get("seed", 13)))
                 rows = [bias for r in chunk for bias in [self.bias_of(r)] * self.rows_per_request()]
                 states: Optional[List[Any]] = [] if (self.needs_context_vectors and k > 1) else None
+                gated = {} if inputs.attention_bias is None else {"attention_bias": inputs.attention_bias}
                 t_bias = time.perf_counter()
                 if sampling:
                     ids, beam_scores = self.model.lm.generate(inputs.prefixes, inputs.prompts, self.decoding, num_return=per_row,
-                                                              sequence_bias=rows[0], context_out=states)
+                                                              sequence_bias=rows[0], context_out=states, **gated)
                 else:
                     ids, beam_scores = self.model.lm.generate(inputs.prefixes, inputs.prompts, self.decoding, num_return=per_row,
-                                                              row_bias=rows, context_out=states)
+                                                              row_bias=rows, context_out=states, **gated)
                 t_decode = time.perf_counter()
                 if states:
                     inputs.context_vectors = states[0]
@@ -208,5 +213,6 @@ class TrainedGenerator(Generator):
             inputs = self.inputs(requests)
             tok = self.model.lm.tokenizer
             replies = [C.encode_reply(tok, ref, 10_000, self.model.lm.is_seq2seq) for ref in references]
-            nll, tokens = self.model.lm.reply_nll(inputs.prefixes, inputs.prompts, replies)
+            gated = {} if inputs.attention_bias is None else {"attention_bias": inputs.attention_bias}
+            nll, tokens = self.model.lm.reply_nll(inputs.prefixes, inputs.prompts, replies, **gated)
         return {"nll": nll, "tokens": tokens, "tokenizer": f"{self.model.backbone_name} (BPE)"}

@@ -71,8 +71,9 @@ def test_the_typed_train_settings_mirror_the_schema():
     assert set(schema["properties"]["optim"]["properties"]) == set(TrainOptim.model_fields)
     configs = sorted((PACKAGE_DIR.parent / "configs" / "train").glob("*.yml"))
     assert len(configs) >= 4
-    for path in configs:  # every committed config loads for the generator it names
-        assert TrainSettings.load(path, path.stem.split("_")[0]).generator == path.stem.split("_")[0]
+    for path in configs:  # every committed config loads for the generator it names (cause_gated_hard: cause_gated)
+        name = max((n for n in T.RECIPES.names() if path.stem == n or path.stem.startswith(n + "_")), key=len)
+        assert TrainSettings.load(path, name).generator == name
     nec = TrainSettings.load(PACKAGE_DIR.parent / "configs" / "train" / "nec_ed.yml", "nec")
     assert nec.optim.batch_size == 16 and nec.settings["prefix_top_layers"] == 8 and nec.causes == "speaker"
     longer = nec.updated(optim={"max_steps": 400}, settings={"neg_h": False})
@@ -306,3 +307,31 @@ def test_mime_run_logs_its_elbo_and_emotion_accuracy_and_an_ablation_drops_the_k
     ablated = [json.loads(l) for l in (tmp_path / "m2-no-stochastic" / "log.jsonl").read_text().splitlines()]
     assert "kl" not in ablated[0] and "recon" in ablated[0]
     assert "mime: 2/2 steps" in capsys.readouterr().out
+
+
+def test_cause_gated_run_logs_its_reasoner_and_an_ablation_drops_the_cause_task(tmp_path, config, capsys):
+    cfg = config("cause_gated", generator="cause_gated", knowledge=None,
+                 settings={"max_prompt_tokens": 48, "reasoner_dim": 16, "max_reasoner_tokens": 32, "gating": "hard"},
+                 optim={"max_steps": 2, "eval_every": 2})
+    cfg.pop("knowledge")
+    summary = T.train(cfg, progress=False)
+    assert summary["stopped"] == "done"
+    out = tmp_path / "cause_gated"
+    log = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    assert {"gen", "emotion", "cause"} <= set(log[0])
+    evals = [r for r in log if "valid_ppl" in r]
+    assert evals and set(evals[0]["emotion_acc"]) == {"top1", "top2", "top5"} and "cause_f1" in evals[0]
+    feats = [json.loads(l) for l in next(out.glob("features-train-*.jsonl")).read_text().splitlines()]
+    words = [w for f in feats for w in f["cause_words"]]
+    assert words and all(len(w) == 5 and 0.0 <= w[3] <= 1.0 for w in words)
+    assert all(w[0] in f["cause_indices"] for f in feats for w in f["cause_words"])
+    assert json.loads((out / "final" / "generator.json").read_text())["variant"] == "cause_gated-hard"
+
+    path = write_yaml(tmp_path / "cause_gated.yml", {**cfg, "out_dir": str(tmp_path / "c2")})
+    parser = argparse.ArgumentParser()
+    T.add_arguments(parser)
+    assert T.run(parser.parse_args(["--generator", "cause_gated", "--config", str(path), "--ablate", "gate", "--quiet"])) == 0
+    ablated = [json.loads(l) for l in (tmp_path / "c2-no-gate" / "log.jsonl").read_text().splitlines()]
+    assert "cause" not in ablated[0] and "emotion" in ablated[0]
+    assert json.loads((tmp_path / "c2-no-gate" / "final" / "generator.json").read_text())["variant"] == "cause_gated-no-gate"
+    assert "cause_gated: 2/2 steps" in capsys.readouterr().out
