@@ -67,6 +67,22 @@ class EngineClient:
             self._down_until = time.monotonic() + self.cooldown_s
         raise EngineUnavailable(f"engine at {self.url} did not answer {path}: {last_error}")
 
+    def delete(self, path: str) -> Dict[str, Any]:
+        """``DELETE path``: one try (a deletion is asked for by a person, who gets an answer at once)."""
+        try:
+            resp = self._session.delete(self.url + path, headers=self._headers(), timeout=self.timeout_s)
+        except requests.RequestException as exc:
+            raise EngineUnavailable(f"engine at {self.url} did not answer DELETE {path}: {type(exc).__name__}: {exc}") from None
+        if resp.status_code != 200:
+            raise EngineUnavailable(f"engine refused DELETE {path}: HTTP {resp.status_code}: {resp.text[:300]}")
+        return resp.json()
+
+    def forget_persona(self, sender_id: str) -> int:
+        """Forget the persona facts the engine remembers for ``sender_id``; returns how many it deleted."""
+        from urllib.parse import quote
+
+        return int(self.delete(f"/users/{quote(sender_id, safe='')}/persona").get("deleted", 0))
+
     def perceive(
         self,
         text: str,

@@ -27,12 +27,17 @@ from empathy_nlg.decoding.conversation import Candidate, ConversationReranker, R
 from empathy_nlg.domain import DomainResponses, UnknownResponseError
 from empathy_nlg.generators.base import GenerationRequest, Generator, create_generator
 from empathy_nlg.perception.types import Perception
+from empathy_nlg.persona import MAX_FACT_CHARS, PersonaExtractor, clean_text, extract_safely, fact_key, persona_text
 from empathy_nlg.safety import CRISIS_RESPONSES, SCRIPTED_RESPONSES, SafetyDecision, SafetyPolicy
-from empathy_nlg.state.repository import ReplyRecord, StateRepository, TurnRecord, positive_shares
+from empathy_nlg.state.repository import PersonaRecord, ReplyRecord, StateRepository, TurnRecord, positive_shares
 
 log = logging.getLogger(__name__)
 
 CRISIS_PREFIX = "utter_crisis_"
+#: the Rasa intent that asks to forget the persona (actions/persona.py): nothing is learnt from it
+FORGET_PERSONA_INTENT = "forget_persona"
+#: what a fact from the client's ``persona`` slot (session metadata) records as its source
+PERSONA_SLOT_SOURCE = "(persona given by the client at session start)"
 
 
 class EngineNotReady(RuntimeError):
@@ -72,6 +77,7 @@ class EmpathyEngine:
         domain: DomainResponses,
         reranker: Optional[ConversationReranker] = None,
         exemplars: Any = None,
+        persona_extractor: Optional[PersonaExtractor | bool] = None,
     ) -> None:
         self.settings = settings
         self.perceiver = perceiver
@@ -86,6 +92,11 @@ class EmpathyEngine:
         self.story_polarity = float(conversation.get("story_polarity", 0.0))
         self.reranker = reranker
         self.exemplars = exemplars if self.exemplar_settings["enabled"] else None
+        self.persona_settings = {"enabled": True, "max_facts": 5, "max_chars": MAX_FACT_CHARS, **dict(settings.get("persona") or {})}
+        # spaCy loads on the first message (or at load, see :meth:`load`); None: no persona memory
+        # (``False``: asked for none — the pipeline did not load — the stored facts are still used)
+        self.persona_extractor = ((persona_extractor if persona_extractor is not None else PersonaExtractor()) or None
+                                  if self.persona_settings["enabled"] else None)
         # Two locks, not one: perception (Rasa's NLU calls /perceive synchronously, so a wait here
         # stalls every conversation in Rasa) never waits for a decoding, and concurrent requests
         # reach the batcher while it decodes and are decoded together (each with its own
@@ -129,10 +140,19 @@ class EmpathyEngine:
         gen_config = dict(settings["generation"].get("generators", {}).get(name, {}))
         generator = create_generator(name, gen_config)
         reranker, exemplars = build_conversation_decoding(settings, perceiver, p.get("artifacts"))
+        extractor = None
+        if (settings.get("persona") or {}).get("enabled", True):
+            extractor = PersonaExtractor()
+            try:
+                extractor.nlp  # at load, not on the first user's turn
+            except Exception:  # noqa: BLE001 - persona memory is optional; turns go on without it
+                log.exception("the persona extractor's spaCy pipeline did not load: no new persona facts are learnt "
+                              "(the stored ones still reach the generator)")
+                extractor = False
         log.info("engine loaded in %.1f s (generator %s %s; reranker %s; exemplars %s)", time.perf_counter() - start, name,
                  generator.version, "on" if reranker else "off", exemplars.version if exemplars else "none")
         return cls(settings, perceiver=perceiver, generator=generator, repository=repository, domain=domain,
-                   reranker=reranker, exemplars=exemplars)
+                   reranker=reranker, exemplars=exemplars, persona_extractor=extractor)
 
     def describe(self) -> Dict[str, Any]:
         return {
@@ -143,6 +163,7 @@ class EmpathyEngine:
             "perception": dict(getattr(self.perceiver, "versions", {})),
             "generated_responses": sorted(self.generated_responses),
             "batching": self.batcher.describe(),
+            "persona": {k: self.persona_settings[k] for k in ("enabled", "max_facts")},
         }
 
     def warm_up(self) -> float:
@@ -181,7 +202,9 @@ class EmpathyEngine:
         if sender_id is not None:
             # ``turn_index`` counts the user's earlier messages: this one is number turn_index + 1
             key = turn_key(message_id, (turn_index or 0) + 1, text)
-            self.repository.record_turn(TurnRecord(sender_id=sender_id, message_id=key, user_text=text, perception=perception))
+            facts = [] if perception.crisis else self._new_facts(sender_id, key, text)
+            self.repository.record_turn(TurnRecord(sender_id=sender_id, message_id=key, user_text=text, perception=perception),
+                                        facts)
         return perception, (time.perf_counter() - start) * 1000
 
     # -- NLG --------------------------------------------------------------------------------
@@ -230,6 +253,15 @@ class EmpathyEngine:
             if marked and perception is not None and not perception.crisis:
                 perception.crisis = True
                 perception.crisis_reasons = sorted(set(perception.crisis_reasons) | {marked})
+        # Persona memory: what this message says about the user, never from a crisis turn or its
+        # scripted follow-ups, nor from the request to forget it; written with the turn (one write)
+        facts: List[PersonaRecord] = []
+        if turn is not None and not (perception is not None and perception.crisis) and not decision.responses:
+            intent = view.last_parse_data.get("intent")
+            if not (isinstance(intent, Mapping) and intent.get("name") == FORGET_PERSONA_INTENT):
+                facts = self._slot_facts(sender_id, view.message_key, slots)
+                with clock("persona"):
+                    facts += self._new_facts(sender_id, view.message_key, view.last_user_text or "")
         if decision.responses:
             # Safety: around a crisis the reply is scripted, never generated, whatever Rasa asked for.
             message = self.safety.render(decision, slots, channel, [r["text"] for r in stored_replies])
@@ -239,7 +271,7 @@ class EmpathyEngine:
             details = {"safety": {"state": decision.state, "reason": decision.reason, "responses": decision.responses}}
         elif generate:
             message, generator_name, version, knowledge, details = self._generate(
-                response_name, view, perception, sender_id, turn_index, slots, channel, stored_replies, clock)
+                response_name, view, perception, sender_id, turn_index, slots, channel, stored_replies, clock, facts)
         else:
             message = self.domain.render(response_name, slots, channel)
             generator_name, version = "template", "domain"
@@ -257,6 +289,8 @@ class EmpathyEngine:
                     latency_ms=latency_ms,
                     knowledge=knowledge,
                 ),
+                facts,
+                unlearn=bool(perception is not None and perception.crisis),
             )
         clock.add("sql", (time.perf_counter() - write_start) * 1000)
         message["custom"] = {
@@ -323,21 +357,45 @@ class EmpathyEngine:
                     seen.setdefault(part.strip(), None)
         return list(seen)[-limit:]
 
-    def _persona(self, sender_id: str, slots: Mapping[str, Any]) -> Optional[str]:
-        """What the user told about themselves: the ``persona`` slot (filled at session start from the
-        client's metadata, actions/session.py), remembered in SQL so that it outlives the Rasa
-        session; else what SQL remembers."""
+    def _new_facts(self, sender_id: str, message_id: Optional[str], text: str) -> List[PersonaRecord]:
+        """The persona facts of one user message (``[]`` when persona memory is off or the extractor
+        fails: logged, the turn goes on)."""
+        if self.persona_extractor is None:
+            return []
+        return [PersonaRecord(sender_id, f.text, f.source, message_id) for f in extract_safely(self.persona_extractor, text)]
+
+    def _slot_facts(self, sender_id: str, message_id: Optional[str], slots: Mapping[str, Any]) -> List[PersonaRecord]:
+        """The client-provided persona (the ``persona`` slot, filled at session start from the client's
+        metadata, actions/session.py) is remembered as a fact of its own."""
         slot = slots.get("persona")
-        stored = self.repository.persona(sender_id)
-        if isinstance(slot, str) and slot.strip():
-            value = " ".join(slot.split())[:500]
-            if value != stored:
-                self.repository.set_persona(sender_id, value)
-            return value
-        return stored
+        if not self.persona_settings["enabled"] or not isinstance(slot, str) or not slot.strip():
+            return []
+        return [PersonaRecord(sender_id, clean_text(slot, MAX_FACT_CHARS), PERSONA_SLOT_SOURCE, None)]
+
+    def _persona(self, sender_id: str, slots: Mapping[str, Any], new_facts: Sequence[PersonaRecord] = ()) -> Optional[str]:
+        """What the user told about themselves: the facts remembered in SQL (they outlive Rasa's
+        sessions) and this turn's (stored with the turn), newest last, at most ``persona.max_facts``;
+        a persona kept by an older version (the conversation's ``persona`` column) counts as the
+        oldest fact. ``None`` when there is none or persona memory is off."""
+        if not self.persona_settings["enabled"]:
+            return None
+        max_facts = int(self.persona_settings["max_facts"])
+        if max_facts <= 0:
+            return None
+        texts: Dict[str, str] = {}
+        legacy = self.repository.persona(sender_id)
+        if legacy:
+            texts[fact_key(legacy)] = legacy
+        for row in self.repository.persona_facts(sender_id, limit=max_facts):
+            texts.setdefault(fact_key(row["fact"]), row["fact"])
+        for fact in list(new_facts) or self._slot_facts(sender_id, None, slots):
+            key = fact_key(fact.fact)
+            texts.pop(key, None)  # said again: it is the newest
+            texts[key] = fact.fact
+        return persona_text(list(texts.values()), max_facts, int(self.persona_settings["max_chars"]))
 
     def _generate(self, response_name, view, perception, sender_id, turn_index, slots, channel, stored_replies=(),
-                  clock: Optional[StageClock] = None):
+                  clock: Optional[StageClock] = None, new_facts: Sequence[PersonaRecord] = ()):
         clock = clock or StageClock()
         with clock("sql"):
             history = self.repository.emotion_history(sender_id, before_turn=turn_index, limit=5)
@@ -353,7 +411,7 @@ class EmpathyEngine:
             context=list(view.turns),
             perception=heard,
             emotion_trajectory=trajectory,
-            persona=self._persona(sender_id, slots),
+            persona=self._persona(sender_id, slots, new_facts),
             earlier_replies=earlier,
         )
         with clock("generator"):  # waiting for the batcher's turn included

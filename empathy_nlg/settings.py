@@ -189,6 +189,12 @@ class SafetySettings(_Section):
     responses: Optional[str] = None
 
 
+class PersonaSettings(_Section):
+    enabled: bool = True
+    max_facts: int = 5
+    max_chars: int = 500
+
+
 class ExemplarSettings(_Section):
     enabled: bool = True
     k: int = 3
@@ -228,6 +234,7 @@ class EngineSettings(_Section):
     state: StateSettings
     perception: PerceptionSettings
     safety: SafetySettings = Field(default_factory=SafetySettings)
+    persona: PersonaSettings = Field(default_factory=PersonaSettings)
     domain: str
     generation: GenerationSettings
 

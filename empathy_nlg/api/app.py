@@ -5,6 +5,8 @@
 * ``GET /health`` — 200 ``ok`` only once every model is loaded (503 ``loading`` before), with
   the ``/nlg`` queue (``in_flight``, ``limit``, ``refused``).
 * ``GET /conversations/{sender_id}`` — the stored empathy state of a conversation.
+* ``GET /users/{sender_id}/persona`` — the persona facts remembered for a user (sender);
+  ``DELETE`` forgets them (and nothing else: turns, replies and crisis state stay).
 
 Models load in a background thread at start, so ``/health`` answers at once. An optional bearer
 token guards every route but ``/health`` (``Authorization: Bearer …`` or Rasa's ``?token=…``).
@@ -40,6 +42,8 @@ from empathy_nlg.api.schemas import (
     NLGResponse,
     PerceiveRequest,
     PerceiveResponse,
+    PersonaForgetResponse,
+    PersonaResponse,
 )
 from empathy_nlg.domain import UnknownResponseError
 from empathy_nlg.engine import EmpathyEngine
@@ -226,5 +230,25 @@ def create_app(settings: Mapping[str, Any], loader: Optional[Callable[[], Empath
         if state is None:
             raise HTTPException(status_code=404, detail=f"no conversation {sender_id!r}")
         return state
+
+    def check_sender(sender_id: str) -> str:
+        if not sender_id.strip() or len(sender_id) > 255:
+            raise HTTPException(status_code=422, detail="invalid request: sender_id must be 1-255 characters, not blank")
+        return sender_id
+
+    @app.get("/users/{sender_id}/persona", response_model=PersonaResponse, dependencies=[Depends(authorise)])
+    async def persona(sender_id: str):
+        """What the assistant remembers the user said about themselves (empty list: nothing)."""
+        engine = holder.require()
+        facts = await run_in_threadpool(engine.repository.persona_facts, check_sender(sender_id))
+        return {"sender_id": sender_id, "facts": facts}
+
+    @app.delete("/users/{sender_id}/persona", response_model=PersonaForgetResponse, dependencies=[Depends(authorise)])
+    async def forget_persona(sender_id: str):
+        """Forget the user's persona facts; idempotent (a second call deletes 0)."""
+        engine = holder.require()
+        deleted = await run_in_threadpool(engine.repository.forget_persona, check_sender(sender_id))
+        log.info("forgot %d persona facts of a sender on request", deleted)
+        return {"sender_id": sender_id, "deleted": deleted}
 
     return app

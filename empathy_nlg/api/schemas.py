@@ -116,6 +116,23 @@ class HealthResponse(BaseModel):
     queue: Dict[str, int] = Field(default_factory=dict)
 
 
+class PersonaFactOut(BaseModel):
+    fact: str = Field(description="the persona sentence, e.g. 'I work as a nurse'")
+    source_text: str = Field(description="the user message it came from (or the client's session persona)")
+    message_id: Optional[str] = Field(default=None, description="Rasa's id of that message, when known")
+    created_at: str = Field(description="when it was first stated (ISO 8601)")
+
+
+class PersonaResponse(BaseModel):
+    sender_id: str
+    facts: List[PersonaFactOut] = Field(description="oldest first")
+
+
+class PersonaForgetResponse(BaseModel):
+    sender_id: str
+    deleted: int = Field(description="how many persona facts were forgotten (0: none were stored)")
+
+
 class ErrorResponse(BaseModel):
     error: str
     detail: Any = None

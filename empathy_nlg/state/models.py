@@ -81,3 +81,23 @@ class Reply(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
     turn: Mapped[Turn] = relationship(back_populates="replies")
+
+
+class PersonaFact(Base):
+    """A lasting fact the user stated about themselves ("I work as a nurse"), per sender.
+
+    Keyed by the sender id, not by a conversation row: it outlives Rasa's sessions, and forgetting
+    it (:meth:`StateRepository.forget_persona`) touches no other table. ``fact_key`` is the hash of
+    the normalised fact (``empathy_nlg.persona.fact_key``): one row per sender and fact.
+    """
+
+    __tablename__ = "empathy_persona_facts"
+    __table_args__ = (UniqueConstraint("sender_id", "fact_key", name="uq_persona_fact_per_sender"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sender_id: Mapped[str] = mapped_column(String(255), index=True)
+    fact: Mapped[str] = mapped_column(Text)
+    fact_key: Mapped[str] = mapped_column(String(64))
+    source_text: Mapped[str] = mapped_column(Text)
+    message_id: Mapped[Optional[str]] = mapped_column(String(255), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -11,14 +11,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
-from sqlalchemy import create_engine, event, func, select
+from sqlalchemy import create_engine, delete, event, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from empathy_nlg.perception.types import Perception
-from empathy_nlg.state.models import Conversation, Reply, Turn, utcnow
+from empathy_nlg.persona import MAX_FACT_CHARS, clean_text, fact_key
+from empathy_nlg.state.models import Conversation, PersonaFact, Reply, Turn, utcnow
 from empathy_nlg.taxonomy import polarity_of
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -77,6 +78,17 @@ class ReplyRecord:
     generator_version: str
     latency_ms: float
     knowledge: Optional[Dict[str, List[str]]] = None
+
+
+@dataclass
+class PersonaRecord:
+    """A persona fact to remember for ``sender_id``: the fact, the message it came from (its text and
+    Rasa's message id, when there is one)."""
+
+    sender_id: str
+    fact: str
+    source_text: str
+    message_id: Optional[str] = None
 
 
 class StateRepository:
@@ -169,15 +181,25 @@ class StateRepository:
             last = session.scalar(select(func.max(Turn.turn_index)).where(Turn.conversation_id == conv.id))
             return 0 if last is None else int(last) + 1
 
-    def record_turn(self, record: TurnRecord) -> int:
-        """Create or update the turn's row; returns its conversation-wide turn index."""
+    def record_turn(self, record: TurnRecord, facts: Sequence[PersonaRecord] = ()) -> int:
+        """Create or update the turn's row (and remember ``facts`` in the same transaction); returns
+        its conversation-wide turn index."""
         with self._sessions.begin() as session:
-            return self._upsert_turn(session, record).turn_index
+            index = self._upsert_turn(session, record).turn_index
+            self._add_facts(session, facts)
+            return index
 
-    def record_reply(self, record: TurnRecord, reply: ReplyRecord) -> int:
-        """Store a reply with its turn, atomically; returns the reply id."""
+    def record_reply(self, record: TurnRecord, reply: ReplyRecord, facts: Sequence[PersonaRecord] = (),
+                     unlearn: bool = False) -> int:
+        """Store a reply with its turn (and the persona ``facts`` of the turn), atomically; returns the
+        reply id. ``unlearn``: forget the persona facts learnt from this turn's message earlier (a
+        turn found to be a crisis only now: nothing is learnt from one)."""
         with self._sessions.begin() as session:
             turn = self._upsert_turn(session, record)
+            if unlearn:
+                session.execute(delete(PersonaFact).where(PersonaFact.sender_id == record.sender_id,
+                                                          PersonaFact.message_id == record.message_id))
+            self._add_facts(session, facts)
             row = Reply(
                 turn_id=turn.id,
                 response_name=reply.response_name,
@@ -190,6 +212,75 @@ class StateRepository:
             session.add(row)
             session.flush()
             return row.id
+
+    # -- persona memory ---------------------------------------------------------------------
+    def _add_facts(self, session: Session, facts: Sequence[PersonaRecord]) -> int:
+        """Insert the facts a sender does not have yet (same normalised fact: kept once, the first
+        stays); concurrent writers of the same fact cannot fail the transaction."""
+        rows: Dict[tuple, Dict[str, Any]] = {}
+        for f in facts:
+            text = clean_text(f.fact, MAX_FACT_CHARS)
+            if not text:
+                continue
+            if not f.sender_id or len(f.sender_id) > 255:
+                raise ValueError(f"invalid sender id {f.sender_id!r} for a persona fact")
+            key = fact_key(text)
+            rows.setdefault((f.sender_id, key), {
+                "sender_id": f.sender_id, "fact": text, "fact_key": key,
+                "source_text": clean_text(f.source_text, 4 * MAX_FACT_CHARS),
+                "message_id": (f.message_id or None) and str(f.message_id)[:255], "created_at": utcnow(),
+            })
+        if not rows:
+            return 0
+        dialect = self.engine.dialect.name
+        if dialect in ("sqlite", "postgresql"):
+            if dialect == "sqlite":
+                from sqlalchemy.dialects.sqlite import insert
+            else:
+                from sqlalchemy.dialects.postgresql import insert
+            added = 0
+            for row in rows.values():  # one statement per fact keeps created_at ordered as stated
+                stmt = (insert(PersonaFact).values(**row)
+                        .on_conflict_do_nothing(index_elements=["sender_id", "fact_key"]).returning(PersonaFact.id))
+                added += len(session.execute(stmt).all())
+            return added
+        existing = set(session.execute(
+            select(PersonaFact.sender_id, PersonaFact.fact_key).where(
+                PersonaFact.sender_id.in_({k[0] for k in rows}), PersonaFact.fact_key.in_({k[1] for k in rows}))
+        ).all())
+        new = [PersonaFact(**row) for key, row in rows.items() if key not in existing]
+        session.add_all(new)
+        session.flush()
+        return len(new)
+
+    def add_persona_facts(self, facts: Sequence[PersonaRecord]) -> int:
+        """Remember persona facts (idempotent: a fact the sender already has is not added again);
+        returns how many were new."""
+        with self._sessions.begin() as session:
+            return self._add_facts(session, facts)
+
+    def persona_facts(self, sender_id: str, limit: Optional[int] = None) -> List[Dict[str, Any]]:
+        """The sender's persona facts, oldest first (the newest ``limit`` when given):
+        ``{fact, source_text, message_id, created_at}``."""
+        with self._sessions() as session:
+            stmt = (select(PersonaFact.fact, PersonaFact.source_text, PersonaFact.message_id, PersonaFact.created_at)
+                    .where(PersonaFact.sender_id == sender_id)
+                    .order_by(PersonaFact.created_at.desc(), PersonaFact.id.desc()))
+            if limit is not None:
+                stmt = stmt.limit(max(0, int(limit)))
+            rows = session.execute(stmt).all()
+        return [{"fact": r[0], "source_text": r[1], "message_id": r[2], "created_at": r[3].isoformat()} for r in reversed(rows)]
+
+    def forget_persona(self, sender_id: str) -> int:
+        """Forget everything the sender said about themselves: their persona facts and the legacy
+        ``persona`` column of their conversation, in one transaction. Turns, replies and the crisis
+        state stay. Returns how many facts were deleted."""
+        with self._sessions.begin() as session:
+            deleted = session.execute(delete(PersonaFact).where(PersonaFact.sender_id == sender_id)).rowcount or 0
+            conv = session.scalar(select(Conversation).where(Conversation.sender_id == sender_id))
+            if conv is not None and conv.persona is not None:
+                conv.persona = None
+            return int(deleted)
 
     def set_persona(self, sender_id: str, persona: Optional[str]) -> None:
         with self._sessions.begin() as session:
@@ -295,6 +386,14 @@ class StateRepository:
                 "turns": session.scalar(select(func.count()).select_from(Turn)) or 0,
                 "replies": session.scalar(select(func.count()).select_from(Reply)) or 0,
             }
+
+    def count_persona_facts(self, sender_id: Optional[str] = None) -> int:
+        """Persona facts stored (of one sender when given)."""
+        with self._sessions() as session:
+            stmt = select(func.count()).select_from(PersonaFact)
+            if sender_id is not None:
+                stmt = stmt.where(PersonaFact.sender_id == sender_id)
+            return int(session.scalar(stmt) or 0)
 
     def ping(self) -> bool:
         from sqlalchemy import text

@@ -157,13 +157,88 @@ def test_engine_requires_crisis_responses(tmp_path, sqlite_url):
 
 def test_persona_slot_reaches_the_generator_and_outlives_the_session(engine):
     engine.nlg(nlg_request("utter_empathize", [user("I had a rough night", "m1")], slots={"persona": "  I am a   night-shift nurse "}))
-    assert engine.generator.requests[-1].persona == "I am a night-shift nurse"
+    assert engine.generator.requests[-1].persona == "I am a night-shift nurse."  # facts are sentences
     # a new Rasa session: the slot is gone, SQL still knows
     engine.nlg(nlg_request("utter_empathize", [user("another long shift", "m2")]))
-    assert engine.generator.requests[-1].persona == "I am a night-shift nurse"
-    assert engine.repository.persona("u1") == "I am a night-shift nurse"
+    assert engine.generator.requests[-1].persona == "I am a night-shift nurse."
+    facts = engine.repository.persona_facts("u1")  # the client's persona is remembered as a fact
+    assert [f["fact"] for f in facts] == ["I am a night-shift nurse"] and facts[0]["source_text"].startswith("(persona given")
     engine.nlg(nlg_request("utter_empathize", [user("hi", "m3")], sender="u2"))
     assert engine.generator.requests[-1].persona is None
+
+
+def test_persona_facts_are_learnt_from_messages_and_outlive_the_session(engine):
+    engine.nlg(nlg_request("utter_empathize", [user("I'm exhausted. I work as a nurse and I have two kids.", "m1")]))
+    # the message's own facts already reach the generator
+    assert engine.generator.requests[-1].persona == "I work as a nurse. I have two kids."
+    stored = engine.repository.persona_facts("u1")
+    assert [f["fact"] for f in stored] == ["I work as a nurse", "I have two kids"] and stored[0]["message_id"] == "m1"
+    assert stored[0]["source_text"] == "I'm exhausted. I work as a nurse and I have two kids."
+    # Rasa asks for a second response of the same turn: nothing is stored twice
+    engine.nlg(nlg_request("utter_greet", [user("I'm exhausted. I work as a nurse and I have two kids.", "m1")]))
+    assert engine.repository.count_persona_facts("u1") == 2
+    # a new Rasa session (only its own events): the facts come from SQL, newest last
+    engine.nlg(nlg_request("utter_empathize", [user("I feel so sad today", "s2-m1")]))
+    assert engine.generator.requests[-1].persona == "I work as a nurse. I have two kids."
+    engine.nlg(nlg_request("utter_empathize", [user("my dog is called Max", "s2-m2")]))
+    assert engine.generator.requests[-1].persona == "I work as a nurse. I have two kids. My dog is called Max."
+    assert engine.repository.count_persona_facts("u1") == 3
+
+
+def test_persona_is_capped_to_the_newest_facts(domain_file, sqlite_url):
+    settings = load_settings(overrides={"state": {"database_url": sqlite_url}, "domain": str(domain_file),
+                                        "persona": {"max_facts": 2}})
+    repo = StateRepository(sqlite_url)
+    repo.migrate()
+    eng = EmpathyEngine(settings, perceiver=KeywordPerceiver(), generator=EchoGenerator(), repository=repo,
+                        domain=DomainResponses.load(domain_file))
+    for i, text in enumerate(["I live in Leeds", "I'm 34", "I play the guitar"]):
+        eng.nlg(nlg_request("utter_empathize", [user(text, f"m{i}")]))
+    assert eng.generator.requests[-1].persona == "I'm 34. I play the guitar."
+
+
+def test_no_persona_from_a_crisis_turn_nor_from_the_forget_request(engine):
+    engine.nlg(nlg_request("utter_empathize", [user("I have two kids and I want to kill myself", "m1")]))
+    assert engine.repository.count_persona_facts("u1") == 0
+    # a fact learnt by /perceive from a message later found to be a crisis turn is unlearnt
+    engine.perceive("I live in Leeds", sender_id="u2", message_id="m1")
+    assert engine.repository.count_persona_facts("u2") == 1
+    engine.nlg(nlg_request("utter_crisis_support", [user("I live in Leeds", "m1")], sender="u2"))
+    assert engine.repository.count_persona_facts("u2") == 0
+    forget = {"intent": {"name": "forget_persona", "confidence": 0.99}}
+    engine.nlg(nlg_request("utter_greet", [user("I have two kids, forget what I told you", "m2", forget)], sender="u3"))
+    assert engine.repository.count_persona_facts("u3") == 0
+
+
+def test_perceive_learns_persona_facts(engine):
+    engine.perceive("I work as a nurse", sender_id="u5", message_id="p1")
+    assert [f["fact"] for f in engine.repository.persona_facts("u5")] == ["I work as a nurse"]
+    engine.perceive("I have two kids and I want to kill myself", sender_id="u5", message_id="p2")
+    assert engine.repository.count_persona_facts("u5") == 1
+
+
+def test_extractor_failure_never_breaks_a_turn(engine, caplog):
+    from empathy_nlg.persona import PersonaExtractor
+
+    class Broken:
+        def __call__(self, text):
+            raise RuntimeError("spaCy exploded")
+
+    engine.persona_extractor = PersonaExtractor(nlp=Broken())
+    out = engine.nlg(nlg_request("utter_empathize", [user("I work as a nurse", "m1")]))
+    assert out["text"] == "I hear that you feel sad." and "persona extraction failed" in caplog.text
+    assert engine.repository.count_rows()["replies"] == 1 and engine.repository.count_persona_facts() == 0
+
+
+def test_persona_memory_can_be_switched_off(domain_file, sqlite_url):
+    settings = load_settings(overrides={"state": {"database_url": sqlite_url}, "domain": str(domain_file),
+                                        "persona": {"enabled": False}})
+    repo = StateRepository(sqlite_url)
+    repo.migrate()
+    eng = EmpathyEngine(settings, perceiver=KeywordPerceiver(), generator=EchoGenerator(), repository=repo,
+                        domain=DomainResponses.load(domain_file))
+    eng.nlg(nlg_request("utter_empathize", [user("I work as a nurse", "m1")], slots={"persona": "a nurse"}))
+    assert eng.generator.requests[-1].persona is None and repo.count_persona_facts() == 0
 
 
 def test_warm_up_generates_once_and_stores_nothing(engine):

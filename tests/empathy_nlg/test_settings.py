@@ -96,7 +96,7 @@ def test_the_typed_settings_mirror_the_schema_and_round_trip(tmp_path, monkeypat
     assert typed.server.nlg_queue == 8 and typed.generation.section()["alpha"] == 0.7
     assert typed.generation.conversation.exemplars.k == 3 and typed.safety.followup_turns == 3
     schema = json.loads(SCHEMA_FILE.read_text())
-    for section in ("server", "state", "perception", "safety"):
+    for section in ("server", "state", "perception", "safety", "persona"):
         allowed = set(schema["properties"][section]["properties"])
         assert allowed == set(getattr(EngineSettings.model_fields[section].annotation, "model_fields")), section
     conversation = schema["properties"]["generation"]["properties"]["conversation"]["properties"]

@@ -13,7 +13,7 @@ from tests.empathy_nlg.conftest import POSTGRES_URL, make_perception, postgres_a
 def _exercise(repo: StateRepository, sender: str) -> None:
     repo.migrate()
     repo.migrate()  # idempotent
-    assert repo.current_revision() == "0001_initial"
+    assert repo.current_revision() == "0002_persona_facts"
     assert repo.record_turn(TurnRecord(sender, "m0", "I lost my job", make_perception("sad"))) == 0
     repo.record_reply(
         TurnRecord(sender, "m0", "I lost my job", make_perception("sad")),
