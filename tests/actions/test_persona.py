@@ -39,8 +39,9 @@ def engine_url():
     server.shutdown()
 
 
-def run(action, sender="u 1/x"):
-    tracker = Tracker(sender, {"persona": "I am a nurse"}, {"intent": {"name": "forget_persona"}}, [], False, None, {}, "action_listen")
+def run(action, sender="u 1/x", text="please forget what I told you about me"):
+    tracker = Tracker(sender, {"persona": "I am a nurse"}, {"intent": {"name": "forget_persona"}, "text": text}, [], False,
+                      None, {}, "action_listen")
     dispatcher = CollectingDispatcher()
     events = asyncio.run(action.run(dispatcher, tracker, {}))
     return events, [m["response"] for m in dispatcher.messages]
@@ -67,3 +68,23 @@ def test_client_forget_persona_raises_on_refusal(engine_url):
     FakeEngine.status = 503
     with pytest.raises(EngineUnavailable, match="HTTP 503"):
         EngineClient(url=engine_url, retries=0).forget_persona("u1")
+
+
+@pytest.mark.parametrize("text", [
+    "forget what I told you", "actually could you forget all of that about me", "delete everything you know about me",
+    "please forget everything", "can you erase everything you remember about me", "wipe what you know about me",
+    "i changed my mind, forget what i said about myself", "don't remember anything about me", "erase my details please",
+])
+def test_a_request_to_forget_the_user_deletes(engine_url, text):
+    events, said = run(ActionForgetPersona(lambda: EngineClient(url=engine_url, token="tok", retries=0)), text=text)
+    assert said == ["utter_persona_forgotten"] and len(FakeEngine.calls) == 1
+
+
+@pytest.mark.parametrize("text", [
+    "I can't stop thinking about the argument, I wish I could forget it", "I just want to forget this whole week",
+    "I'll never forget the day my son was born", "trying to forget about the breakup but it's hard",
+    "my mum is starting to forget who we are",
+])
+def test_a_feeling_about_forgetting_deletes_nothing_and_gets_the_empathetic_reply(engine_url, text):
+    events, said = run(ActionForgetPersona(lambda: EngineClient(url=engine_url, token="tok", retries=0)), text=text)
+    assert said == ["utter_empathize"] and events == [] and FakeEngine.calls == []
