@@ -48,6 +48,21 @@ def tiny_llama(tmp_path_factory) -> Path:
     return path
 
 
+def three_layer_llama(tiny_llama: Path, folder: Path):
+    """The tiny Llama with 3 decoder layers (random weights, seed 0) saved in ``folder``; returns its
+    tokenizer (tests of what enters or is trained in the top layers only)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_llama))
+    cfg = LlamaConfig.from_pretrained(str(tiny_llama))
+    cfg.num_hidden_layers = 3
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return tok
+
+
 @pytest.fixture(scope="session")
 def tiny_bart(tmp_path_factory) -> Path:
     import torch

@@ -16,6 +16,7 @@ from empathy_nlg.generators import conditioned as C  # noqa: E402
 from empathy_nlg.perception.types import CauseUtterance  # noqa: E402
 from empathy_nlg.taxonomy import EMOTIONS  # noqa: E402
 from tests.empathy_nlg.conftest import make_perception  # noqa: E402
+from tests.empathy_nlg.tiny_models import three_layer_llama  # noqa: E402
 
 # words of the tiny tokenizer's vocabulary, so that the prompt's tokens are words of the turns
 CONTEXT = [["speaker", "my day was bad today"], ["listener", "oh no , how do you feel ?"], ["speaker", "i am sad"]]
@@ -36,19 +37,6 @@ def contexts():
 
 def words():
     return [[G.CauseWord(*w[:3], w[3], bool(w[4])) for w in WORDS]]
-
-
-def three_layers(tiny_llama, folder):
-    """The tiny Llama with 3 decoder layers (random weights, seed 0) saved in ``folder``."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(str(tiny_llama))
-    cfg = LlamaConfig.from_pretrained(str(tiny_llama))
-    cfg.num_hidden_layers = 3
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(str(folder))
-    tok.save_pretrained(str(folder))
-    return folder
 
 
 def make_model(path, encoder, **settings):
@@ -137,7 +125,8 @@ def test_soft_gating_moves_attention_to_cause_words_and_hard_gating_blocks_the_r
     """The bias really changes attention in the gated layers only: with soft gates the reply's
     queries put more of their attention on the cause words than without, with hard gates exactly
     none outside the cause words, the last user turn and the template; the logits differ."""
-    model = make_model(three_layers(tiny_llama, tmp_path / "three"), encoder, gate_top_layers=2, prefix_top_layers=2)
+    three_layer_llama(tiny_llama, tmp_path / "three")
+    model = make_model(tmp_path / "three", encoder, gate_top_layers=2, prefix_top_layers=2)
     model.train(False)
     assert model.lm.bias_layers == [1, 2]
     none, gates_none, m, logits_none = _attention(model, "none")
@@ -165,7 +154,8 @@ def test_beam_search_applies_the_bias_at_every_step_over_the_shared_prefill(tiny
     """With beams (the prompt run once, its cache repeated), the first decoding step's logits are
     those of a teacher-forced pass with the same bias, and the whole decoding is what
     transformers gives without the shared prefill."""
-    model = make_model(three_layers(tiny_llama, tmp_path / "three"), encoder, gate_top_layers=2, prefix_top_layers=2)
+    three_layer_llama(tiny_llama, tmp_path / "three")
+    model = make_model(tmp_path / "three", encoder, gate_top_layers=2, prefix_top_layers=2)
     model.train(False)
     lm = model.lm
     ctx = contexts() + [[Utterance("speaker", "good day !")]]

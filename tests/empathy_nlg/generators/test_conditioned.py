@@ -8,6 +8,7 @@ torch = pytest.importorskip("torch")
 
 from empathy_nlg.datasets import Utterance  # noqa: E402
 from empathy_nlg.generators import conditioned as C  # noqa: E402
+from tests.empathy_nlg.tiny_models import three_layer_llama  # noqa: E402
 
 
 def _lm(path, **lora):
@@ -148,21 +149,8 @@ def test_bf16_autocast_runs_the_forward_in_bfloat16_and_keeps_fp32_weights(tiny_
     assert lm.forward([_prefix(lm, 0)], prompts, replies)[0].dtype == torch.float32
 
 
-def _three_layers(tiny_llama, folder):
-    """The tiny Llama with 3 decoder layers (random weights, seed 0) saved in ``folder``."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(str(tiny_llama))
-    cfg = LlamaConfig.from_pretrained(str(tiny_llama))
-    cfg.num_hidden_layers = 3
-    torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(str(folder))
-    tok.save_pretrained(str(folder))
-    return tok
-
-
 def test_lora_on_the_top_layers_only_leaves_the_lower_layers_without_graph(tiny_llama, tmp_path):
-    tok = _three_layers(tiny_llama, tmp_path / "three")
+    tok = three_layer_llama(tiny_llama, tmp_path / "three")
     lm = _lm(tmp_path / "three", top_layers=1, target_modules=["q_proj", "v_proj", "gate_proj"])
     names = [n for n, p in lm.model.named_parameters() if p.requires_grad]
     assert names and all(".layers.2." in n for n in names)
@@ -188,7 +176,7 @@ def _outputs_per_layer(lm):
 def test_a_prefix_entering_at_layer_0_is_exactly_the_input_embedding_prefix(tiny_llama, tmp_path):
     """The injection adds the prefix to a zero placeholder: at the first layer's input that is the
     prefix as input embeddings, in training (logits) and in beam search (left padding, beams)."""
-    tok = _three_layers(tiny_llama, tmp_path / "three")
+    tok = three_layer_llama(tiny_llama, tmp_path / "three")
     lm = _lm(tmp_path / "three")
     prompts = [C.encode_prompt(tok, C.prompt_messages([Utterance("speaker", t)], 2), 64)
                for t in ("i am sad", "my dog died this morning and i miss him")]
@@ -204,7 +192,7 @@ def test_a_prefix_entering_at_layer_0_is_exactly_the_input_embedding_prefix(tiny
 
 
 def test_a_prefix_entering_the_top_layer_trains_without_graph_below_and_steers_generation(tiny_llama, tmp_path):
-    tok = _three_layers(tiny_llama, tmp_path / "three")
+    tok = three_layer_llama(tiny_llama, tmp_path / "three")
     lm = _lm(tmp_path / "three", top_layers=1)
     lm.prefix_layer = 2
     seen = _outputs_per_layer(lm)
@@ -224,7 +212,7 @@ def test_a_prefix_entering_the_top_layer_trains_without_graph_below_and_steers_g
 def test_injected_prefixes_of_a_padded_batch_match_each_example_alone(tiny_llama, tmp_path):
     """Rows of different prefix and prompt lengths: each row's prefix lands on its own positions
     (left padding in generation, right padding in training)."""
-    tok = _three_layers(tiny_llama, tmp_path / "three")
+    tok = three_layer_llama(tiny_llama, tmp_path / "three")
     lm = _lm(tmp_path / "three")
     lm.prefix_layer = 1
     prompts = [C.encode_prompt(tok, C.prompt_messages([Utterance("speaker", t)], 2), 64)
@@ -244,7 +232,7 @@ def test_prefix_top_layers_sets_the_entry_layer_and_is_checked(tiny_llama, tmp_p
     from dataclasses import dataclass
     from typing import Optional
 
-    _three_layers(tiny_llama, tmp_path / "three")
+    three_layer_llama(tiny_llama, tmp_path / "three")
     lm = _lm(tmp_path / "three")
     assert C.prefix_layer(lm, None) is None
     assert C.prefix_layer(lm, 1) == 2 and C.prefix_layer(lm, 3) == 0
@@ -267,7 +255,7 @@ def test_prefix_top_layers_sets_the_entry_layer_and_is_checked(tiny_llama, tmp_p
 def test_generate_hands_out_the_prompt_vectors_of_its_first_pass(tiny_llama, tmp_path, layer):
     """``context_out`` gets what ``context_vectors`` computes (NEC's z_x) from the decoding pass
     itself: one row per example, whatever the beams, the padding and where the prefix enters."""
-    tok = _three_layers(tiny_llama, tmp_path / "three")
+    tok = three_layer_llama(tiny_llama, tmp_path / "three")
     lm = _lm(tmp_path / "three")
     lm.prefix_layer = layer
     prompts = [C.encode_prompt(tok, C.prompt_messages([Utterance("speaker", t)], 2), 64)
@@ -290,7 +278,7 @@ def test_the_shared_prefill_decodes_exactly_as_generate_alone(tiny_llama, tmp_pa
     """The prompt run once per example, its cache repeated for the beams: the same tokens, beam
     scores and prompt vectors as ``transformers`` running every beam's copy of the prompt, for a
     padded batch, with the prefix at the bottom or in the upper layers, with a sequence bias."""
-    tok = _three_layers(tiny_llama, tmp_path / "three")
+    tok = three_layer_llama(tiny_llama, tmp_path / "three")
     lm = _lm(tmp_path / "three")
     lm.model.eval()  # as served (LoRA dropout off): sampling then draws the same numbers both ways
     lm.prefix_layer = layer
@@ -332,7 +320,7 @@ def _count_body_widths(lm):
 def test_serving_merges_the_adapters_exactly(tiny_llama, tmp_path):
     """prepare_for_serving: the merged backbone scores and decodes as the adapters did, with a
     prefix in the upper layers too."""
-    tok = _three_layers(tiny_llama, tmp_path / "three")
+    tok = three_layer_llama(tiny_llama, tmp_path / "three")
     lm = _lm(tmp_path / "three")
     with torch.no_grad():  # trained-looking adapters, so that merging has something to merge
         for name, p in lm.model.named_parameters():
@@ -362,7 +350,7 @@ def test_serving_merges_the_adapters_exactly(tiny_llama, tmp_path):
 def _serving_lm(tiny_llama, tmp_path):
     """A three-layer backbone prepared for serving (adapters merged), its prefix entering layer 1,
     with one prompt and one prefix: ``(tokenizer, lm, prompts, prefixes)``."""
-    tok = _three_layers(tiny_llama, tmp_path / "three")
+    tok = three_layer_llama(tiny_llama, tmp_path / "three")
     lm = _lm(tmp_path / "three")
     lm.prepare_for_serving()
     lm.prefix_layer = 1
@@ -412,7 +400,7 @@ def test_early_stopping_ends_beam_search_once_the_beams_are_complete(tiny_llama,
     """``decoding.early_stopping`` reaches beam search (off by default, never for greedy); with the
     end-of-reply token made likely, beams complete at different lengths, and stopping once
     ``num_beams`` replies are complete never takes more decoding steps than the default."""
-    tok = _three_layers(tiny_llama, tmp_path / "three")
+    tok = three_layer_llama(tiny_llama, tmp_path / "three")
     lm = _lm(tmp_path / "three")
     lm.model.eval()
     prompts = [C.encode_prompt(tok, C.prompt_messages([Utterance("speaker", "we adopted a kitten")], 2), 64)]
@@ -445,7 +433,7 @@ def test_per_example_biases_decode_a_batch_as_each_example_alone(tiny_llama, tmp
     transformers' ``sequence_bias`` (same tokens and beam scores: the same processors in the same
     order); in a padded batch of requests with different biases, every request gets the replies
     it gets alone."""
-    tok = _three_layers(tiny_llama, tmp_path / "three")
+    tok = three_layer_llama(tiny_llama, tmp_path / "three")
     lm = _lm(tmp_path / "three")
     lm.model.eval()
     texts = ("i am sad", "we adopted a kitten yesterday and she sleeps on my feet", "my exam went well")
