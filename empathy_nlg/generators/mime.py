@@ -212,6 +212,11 @@ class MimeHeads(nn.Module):
         """``s = E_ε W_ε c`` (eq. 4) → [B, 32]."""
         return self.W_emotion(c) @ self.emotion_emb.weight.T
 
+    def context_emotion(self, ctx_tok, ctx_mask):
+        """MIME's own context-emotion logits (eq. 2–4) → [B, 32]."""
+        H, _ = self.encode(ctx_tok, ctx_mask)
+        return self.emotion_logits(H[:, 0])
+
     def group_embeddings(self, group: str):
         return self.emotion_emb.weight[GROUP_IDS[group]]
 
@@ -383,8 +388,7 @@ class MimeModel(C.TrainedModel):
                 part = feats[start : start + batch_size]
                 contexts, _ = self._batch(part)
                 tok, mask = self.context_tensors(contexts)
-                H, _ = self.heads.encode(tok, mask)
-                logits = self.heads.emotion_logits(H[:, 0])
+                logits = self.heads.context_emotion(tok, mask)
                 gold = torch.tensor([EMOTIONS.index(f["emotion"]) for f in part], device=self.device)
                 ranked = logits.argsort(-1, descending=True)
                 for k in ks:
@@ -429,9 +433,13 @@ class MimeGenerator(TrainedGenerator):
     def candidates_per_request(self) -> int:
         return self.samples * self.beams_per_sample
 
-    def _positive(self, requests: Sequence[GenerationRequest], own_logits):
-        """The user's group: perception's (summed group probability), else MIME's own classifier."""
-        own = own_logits.argmax(-1).tolist()
+    def _positive(self, requests: Sequence[GenerationRequest], tok, mask):
+        """The user's group: perception's (summed group probability), else MIME's own classifier
+        (run only when a request comes without perception)."""
+        if all(r.perception is not None for r in requests):
+            own = [None] * len(requests)
+        else:
+            own = self.model.heads.context_emotion(tok, mask).argmax(-1).tolist()
         out, source = [], []
         for r, e in zip(requests, own):
             if r.perception is not None:
@@ -447,8 +455,7 @@ class MimeGenerator(TrainedGenerator):
         model = self.model
         contexts = [r.context for r in requests]
         tok, mask = model.context_tensors(contexts)
-        H, _ = model.heads.encode(tok, mask)
-        positive, source = self._positive(requests, model.heads.emotion_logits(H[:, 0]))
+        positive, source = self._positive(requests, tok, mask)
         S = self.samples
         rep_tok, rep_mask = tok.repeat_interleave(S, 0), mask.repeat_interleave(S, 0)
         pos = torch.tensor(positive, device=tok.device).repeat_interleave(S)
@@ -490,8 +497,7 @@ class MimeGenerator(TrainedGenerator):
             model = self.model
             contexts = [r.context for r in requests]
             tok, mask = model.context_tensors(contexts)
-            H, _ = model.heads.encode(tok, mask)
-            positive, _ = self._positive(requests, model.heads.emotion_logits(H[:, 0]))
+            positive, _ = self._positive(requests, tok, mask)
             out = model.heads(tok, mask, torch.tensor(positive, device=tok.device), None, temperature=0.0)
             replies = [C.encode_reply(model.lm.tokenizer, ref, 10_000, model.lm.is_seq2seq) for ref in references]
             nll, tokens = model.lm.reply_nll(out.prefixes, model.prompts(contexts), replies)
