@@ -97,6 +97,9 @@ def prepare_default_backbone(target: Optional[Path] = None, force: bool = False)
     if missing or unexpected:
         raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
     model.eval()
+    changed = align_special_tokens(tokenizer, gguf_special_tokens(source))
+    if changed:
+        log.warning("the tokenizer read from the GGUF had %s; set from the GGUF's metadata", ", ".join(changed))
     tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -106,6 +109,38 @@ def prepare_default_backbone(target: Optional[Path] = None, force: bool = False)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     return target
+
+
+_SPECIAL_KEYS = {"bos": "tokenizer.ggml.bos_token_id", "eos": "tokenizer.ggml.eos_token_id",
+                 "unk": "tokenizer.ggml.unknown_token_id", "pad": "tokenizer.ggml.padding_token_id"}
+
+
+def gguf_special_tokens(path: Path) -> dict:
+    """The special-token ids a GGUF file declares (``{"eos": 2, ...}``; a missing key is left out)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(path)).fields
+    out = {}
+    for name, key in _SPECIAL_KEYS.items():
+        field = fields.get(key)
+        if field is not None and field.data:
+            out[name] = int(field.parts[field.data[0]][0])
+    return out
+
+
+def align_special_tokens(tokenizer, ids: dict) -> list:
+    """Make ``tokenizer``'s bos/eos/unk/pad the tokens of ``ids`` (a GGUF's metadata); returns what
+    changed (``"eos <|im_start|> → <|im_end|>"``). transformers 5.17 reads SmolLM2's GGUF with
+    ``<|im_start|>`` as eos (5.23 reads ``<|im_end|>``, as the file says): a model trained with the
+    wrong eos ends its replies with the wrong token, so the conversion never trusts the reader."""
+    changed = []
+    for name, token_id in ids.items():
+        token = tokenizer.convert_ids_to_tokens(token_id)
+        current = getattr(tokenizer, f"{name}_token", None)
+        if token is not None and current != token:
+            setattr(tokenizer, f"{name}_token", token)
+            changed.append(f"{name} {current} → {token}")
+    return changed
 
 
 def _resolve_dtype(dtype: str, device: str):

@@ -45,3 +45,19 @@ def test_clear_errors_for_bad_paths_and_dtypes(tmp_path, tiny_llama):
 def test_packaged_gguf_is_found():
     path = gguf_source()
     assert path.suffix == ".gguf" and path.stat().st_size > 50_000_000
+
+
+def test_special_tokens_come_from_the_gguf_metadata_not_the_reader():
+    """SmolLM2's GGUF says eos = pad = <|im_end|> (2); a reader that took <|im_start|> for eos
+    (transformers 5.17 does) is corrected when the backbone is converted."""
+    from transformers import AutoTokenizer
+
+    from empathy_nlg.backbone.loader import align_special_tokens, default_backbone_dir, gguf_special_tokens, prepare_default_backbone
+
+    ids = gguf_special_tokens(gguf_source())
+    assert ids == {"bos": 1, "eos": 2, "unk": 0, "pad": 2}
+    tok = AutoTokenizer.from_pretrained(str(prepare_default_backbone(default_backbone_dir())))
+    assert tok.eos_token == "<|im_end|>" and align_special_tokens(tok, ids) == []  # the converted one is right
+    tok.eos_token = "<|im_start|>"  # as transformers 5.17 reads the file
+    assert align_special_tokens(tok, ids) == ["eos <|im_start|> → <|im_end|>"]
+    assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == 2
