@@ -310,8 +310,10 @@ def train(config: TrainSettings | Mapping[str, Any], *, resume: bool = False, pr
         log_fh.flush()
         if improved:
             best.update(valid_ppl=round(ppl, 4), step=step)
+            # stamped like an export, so a run stopped by its time budget leaves a servable, versioned best/
             model.save(best_dir, extra={"training": {**snapshot(), "valid_examples": len(valid_feats),
-                                                     "train_examples": len(train_feats)}}, half=True)
+                                                     "train_examples": len(train_feats)},
+                                        "trained_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}, half=True)
         if bar is not None:
             bar.write(f"step {step}: valid PPL {ppl:.3f}" + (" (best so far)" if improved else f" (best {best['valid_ppl']} at {best['step']})"))
 

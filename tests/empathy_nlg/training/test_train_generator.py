@@ -232,6 +232,9 @@ def test_finetuned_run_validates_keeps_the_best_and_seeds_a_paper_generator(tmp_
     assert summary["valid_ppl"] == best["valid_ppl"] and summary["exported_step"] == best["step"]
     saved = json.loads((out / "final" / "generator.json").read_text())
     assert saved["generator"] == "finetuned" and saved["training"]["exported_step"] == best["step"]
+    # best/ itself is servable and versioned even when a time budget ends the run before an export
+    kept = json.loads((out / "best" / "generator.json").read_text())
+    assert kept["training"]["step"] == best["step"] and kept["trained_at"].endswith("Z")
     feats = json.loads(next(out.glob("features-train-*.jsonl")).read_text().splitlines()[0])
     assert feats["cm"] is None  # the silver CM labels are skipped for a generator that does not use them
 
