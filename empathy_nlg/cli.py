@@ -26,6 +26,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "eval-crisis": ("empathy_nlg.perception.crisis_train", "crisis detector recall / false positives per category"),
     "bench-perceive": ("empathy_nlg.perception.bench", "measure /perceive latency (p50/p95)"),
     "train": ("empathy_nlg.training.generator", "train a generator's adapters (finetuned, imagine, nec, mime, cause_gated)"),
+    "plot-curve": ("empathy_nlg.training.curve", "plot runs' training and validation curves (log.jsonl) into a PNG"),
     "bench-train": ("empathy_nlg.training.bench", "measure training step time, one speed-up at a time"),
     "bench-generate": ("empathy_nlg.evaluation.bench_generate", "measure reply latency of generators (p50/p95)"),
     "evaluate": ("empathy_nlg.evaluation.harness", "evaluate generators on an ED-format file"),
