@@ -1,4 +1,4 @@
-"""The committed IMAGINE and NEC models, selected by name from the engine config, behind /nlg.
+"""The committed IMAGINE, NEC, MIME and cause-gated models, selected by name from the engine config, behind /nlg.
 
 Their knowledge comes from the real retrieval source over the knowledge tests' tiny ATOMIC-format
 sample (the shared data is not needed)."""
@@ -18,6 +18,7 @@ from tests.empathy_nlg.conftest import KeywordPerceiver
 from tests.empathy_nlg.knowledge.conftest import write_sample
 
 _GENERATORS = {}
+KNOWLEDGE = ("imagine", "nec")  # the generators that look knowledge up (MIME and cause_gated take none)
 
 
 def generator(name, settings):
@@ -39,11 +40,11 @@ def knowledge(tmp_path_factory):
     return {"type": "retrieval", "data_dir": str(write_sample(root / "data")), "cache_dir": str(root / "cache")}
 
 
-@pytest.mark.parametrize("name", ["imagine", "nec"])
+@pytest.mark.parametrize("name", ["imagine", "nec", "mime", "cause_gated"])
 def test_trained_generator_answers_through_nlg_with_its_plan(name, knowledge, domain_file, sqlite_url):
     settings = load_settings(overrides={"state": {"database_url": sqlite_url}, "domain": str(domain_file),
                                         "generation": {"generator": name,
-                                                       "generators": {name: {"knowledge": knowledge}}}})
+                                                       "generators": {name: {"knowledge": knowledge}} if name in KNOWLEDGE else {}}})
     assert settings["generation"]["generator"] == name
 
     def loader():
@@ -69,6 +70,13 @@ def test_trained_generator_answers_through_nlg_with_its_plan(name, knowledge, do
             assert set(gen["cm_plan"]) <= {"ER", "IP", "EX"} and gen["cm_plan"]
             assert set(custom["knowledge"]) == {"affect", "behaviour", "physical", "events"}
             assert any(custom["knowledge"].values())
+        elif name == "mime":  # a sad message is answered from the negative group, with both draws shown
+            assert gen["polarity_group"] == "negative" and gen["polarity_source"] == "perception"
+            assert len(gen["samples"]) == 2 and 0.0 <= gen["mimicry_mixture"] <= 1.0
+            assert all(d["sampled"]["negative"] and len(d["nearest"]) == 3 for d in gen["samples"])
+        elif name == "cause_gated":  # the perceived cause's words are gated into the reply's attention
+            assert gen["emotion"] == "sad" and gen["gating"] == "soft" and gen["cause_words"]
+            assert gen["gated_tokens"] and all(0.0 < t["gate"] <= 1.0 for t in gen["gated_tokens"])
         else:
             assert len(gen["nec_rerank"]["candidates"]) == 4 and gen["nec_rerank"]["alpha"] == 0.7
             assert out["text"] in {c["text"] for c in gen["nec_rerank"]["candidates"]}
