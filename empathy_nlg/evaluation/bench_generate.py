@@ -4,7 +4,10 @@ Loads each generator the way the engine does (``--config``: a file with ``genera
 default the engine's settings), perceives ``--n`` held-out ED contexts once (perception time is
 reported separately: ``bench-perceive``), warms up, then times one ``generate`` call per context
 (batch of one, as in a live conversation: knowledge look-up, conditioning, decoding and — for
-NEC — reranking included) and prints p50 / p95 / mean seconds per reply.
+NEC — reranking included) and prints p50 / p95 / mean seconds per reply. ``--batch N`` times one
+call per N contexts instead (batched decoding, as a GPU server would run it: seconds per call and
+replies per second); ``--no-perception`` sends requests without perception, for a host that only
+generates (the perceiver's encoders need not be there).
 
 ``--speedups`` times each trained generator once per serving speed-up, cumulatively, in one run
 on the same contexts, and prints each step's ratio against the first (the backbone with its
@@ -38,6 +41,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="YAML with generators: {NAME: {...}} (as for evaluate)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    parser.add_argument("--batch", type=int, default=1, metavar="N",
+                        help="contexts per generate call (default 1, a live conversation); >1 measures batched "
+                        "decoding: p50/p95 per call and replies per second")
+    parser.add_argument("--no-perception", action="store_true",
+                        help="requests without perception (a generation-only host; generators fall back to their own "
+                        "emotion/cause inference); default: the perceiver perceives each context once, untimed")
     parser.add_argument("--speedups", action="store_true",
                         help="trained generators: time plain generate, + shared prefill, + merged adapters, + bf16 weights (ratios)")
 
@@ -51,25 +60,31 @@ def run(args: argparse.Namespace) -> int:
 
     if args.n <= 0:
         raise ValueError("--n must be positive")
+    if args.batch <= 0:
+        raise ValueError("--batch must be positive")
+    if args.speedups and args.batch != 1:
+        raise ValueError("--speedups times a batch of one; leave --batch out")
     if args.threads:
         torch.set_num_threads(args.threads)
     data = Path(args.data) if args.data else default_data_dir() / "empathetic_dialogues" / "valid.jsonl"
     examples = load_examples(data, "ed-jsonl", args.n + args.warmup)
     config = _load_config(args.config)
-    perceiver = load_perceiver(config)
+    perceiver = None if args.no_perception else load_perceiver(config)
     perceptions = perceiver.perceive_batch([ex.context for ex in examples]) if perceiver else [None] * len(examples)
     requests = [GenerationRequest(context=list(ex.context), perception=p) for ex, p in zip(examples, perceptions)]
     device = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
-    results: Dict[str, Any] = {"device": device, "n": args.n, "data": str(data)}
-    print(f"reply latency, batch of 1, {args.n} held-out contexts of {data.name}, on {device}")
+    results: Dict[str, Any] = {"device": device, "n": args.n, "batch": args.batch, "data": str(data),
+                               "perception": perceiver is not None}
+    print(f"reply latency, batch of {args.batch}, {args.n} held-out contexts of {data.name}, on {device}"
+          + ("" if perceiver is not None else ", without perception"))
     if args.speedups:
         results["speedups"] = {name: _speedup_ladder(name, config, requests, args) for name in args.generator}
     else:
         for name, gen in build_generators(args.generator, config).items():
             row, _ = _time(name, gen, requests, args)
             results[name] = row
-            print(f"\r  {name:24s} p50 {row['p50_s']:.2f} s   p95 {row['p95_s']:.2f} s   mean {row['mean_s']:.2f} s"
-                  f"   ({row['mean_words']} words/reply)")
+            print(f"\r  {name:24s} p50 {row['p50_s']:.3f} s   p95 {row['p95_s']:.3f} s   mean {row['mean_s']:.3f} s"
+                  f"   per call of {args.batch}; {row['replies_per_s']} replies/s   ({row['mean_words']} words/reply)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
         print(f"written to {args.json}")
@@ -77,21 +92,25 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _time(label: str, gen, requests, args) -> tuple:
-    """Warm-up, then one timed ``generate`` per context: (figures, reply texts)."""
-    for r in requests[: args.warmup]:
-        gen.generate([r])
+    """Warm-up, then one timed ``generate`` per ``--batch`` contexts: (figures, reply texts)."""
+    size = getattr(args, "batch", 1)
+    for start in range(0, args.warmup, size):
+        gen.generate(requests[start : min(start + size, args.warmup)])
+    timed = requests[args.warmup :]
     times: List[float] = []
     texts: List[str] = []
-    for i, r in enumerate(requests[args.warmup :], 1):
+    for start in range(0, len(timed), size):
+        part = timed[start : start + size]
         t0 = time.perf_counter()
-        out = gen.generate([r])[0]
+        out = gen.generate(part)
         times.append(time.perf_counter() - t0)
-        texts.append(out.text)
-        print(f"\r  {label}: {i}/{args.n}", end="", flush=True)
+        texts.extend(o.text for o in out)
+        print(f"\r  {label}: {len(texts)}/{args.n}", end="", flush=True)
     arr = np.asarray(times)
     row = {"p50_s": round(float(np.percentile(arr, 50)), 3), "p95_s": round(float(np.percentile(arr, 95)), 3),
-           "mean_s": round(float(arr.mean()), 3), "mean_words": round(float(np.mean([len(t.split()) for t in texts])), 1),
-           "version": gen.version}
+           "mean_s": round(float(arr.mean()), 3), "calls": len(times),
+           "replies_per_s": round(len(texts) / float(arr.sum()), 2) if arr.sum() > 0 else None,
+           "mean_words": round(float(np.mean([len(t.split()) for t in texts])), 1), "version": gen.version}
     return row, texts
 
 

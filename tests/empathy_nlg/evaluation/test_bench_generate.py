@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from unittest import mock
 
 import pytest
 
@@ -64,3 +65,35 @@ def test_speedups_time_each_serving_step_on_the_same_contexts(tmp_path, tiny_lla
     assert "same replies as plain" in capsys.readouterr().out
     cfg.write_text(yaml.safe_dump({"generators": {"c": {"generator": "frequent"}}}))
     assert main(["bench-generate", "--generator", "c", "--config", str(cfg), "--data", str(data), "--speedups"]) == 2
+
+
+def test_batched_calls_without_perception_report_replies_per_second(tmp_path, capsys):
+    """--batch 2 on 5 contexts: three timed calls (2, 2, 1), every reply counted; --no-perception
+    sends requests without perception; bad combinations are clear errors."""
+    from empathy_nlg.generators import frequent
+
+    seen = []
+    real = frequent.MostFrequentReplyGenerator.generate
+
+    def spy(self, requests):
+        seen.append([r.perception for r in requests])
+        return real(self, requests)
+
+    data = write_ed(tmp_path / "ed.jsonl")
+    cfg = tmp_path / "cfg.yml"
+    cfg.write_text("generators:\n  canned: {generator: frequent, reply: i see}\n")
+    out = tmp_path / "bench.json"
+    with mock.patch.object(frequent.MostFrequentReplyGenerator, "generate", spy):
+        rc = main(["bench-generate", "--generator", "canned", "--config", str(cfg), "--data", str(data),
+                   "--n", "5", "--warmup", "1", "--batch", "2", "--no-perception", "--json", str(out)])
+    assert rc == 0
+    figures = json.loads(out.read_text())
+    row = figures["canned"]
+    assert figures["batch"] == 2 and figures["perception"] is False
+    assert row["calls"] == 3 and row["replies_per_s"] > 0
+    assert [len(c) for c in seen] == [1, 2, 2, 1]  # the warm-up call, then 2 + 2 + 1 timed contexts
+    assert all(p is None for call in seen for p in call)
+    assert "without perception" in capsys.readouterr().out
+    assert main(["bench-generate", "--generator", "canned", "--config", str(cfg), "--data", str(data), "--batch", "0"]) == 2
+    assert main(["bench-generate", "--generator", "canned", "--config", str(cfg), "--data", str(data),
+                 "--batch", "2", "--speedups"]) == 2
