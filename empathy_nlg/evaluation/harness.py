@@ -274,7 +274,8 @@ def _generate_missing(
     progress: bool,
 ) -> Tuple[int, float]:
     uses_perception = bool(getattr(gen, "needs_perception", True)) and perceptions.perceiver is not None
-    todo = [ex for ex in examples if _stale(existing.get((ex.conv_id, ex.turn_index)), ex, uses_perception)]
+    version = getattr(gen, "version", None)
+    todo = [ex for ex in examples if _stale(existing.get((ex.conv_id, ex.turn_index)), ex, uses_perception, version)]
     if not todo:
         return 0, 0.0
     can_score = type(gen).score is not Generator.score
@@ -296,10 +297,15 @@ def _generate_missing(
     return len(todo), time.perf_counter() - start - (perceptions.seconds - perceiving_before)
 
 
-def _stale(rec: Optional[Dict[str, Any]], ex: GenerationExample, uses_perception: bool = False) -> bool:
-    """A stored record is reusable only for the same example (same reference text), and — for a
-    generator that conditions on perception — only if it was generated with perception."""
+def _stale(rec: Optional[Dict[str, Any]], ex: GenerationExample, uses_perception: bool = False,
+           version: Optional[str] = None) -> bool:
+    """A stored record is reusable only for the same example (same reference text), from the same
+    model (its ``version``, when the generator has one: a label whose model was replaced — a newly
+    served NEC — regenerates rather than mixing two models' replies), and — for a generator that
+    conditions on perception — only if it was generated with perception."""
     if rec is None or rec.get("reference") != ex.reference:
+        return True
+    if version is not None and rec.get("version") != version:
         return True
     return uses_perception and rec.get("perceived_emotion") is None
 
@@ -353,6 +359,21 @@ def _label_cm(
         for rec, f in zip(need_ref, flags(posts, [r["reference"] for r in need_ref])):
             rec["ref_epitome"] = f
             ref_cache[(rec["conv_id"], rec["turn_index"])] = f
+
+
+def polarity_split(records: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
+    """The metrics again on the positive and on the negative contexts (by the conversation's gold ED
+    emotion and MIME's 13/19 grouping, ``taxonomy.polarity_of``): MIME's Table 4 split. Records
+    without a known gold emotion are left out of both; ``seconds`` is not split."""
+    from empathy_nlg.taxonomy import EMOTIONS, polarity_of
+
+    out: Dict[str, Dict[str, Any]] = {}
+    for group in ("positive", "negative"):
+        subset = [r for r in records if r.get("gold_emotion") in EMOTIONS and polarity_of(r["gold_emotion"]) == group]
+        m = compute_metrics(subset, 0.0)
+        m.pop("seconds", None)
+        out[group] = m
+    return out
 
 
 def compute_metrics(records: Sequence[Dict[str, Any]], seconds: float) -> Dict[str, Any]:
@@ -415,7 +436,8 @@ def evaluate(
         pred_path = gdir / PREDICTIONS
         existing = read_predictions(pred_path)
         uses_perception = bool(getattr(gen, "needs_perception", True)) and perceiver is not None
-        reusable = sum(not _stale(existing.get((ex.conv_id, ex.turn_index)), ex, uses_perception) for ex in examples)
+        reusable = sum(not _stale(existing.get((ex.conv_id, ex.turn_index)), ex, uses_perception, getattr(gen, "version", None))
+                       for ex in examples)
         if reusable:
             log.info("%s: reusing %d of %d predictions from %s", name, reusable, len(examples), pred_path)
         seed_everything(seed)
@@ -426,6 +448,7 @@ def evaluate(
         extras = [r for k, r in existing.items() if k not in wanted]
         _write_records(pred_path, list(records) + extras)
         m = compute_metrics(records, seconds)
+        m["by_polarity"] = polarity_split(records)
         m["generator"] = name
         m["generator_version"] = getattr(gen, "version", None)
         m["reused_predictions"] = len(examples) - generated

@@ -148,6 +148,18 @@ def write_report(
         results_table(metrics_by_gen, references=refs_row),
         "",
     ]
+    split = {f"{name} · {group} contexts": sub for name, m in metrics_by_gen.items()
+             for group, sub in (m.get("by_polarity") or {}).items() if sub.get("n")}
+    if split:
+        lines += [
+            "### By the context's polarity (MIME's Table 4 split)",
+            "",
+            "The same metrics on the examples whose conversation's gold ED emotion is in MIME's positive",
+            "group (13 emotions) and on those in its negative group (19); `sec` is not split.",
+            "",
+            results_table(split, published=()),
+            "",
+        ]
     for name, m in metrics_by_gen.items():
         extra = []
         if m.get("ppl_tokenizer"):

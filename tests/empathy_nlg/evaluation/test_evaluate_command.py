@@ -147,6 +147,11 @@ def test_evaluate_with_injected_perceiver_and_cm_scorer(files, tmp_path):
         assert key in rec
     assert rec["perceived_emotion"] == "sad" and rec["cm"]["ER"] == 0.8
     assert runs["test-random-echo"].generated == 5
+    # MIME's Table 4 split by the gold emotion's group: c2 (joyful) is positive, c1 (sad) and c3 (afraid) negative
+    split = m["by_polarity"]
+    assert split["positive"]["n"] == 2 and split["negative"]["n"] == 3
+    assert split["positive"]["emotion_acc"] == 0.0 and split["negative"]["emotion_acc"] == pytest.approx(200 / 3)
+    assert split["negative"]["ppl"] == pytest.approx(2.718281828, rel=1e-6) and "seconds" not in split["negative"]
 
 
 def test_resumable_second_run_reuses_predictions(files, tmp_path):
@@ -169,7 +174,13 @@ def test_resumable_second_run_reuses_predictions(files, tmp_path):
     again = (out / "test-random-echo" / "predictions.jsonl").read_text().splitlines()
     assert again[:2] == lines[:2] and len(again) == 5  # the kept records are untouched, in example order
     assert [json.loads(l)["turn_index"] for l in again] == [json.loads(l)["turn_index"] for l in lines]
-
+    # the label's model replaced (another version): every reply is made again, none mixed in
+    newer = RandomEcho()
+    newer.version = "t2"
+    runs = harness.evaluate(ex, {"test-random-echo": newer}, out, seed=1, progress=False)
+    assert RandomEcho.calls == 13 and runs["test-random-echo"].generated == 5
+    recs = [json.loads(l) for l in (out / "test-random-echo" / "predictions.jsonl").read_text().splitlines()]
+    assert {r["version"] for r in recs} == {"t2"}
 
 def test_deterministic_given_seed(files, tmp_path):
     data, _ = files
@@ -210,6 +221,9 @@ def test_command_end_to_end_with_frequent_baseline(files, tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "published" in report and "NEC" in report and "MIME" in report and "IMAGINE" in report
     assert "Gao et al. (soft gate)" in report and "Gao et al. (hard gate)" in report and "Human" in report
+    split = report.split("### By the context's polarity")[1].split("## Plots")[0]
+    assert "**frequent · positive contexts** (this run) | 2 |" in split and "**frequent · negative contexts** (this run) | 2 |" in split
+    assert "published" not in split
     assert (out / "metrics.png").stat().st_size > 0 and (out / "reply_length_hist.png").stat().st_size > 0
     # the real perception components, once built, are what the command uses
     if not _real_components_available():
