@@ -132,6 +132,11 @@ def _save_checkpoint(model, optimizer, out_dir: Path, state: Mapping[str, Any], 
     (ckpt / "state.json").write_text(json.dumps(dict(state), indent=2))
 
 
+def _utc_stamp() -> str:
+    """``trained_at`` of a saved model: now, UTC, to the second."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _export_best(best_dir: Path, export_dir: Path, summary: Mapping[str, Any]) -> None:
     """Copy ``best/`` to ``export_dir`` with the run's summary in its ``generator.json``."""
     import shutil
@@ -313,7 +318,7 @@ def train(config: TrainSettings | Mapping[str, Any], *, resume: bool = False, pr
             # stamped like an export, so a run stopped by its time budget leaves a servable, versioned best/
             model.save(best_dir, extra={"training": {**snapshot(), "valid_examples": len(valid_feats),
                                                      "train_examples": len(train_feats)},
-                                        "trained_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}, half=True)
+                                        "trained_at": _utc_stamp()}, half=True)
         if bar is not None:
             bar.write(f"step {step}: valid PPL {ppl:.3f}" + (" (best so far)" if improved else f" (best {best['valid_ppl']} at {best['step']})"))
 
@@ -379,7 +384,7 @@ def train(config: TrainSettings | Mapping[str, Any], *, resume: bool = False, pr
             "train_examples": len(train_feats),
             "train_data": str(train_path), "valid_data": str(valid_path), "causes": causes,
             "device": backbone.device, "threads": torch.get_num_threads(),
-            "trained_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "trained_at": _utc_stamp(),
             "config": config.model_dump(mode="json"),
         })
         if eval_every and (best_dir / C.CONFIG_FILE).is_file():
