@@ -8,10 +8,13 @@ holds for the conversation:
 ``crisis``    the message is flagged → the resources scripts (``utter_crisis_support`` +
               ``utter_crisis_resources``), every time a new crisis statement comes.
 ``followup``  one of the user's previous ``followup_turns`` messages was flagged, this one is
-              not (or only because of that earlier message: reason ``context-only``) → a scripted follow-up that acknowledges what the person just said (reaching out,
+              not → a scripted follow-up that acknowledges what the person just said (reaching out,
               thanks, a coping step, or a check-in), never the same text twice in a conversation,
-              with the resources one message away ("help"). The conversation leaves this state
-              only once that many recent messages are unflagged.
+              with the resources one message away ("help"). Flagged only because of that earlier
+              message (reason ``context-only``: "she's asleep now" after "I've counted out the
+              pills") → the *urgent* follow-up: short, direct, with the numbers in it, worded
+              differently each time, instead of the same two paragraphs again. The conversation
+              leaves this state only once that many recent messages are unflagged.
 ``checkin``   the classifier is concerned but below the crisis threshold, and perception hears a
               negative feeling or a plan / timing / farewell cue matched → a scripted, direct safety question (asking directly is recommended practice and does not plant ideas).
 ``affirmed``  the previous reply was that question and the person says yes → the resources, and
@@ -33,13 +36,15 @@ from empathy_nlg.perception.crisis import CONTEXT_ONLY
 CRISIS_RESPONSES = ("utter_crisis_support", "utter_crisis_resources")
 CHECKIN = "utter_crisis_checkin"
 GOODBYE = "utter_crisis_goodbye"
+#: a message flagged only in the context of the crisis already answered: the danger goes on
+URGENT = "utter_crisis_followup_urgent"
 FOLLOWUPS = {
     "reaching_out": "utter_crisis_followup_reaching_out",
     "thanks": "utter_crisis_followup_thanks",
     "coping": "utter_crisis_followup_coping",
     "checkin": "utter_crisis_followup_checkin",
 }
-SCRIPTED_RESPONSES = (CHECKIN, GOODBYE, *FOLLOWUPS.values())
+SCRIPTED_RESPONSES = (CHECKIN, GOODBYE, URGENT, *FOLLOWUPS.values())
 #: template responses that a follow-up replaces while the conversation is in the crisis state
 REPLACED_TEMPLATES = ("utter_you_are_welcome", "utter_out_of_scope", "utter_default", "utter_greet")
 
@@ -85,8 +90,10 @@ class SafetyPolicy:
         recent = list(earlier_turns)[-self.followup_turns:]
         in_followup = any(t.get("crisis") for t in recent)
         crisis = bool(perception is not None and perception.crisis)
-        if crisis and in_followup and CONTEXT_ONLY in (perception.crisis_reasons or []):
-            # flagged only by its context, which is the crisis already answered: follow up instead
+        still_in_danger = crisis and in_followup and CONTEXT_ONLY in (perception.crisis_reasons or [])
+        if still_in_danger:
+            # flagged only by its context, which is the crisis already answered: not the same two
+            # paragraphs again, but not an ordinary follow-up either — the urgent one, numbers included
             crisis = False
         if crisis:
             return SafetyDecision("crisis", list(CRISIS_RESPONSES) if generated else [], "flagged")
@@ -95,6 +102,8 @@ class SafetyPolicy:
                 and not _NO.search(user_text or "")):
             return SafetyDecision("affirmed", list(CRISIS_RESPONSES), "answered yes to the check-in")
         if in_followup:
+            if still_in_danger and (generated or response_name in REPLACED_TEMPLATES or response_name == "utter_crisis_resources"):
+                return SafetyDecision("followup", [URGENT], "flagged again in the context of the crisis (urgent)")
             if generated or response_name in REPLACED_TEMPLATES:
                 kind = followup_kind(user_text)
                 return SafetyDecision("followup", [FOLLOWUPS[kind]], f"after a crisis turn ({kind})")

@@ -18,11 +18,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class ConcernPerceiver(KeywordPerceiver):
-    """'kill myself' → crisis; 'worth going on' → concern (below the crisis threshold)."""
+    """'kill myself' → crisis; 'worth going on' → concern (below the crisis threshold); 'asleep now'
+    → a crisis flag that only its context makes (reason ``context-only``, as the detector marks it)."""
 
     def perceive(self, dialogue):
         p = super().perceive(dialogue)
         p.crisis_concern = "worth going on" in dialogue[-1].text.lower() and not p.crisis
+        if "asleep now" in dialogue[-1].text.lower():
+            p.crisis, p.crisis_reasons = True, ["classifier:0.93", "context-only"]
         return p
 
 
@@ -78,6 +81,22 @@ def test_a_new_crisis_statement_brings_the_resources_again(engine):
     out = talk(engine, ["I want to kill myself", "ok", "I still want to kill myself"])
     resources = engine.domain.texts("utter_crisis_resources")[0]
     assert resources in out[0]["text"] and resources not in out[1]["text"] and resources in out[2]["text"]
+
+
+def test_a_message_flagged_in_the_crisis_context_gets_the_urgent_followup_with_numbers(engine):
+    out = talk(engine, ["I want to kill myself", "ok", "everyone's asleep now", "they're all asleep now", "ok"], sender="u")
+    resources = engine.domain.texts("utter_crisis_resources")[0]
+    urgent = engine.domain.texts("utter_crisis_followup_urgent")
+    assert out[1]["text"] in engine.domain.texts("utter_crisis_followup_checkin")
+    # still in danger: neither the same two paragraphs again nor an ordinary follow-up, but the
+    # urgent one (numbers in it), worded differently the second time
+    assert out[2]["text"] in urgent and out[3]["text"] in urgent and out[2]["text"] != out[3]["text"]
+    assert all("988" in o["text"] and resources not in o["text"] for o in out[2:4])
+    assert out[2]["custom"]["safety"] == "followup" and out[2]["custom"]["generator"] == "crisis-followup"
+    # stored as crisis turns: the follow-up window runs on from them
+    state = engine.repository.conversation("u")
+    assert [t["crisis"] for t in state["turns"]] == [True, False, True, True, False]
+    assert out[4]["custom"]["generator"] == "crisis-followup"
 
 
 def test_templates_asked_for_during_the_followup_are_replaced(engine):
