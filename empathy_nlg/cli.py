@@ -25,7 +25,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "eval-perception": ("empathy_nlg.evaluation.perception_eval", "evaluate perception on a data file"),
     "eval-crisis": ("empathy_nlg.perception.crisis_train", "crisis detector recall / false positives per category"),
     "bench-perceive": ("empathy_nlg.perception.bench", "measure /perceive latency (p50/p95)"),
-    "train": ("empathy_nlg.training.generator", "train a generator's adapters (finetuned, imagine, nec, mime, cause_gated)"),
+    "train": ("empathy_nlg.training.generator", "train a generator's adapters (finetuned, imagine, nec, mime, cause_gated, persona_moel)"),
     "plot-curve": ("empathy_nlg.training.curve", "plot runs' training and validation curves (log.jsonl) into a PNG"),
     "bench-train": ("empathy_nlg.training.bench", "measure training step time, one speed-up at a time"),
     "bench-generate": ("empathy_nlg.evaluation.bench_generate", "measure reply latency of generators (p50/p95)"),

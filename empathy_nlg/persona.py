@@ -173,7 +173,19 @@ class PersonaExtractor:
         text = clean_text(text or "", max_chars=4 * MAX_FACT_CHARS)
         if not text:
             return []
-        doc = self.nlp(text)
+        return self._facts_of_doc(self.nlp(text), text)
+
+    def extract_many(self, texts: Sequence[str], batch_size: int = 256) -> List[List[PersonaFact]]:
+        """:meth:`extract` of each text, parsed in batches (``nlp.pipe``): the same facts, faster
+        on many texts (mining a training corpus)."""
+        cleaned = [clean_text(t or "", max_chars=4 * MAX_FACT_CHARS) for t in texts]
+        out: List[List[PersonaFact]] = [[] for _ in cleaned]
+        todo = [i for i, t in enumerate(cleaned) if t]
+        for i, doc in zip(todo, self.nlp.pipe([cleaned[i] for i in todo], batch_size=batch_size)):
+            out[i] = self._facts_of_doc(doc, cleaned[i])
+        return out
+
+    def _facts_of_doc(self, doc: Any, text: str) -> List[PersonaFact]:
         facts = []
         for sent in doc.sents:
             if self._is_question(sent):

@@ -36,7 +36,8 @@ class GenerationRequest:
     knowledge: Dict[str, List[str]] = field(default_factory=dict)
     emotion_trajectory: List[str] = field(default_factory=list)  # earlier turns' emotions, oldest first
     #: what the user said about themselves (the ``persona`` slot, remembered in SQL): the prompted
-    #: generator puts it in its instruction; the trained ones (finetuned, IMAGINE, NEC) were trained
+    #: generator puts it in its instruction, ``persona_moel`` encodes its sentences into a persona
+    #: vector; the other trained ones (finetuned, IMAGINE, NEC, MIME, cause_gated) were trained
     #: without persona and do not use it
     persona: Optional[str] = None
     #: the assistant's earlier replies in this conversation, oldest first: decoding keeps away from them
@@ -92,6 +93,7 @@ GENERATORS: Registry[Type[Generator]] = Registry("generator", {
     "nec": "empathy_nlg.generators.nec:NecGenerator",
     "mime": "empathy_nlg.generators.mime:MimeGenerator",
     "cause_gated": "empathy_nlg.generators.cause_gated:CauseGatedGenerator",
+    "persona_moel": "empathy_nlg.generators.persona_moel:PersonaMoelGenerator",
 })
 
 

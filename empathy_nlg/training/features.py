@@ -11,6 +11,8 @@ A *feature* is one ED listener turn with what the generators condition on::
   (the heuristic). An example whose model causes all lie after it falls back to the heuristic.
 * cm — the EPITOME response classifiers' probabilities on (last speaker turn, gold reply): silver
   communication-mechanism labels, since ED has none.
+* persona (``persona_moel``) — the persona sentences the speaker stated in the conversation so far,
+  mined with the project's persona extractor (:func:`mine_persona`).
 
 The cache file is named by a fingerprint of everything that shapes it (data file, limit, seed, cause
 source, the generator's own keys), so runs (e.g. ablations) can share one features folder and a
@@ -88,6 +90,48 @@ def silver_cm(examples: Sequence[GenerationExample], progress: bool) -> List[Lis
         for i in range(len(part)):
             out.append([round(float(probs[c][i]), 4) for c in CM_CODES])
     return out
+
+
+#: what :func:`mine_persona` does (part of a persona feature's fingerprint: change it when the mining changes)
+PERSONA_MINING = "speaker-turns-persona-extractor-v1"
+#: the most persona sentences kept per example (the newest; a generator may use fewer)
+MAX_MINED_PERSONA = 10
+
+
+def mine_persona(feats: List[Dict[str, Any]], extractor: Any = None, progress: bool = False,
+                 limit: int = MAX_MINED_PERSONA) -> Dict[str, int]:
+    """Adds ``persona`` to every feature: the persona sentences the speaker stated about themselves in
+    the conversation so far — :class:`empathy_nlg.persona.PersonaExtractor` on each speaker turn of
+    the example's context (oldest first, near-duplicates dropped, the newest ``limit`` kept).
+
+    ED has no persona (PEC, the persona-based ED of Zhong et al. 2020, is not available offline) and
+    no speaker ids, so a speaker's persona is what they said about themselves in this conversation
+    — the same facts the engine's persona memory would have learnt from these messages by the time
+    of the reply. Every distinct speaker turn is parsed once. Returns the counts (``examples``,
+    ``with_persona``: examples with at least one sentence, ``sentences``) and logs them."""
+    from empathy_nlg.persona import PersonaExtractor, unique_facts
+
+    extractor = extractor or PersonaExtractor()
+    texts = list(dict.fromkeys(t for f in feats for role, t in f["context"] if role == "speaker"))
+    facts: Dict[str, List[Any]] = {}
+    chunks = range(0, len(texts), 1024)
+    if progress:
+        from tqdm.auto import tqdm
+
+        chunks = tqdm(chunks, desc="persona mining", unit="batch")
+    for start in chunks:
+        part = texts[start : start + 1024]
+        facts.update(zip(part, extractor.extract_many(part)))
+    with_persona = sentences = 0
+    for f in feats:
+        found = unique_facts(x for role, t in f["context"] if role == "speaker" for x in facts.get(t, []))
+        f["persona"] = [x.text for x in found][-limit:] if limit > 0 else []
+        with_persona += bool(f["persona"])
+        sentences += len(f["persona"])
+    counts = {"examples": len(feats), "with_persona": with_persona, "sentences": sentences}
+    log.info("persona mining: %d of %d examples (%.1f %%) have at least one persona sentence (%d sentences)",
+             with_persona, len(feats), 100.0 * with_persona / max(1, len(feats)), sentences)
+    return counts
 
 
 def fingerprint(values: Mapping[str, Any]) -> str:

@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 
 #: generator name → its training recipe (the ``RECIPE`` of the generator's module)
 RECIPES: Registry[Any] = Registry("training recipe", {name: f"empathy_nlg.generators.{name}:RECIPE"
-                                                      for name in ("finetuned", "imagine", "nec", "mime", "cause_gated")})
+                                                      for name in ("finetuned", "imagine", "nec", "mime", "cause_gated",
+                                                                   "persona_moel")})
 #: batches are formed within windows of this many batches, sorted by length (little padding), and
 #: the batches of an epoch are then shuffled
 BUCKET_WINDOW = 64
@@ -58,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start from another run's checkpoint folder (weights, optimiser, step) with this config's settings")
     parser.add_argument("--ablate", action="append", default=[], metavar="PART",
                         help="switch a part off (imagine: cause, cm, knowledge, face; nec: entity, social, "
-                        "neg_d, neg_y, neg_b, neg_h; mime: mimicry, stochastic, grouping; cause_gated: gate, emotion); "
+                        "neg_d, neg_y, neg_b, neg_h; mime: mimicry, stochastic, grouping; cause_gated: gate, emotion; "
+                        "persona_moel: persona, experts); "
                         "repeatable; "
                         "out_dir gets a -no-PART suffix")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -91,6 +91,14 @@ def test_near_identical_facts_are_kept_once(extractor):
     assert [f.text for f in unique_facts([PersonaFact("I'm 34", "a"), PersonaFact("I am 34.", "b"), PersonaFact("", "c")])] == ["I'm 34"]
 
 
+def test_extract_many_finds_what_extract_finds_one_by_one(extractor):
+    texts = list(POSITIVE)[:6] + ["I am sad today", "", "  ", "I work as a nurse and my dog is called Max"]
+    many = extractor.extract_many(texts, batch_size=4)
+    assert len(many) == len(texts)
+    assert [[f.text for f in facts] for facts in many] == [[f.text for f in extractor.extract(t)] for t in texts]
+    assert many[-1][0].source == texts[-1] and many[7] == [] and many[8] == []
+
+
 def test_extraction_failure_is_logged_not_raised(caplog):
     class Broken:
         def __call__(self, text):

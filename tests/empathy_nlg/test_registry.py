@@ -43,6 +43,6 @@ def test_every_builtin_of_the_project_registries_resolves():
     for reg in (MODULES, GENERATORS, SOURCES, RECIPES):
         for name in reg.names():
             assert reg.get(name) is not None, (reg.kind, name)
-    assert {"finetuned", "imagine", "nec", "mime", "cause_gated", "prompted", "frequent"} <= set(GENERATORS.names())
-    assert RECIPES.names() == ["cause_gated", "finetuned", "imagine", "mime", "nec"]
+    assert {"finetuned", "imagine", "nec", "mime", "cause_gated", "persona_moel", "prompted", "frequent"} <= set(GENERATORS.names())
+    assert RECIPES.names() == ["cause_gated", "finetuned", "imagine", "mime", "nec", "persona_moel"]
     assert all(hasattr(MODULES.get(n), "run") and hasattr(MODULES.get(n), "add_arguments") for n in MODULES.names())

@@ -1,4 +1,5 @@
-"""The committed IMAGINE, NEC, MIME and cause-gated models, selected by name from the engine config, behind /nlg.
+"""The committed IMAGINE, NEC, MIME and cause-gated models, selected by name from the engine config, behind /nlg;
+and persona_moel (none ships yet: a tiny one the test builds) with the user's persona from SQL.
 
 Their knowledge comes from the real retrieval source over the knowledge tests' tiny ATOMIC-format
 sample (the shared data is not needed)."""
@@ -85,3 +86,50 @@ def test_trained_generator_answers_through_nlg_with_its_plan(name, knowledge, do
         stored = app.state.holder.engine.repository.conversation("s-" + name)
         reply = stored["turns"][0]["replies"][0]
         assert reply["generator"] == name and reply["text"] == out["text"]
+
+
+def test_persona_moel_answers_through_nlg_by_name_with_the_persona_from_sql(tmp_path, tiny_llama, domain_file, sqlite_url):
+    """No persona_moel ships yet: a tiny one is built here. Its persona is what SQL remembers of the
+    user (an earlier session's fact) plus what this message says about them."""
+    import torch
+
+    from empathy_nlg.generators import conditioned as C
+    from empathy_nlg.generators import persona_moel as PM
+    from empathy_nlg.perception.encoder import SentenceEncoder
+    from empathy_nlg.state.repository import PersonaRecord
+
+    torch.manual_seed(0)
+    settings_ = PM.PersonaMoelSettings.from_mapping({"heads_dim": 32, "encoder_ff": 64, "listener_rank": 4, "listener_prefix": 2})
+    model = PM.PersonaMoelModel(settings_, C.load_base(str(tiny_llama), device="cpu", dtype="float32"),
+                                SentenceEncoder(device="cpu"), lora={"r": 2, "alpha": 4, "dropout": 0.0})
+    model.save(tmp_path / "persona_moel", extra={"trained_at": "test"}, half=True)
+    section = {"model_dir": str(tmp_path / "persona_moel"), "backbone_path": str(tiny_llama), "device": "cpu",
+               "num_beams": 2, "decoding": {"max_new_tokens": 5}}
+    settings = load_settings(overrides={"state": {"database_url": sqlite_url}, "domain": str(domain_file),
+                                        "generation": {"generator": "persona_moel", "generators": {"persona_moel": section}}})
+    repo = StateRepository(sqlite_url)
+    repo.migrate()
+    repo.add_persona_facts([PersonaRecord("s-pm", "I have two kids", "I have two kids.", "old-1")])
+
+    def loader():
+        return EmpathyEngine(settings, perceiver=KeywordPerceiver(), generator=create_generator("persona_moel", section),
+                             repository=StateRepository(sqlite_url), domain=DomainResponses.load(domain_file))
+
+    app = create_app(settings, loader)
+    with TestClient(app) as client:
+        app.state.holder.wait(120)
+        r = client.post("/nlg", json=body("I work as a nurse. I failed my driving test this morning and I feel so sad.", "s-pm"))
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["text"].strip()
+        custom = out["custom"]
+        assert custom["generator"] == "persona_moel" and custom["generator_version"].startswith("persona_moel")
+        gen = custom["generation"]
+        assert gen["variant"] == "persona_moel" and "raw" not in gen
+        assert gen["persona_sentences"] == ["I have two kids", "I work as a nurse"] and gen["persona_source"] == "request"
+        weights = gen["listener_weights"]  # perception (sad) pooled to the 32 listeners, MoEL's top 5
+        assert gen["weights_source"] == "perception" and list(weights)[0] == "sad" and len(weights) == 5
+        assert abs(sum(weights.values()) - 1.0) < 1e-3
+        stored = app.state.holder.engine.repository.conversation("s-pm")
+        assert stored["turns"][0]["replies"][0]["generator"] == "persona_moel"
+    assert [f["fact"] for f in repo.persona_facts("s-pm")] == ["I have two kids", "I work as a nurse"]
