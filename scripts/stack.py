@@ -1,15 +1,22 @@
 #!/usr/bin/env python3
 """Start the whole assistant for real and stop what was started on exit.
 
-    python scripts/stack.py chat     # the whole stack in the background, the conversation in this terminal
-    python scripts/stack.py serve    # engine + action server + `rasa run` (web chat page, REST, socket.io, Slack)
+    python scripts/stack.py chat          # the whole stack in the background, the conversation in this terminal
+    python scripts/stack.py serve         # engine + action server + `rasa run` (web chat page, REST, socket.io, Slack)
+    python scripts/stack.py serve-scaled  # two `rasa run` behind a round-robin proxy, two engines, PostgreSQL + Redis
 
 The engine, the action server (and in ``chat`` mode ``rasa run``) run in the background with their
 logs in ``logs/``, so the terminal shows only the conversation; the script
 waits until the engine's ``/health`` says its models are loaded (showing progress), and stops
 every process it started when the foreground one ends or on Ctrl-C. Ports and files can be changed
 with the environment (ENGINE_PORT, ACTIONS_PORT, RASA_PORT, ENGINE_CONFIG, RASA_ENDPOINTS).
-The end-to-end tests drive the same :class:`Stack`.
+The end-to-end tests drive the same :class:`Stack` (and :class:`ScaledStack`).
+
+``serve-scaled`` is the scaled-out shape of docs/deployment.md on one machine: two Rasa servers
+behind ``scripts/rrproxy.py`` (round robin) sharing a PostgreSQL tracker store and a Redis lock
+store, each pinned to its own engine, the engines sharing the same PostgreSQL database; ports
+SCALED_PORT (proxy, 5205) and the five after it, SCALED_DATABASE_URL (created when missing),
+SCALED_REDIS_URL.
 
 Secure by default: one token per install (``var/engine.token``, git-ignored, mode 600, made on
 the first start; ``EMPATHY_NLG_TOKEN`` overrides it) guards the engine's routes (the agent's
@@ -24,6 +31,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,7 +40,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 RASA_BIN = ROOT / ".venvs" / "rasa" / "bin"
@@ -103,32 +111,40 @@ class Stack:
         self.procs: Dict[str, subprocess.Popen] = {}
 
     # -- processes ----------------------------------------------------------------------------
-    def _spawn(self, name: str, cmd: List[str], foreground: bool = False) -> subprocess.Popen:
+    def _spawn(self, name: str, cmd: List[str], foreground: bool = False, env: Optional[Dict[str, str]] = None) -> subprocess.Popen:
+        """Start ``cmd`` as ``name`` (its output in ``logs/<name>.log``); ``env`` adds to the stack's
+        environment for this process only (the scaled stack pins each Rasa server to its engine)."""
+        env = {**self.env, **(env or {})}
         if foreground:
-            proc = subprocess.Popen(cmd, cwd=self.root, env=self.env)
+            proc = subprocess.Popen(cmd, cwd=self.root, env=env)
         else:
             log = open(self.logs / f"{name}.log", "ab")
-            proc = subprocess.Popen(cmd, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs[name] = proc
         return proc
 
-    def start_engine(self, config: Optional[Path] = None) -> subprocess.Popen:
-        cmd = [str(ENGINE_BIN / "empathy-nlg"), "serve", "--port", str(self.ports["engine"])]
+    def start_engine(self, config: Optional[Path] = None, name: str = "engine", port: Optional[int] = None,
+                     env: Optional[Dict[str, str]] = None) -> subprocess.Popen:
+        cmd = [str(ENGINE_BIN / "empathy-nlg"), "serve", "--port", str(port or self.ports["engine"])]
         if config:
             cmd += ["--config", str(config)]
-        return self._spawn("engine", cmd)
+        return self._spawn(name, cmd, env=env)
 
     def start_actions(self) -> subprocess.Popen:
         return self._spawn("actions", [str(RASA_BIN / "rasa"), "run", "actions", "--port", str(self.ports["actions"]), "--actions", "actions"])
 
-    def start_rasa(self, model: Path, endpoints: Path, credentials: Optional[Path] = None, foreground: bool = False) -> subprocess.Popen:
+    def start_rasa(self, model: Path, endpoints: Path, credentials: Optional[Path] = None, foreground: bool = False,
+                   name: str = "rasa", port: Optional[int] = None, env: Optional[Dict[str, str]] = None,
+                   interface: Optional[str] = None) -> subprocess.Popen:
         cmd = [str(RASA_BIN / "rasa"), "run", "--model", str(model), "--endpoints", str(endpoints),
-               "--port", str(self.ports["rasa"]), "--enable-api", "--cors", "*"]
+               "--port", str(port or self.ports["rasa"]), "--enable-api", "--cors", "*"]
+        if interface:
+            cmd += ["--interface", interface]
         if credentials:
             cmd += ["--credentials", str(credentials)]
         if self.token:
             cmd += ["--auth-token", self.token]
-        return self._spawn("rasa", cmd, foreground=foreground)
+        return self._spawn(name, cmd, foreground=foreground, env=env)
 
     def stop(self, name: str, timeout: float = 20.0) -> None:
         proc = self.procs.pop(name, None)
@@ -204,6 +220,252 @@ class Stack:
         self.wait_ready("engine", self.engine_url("/health"), show=show, timeout=600)
 
 
+DEFAULT_SCALED_DATABASE = "postgresql://postgres@127.0.0.1:5432/empathy_scaled"
+DEFAULT_SCALED_REDIS = "redis://127.0.0.1:6379/1"
+
+
+def ensure_database(url: str) -> None:
+    """Create the PostgreSQL database of ``url`` when it does not exist yet: Rasa's tracker store
+    creates its table but not its database, and the engines migrate their schema at start."""
+    import psycopg  # the engine's driver: this script runs under the engine's interpreter
+    from psycopg import sql
+
+    parts = urllib.parse.urlsplit(url)
+    if not parts.scheme.startswith("postgres"):
+        raise RuntimeError(f"the scaled stack needs PostgreSQL, not {parts.scheme!r} (SCALED_DATABASE_URL)")
+    name = parts.path.lstrip("/")
+    admin = parts._replace(scheme="postgresql", path="/postgres").geturl()
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=5) as con:
+            if con.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone() is None:
+                con.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    except psycopg.errors.DuplicateDatabase:
+        pass  # created meanwhile by another start
+    except psycopg.Error as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise RuntimeError(f"PostgreSQL at {parts.hostname}:{parts.port or 5432} could not provide database "
+                           f"{name!r}: {first}") from None
+
+
+def redis_ping(url: str) -> None:
+    """Check that Redis answers before any Rasa server depends on it for its lock store."""
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 6379
+    try:
+        with socket.create_connection((host, port), timeout=3) as con:
+            if parts.password:
+                con.sendall(f"AUTH {parts.password}\r\n".encode())
+                con.recv(128)
+            con.sendall(b"PING\r\n")
+            reply = con.recv(128)
+    except OSError as exc:
+        raise RuntimeError(f"Redis at {host}:{port} is not reachable ({exc}); the Rasa servers need it for "
+                           f"their lock store (SCALED_REDIS_URL)") from None
+    if not reply.startswith(b"+PONG"):
+        raise RuntimeError(f"Redis at {host}:{port} did not answer PING: {reply[:80]!r}")
+
+
+class ScaledStack(Stack):
+    """The scaled-out assistant on one machine, started for real (docs/deployment.md).
+
+    * ``rasa-1``, ``rasa-2``: ``rasa run`` servers behind ``proxy`` (scripts/rrproxy.py, round
+      robin), so consecutive turns of one conversation land on different servers. They share the
+      PostgreSQL tracker store (``agent.tracker_store.ReconnectingSQLTrackerStore``: Rasa's SQL
+      store that waits out a database restart) and a Redis lock store — Rasa's requirement for more
+      than one server: the lock serialises a conversation's messages across servers. It is
+      ``agent.lock_store.AtomicRedisLockStore``, Rasa's Redis lock store with atomic ticket changes:
+      with Rasa's own, two servers taking one conversation's messages at the same moment can both
+      hold its lock.
+    * ``engine-1``, ``engine-2``: one engine per Rasa server (its NLU components and NLG endpoint
+      call that engine only). Pinned rather than balanced, so each engine's load and failures stay
+      attributable here; the engines keep no conversation in memory, so a conversation moving
+      between servers moves between engines, and their state lives in the same PostgreSQL database.
+    * ``actions``: one action server for both (stateless), its engine calls to ``engine-1``.
+    """
+
+    def __init__(
+        self,
+        root: Path = ROOT,
+        proxy_port: int = 5205,
+        rasa_ports: Sequence[int] = (5206, 5207),
+        engine_ports: Sequence[int] = (5208, 5209),
+        actions_port: int = 5210,
+        database_url: str = DEFAULT_SCALED_DATABASE,
+        redis_url: str = DEFAULT_SCALED_REDIS,
+        lock_prefix: str = "empathyscaled",
+        logs: Optional[Path] = None,
+        workdir: Optional[Path] = None,
+        env: Optional[Dict[str, str]] = None,
+        token: Optional[str] = None,
+        engine_config: Optional[Path] = None,
+        model: Optional[Path] = None,
+        credentials: Optional[Path] = None,
+        tracker_retry_s: float = 20.0,
+        tracker_store_type: str = "agent.tracker_store.ReconnectingSQLTrackerStore",
+        lock_store_type: str = "agent.lock_store.AtomicRedisLockStore",
+    ) -> None:
+        if len(rasa_ports) != len(engine_ports) or not rasa_ports:
+            raise ValueError("one engine port per Rasa port, at least one of each")
+        if not lock_prefix.isalnum():
+            raise ValueError(f"the lock store's key prefix must be alphanumeric (Rasa's rule), not {lock_prefix!r}")
+        super().__init__(root, engine_port=engine_ports[0], actions_port=actions_port, rasa_port=proxy_port,
+                         logs=logs, env=env, token=token)
+        self.ports["proxy"] = proxy_port
+        # (name suffix, Rasa port, engine port): replica i is rasa-i pinned to engine-i
+        self.replicas: List[Tuple[int, int, int]] = [(i, r, e) for i, (r, e) in enumerate(zip(rasa_ports, engine_ports), 1)]
+        self.database_url = database_url
+        self.redis_url = redis_url
+        self.lock_prefix = lock_prefix
+        self.workdir = workdir or root / "var" / "scaled"
+        self.engine_config = engine_config or root / "engine.yml"
+        self.model = model or root / "models" / "assistant.tar.gz"
+        self.credentials = credentials or root / "credentials.yml"
+        self.tracker_retry_s = tracker_retry_s
+        # Rasa's own "SQL" store too, to compare: it loses turns across a database restart (agent/tracker_store.py)
+        self.tracker_store_type = tracker_store_type
+        # and Rasa's own "redis" lock store: two servers can both take one conversation's lock (agent/lock_store.py)
+        self.lock_store_type = lock_store_type
+
+    # -- configuration --------------------------------------------------------------------------
+    def server_url(self, index: int, path: str = "") -> str:
+        """A URL of Rasa server ``index`` (1-based) itself, not through the proxy."""
+        return f"http://127.0.0.1:{self.replicas[index - 1][1]}{path}"
+
+    def server_api(self, index: int, path: str) -> str:
+        url = self.server_url(index, path)
+        return url if not self.token else url + ("&" if "?" in path else "?") + urllib.parse.urlencode({"token": self.token})
+
+    def engine_url_of(self, index: int, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.replicas[index - 1][2]}{path}"
+
+    def endpoints_config(self, index: int) -> Dict[str, object]:
+        """``endpoints.yml`` of Rasa server ``index``: its own engine, the shared stores."""
+        db = urllib.parse.urlsplit(self.database_url)
+        tracker: Dict[str, object] = {
+            "type": self.tracker_store_type, "dialect": "postgresql",
+            "url": db.hostname or "127.0.0.1", "port": db.port or 5432, "username": db.username or "postgres",
+            "db": db.path.lstrip("/"),
+        }
+        if self.tracker_store_type.endswith("ReconnectingSQLTrackerStore"):
+            tracker["retry_seconds"] = self.tracker_retry_s
+        if db.password:
+            tracker["password"] = urllib.parse.unquote(db.password)
+        redis = urllib.parse.urlsplit(self.redis_url)
+        lock: Dict[str, object] = {"type": self.lock_store_type, "url": redis.hostname or "127.0.0.1", "port": redis.port or 6379,
+                                   "db": int(redis.path.lstrip("/") or 1), "key_prefix": self.lock_prefix}
+        if redis.password:
+            lock["password"] = urllib.parse.unquote(redis.password)
+        return {
+            "action_endpoint": {"url": f"http://127.0.0.1:{self.ports['actions']}/webhook"},
+            "nlg": {"type": "agent.nlg.EngineNaturalLanguageGenerator", "url": self.engine_url_of(index, "/nlg"), "timeout": 30},
+            "tracker_store": tracker,
+            "lock_store": lock,
+        }
+
+    def write_endpoints(self) -> List[Path]:
+        import yaml  # in both environments; only the stack's own modes need it
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        paths = []
+        for index, _rasa, _engine in self.replicas:
+            path = self.workdir / f"endpoints-rasa-{index}.yml"
+            path.write_text("# written by scripts/stack.py (ScaledStack) at each start\n"
+                            + yaml.safe_dump(self.endpoints_config(index), sort_keys=False), encoding="utf-8")
+            paths.append(path)
+        return paths
+
+    # -- processes ------------------------------------------------------------------------------
+    def start(self, show: bool = False) -> None:
+        """Everything, in the background, waiting until each part answers. The engines and the
+        Rasa servers load at the same time (minutes on two cores)."""
+        redis_ping(self.redis_url)
+        ensure_database(self.database_url)
+        endpoints = self.write_endpoints()
+        self.start_actions()
+        for index, _rasa, engine_port in self.replicas:
+            self.start_engine(self.engine_config, name=f"engine-{index}", port=engine_port,
+                              env={"DATABASE_URL": self.database_url})
+        for (index, rasa_port, engine_port), path in zip(self.replicas, endpoints):
+            # on loopback only: the proxy is the way in
+            self.start_rasa(self.model, path, self.credentials, name=f"rasa-{index}", port=rasa_port,
+                            env={"EMPATHY_ENGINE_URL": f"http://127.0.0.1:{engine_port}"}, interface="127.0.0.1")
+        self.start_proxy()
+        self.wait_ready("actions", f"http://127.0.0.1:{self.ports['actions']}/health", show=show, timeout=120)
+        for index, _rasa, _engine in self.replicas:
+            self.wait_ready(f"engine-{index}", self.engine_url_of(index, "/health"), show=show, timeout=900)
+        for index, _rasa, _engine in self.replicas:
+            self.wait_ready(f"rasa-{index}", self.server_api(index, "/status"), show=show, timeout=900)
+        self.wait_ready("proxy", self.rasa_url("/__proxy__/status"), show=show, timeout=30)
+
+    def start_proxy(self) -> subprocess.Popen:
+        cmd = [sys.executable, str(self.root / "scripts" / "rrproxy.py"), "--listen", f"127.0.0.1:{self.ports['proxy']}"]
+        for index, rasa_port, _engine in self.replicas:
+            cmd += ["--upstream", f"rasa-{index}=127.0.0.1:{rasa_port}"]
+        return self._spawn("proxy", cmd)
+
+    def warm_up(self) -> None:
+        """One message through each server's NLU (and so each engine's perception); nothing stored."""
+        for index, _rasa, _engine in self.replicas:
+            for _ in range(2):
+                http_json(self.server_api(index, "/model/parse"), {"text": "I had a long day at work today"}, timeout=180)
+
+    def proxy_status(self) -> Dict[str, Dict[str, object]]:
+        status, data = http_json(self.rasa_url("/__proxy__/status"), timeout=5)
+        return data.get("upstreams", {}) if status == 200 and isinstance(data, dict) else {}
+
+
+def serve_scaled() -> int:
+    """``make serve-scaled``: the scaled stack until Ctrl-C, or until one of its processes stops."""
+    env = os.environ
+    try:
+        base = int(env.get("SCALED_PORT", 5205))
+        stack = ScaledStack(
+            proxy_port=base, rasa_ports=(base + 1, base + 2), engine_ports=(base + 3, base + 4), actions_port=base + 5,
+            database_url=env.get("SCALED_DATABASE_URL", DEFAULT_SCALED_DATABASE),
+            redis_url=env.get("SCALED_REDIS_URL", DEFAULT_SCALED_REDIS),
+            engine_config=Path(env.get("ENGINE_CONFIG", ROOT / "engine.yml")),
+            token=install_token(),
+        )
+    except ValueError as exc:
+        print(f"error: {exc} (SCALED_PORT must be a port number)", file=sys.stderr)
+        return 2
+
+    def on_signal(signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    started = time.monotonic()
+    code = 0
+    try:
+        db = urllib.parse.urlsplit(stack.database_url)
+        print(f"starting two engines, two Rasa servers, the action server and the proxy on PostgreSQL "
+              f"{db.hostname}:{db.port or 5432}{db.path} and Redis (logs in {stack.logs}/)…", flush=True)
+        stack.start(show=True)
+        print(f"serving through the round-robin proxy: REST {stack.rasa_url('/webhooks/rest/webhook')}, "
+              f"web chat http://localhost:{stack.ports['proxy']}/chat/", flush=True)
+        for index, rasa_port, engine_port in stack.replicas:
+            print(f"  rasa-{index} :{rasa_port} -> engine-{index} :{engine_port}", flush=True)
+        print(f"  per-server counts: {stack.rasa_url('/__proxy__/status')} (Ctrl-C stops all)", flush=True)
+        while True:
+            time.sleep(1.0)
+            for name, proc in list(stack.procs.items()):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with code {proc.returncode}; see {stack.logs / (name + '.log')}")
+    except KeyboardInterrupt:
+        print("\nstopping…", flush=True)
+    except (RuntimeError, TimeoutError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        counts = {name: info.get("requests") for name, info in stack.proxy_status().items()}
+        if counts:
+            print(f"requests per Rasa server: {counts}", flush=True)
+        stack.stop_all()
+        print(f"stopped everything this session started ({time.monotonic() - started:.0f} s). Logs: {stack.logs}", flush=True)
+    return code
+
+
 def chat(stack: Stack) -> int:
     """A conversation in the terminal over Rasa's REST channel; /stop (or Ctrl-D) ends it."""
     try:
@@ -243,9 +505,11 @@ def chat(stack: Stack) -> int:
 
 def main(argv: List[str]) -> int:
     mode = argv[1] if len(argv) > 1 else "chat"
-    if mode not in ("chat", "serve"):
-        print("usage: stack.py chat|serve", file=sys.stderr)
+    if mode not in ("chat", "serve", "serve-scaled"):
+        print("usage: stack.py chat|serve|serve-scaled", file=sys.stderr)
         return 2
+    if mode == "serve-scaled":
+        return serve_scaled()
     env = os.environ
     stack = Stack(
         engine_port=int(env.get("ENGINE_PORT", 5056)),

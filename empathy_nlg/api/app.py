@@ -14,7 +14,8 @@ Bodies above ``server.max_body_bytes`` get 413; invalid bodies 422 with what is 
 persisted for a rejected request. ``/nlg`` admits one request the model answers plus
 ``server.nlg_queue`` waiting for it; one more gets 503 with ``Retry-After`` (the agent's NLG then
 answers with the domain's text for that response) — a burst never piles up past what the clients'
-timeouts can wait for.
+timeouts can wait for. While the state database is unreachable (a PostgreSQL restart), requests that
+need it get 503 with ``Retry-After`` too, and nothing half-written stays behind.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from empathy_nlg import __version__
 from empathy_nlg.api.schemas import (
@@ -169,6 +171,20 @@ def create_app(settings: Mapping[str, Any], loader: Optional[Callable[[], Empath
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, exc: HTTPException):
         return JSONResponse(status_code=exc.status_code, content={"error": str(exc.detail)}, headers=exc.headers)
+
+    async def database_unavailable(_request: Request, exc: Exception):
+        # The state database is restarting or unreachable: a turn cannot be stored, so it is not
+        # answered either (a reply is written with its turn or not at all). 503 + Retry-After tells
+        # the agent to retry or answer from the domain; one line in the log, not a traceback per
+        # request while it lasts (the pool reconnects by itself: pool_pre_ping).
+        orig = getattr(exc, "orig", None) or exc
+        first = (str(orig).strip().splitlines() or [""])[0][:200]
+        log.warning("state database unavailable (%s: %s); answered 503", type(orig).__name__, first)
+        return JSONResponse(status_code=503, headers={"Retry-After": "2"},
+                            content={"error": "the state database is unavailable just now; retry shortly"})
+
+    app.add_exception_handler(OperationalError, database_unavailable)
+    app.add_exception_handler(InterfaceError, database_unavailable)
 
     @app.exception_handler(Exception)
     async def unexpected_error(_request: Request, exc: Exception):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from sqlalchemy import create_engine, delete, event, func, select
+from sqlalchemy import text as sql_text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -25,6 +26,9 @@ from empathy_nlg.taxonomy import polarity_of
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # The engine's own Alembic version table, so its history never collides with another app's.
 VERSION_TABLE = "empathy_alembic_version"
+# The advisory lock the engine's migrations hold on PostgreSQL (any fixed 64-bit number that no other
+# application of the database uses for its own lock; this one spells "empathy1" in ASCII).
+MIGRATION_LOCK_KEY = 0x656D706174687931
 
 
 def positive_shares(history: List[Dict[str, Any]]) -> List[float]:
@@ -110,13 +114,21 @@ class StateRepository:
 
     # -- schema -----------------------------------------------------------------------------
     def migrate(self, revision: str = "head") -> None:
-        """Upgrade the schema with Alembic (idempotent)."""
+        """Upgrade the schema with Alembic (idempotent).
+
+        On PostgreSQL the upgrade holds a transaction-scoped advisory lock, so several engines
+        starting together on one database (``make serve-scaled``, replicas of a deployment) migrate
+        one after another: without it, two of them on a fresh database both create the tables and
+        all but one stop with a duplicate-key error (measured: 3 processes at once, 2 of 3 failed).
+        """
         import logging
 
         logging.getLogger("alembic").setLevel(logging.WARNING)
         from alembic import command
 
         with self.engine.begin() as connection:
+            if connection.dialect.name == "postgresql":
+                connection.execute(sql_text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
             cfg = alembic_config(self.url)
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, revision)

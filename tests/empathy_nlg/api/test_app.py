@@ -160,6 +160,32 @@ def test_an_unexpected_failure_is_a_500_that_names_no_detail_and_writes_nothing(
         assert rows(app) == {"conversations": 0, "turns": 0, "replies": 0}
 
 
+def test_an_unreachable_state_database_is_a_503_with_retry_after_and_writes_nothing(domain_file, sqlite_url, monkeypatch):
+    """A PostgreSQL restart: the turn cannot be stored, so it is refused in a way the agent retries or
+    answers from the domain — never a 500, and the statement's parameters (the user's text) stay out."""
+    from sqlalchemy.exc import OperationalError
+
+    app = build(domain_file, sqlite_url)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        app.state.holder.wait(30)
+        repository = app.state.holder.engine.repository
+
+        def down(*_args, **_kwargs):
+            raise OperationalError("INSERT INTO empathy_turns (user_text) VALUES (%s)", ("I had an awful day",),
+                                   Exception("server closed the connection unexpectedly"))
+
+        monkeypatch.setattr(repository, "record_reply", down)
+        monkeypatch.setattr(repository, "record_turn", down)
+        for path, body in (("/nlg", rasa_body()), ("/perceive", {"text": "I had an awful day", "sender_id": "p9"})):
+            r = client.post(path, json=body)
+            assert r.status_code == 503 and r.headers["retry-after"] == "2", (path, r.text)
+            assert r.json() == {"error": "the state database is unavailable just now; retry shortly"}
+            assert "awful" not in r.text and "INSERT" not in r.text
+        monkeypatch.undo()
+        assert rows(app) == {"conversations": 0, "turns": 0, "replies": 0}
+        assert client.post("/nlg", json=rasa_body()).status_code == 200  # and back when the database is
+
+
 def test_perceive(client):
     r = client.post("/perceive", json={"text": "I got promoted!", "history": [{"role": "user", "text": "hi"}, {"role": "bot", "text": "hello"}], "sender_id": "p1", "turn_index": 1})
     assert r.status_code == 200

@@ -104,3 +104,33 @@ def test_repository_on_postgresql():
         with repo.engine.begin() as c:
             c.execute(text("delete from empathy_conversations where sender_id=:s"), {"s": sender})
         repo.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not postgres_available() and not os.environ.get("CI"),
+                    reason="local PostgreSQL server not reachable (under CI the test runs, and fails)")
+def test_engines_starting_together_migrate_a_fresh_postgresql_database_one_after_another():
+    """`make serve-scaled` starts two engines on one new database; each migrates at start. Separate
+    processes, as in the stack (Alembic's context is per process): without the advisory lock two of
+    three failed with a duplicate key."""
+    import subprocess
+    import sys
+
+    import psycopg
+
+    name = f"empathy_migrate_{uuid.uuid4().hex[:8]}"
+    admin = POSTGRES_URL.replace("+psycopg", "").rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    url = POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
+    try:
+        code = f"from empathy_nlg.state.repository import StateRepository; StateRepository({url!r}).migrate()"
+        procs = [subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        failures = [p.stderr.read()[-500:] for p in procs if p.wait(120) != 0]
+        assert not failures, failures
+        repo = StateRepository(url)
+        assert repo.current_revision() == "0002_persona_facts"
+        repo.dispose()
+    finally:
+        with psycopg.connect(admin, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,0 +1,147 @@
+"""ReconnectingSQLTrackerStore: Rasa's SQL tracker store, made to ride out a database restart.
+
+Configure in ``endpoints.yml`` (the keys of Rasa's ``type: SQL`` store, plus ``retry_seconds``)::
+
+    tracker_store:
+      type: agent.tracker_store.ReconnectingSQLTrackerStore
+      dialect: postgresql
+      url: 127.0.0.1
+      port: 5432
+      username: postgres
+      db: assistant
+      retry_seconds: 20    # how long a turn waits for the database to come back
+
+Why: measured with Rasa 3.6.21 against PostgreSQL 15 (``tests/e2e/test_scale.py``), a restart of
+the database cost messages with Rasa's own ``SQLTrackerStore``:
+
+* Its SQLAlchemy engine is created without ``pool_pre_ping``, and Rasa offers no endpoints setting
+  for it (only the ``SQL_POOL_SIZE``, ``SQL_MAX_OVERFLOW`` and ``POSTGRESQL_SCHEMA`` variables), so
+  the first use of each pooled connection after a restart fails.
+* Rasa wraps every tracker store in its ``FailSafeTrackerStore``: a failed ``retrieve`` returns
+  ``None`` — Rasa then starts a *new* conversation session for that sender — and a failed ``save``
+  goes to an in-memory store, so that turn's events never reach SQL. A database that is down for a
+  second loses the turns that arrive in that second.
+
+This store pings each connection before use and retries ``retrieve``/``save``/``keys`` while the
+database is unreachable, for up to ``retry_seconds``, so a restart delays the turns in flight
+instead of losing them. Retrying a save is safe: Rasa writes only the events the table does not
+have yet (it counts them in the same transaction), and the lock store keeps other servers away from
+the conversation meanwhile (keep ``retry_seconds`` well under the lock's lifetime, 60 s by
+default). Past ``retry_seconds`` the error goes to Rasa's fail-safe, as before. Event streaming to
+an event broker happens once per save, not once per attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any, Awaitable, Callable, Dict, Iterable, Optional, Text, TypeVar
+
+import sqlalchemy as sa
+from rasa.core.brokers.broker import EventBroker
+from rasa.core.tracker_store import SQLTrackerStore, create_engine_kwargs
+from rasa.shared.core.domain import Domain
+from rasa.shared.core.trackers import DialogueStateTracker
+from rasa.shared.nlu.constants import INTENT_NAME_KEY
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """An error that says the database could not be reached (or the connection broke), as opposed to
+    one about the statement: only these are worth waiting for."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def describe(exc: BaseException) -> str:
+    """The driver's own message, first line only: SQLAlchemy's text adds the statement and its
+    parameters, which may hold what the user wrote (logs carry no conversation content)."""
+    orig = getattr(exc, "orig", None) or exc
+    first = (str(orig).strip().splitlines() or [""])[0]
+    return f"{type(orig).__name__}: {first[:200]}"
+
+
+class ReconnectingSQLTrackerStore(SQLTrackerStore):
+    """Rasa's ``SQLTrackerStore`` with pre-ping and bounded retries while the database is away."""
+
+    def __init__(
+        self,
+        domain: Optional[Domain] = None,
+        dialect: Text = "sqlite",
+        host: Optional[Text] = None,
+        port: Optional[int] = None,
+        db: Text = "rasa.db",
+        username: Optional[Text] = None,
+        password: Optional[Text] = None,
+        event_broker: Optional[EventBroker] = None,
+        login_db: Optional[Text] = None,
+        query: Optional[Dict] = None,
+        retry_seconds: float = 20.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(domain, dialect, host, port, db, username, password, event_broker, login_db, query, **kwargs)
+        self.retry_seconds = max(0.0, float(retry_seconds))
+        # Rasa built its engine without pre-ping: build it again, same URL and pool settings, with it
+        url = self.engine.url
+        self.engine.dispose()
+        self.engine = sa.create_engine(url, pool_pre_ping=True, **create_engine_kwargs(url))
+        self.sessionmaker = sa.orm.session.sessionmaker(bind=self.engine)
+
+    async def _with_retries(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        deadline = time.monotonic() + self.retry_seconds
+        delay, attempts = 0.25, 0
+        while True:
+            try:
+                result = await call()
+            except Exception as exc:  # noqa: BLE001 - only connection errors are retried; the rest re-raised
+                if not is_connection_error(exc) or time.monotonic() + delay > deadline:
+                    raise
+                attempts += 1
+                log.warning("tracker store %s: the database is unavailable (%s); retry %d in %.2f s",
+                            what, describe(exc), attempts, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if attempts:
+                log.info("tracker store %s: the database answered again after %d retries", what, attempts)
+            return result
+
+    async def _retrieve(self, sender_id: Text, fetch_events_from_all_sessions: bool) -> Optional[DialogueStateTracker]:
+        parent = super()._retrieve
+        return await self._with_retries("retrieve", lambda: parent(sender_id, fetch_events_from_all_sessions))
+
+    async def keys(self) -> Iterable[Text]:
+        parent = super().keys
+        return await self._with_retries("keys", parent)
+
+    async def save(self, tracker: DialogueStateTracker) -> None:
+        """Rasa's ``SQLTrackerStore.save``, with the database part retried (the events are streamed
+        to the event broker once)."""
+        await self.stream_events(tracker)
+        await self._with_retries("save", lambda: self._write_new_events(tracker))
+
+    async def _write_new_events(self, tracker: DialogueStateTracker) -> None:
+        # the body of SQLTrackerStore.save (Rasa 3.6.21) after stream_events, unchanged
+        with self.session_scope() as session:
+            for event in self._additional_events(session, tracker):
+                data = event.as_dict()
+                intent = data.get("parse_data", {}).get("intent", {}).get(INTENT_NAME_KEY)
+                session.add(
+                    self.SQLEvent(
+                        sender_id=tracker.sender_id,
+                        type_name=event.type_name,
+                        timestamp=data.get("timestamp"),
+                        intent_name=intent,
+                        action_name=data.get("name"),
+                        data=json.dumps(data),
+                    )
+                )
+            session.commit()
+        log.debug("tracker %s stored to the database", tracker.sender_id)
