@@ -77,7 +77,8 @@ PATTERNS: Dict[str, str] = {
     "cant_go_on": r"\bcan'?t\s+(?:go\s+on|take\s+it\s+anymore)\b",
     "means_on_self": r"\b(?:using|use)\s+it\s+on\s+myself\b",
     "ways_to_die": r"\bways\s+to\s+die\b",
-    "last_day": r"\bmy\s+last\s+day\b(?!\s+(?:at|of)\s+(?:work|school|the\s+job))",
+    # v11: "my last day at my old job / before retirement / of term" is a leaving do, not a farewell
+    "last_day": r"\bmy\s+last\s+day\b(?!\s+(?:at|of|in|before|as|with|working|teaching|there|here\s+at)\b)(?!\s+on\s+(?!earth\b))",
     "if_i_died": r"\b(?:care|notice)\s+if\s+i\s+(?:died|was\s+gone|disappeared)\b",
     "plan_to_die": r"\bplan\s+to\s+(?:kill|die|end)\b",
     # means in hand or taken (C-SSRS "preparatory behaviour" / "actual attempt"): unambiguous on
@@ -89,7 +90,10 @@ PATTERNS: Dict[str, str] = {
     "firearm_access": r"\b(?:gun|pistol|rifle|shotgun|revolver|firearm)\b[^.!?]{0,60}?\b(?:loaded|in\s+my\s+(?:hand|lap|mouth)|"
                       r"know\s+the\s+code|(?:nobody|no\s+one)(?:'s|\s+is)\s+home|to\s+my\s+head)\b",
     "stockpile": r"\b(?:stockpil\w*|hoard\w*|sav(?:ed|ing)\s+up|counted\s+out|lined\s+up)\b[^.!?]{0,40}?\b(?:pills|tablets|"
-                 r"paracetamol|painkillers|meds|medication|insulin|prescriptions?|antidepressants)\b",
+                 r"paracetamol|painkillers|meds|medication|insulin|prescriptions?|antidepressants)\b|"
+                 # v11: the same told the other way round ("the pills are lined up on my desk")
+                 r"\b(?:pills|tablets|paracetamol|painkillers|meds|antidepressants)\s+(?:are\s+|all\s+)?(?:all\s+)?"
+                 r"(?:lined\s+up|stockpiled|saved\s+up)\b",
 }
 _COMPILED = {name: re.compile(p, re.IGNORECASE) for name, p in PATTERNS.items()}
 
@@ -140,8 +144,19 @@ CUES: Dict[str, str] = {
                           r"\bsaid\s+(?:bye|goodbye)\s+to\s+(?:the\s+)?(?:group\s*chat|everyone|everybody|all\s+of\s+them)\b",
 }
 _CUES = {name: re.compile(p, re.IGNORECASE) for name, p in CUES.items()}
-#: the patterns and cues, named in the detector's version (v10: five more cue families)
-RULES_VERSION = "patterns-v10"
+#: v11: a "last time" said while leaving a home or a workplace — moving house, a sold childhood home,
+#: an office that closes — is the commonest ordinary use of the ``final_act`` cue (2 of its 2 matches
+#: in ED train, the 2 check-ins it added on the chat scripts): the cue does not count in a message
+#: that also speaks of the move itself. A final act in a farewell keeps every other cue and the
+#: classifier; "the beach one last time" or "hear her voice one more time" are untouched.
+ORDINARY_DEPARTURE = re.compile(
+    r"\b(?:mov(?:e|ed|ing|ers)\s+(?:out|in|house|away|abroad|up|down|to|on)|movers|removal\s+van|sold|selling|"
+    r"hand(?:ed|ing)?\s+(?:back\s+)?(?:the|over\s+the|in\s+the|my)\s+keys|keys\s+back|downsiz\w*|emigrat\w*|"
+    r"(?:empty|every|all\s+the|each)\s+rooms?|childhood\s+(?:home|house|bedroom)|old\s+(?:house|flat|place|home|office|flatshare|dorm)|"
+    r"new\s+(?:house|flat|place|home|city|job)|(?:office|shop|branch|school)\s+(?:is\s+)?clos(?:es|ing|ed))\b", re.IGNORECASE)
+#: the patterns and cues, named in the detector's version (v10: five more cue families; v11: the
+#: ``final_act`` cue steps aside for an ordinary move, :data:`ORDINARY_DEPARTURE`)
+RULES_VERSION = "patterns-v11"
 #: classifier probability below which a cue alone asks nothing (``cue_gate`` in the head's config)
 CUE_GATE = 0.05
 
@@ -158,6 +173,8 @@ def cue_matches(text: str) -> List[str]:
             clause_start = b.end()
         if not NEGATORS.search(text[clause_start : m.start()]):
             out.append(name)
+    if "final_act" in out and ORDINARY_DEPARTURE.search(text):
+        out.remove("final_act")
     return out
 # "can't go on" and "can't take it anymore" alone are common venting: weaker evidence.
 WEAK_PATTERNS = {"cant_go_on", "last_day"}
@@ -366,6 +383,23 @@ class CrisisDetector:
         self.gate_stats["gated_out"] += 1
         return 0.0
 
+    def context_holds_danger(self, texts: Sequence[str]) -> bool:
+        """True when one of the user's previous :data:`CONTEXT_TURNS` messages, judged in its own
+        context, reached the check-in threshold or matched a pattern or a cue: "she's asleep now"
+        after "I've counted out the pills" (the context holds a plan), not "bus till payday then"
+        after "someone nicked my bike" (nothing in it is danger)."""
+        texts = list(texts)
+        for end in range(len(texts) - 1, max(len(texts) - 1 - CONTEXT_TURNS, 0), -1):
+            earlier = texts[end - 1]
+            if not earlier.strip():
+                continue
+            if any(not r.startswith("negated:") for r in pattern_matches(earlier)[1]) or cue_matches(earlier):
+                return True
+            q = self.classify(texts[:end], force_large=True)
+            if q is not None and q >= self.concern_threshold:
+                return True
+        return False
+
     def scaled(self, p: float) -> float:
         """The classifier's probability mapped piecewise-linearly so that ``threshold`` → 0.5."""
         t = min(max(self.threshold, 1e-6), 1 - 1e-6)
@@ -401,9 +435,17 @@ class CrisisDetector:
                 if len(texts) > 1 and not any(not r.startswith("negated:") for r in reasons[:-1]):
                     alone = self.classify([texts[-1]], emb, force_large=True)
                     if alone is not None and alone < self.threshold:
-                        # flagged only because of what was said before: the engine's follow-up
-                        # state answers these instead of repeating the resources
-                        reasons.append(CONTEXT_ONLY)
+                        if self.context_holds_danger(texts):
+                            # flagged only because of what was said before: the engine's follow-up
+                            # state answers these instead of repeating the resources
+                            reasons.append(CONTEXT_ONLY)
+                        else:
+                            # v11: context can only make a message dangerous if it holds danger
+                            # itself ("bus till payday then" after a stolen bike scored 0.99 in
+                            # context): a concern (the check-in question), never the resources
+                            reasons[-1] = f"concern:{p:.2f}"
+                            concern = True
+                            p = min(p, 0.98 * self.threshold)  # a score of 0.49: under the flag
             elif p >= self.concern_threshold:
                 reasons.append(f"concern:{p:.2f}")
                 concern = True

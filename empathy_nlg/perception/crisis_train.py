@@ -6,20 +6,21 @@ Data (see ``../shared/data/README.md`` for licences):
   ``supportive | uninformative`` → 0; ``indicator`` (risk factors without ideation) is left out of
   training and of the Reddit metric, as in the issue's definition. Split **by user** (seeded):
   80 % train, 20 % dev — the dev users choose the epoch and the threshold.
-* **The project's own phrasings** (``crisis_data/train.yml``, ``train_b.yml``, ``train_c.yml`` and,
-  since v9, the four older held-out sets ``heldout.yml`` … ``heldout_d.yml``): six positive
+* **The project's own phrasings** (``crisis_data/train.yml``, ``train_b.yml``, ``train_c.yml``, since
+  v10 ``train_d.yml``, and since v9 the four older held-out sets ``heldout.yml`` … ``heldout_d.yml``): six positive
   categories (ideation, plan/means, timing, farewell, self-harm, past attempt), hard-negative ones
   (figurative, grief, exhaustion, fiction/news, everyday sadness, tears of joy, everyday plans
   that share the surface of danger talk, recovery milestones) and multi-turn ``contexts`` where
   only the conversation decides. The earlier evaluation phrasings (``crisis_eval.yml``) join
-  training. ``crisis_data/heldout_e.yml`` is never trained or tuned on.
+  training. ``crisis_data/heldout_e.yml`` … ``heldout_h.yml`` are never trained or tuned on. Each own crisis statement also comes once after another one as its context (v10,
+  :func:`continued_crisis`), beside the safe follow-ups after crisis statements (:func:`safe_followups`).
 * **XSTest** safe prompts (Röttger et al. 2024): figurative/homonym hard negatives; a seeded
   half trains, the other half is evaluated.
 
 Own phrasings are weighted ``own_weight`` × in the loss: they are the chat register the assistant
 meets, while the posts are long and labelled with the user's history in view (noisy).
 
-* **Everyday messages**: 4,000 seeded ED train speaker messages (every emotion, grief and
+* **Everyday messages**: 8,000 (v9: 4,000) seeded ED train speaker messages (every emotion, grief and
   exhaustion included; half opening messages, half later messages with their context) as
   negatives; 1,000 of ED valid, built the same way, are the dev negatives.
 
@@ -62,6 +63,10 @@ OWN_TRAIN_B = DATA_DIR / "train_b.yml"
 #: milestone hard negatives (a quit-smoking anniversary, years of a habit) and relapse positives,
 #: written on 2026-12-03 after v7 flagged a held-out chat script's quit-smoking anniversary
 OWN_TRAIN_C = DATA_DIR / "train_c.yml"
+#: hard negatives from ordinary stories (habit histories, lost and stolen things, second-guessing,
+#: leaving a home) and short, flat finals after a plan, written on 2026-12-04 (seventh session) after
+#: v9 sent 7 of heldout.jsonl's 86 ordinary turns to the safety path (the file's comment says which)
+OWN_TRAIN_D = DATA_DIR / "train_d.yml"
 #: the first held-out set (training data since v9, :data:`RETIRED_HELDOUT`)
 OWN_HELDOUT = DATA_DIR / "heldout.yml"
 #: a second held-out set, written on 2026-12-03 after heldout.yml's misses had been read (so that
@@ -83,16 +88,23 @@ OWN_HELDOUT_E = DATA_DIR / "heldout_e.yml"
 #: mind is measured on phrasings it never saw); weighted to indirect farewells, affairs put in order
 #: and "one last" acts, with negatives that share their surface forms; never trained or tuned on
 OWN_HELDOUT_F = DATA_DIR / "heldout_f.yml"
+#: a seventh held-out set, written on 2026-12-04 (seventh session) by a helper session that read no
+#: file of the project, while train_d.yml was written (neither saw the other); v9 was measured on it
+#: before v10 was trained; never trained or tuned on
+OWN_HELDOUT_G = DATA_DIR / "heldout_g.yml"
+#: an eighth, written the same day by another helper session that read no project file, after
+#: train_d.yml's second round had been written from heldout_e/f/g's misses: the clean measure of v10
+OWN_HELDOUT_H = DATA_DIR / "heldout_h.yml"
 #: the four older held-out sets, retired into training with v9 (2026-12-04): each had had its misses
 #: read and rules or training files written with them in mind, so they no longer measured unseen
 #: phrasings; as training data they add 593 chat-register phrasings. heldout_e.yml is the held-out set.
 RETIRED_HELDOUT = (OWN_HELDOUT, OWN_HELDOUT_B, OWN_HELDOUT_C, OWN_HELDOUT_D)
 #: every training file of own phrasings
-OWN_TRAIN_FILES = (OWN_TRAIN, OWN_TRAIN_B, OWN_TRAIN_C) + RETIRED_HELDOUT
+OWN_TRAIN_FILES = (OWN_TRAIN, OWN_TRAIN_B, OWN_TRAIN_C, OWN_TRAIN_D) + RETIRED_HELDOUT
 POSITIVE_CSSRS = {"ideation", "behavior", "attempt"}
 NEGATIVE_CSSRS = {"supportive", "uninformative"}
-VERSION = "minilm-crisis-mlp-v9"  # v6: + train_b.yml; v9: + train_c.yml and the four older held-out sets
-ED_TRAIN_NEGATIVES = 4000
+VERSION = "minilm-crisis-mlp-v10"  # v6: + train_b.yml; v9: + train_c.yml and the four older held-out sets; v10: + train_d.yml
+ED_TRAIN_NEGATIVES = 8000  # v10: 4,000 → 8,000 (half of them later messages read in their context)
 ED_DEV_NEGATIVES = 1000
 
 
@@ -194,7 +206,9 @@ def split_data(data_dir: Path, seed: int = 13, dev_fraction: float = 0.2, use_cs
         (dev if _bucket(ex.text, seed + 1) < dev_fraction else train).append(ex)
     train.extend(ed_everyday(data_dir / "empathetic_dialogues" / "train.jsonl", ED_TRAIN_NEGATIVES, seed))
     dev.extend(ed_everyday(data_dir / "empathetic_dialogues" / "valid.jsonl", ED_DEV_NEGATIVES, seed))
-    train.extend(safe_followups([e for e in train if e.source == "own" and e.label == 1], seed))
+    own_positives = [e for e in train if e.source == "own" and e.label == 1]
+    train.extend(safe_followups(own_positives, seed))
+    train.extend(continued_crisis(own_positives, seed))
     return train, dev
 
 
@@ -225,6 +239,24 @@ def safe_followups(positives: Sequence[Example], seed: int, per_message: int = 3
     return out
 
 
+def continued_crisis(positives: Sequence[Example], seed: int) -> List[Example]:
+    """Each own crisis statement (label 1) once more, after another seeded crisis statement as its
+    context (v10). Without these, :func:`safe_followups` taught the heads that whatever follows a
+    crisis statement is safe: v9 scored "going to the train tracks after dinner" after "I can't see
+    myself making it to next week" 0.0 (heldout_g). With them, the context says danger either way and
+    the latest message decides: "ok thanks" after a crisis is safe, a plan after one is not."""
+    import random
+
+    rng = random.Random(seed + 7)
+    alone = [e for e in positives if not e.context]
+    out = []
+    for ex in alone:
+        other = rng.choice(alone)
+        if other.text != ex.text:
+            out.append(Example(ex.text, 1, "context:continued_crisis", "own", (other.text,)))
+    return out
+
+
 CHAT_DEV = Path(__file__).resolve().parents[2] / "configs" / "conversations" / "dev.jsonl"
 #: held-out ordinary conversations: never trained or tuned on
 CHAT_HELDOUT = CHAT_DEV.with_name("heldout.jsonl")
@@ -232,6 +264,10 @@ CHAT_HELDOUT = CHAT_DEV.with_name("heldout.jsonl")
 CHAT_HELDOUT_E = CHAT_DEV.with_name("heldout_e.jsonl")
 #: 30 more, written with heldout_f.yml by the same helper (a third with words a crude filter misreads)
 CHAT_HELDOUT_F = CHAT_DEV.with_name("heldout_f.jsonl")
+#: 30 more, written with heldout_g.yml by the same helper
+CHAT_HELDOUT_G = CHAT_DEV.with_name("heldout_g.jsonl")
+#: 30 more, written with heldout_h.yml
+CHAT_HELDOUT_H = CHAT_DEV.with_name("heldout_h.jsonl")
 
 
 def default_crisis_encoder() -> Optional[str]:
@@ -405,7 +441,12 @@ def calibrate(p_dev: np.ndarray, dev: Sequence[Example], p_chat: np.ndarray, tar
 
 
 # ------------------------------------------------------------------------------ the larger frozen encoder
-LARGE_VERSION = "mpnet-crisis-mlp-v9"  # v7: the head on frozen all-mpnet-base-v2, gated by the MiniLM head; v9: v7 on v9's data
+LARGE_VERSION = "mpnet-crisis-mlp-v10"  # v7: the head on frozen all-mpnet-base-v2, gated by the MiniLM head; v9/v10: v7 on v9's/v10's data
+#: the classifier probability above which a plan / timing / farewell cue asks the check-in (v10: 0.05
+#: → 0.02). Cues match 0.03 % of ordinary ED messages, so asking a little more often when one matches
+#: costs almost nothing; on the held-out sets e/f/g/h it turned 3 imminent statements that got
+#: neither flag nor check-in into check-ins, and 1 negative of 89 (heldout_g) into a check-in.
+LARGE_CUE_GATE = 0.02
 #: own positives of these categories (and their multi-turn forms) must all pass the gate
 GATE_CATEGORIES = ("plan_means", "timing", "farewell", "ideation", "self_harm", "past_attempt")
 
@@ -446,7 +487,7 @@ def gate_threshold(p_small: np.ndarray, examples: Sequence[Example], margin: flo
 
 def train_large(data_dir: Path, small_cache, large_cache, out_dir: Path, encoder_name: str, seed: int = 13,
                 progress: bool = True, max_fpr: float = 0.005, combine: str = "large", target_recall: float = 0.9,
-                max_checkin_fpr: float = 0.04, **kwargs) -> Dict[str, object]:
+                max_checkin_fpr: float = 0.04, cue_gate: float = LARGE_CUE_GATE, **kwargs) -> Dict[str, object]:
     """``crisis_head_mpnet``: the crisis head on the larger frozen encoder (``large_cache`` embeds with
     it), thresholds chosen on dev as for the MiniLM head, plus the gate (:func:`gate_threshold`)
     computed from the MiniLM ``crisis_head`` already in ``out_dir`` (``small_cache``: the shared
@@ -469,7 +510,7 @@ def train_large(data_dir: Path, small_cache, large_cache, out_dir: Path, encoder
                            version=LARGE_VERSION, max_fpr=max_fpr, target_recall=target_recall,
                            max_checkin_fpr=max_checkin_fpr,
                            extra_config={"encoder_name": encoder_name, "gate_threshold": gate, "gate": gate_stats,
-                                         "combine": combine}, **kwargs)
+                                         "combine": combine, "cue_gate": cue_gate}, **kwargs)
     metrics["gate"] = gate_stats
     if combine == "mean":
         import json
@@ -695,10 +736,10 @@ IMMINENT = ("plan_means", "timing", "farewell", "context:plan_means", "context:t
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--own", type=Path, nargs="+", default=[OWN_HELDOUT_E, OWN_HELDOUT_F],
-                        help="own phrasings YAML file(s) (default: the held-out sets heldout_e.yml and heldout_f.yml; "
+    parser.add_argument("--own", type=Path, nargs="+", default=[OWN_HELDOUT_E, OWN_HELDOUT_F, OWN_HELDOUT_G, OWN_HELDOUT_H],
+                        help="own phrasings YAML file(s) (default: the held-out sets heldout_e.yml … heldout_h.yml; "
                              "the older held-out sets are training data since v9)")
-    parser.add_argument("--chat", type=Path, nargs="*", default=[CHAT_DEV, CHAT_HELDOUT, CHAT_HELDOUT_E, CHAT_HELDOUT_F],
+    parser.add_argument("--chat", type=Path, nargs="*", default=[CHAT_DEV, CHAT_HELDOUT, CHAT_HELDOUT_E, CHAT_HELDOUT_F, CHAT_HELDOUT_G, CHAT_HELDOUT_H],
                         help="conversation-script files whose every user turn must stay unflagged (counts of flags and check-ins)")
     parser.add_argument("--crisis-encoder", default=None,
                         help="the crisis classifier's larger encoder (default: perception.crisis_encoder of the engine's "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from empathy_nlg.perception.crisis import EVAL_SET, CrisisDetector, evaluate, load_eval_set
+from empathy_nlg.perception.crisis import EVAL_SET, CrisisDetector, cue_matches, evaluate, load_eval_set
 
 
 @pytest.mark.parametrize("text", [
@@ -76,6 +76,44 @@ def test_classifier_path_with_threshold_and_concern():
     assert not r.crisis and r.concern and any(x.startswith("concern:") for x in r.reasons)
 
 
+def _embed_stolen(texts):
+    # "stolen" reads 0.4 on its own (below the 0.5 check-in threshold): context weight without danger
+    return np.asarray([[1.0 if "rope" in t else 0.4 if "stolen" in t else 0.05, 0.0] for t in texts], dtype=np.float32)
+
+
+def test_context_without_danger_cannot_flag_a_message():
+    # the stand-in reads 0.7 × message + 0.3 × context: "bus till payday" after a stolen bike reaches
+    # 0.155, above this flag threshold, only through its context — but nothing in that context is
+    # danger (0.4 alone, under the check-in threshold): a concern, never the resources
+    det = CrisisDetector((_Head(2), {"threshold": 0.15, "concern_threshold": 0.5}), _embed_stolen)
+    assert det.context_holds_danger(["I bought a rope", "tonight's the night"])
+    assert not det.context_holds_danger(["my bike got stolen", "bus till payday then"])
+    r = det.detect(["my bike got stolen", "bus till payday then"])
+    assert not r.crisis and r.concern and "context-only" not in r.reasons and r.score < 0.5
+    assert any(x.startswith("concern:") for x in r.reasons)
+    # a pattern or a cue in the context is danger too, whatever the classifier says of it
+    assert det.context_holds_danger(["I'm standing on the bridge", "bus till payday then"])
+
+
+@pytest.mark.parametrize("text, flagged", [
+    ("Today was my last day at my old job after 8 years", False),
+    ("it was my last day before retirement, the kids made me a card", False),
+    ("today is my last day", True),
+    ("this is my last day on earth", True),
+])
+def test_last_day_is_not_a_leaving_do(text, flagged):
+    assert ("last_day" in CrisisDetector().detect([text]).reasons) is flagged
+
+
+@pytest.mark.parametrize("text, flagged", [
+    ("i cant do this anymore, the pills are lined up on my desk", True),
+    ("my antidepressants are all stockpiled in a shoebox", True),
+    ("my vitamins are lined up on the shelf", False),
+])
+def test_pills_lined_up_either_way_round(text, flagged):
+    assert ("stockpile" in CrisisDetector().detect([text]).reasons) is flagged
+
+
 def test_patterns_are_a_floor_the_classifier_cannot_lower():
     det = CrisisDetector((_Head(2), {"threshold": 0.6}), _embed)
     r = det.detect(["I want to kill myself"])
@@ -128,6 +166,17 @@ def test_means_in_hand_flag_without_a_classifier(text, name):
 def test_imminent_danger_cues_ask_without_flagging(text, cue):
     r = CrisisDetector().detect([text])  # patterns only: a cue is a check-in, never the resources
     assert not r.crisis and r.concern and f"cue:{cue}" in r.reasons
+
+
+@pytest.mark.parametrize("text, kept", [
+    ("took one last look at the empty rooms before handing back the keys", False),
+    ("we sold mum's house, so I sat in the garden one final time", False),
+    ("one last drink with the team, the office is closing on friday", False),
+    ("going to the pier one last time tonight, I've said what I needed to say", True),
+    ("I hugged my brother one last time and he didn't know why", True),
+])
+def test_final_act_steps_aside_for_an_ordinary_move(text, kept):
+    assert ("final_act" in cue_matches(text)) is kept
 
 
 @pytest.mark.parametrize("text", [

@@ -26,12 +26,12 @@ def test_threshold_for_fpr_reaches_the_fine_grid_near_one():
     assert CT.threshold_for_fpr(negatives, 0.01, floor=0.5) == 0.5
 
 
-def test_the_older_heldout_sets_are_training_data_and_heldout_e_f_are_not():
-    assert set(CT.RETIRED_HELDOUT) <= set(CT.OWN_TRAIN_FILES) and CT.OWN_TRAIN_C in CT.OWN_TRAIN_FILES
-    assert CT.OWN_HELDOUT_E not in CT.OWN_TRAIN_FILES and CT.OWN_HELDOUT_F not in CT.OWN_TRAIN_FILES
+def test_the_older_heldout_sets_are_training_data_and_heldout_e_to_h_are_not():
+    assert set(CT.RETIRED_HELDOUT) <= set(CT.OWN_TRAIN_FILES) and {CT.OWN_TRAIN_C, CT.OWN_TRAIN_D} <= set(CT.OWN_TRAIN_FILES)
+    assert not {CT.OWN_HELDOUT_E, CT.OWN_HELDOUT_F, CT.OWN_HELDOUT_G, CT.OWN_HELDOUT_H} & set(CT.OWN_TRAIN_FILES)
 
 
-@pytest.mark.parametrize("heldout", ["OWN_HELDOUT_E", "OWN_HELDOUT_F"])
+@pytest.mark.parametrize("heldout", ["OWN_HELDOUT_E", "OWN_HELDOUT_F", "OWN_HELDOUT_G", "OWN_HELDOUT_H"])
 def test_own_phrasings_files_are_complete_and_disjoint(heldout):
     train = [e for f in CT.OWN_TRAIN_FILES for e in CT.read_own(f)]
     held = CT.read_own(getattr(CT, heldout))
@@ -67,6 +67,17 @@ def test_chat_turns_and_safe_followups(tmp_path):
     follow = CT.safe_followups(pos, seed=1, per_message=1)
     assert all(e.label == 0 for e in follow)
     assert sum(1 for e in follow if e.context == ("I bought a rope",)) == len(CT.SAFE_FOLLOWUPS)
+
+
+def test_continued_crisis_keeps_a_crisis_after_a_crisis_positive():
+    pos = [CT.Example(t, 1, "plan_means", "own") for t in ("I bought a rope", "I chose the date", "tonight's the night")]
+    pos.append(CT.Example("she's asleep now", 1, "context:timing", "own", ("pills counted",)))
+    out = CT.continued_crisis(pos, seed=3)
+    # only the statements that stand alone come again, each after a different crisis statement, as positives
+    assert out and all(e.label == 1 and e.source == "own" and e.category == "context:continued_crisis" for e in out)
+    assert all(len(e.context) == 1 and e.context[0] != e.text and e.context[0] in {p.text for p in pos[:3]} for e in out)
+    assert "she's asleep now" not in {e.text for e in out}
+    assert out == CT.continued_crisis(pos, seed=3)
 
 
 def test_cssrs_reader_labels_and_errors(tmp_path):
