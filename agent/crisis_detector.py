@@ -9,11 +9,14 @@ Place it after the intent classifiers (and the FallbackClassifier). When the eng
 When the engine is up, it also keeps that safety net from answering good news with the crisis
 script: DIET, trained on a few dozen crisis phrasings, read "gonna try making sauce this weekend,
 wish me luck" and "Thinking of spending some of it on a trip to Lisbon" (a quit-smoking story) as
-``crisis`` at 0.99+. If the engine perceived the message, did not flag it, has no concern about it
-(``crisis_concern``) and hears a positive feeling, the NLU ``crisis`` intent yields to ``demote_to``
-(default ``share_feeling``: the listener, whose own safety policy still applies); what happened is
-in ``parse_data["crisis_override"]`` (``demoted``). A negative or concerning message keeps the NLU
-route: recall first.
+``crisis`` at 0.99+. If the engine perceived the message and did not flag it, the NLU ``crisis``
+intent yields to ``demote_to`` (default ``share_feeling``: the listener, whose own safety policy
+still applies) unless the engine is concerned (``crisis_concern``: two detectors worried, the NLU
+route and its resources stay); what happened is in ``parse_data["crisis_override"]``
+(``demoted``). Good news goes to the listener as it is; any other message is marked ``ask``: the
+two detectors disagree, so the engine asks the scripted safety question (a "yes" brings the
+resources) instead of pasting the resources over "gonna try a rye loaf next" after a bread story
+(DIET: crisis 0.999, full stack, heldout_h.jsonl) — recall first, but proportionate.
 """
 
 from __future__ import annotations
@@ -49,17 +52,20 @@ class CrisisDetector(EnginePerceptionComponent):
         message.set("crisis_override", {"previous_intent": previous.get(INTENT_NAME_KEY), "reasons": perceived.get("crisis_reasons", [])}, add_to_output=True)
 
     def _demote_good_news(self, message: Message, perceived: Dict[Text, Any]) -> None:
-        """The NLU ``crisis`` intent → ``demote_to`` when the engine heard good news without concern."""
+        """The NLU ``crisis`` intent → ``demote_to`` when the engine did not flag the message; marked
+        ``ask`` (the engine asks the safety question) unless it heard good news without concern."""
         previous = message.get(INTENT) or {}
         target = self.config.get("demote_to")
-        if (not target or previous.get(INTENT_NAME_KEY) != self.config["intent"] or perceived.get("crisis_concern")
-                or perceived.get("polarity") != "positive"):
-            return
+        if not target or previous.get(INTENT_NAME_KEY) != self.config["intent"] or perceived.get("crisis_concern"):
+            return  # the engine is concerned too: two detectors worried, the resources stay
+        ask = perceived.get("polarity") != "positive"
         confidence = float(previous.get(PREDICTED_CONFIDENCE_KEY) or 0.0)
         intent = {INTENT_NAME_KEY: target, PREDICTED_CONFIDENCE_KEY: confidence}
         ranking = [intent] + [r for r in message.get(INTENT_RANKING_KEY, []) if r.get(INTENT_NAME_KEY) not in (target, previous.get(INTENT_NAME_KEY))]
         message.set(INTENT, intent, add_to_output=True)
         message.set(INTENT_RANKING_KEY, ranking, add_to_output=True)
+        reason = ("the engine did not flag it: ask the safety question" if ask
+                  else "the engine heard a positive feeling and no crisis or concern")
         message.set("crisis_override", {"demoted": previous.get(INTENT_NAME_KEY), "confidence": confidence,
-                                        "reason": "the engine heard a positive feeling and no crisis or concern"},
+                                        "reason": reason, "ask": ask},
                     add_to_output=True)

@@ -243,8 +243,10 @@ class EmpathyEngine:
             earlier_turns = (self.repository.recent_turns(sender_id, limit=self.safety.followup_turns, before_turn=turn_index)
                              if turn is not None else [])
         if turn is not None:
+            override = view.last_parse_data.get("crisis_override")
+            nlu_disagrees = isinstance(override, Mapping) and override.get("demoted") == "crisis" and override.get("ask") is True
             decision = self.safety.decide(response_name, generate, perception, earlier_turns, stored_replies,
-                                          view.last_user_text or "")
+                                          view.last_user_text or "", nlu_disagrees=nlu_disagrees)
             # A crisis turn the detector did not flag is stored as one all the same, so the follow-ups
             # apply: Rasa's own crisis route (the NLU crisis intent) caught it, or the person said
             # "yes" to the safety question.

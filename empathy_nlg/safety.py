@@ -17,6 +17,8 @@ holds for the conversation:
               leaves this state only once that many recent messages are unflagged.
 ``checkin``   the classifier is concerned but below the crisis threshold, and perception hears a
               negative feeling or a plan / timing / farewell cue matched → a scripted, direct safety question (asking directly is recommended practice and does not plant ideas).
+              Also when Rasa's NLU read a crisis that the detector did not flag (two detectors
+              disagree: ask rather than paste the resources), unless the last reply asked already.
 ``affirmed``  the previous reply was that question and the person says yes → the resources, and
               the turn is stored as a crisis turn.
 ``None``      an ordinary turn.
@@ -85,8 +87,10 @@ class SafetyPolicy:
         self.followup_turns = int(followup_turns)
 
     def decide(self, response_name: str, generated: bool, perception, earlier_turns: Sequence[Mapping[str, Any]],
-               earlier_replies: Sequence[Mapping[str, Any]], user_text: str) -> SafetyDecision:
-        """The decision for this turn. ``earlier_turns``/``earlier_replies``: what SQL holds before it."""
+               earlier_replies: Sequence[Mapping[str, Any]], user_text: str, nlu_disagrees: bool = False) -> SafetyDecision:
+        """The decision for this turn. ``earlier_turns``/``earlier_replies``: what SQL holds before it.
+        ``nlu_disagrees``: Rasa's NLU read a crisis the engine did not flag (the agent's crisis component
+        demoted it and marked it ``ask``): the safety question, unless it was the last reply already."""
         recent = list(earlier_turns)[-self.followup_turns:]
         in_followup = any(t.get("crisis") for t in recent)
         crisis = bool(perception is not None and perception.crisis)
@@ -115,6 +119,8 @@ class SafetyPolicy:
                 kind = followup_kind(user_text)
                 return SafetyDecision("followup", [FOLLOWUPS[kind]], f"resources already given ({kind})")
             return SafetyDecision("followup", [], "template kept")
+        if generated and nlu_disagrees and not (last_reply is not None and last_reply.get("generator") == "crisis-checkin"):
+            return SafetyDecision("checkin", [CHECKIN], "the NLU heard a crisis the detector did not flag: ask")
         if generated and perception is not None and getattr(perception, "crisis_concern", False):
             if perception.polarity == "negative":
                 return SafetyDecision("checkin", [CHECKIN], "classifier concern below the crisis threshold")

@@ -73,7 +73,7 @@ def test_crisis_overrides_the_intent(graph_context, fake_engine):
     assert m.get("crisis_override")["previous_intent"] == "share_feeling"
 
 
-def test_the_nlu_crisis_intent_yields_to_the_listener_only_for_good_news_the_engine_does_not_worry_about(graph_context, fake_engine):
+def test_the_nlu_crisis_intent_yields_to_the_listener_and_asks_unless_the_engine_heard_carefree_good_news(graph_context, fake_engine):
     def judged(polarity, concern=False):
         p = perception("excited" if polarity == "positive" else "sad")
         p.update({"polarity": polarity, "crisis_concern": concern})
@@ -86,7 +86,13 @@ def test_the_nlu_crisis_intent_yields_to_the_listener_only_for_good_news_the_eng
     assert m.get("intent")["name"] == "share_feeling" and m.get("intent_ranking")[0]["name"] == "share_feeling"
     assert "crisis" not in [r["name"] for r in m.get("intent_ranking")]
     assert m.get("crisis_override")["demoted"] == "crisis" and entity(m, "crisis") is None
-    for kept in (judged("negative"), judged("positive", concern=True)):  # recall first: the safety net stays
+    assert m.get("crisis_override")["ask"] is False
+    # a negative message the engine did not flag: the listener too, but the engine is told to ask
+    # the safety question (recall first, without the resources over a message it did not flag)
+    asked = judged("negative")
+    assert asked.get("intent")["name"] == "share_feeling" and entity(asked, "crisis") is None
+    assert asked.get("crisis_override")["demoted"] == "crisis" and asked.get("crisis_override")["ask"] is True
+    for kept in (judged("negative", concern=True), judged("positive", concern=True)):  # both worried: the resources stay
         assert kept.get("intent")["name"] == "crisis" and kept.get("crisis_override") is None
     m = message("i got the job!!", intent="share_feeling")  # other intents are never touched
     build(CrisisDetector, graph_context, fake_engine.url).process([m], tracker_with_history())

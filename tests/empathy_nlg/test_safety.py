@@ -99,6 +99,28 @@ def test_a_message_flagged_in_the_crisis_context_gets_the_urgent_followup_with_n
     assert out[4]["custom"]["generator"] == "crisis-followup"
 
 
+def test_the_nlu_reading_a_crisis_the_detector_did_not_flag_gets_the_question_once(engine):
+    events, out = [], []
+    for i, (text, override) in enumerate([
+            ("six failed attempts before this one", None),
+            ("gonna try a rye loaf next", {"demoted": "crisis", "confidence": 0.99, "ask": True}),
+            ("the rye one too", {"demoted": "crisis", "confidence": 0.99, "ask": True}),
+            ("got the job!", {"demoted": "crisis", "confidence": 0.99, "ask": False})]):
+        parse = {"crisis_override": override} if override else {}
+        events.append({"event": "user", "text": text, "message_id": f"n-{i}", "parse_data": parse})
+        o = engine.nlg({"response": "utter_empathize", "id": None, "arguments": {}, "channel": {"name": "collector"},
+                        "tracker": {"sender_id": "n", "slots": {}, "events": list(events)}})
+        events.append({"event": "bot", "text": o["text"]})
+        out.append(o)
+    assert out[0]["custom"]["generator"] == "echo"
+    assert out[1]["custom"]["generator"] == "crisis-checkin" and out[1]["text"] in engine.domain.texts("utter_crisis_checkin")
+    resources = engine.domain.texts("utter_crisis_resources")[0]
+    assert resources not in out[1]["text"]
+    # asked just now: not again on the next message; good news without concern is not asked about
+    assert out[2]["custom"]["generator"] == "echo" and out[3]["custom"]["generator"] == "echo"
+    assert [t["crisis"] for t in engine.repository.conversation("n")["turns"]] == [False] * 4
+
+
 def test_templates_asked_for_during_the_followup_are_replaced(engine):
     talk(engine, ["I want to kill myself"], sender="t")
     events = [{"event": "user", "text": "I want to kill myself", "message_id": "t-0", "parse_data": {}},
