@@ -119,10 +119,13 @@ class SafetyPolicy:
                 kind = followup_kind(user_text)
                 return SafetyDecision("followup", [FOLLOWUPS[kind]], f"resources already given ({kind})")
             return SafetyDecision("followup", [], "template kept")
-        if generated and nlu_disagrees and not (last_reply is not None and last_reply.get("generator") == "crisis-checkin"):
+        # the question was the last reply and the person did not say yes: carry on listening rather than
+        # ask the same thing again (the check-in says "if not, just say so and we'll carry on")
+        just_asked = last_reply is not None and last_reply.get("generator") == "crisis-checkin"
+        if generated and nlu_disagrees and not just_asked:
             return SafetyDecision("checkin", [CHECKIN], "the NLU heard a crisis the detector did not flag: ask")
         if generated and perception is not None and getattr(perception, "crisis_concern", False):
-            if perception.polarity == "negative":
+            if perception.polarity == "negative" and not just_asked:
                 return SafetyDecision("checkin", [CHECKIN], "classifier concern below the crisis threshold")
             if any(str(r).startswith("cue:") for r in perception.crisis_reasons or []):
                 # good news is not met with a safety question, whatever the classifier thinks — but a

@@ -121,6 +121,14 @@ def test_the_nlu_reading_a_crisis_the_detector_did_not_flag_gets_the_question_on
     assert [t["crisis"] for t in engine.repository.conversation("n")["turns"]] == [False] * 4
 
 
+def test_the_question_is_not_asked_twice_in_a_row(engine):
+    out = talk(engine, ["honestly sometimes I wonder if it's worth going on", "not really, it's worth going on for the dog",
+                        "is it worth going on with this job though"], sender="q")
+    assert out[0]["custom"]["generator"] == "crisis-checkin"
+    assert out[1]["custom"]["generator"] == "echo"  # answered, not asked again
+    assert out[2]["custom"]["generator"] == "crisis-checkin"  # a later concern is asked about again
+
+
 def test_templates_asked_for_during_the_followup_are_replaced(engine):
     talk(engine, ["I want to kill myself"], sender="t")
     events = [{"event": "user", "text": "I want to kill myself", "message_id": "t-0", "parse_data": {}},
