@@ -145,9 +145,8 @@ CUES: Dict[str, str] = {
 }
 _CUES = {name: re.compile(p, re.IGNORECASE) for name, p in CUES.items()}
 #: v11: a "last time" said while leaving a home or a workplace — moving house, a sold childhood home,
-#: an office that closes — is the commonest ordinary use of the ``final_act`` cue (2 of its 2 matches
-#: in ED train, the 2 check-ins it added on the chat scripts): the cue does not count in a message
-#: that also speaks of the move itself. A final act in a farewell keeps every other cue and the
+#: an office that closes — is an ordinary use of the ``final_act`` cue (both check-ins it added on
+#: the chat scripts were moves): the cue does not count in a message that also speaks of the move. A final act in a farewell keeps every other cue and the
 #: classifier; "the beach one last time" or "hear her voice one more time" are untouched.
 ORDINARY_DEPARTURE = re.compile(
     r"\b(?:mov(?:e|ed|ing|ers)\s+(?:out|in|house|away|abroad|up|down|to|on)|movers|removal\s+van|sold|selling|"
