@@ -830,6 +830,40 @@ def _pad_list(rows):
     return out, mask
 
 
+def encoder_text(context: Sequence[Utterance], turns: int) -> str:
+    """The sentence encoder's view of a context (MIME's and persona-MoEL's context encoders): the last
+    ``turns`` turns, newest first, each led by its role."""
+    chosen = list(context)[-max(1, turns):] or list(context)
+    return " | ".join(f"{u.role}: {u.text}" for u in reversed(chosen)) or "."
+
+
+def context_token_tensors(encoder, contexts: Sequence[Sequence[Utterance]], turns: int, max_tokens: int, device: str):
+    """The frozen encoder's token vectors [B, L, e] and mask [B, L] of :func:`encoder_text` of each
+    context, cut at ``max_tokens`` and moved to ``device`` (the input of a paper's context encoder)."""
+    hidden, mask, _ = encoder.token_embeddings([encoder_text(c, turns) for c in contexts])
+    return hidden[:, :max_tokens].clone().to(device), mask[:, :max_tokens].clone().to(device)
+
+
+def topk_accuracy(heads, feats: Sequence[Mapping[str, Any]], logits_and_gold, ks: Sequence[int] = (1, 2, 5),
+                  batch_size: int = 32) -> Dict[str, float]:
+    """Top-k accuracy (percent) of an emotion classifier over ``feats``: ``logits_and_gold(part)``
+    gives the logits [B, C] and the gold indices [B] of a batch; ``heads`` run in eval mode, without
+    gradient, and get their train/eval mode back."""
+    import torch
+
+    hits = {k: 0 for k in ks}
+    was = heads.training
+    heads.train(False)
+    with torch.no_grad():
+        for start in range(0, len(feats), batch_size):
+            logits, gold = logits_and_gold(feats[start : start + batch_size])
+            ranked = logits.argsort(-1, descending=True)
+            for k in ks:
+                hits[k] += int((ranked[:, :k] == gold.unsqueeze(1)).any(1).sum())
+    heads.train(was)
+    return {f"top{k}": round(100.0 * hits[k] / max(1, len(feats)), 2) for k in ks}
+
+
 def masked_mean(x, mask):
     """Mean over positions where ``mask`` is 1 ([B, L, d], [B, L]) → [B, d] (0 for empty rows)."""
     m = mask.unsqueeze(-1).to(x.dtype)

@@ -282,12 +282,6 @@ class MimeHeads(nn.Module):
 
 
 # ----------------------------------------------------------------------------------- inputs
-def encoder_text(context: Sequence[Utterance], turns: int) -> str:
-    """The encoder's context: the last ``turns`` turns, newest first, each led by its role."""
-    chosen = list(context)[-max(1, turns):] or list(context)
-    return " | ".join(f"{u.role}: {u.text}" for u in reversed(chosen)) or "."
-
-
 def silver_group_target(reply_emotion: Optional[Sequence[float]], group: str):
     """The reconstruction target of ``d_g``: the reply's emotion distribution within ``group``,
     renormalised (``None`` without one)."""
@@ -309,10 +303,8 @@ class MimeModel(C.TrainedModel):
         return MimeHeads(self.settings, self.encoder.dim, self.lm.hidden_size, self.lm.stream_rms(self.lm.prefix_layer))
 
     def context_tensors(self, contexts: Sequence[Sequence[Utterance]]):
-        texts = [encoder_text(c, self.settings.encoder_turns) for c in contexts]
-        hidden, mask, _ = self.encoder.token_embeddings(texts)
-        n = self.settings.max_context_tokens
-        return hidden[:, :n].clone().to(self.device), mask[:, :n].clone().to(self.device)
+        s = self.settings
+        return C.context_token_tensors(self.encoder, contexts, s.encoder_turns, s.max_context_tokens, self.device)
 
     def reply_vectors(self, replies: Sequence[str]):
         hidden, mask, _ = self.encoder.token_embeddings([r if r.strip() else "." for r in replies])
@@ -380,21 +372,12 @@ class MimeModel(C.TrainedModel):
                          batch_size: int = 32) -> Dict[str, float]:
         """Top-k accuracy of MIME's own context-emotion classifier (eq. 5) against the ED labels
         (the paper's section 5 reports top-1/2/5)."""
-        hits = {k: 0 for k in ks}
-        was = self.heads.training
-        self.heads.train(False)
-        with torch.no_grad():
-            for start in range(0, len(feats), batch_size):
-                part = feats[start : start + batch_size]
-                contexts, _ = self._batch(part)
-                tok, mask = self.context_tensors(contexts)
-                logits = self.heads.context_emotion(tok, mask)
-                gold = torch.tensor([EMOTIONS.index(f["emotion"]) for f in part], device=self.device)
-                ranked = logits.argsort(-1, descending=True)
-                for k in ks:
-                    hits[k] += int((ranked[:, :k] == gold.unsqueeze(1)).any(1).sum())
-        self.heads.train(was)
-        return {f"top{k}": round(100.0 * hits[k] / max(1, len(feats)), 2) for k in ks}
+        def logits_and_gold(part):
+            tok, mask = self.context_tensors(self._batch(part)[0])
+            gold = torch.tensor([EMOTIONS.index(f["emotion"]) for f in part], device=self.device)
+            return self.heads.context_emotion(tok, mask), gold
+
+        return C.topk_accuracy(self.heads, feats, logits_and_gold, ks, batch_size)
 
 
 # ----------------------------------------------------------------------------------- serving

@@ -161,12 +161,6 @@ def persona_sentences(persona: Optional[str], limit: int) -> List[str]:
     return [p for p in parts if p][-limit:]
 
 
-def encoder_text(context: Sequence[Utterance], turns: int) -> str:
-    """The encoder's context: the last ``turns`` turns, newest first, each led by its role."""
-    chosen = list(context)[-max(1, turns):] or list(context)
-    return " | ".join(f"{u.role}: {u.text}" for u in reversed(chosen)) or "."
-
-
 @dataclass
 class PersonaMoelSettings(C.TrainedSettings):
     """Architecture and ablation switches (saved with the trained model)."""
@@ -349,10 +343,8 @@ class PersonaMoelModel(C.TrainedModel):
                                 self.lm.stream_rms(self.lm.prefix_layer))
 
     def context_tensors(self, contexts: Sequence[Sequence[Utterance]]):
-        texts = [encoder_text(c, self.settings.encoder_turns) for c in contexts]
-        hidden, mask, _ = self.encoder.token_embeddings(texts)
-        n = self.settings.max_context_tokens
-        return hidden[:, :n].clone().to(self.device), mask[:, :n].clone().to(self.device)
+        s = self.settings
+        return C.context_token_tensors(self.encoder, contexts, s.encoder_turns, s.max_context_tokens, self.device)
 
     def persona_tensors(self, personas: Sequence[Sequence[str]]):
         """The mean MiniLM sentence embedding of each row's persona sentences [B, e] and whether it
@@ -439,20 +431,11 @@ class PersonaMoelModel(C.TrainedModel):
     def emotion_accuracy(self, feats: Sequence[Mapping[str, Any]], ks: Sequence[int] = (1, 2, 5),
                          batch_size: int = 32) -> Dict[str, float]:
         """Top-k accuracy of the emotion tracker against the ED labels (MoEL reports its accuracy)."""
-        hits = {k: 0 for k in ks}
-        was = self.heads.training
-        self.heads.train(False)
-        with torch.no_grad():
-            for start in range(0, len(feats), batch_size):
-                part = feats[start : start + batch_size]
-                contexts, _, gold = self._batch(part)
-                tok, mask = self.context_tensors(contexts)
-                _, logits = self.heads.context(tok, mask)
-                ranked = logits.argsort(-1, descending=True)
-                for k in ks:
-                    hits[k] += int((ranked[:, :k] == gold.unsqueeze(1)).any(1).sum())
-        self.heads.train(was)
-        return {f"top{k}": round(100.0 * hits[k] / max(1, len(feats)), 2) for k in ks}
+        def logits_and_gold(part):
+            contexts, _, gold = self._batch(part)
+            return self.heads.context(*self.context_tensors(contexts))[1], gold
+
+        return C.topk_accuracy(self.heads, feats, logits_and_gold, ks, batch_size)
 
 
 # ----------------------------------------------------------------------------------- serving

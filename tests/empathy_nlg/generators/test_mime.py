@@ -60,7 +60,7 @@ def test_registered_variant_names_and_groups():
 
 def test_encoder_text_puts_the_newest_turn_first_and_the_silver_target_is_renormalised():
     ctx = [Utterance(r, t) for r, t in CONTEXT]
-    assert M.encoder_text(ctx, 2) == "speaker: i am sad today | listener: oh no"
+    assert C.encoder_text(ctx, 2) == "speaker: i am sad today | listener: oh no"
     target = M.silver_group_target(reply_emotion("caring"), "positive")
     assert target.shape == (13,) and abs(float(target.sum()) - 1) < 1e-6
     assert int(target.argmax()) == M.GROUP_IDS["positive"].index(EMOTIONS.index("caring"))
