@@ -228,6 +228,15 @@ def chunks(text: str, size: int = CHUNK_WORDS, limit: int = MAX_CHUNKS) -> List[
     return [" ".join(words[i : i + size]) for i in range(0, len(words), size)][:limit]
 
 
+def _earlier(texts: Sequence[str]):
+    """Each of the user's previous :data:`CONTEXT_TURNS` non-empty messages with what came before it
+    (``texts[:end]``, that message last), newest first."""
+    texts = list(texts)
+    for end in range(len(texts) - 1, max(len(texts) - 1 - CONTEXT_TURNS, 0), -1):
+        if texts[end - 1].strip():
+            yield texts[:end]
+
+
 def features(message_chunks: np.ndarray, context: Optional[np.ndarray]) -> np.ndarray:
     """``[mean chunk, max chunk, mean context]`` (context: zeros when the message opens the talk)."""
     m = np.asarray(message_chunks, dtype=np.float32)
@@ -358,12 +367,10 @@ class CrisisDetector:
         everything's taken care of now") keeps the larger encoder reading the conversation. Cheap:
         those embeddings are in the shared cache; with this threshold it opens the gate for < 1 % more
         of ordinary messages (ED valid, the dev chat scripts)."""
-        texts = list(texts)
-        for end in range(len(texts) - 1, max(len(texts) - 1 - CONTEXT_TURNS, 0), -1):
-            if texts[end - 1].strip():
-                p = self.probability(texts[:end])
-                if p is not None and p >= self.context_gate:
-                    return True
+        for upto in _earlier(texts):
+            p = self.probability(upto)
+            if p is not None and p >= self.context_gate:
+                return True
         return False
 
     def classify(self, texts: Sequence[str], message_embedding: Optional[np.ndarray] = None,
@@ -387,14 +394,10 @@ class CrisisDetector:
         context, reached the check-in threshold or matched a pattern or a cue: "she's asleep now"
         after "I've counted out the pills" (the context holds a plan), not "bus till payday then"
         after "someone nicked my bike" (nothing in it is danger)."""
-        texts = list(texts)
-        for end in range(len(texts) - 1, max(len(texts) - 1 - CONTEXT_TURNS, 0), -1):
-            earlier = texts[end - 1]
-            if not earlier.strip():
-                continue
-            if any(not r.startswith("negated:") for r in pattern_matches(earlier)[1]) or cue_matches(earlier):
+        for upto in _earlier(texts):
+            if any(not r.startswith("negated:") for r in pattern_matches(upto[-1])[1]) or cue_matches(upto[-1]):
                 return True
-            q = self.classify(texts[:end], force_large=True)
+            q = self.classify(upto, force_large=True)
             if q is not None and q >= self.concern_threshold:
                 return True
         return False
