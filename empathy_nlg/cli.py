@@ -29,6 +29,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "plot-curve": ("empathy_nlg.training.curve", "plot runs' training and validation curves (log.jsonl) into a PNG"),
     "bench-train": ("empathy_nlg.training.bench", "measure training step time, one speed-up at a time"),
     "bench-generate": ("empathy_nlg.evaluation.bench_generate", "measure reply latency of generators (p50/p95)"),
+    "bench-serve": ("empathy_nlg.evaluation.bench_serve", "drive a running engine's /nlg over HTTP with concurrent clients (p50/p95, 503s, batches)"),
     "evaluate": ("empathy_nlg.evaluation.harness", "evaluate generators on an ED-format file"),
     "converse-eval": ("empathy_nlg.evaluation.converse", "replay multi-turn conversations; repeats, tone, grounding, routing"),
     "knowledge": ("empathy_nlg.knowledge.cli", "build / evaluate / query the commonsense knowledge source; build the exemplar index"),
