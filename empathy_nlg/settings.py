@@ -181,6 +181,7 @@ class PerceptionSettings(_Section):
     artifacts: Optional[str] = None
     encoder: Optional[str] = None
     crisis_encoder: Optional[str] = None
+    crisis_encoder_dtype: str = "auto"
     device: str = "auto"
 
 

@@ -62,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crisis-encoder", default=None,
                         help="the crisis classifier's larger encoder (default: perception.crisis_encoder of the engine's "
                              "default settings, as served; 'none': the MiniLM crisis head alone)")
+    parser.add_argument("--crisis-dtype", choices=("auto", "float32", "bfloat16"), default=None,
+                        help="the larger encoder's weights (default: perception.crisis_encoder_dtype of the engine's "
+                             "default settings, as served)")
     parser.add_argument("--open-gate", action="store_true",
                         help="run the larger crisis encoder on every call (its gate held open): the worst case, as for a "
                              "message that sounds like danger; default: the gate decides, as served")
@@ -77,10 +80,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--n and --turns must be positive")
     torch.set_num_threads(max(1, args.threads))
     t0 = time.perf_counter()
-    from empathy_nlg.perception.crisis_train import default_crisis_encoder
+    from empathy_nlg.perception.crisis_train import default_crisis_dtype, default_crisis_encoder
 
     crisis_encoder = args.crisis_encoder if args.crisis_encoder is not None else default_crisis_encoder()
-    perceiver = Perceiver.load(args.artifacts, device=args.device, crisis_encoder=crisis_encoder)
+    perceiver = Perceiver.load(args.artifacts, device=args.device, crisis_encoder=crisis_encoder,
+                               crisis_dtype=args.crisis_dtype or default_crisis_dtype())
     if args.open_gate:
         perceiver.crisis.gate = float("-inf")
     load_s = time.perf_counter() - t0
@@ -102,11 +106,13 @@ def run(args: argparse.Namespace) -> int:
         "load_s": round(load_s, 2), "p50_ms": round(float(np.percentile(arr, 50)), 2),
         "p95_ms": round(float(np.percentile(arr, 95)), 2), "mean_ms": round(float(arr.mean()), 2),
         "crisis": perceiver.crisis.version, "crisis_large_runs": perceiver.crisis.gate_stats["large"],
+        "crisis_encoder": perceiver.crisis.large.name if perceiver.crisis.large is not None else None,
     }
     print(f"perceive latency ({result['mode']}), {args.turns}-turn context, {args.n} calls on {result['device']} "
           f"({result['threads']} threads), load {result['load_s']} s")
     print(f"p50 {result['p50_ms']} ms | p95 {result['p95_ms']} ms | mean {result['mean_ms']} ms")
-    print(f"crisis detector {result['crisis']}: the larger encoder ran in {result['crisis_large_runs']} of {args.n} calls")
+    print(f"crisis detector {result['crisis']}: the larger encoder ({result['crisis_encoder']}) ran in "
+          f"{result['crisis_large_runs']} of {args.n} calls")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -287,7 +287,8 @@ class CrisisDetector:
         self.gate_stats = {"large": 0, "gated_out": 0}
 
     @classmethod
-    def load(cls, art_dir, embed=None, encoder_path=None, device=None, crisis_encoder=None) -> "CrisisDetector":
+    def load(cls, art_dir, embed=None, encoder_path=None, device=None, crisis_encoder=None,
+             crisis_dtype: str = "float32") -> "CrisisDetector":
         """The committed head from ``art_dir`` (patterns only, with a warning, when it is missing).
 
         A head trained end to end (config ``encoder: tuned``) brings its own encoder adapter
@@ -295,7 +296,8 @@ class CrisisDetector:
         ``crisis_encoder`` (the ``perception.crisis_encoder`` setting: a prepared folder's name or path,
         e.g. ``all-mpnet-base-v2``) adds the larger encoder and its head (``crisis_head_mpnet``) with the
         MiniLM head as their gate; when the encoder or that head is missing the MiniLM head decides
-        alone, with a logged warning (never an error)."""
+        alone, with a logged warning (never an error). ``crisis_dtype``: that encoder's weights
+        (``perception.crisis_encoder_dtype``; ``auto`` → bf16 where native)."""
         import logging
 
         from empathy_nlg.perception.common import load_head
@@ -322,7 +324,7 @@ class CrisisDetector:
             except FileNotFoundError:
                 logger.warning("no %s in %s: the crisis classifier falls back to its MiniLM head", LARGE_HEAD, art_dir)
                 return cls(head, embed)
-            large = load_encoder(crisis_encoder, device=device)  # None (with a warning) when it cannot load
+            large = load_encoder(crisis_encoder, device=device, dtype=crisis_dtype)  # None (with a warning) when it cannot load
             if large is not None:
                 trained_on = large_head[1].get("encoder_name")
                 if trained_on and trained_on != large.path.name:

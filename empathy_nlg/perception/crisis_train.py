@@ -280,6 +280,16 @@ def default_crisis_encoder() -> Optional[str]:
         return None
 
 
+def default_crisis_dtype() -> str:
+    """``perception.crisis_encoder_dtype`` of the engine's default settings (what the served engine uses)."""
+    from empathy_nlg.settings import ConfigError, packaged_defaults
+
+    try:
+        return (packaged_defaults().get("perception") or {}).get("crisis_encoder_dtype") or "auto"
+    except ConfigError:
+        return "auto"
+
+
 def chat_turns(path: Path) -> List[Example]:
     """Every user turn of a conversation-script file (``{"turns": [...]}`` lines), with its context, as
     a negative: the scripts hold ordinary conversations only (see ``configs/conversations``)."""
@@ -744,6 +754,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crisis-encoder", default=None,
                         help="the crisis classifier's larger encoder (default: perception.crisis_encoder of the engine's "
                              "default settings; 'none' for the MiniLM head alone)")
+    parser.add_argument("--crisis-dtype", choices=("auto", "float32", "bfloat16"), default=None,
+                        help="the larger encoder's weights (default: perception.crisis_encoder_dtype of the engine's "
+                             "default settings, as served)")
     parser.add_argument("--cssrs", type=Path, default=None,
                         help="C-SSRS posts JSONL to evaluate on (default: the dev users of ../shared/data; pass "
                              "a held-out file of the same format to measure on unseen users)")
@@ -764,7 +777,8 @@ def run(args: argparse.Namespace) -> int:
     encoder = SentenceEncoder()
     large = args.crisis_encoder if args.crisis_encoder is not None else default_crisis_encoder()
     detector = (CrisisDetector(None, encoder.encode) if args.patterns_only
-                else CrisisDetector.load(args.artifacts or DEFAULT_ARTIFACTS_DIR, encoder.encode, crisis_encoder=large))
+                else CrisisDetector.load(args.artifacts or DEFAULT_ARTIFACTS_DIR, encoder.encode, crisis_encoder=large,
+                                         crisis_dtype=args.crisis_dtype or default_crisis_dtype()))
     own_files = args.own if isinstance(args.own, (list, tuple)) else [args.own]
     sets: Dict[str, List[Example]] = {"own phrasings (" + Path(f).name + ")": read_own(f) for f in own_files}
     for f in args.chat or []:
@@ -777,6 +791,8 @@ def run(args: argparse.Namespace) -> int:
         sets["C-SSRS dev users (seeded 20 %)"] = [ex for ex in dev if ex.source == "cssrs"]
         sets["XSTest safe prompts (held-out half)"] = [ex for ex in dev if ex.source == "xstest"]
     results = {}
+    if detector.large is not None:
+        print(f"larger encoder {detector.large.name}")
     print(f"crisis detector {detector.version} (threshold {detector.threshold}, check-in {detector.concern_threshold}"
           f"{', gate ' + str(detector.gate) if detector.large is not None else ''})")
     for name, examples in sets.items():

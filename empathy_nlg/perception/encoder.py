@@ -45,15 +45,24 @@ def pick_device(requested: Optional[str] = None) -> str:
 class SentenceEncoder:
     """Mean-pooled, L2-normalised MiniLM embeddings (the sentence-transformers recipe)."""
 
-    def __init__(self, path: Optional[Path | str] = None, device: Optional[str] = None, max_length: int = 128) -> None:
+    def __init__(self, path: Optional[Path | str] = None, device: Optional[str] = None, max_length: int = 128,
+                 dtype: str = "float32") -> None:
+        """``dtype``: the weights' dtype (:func:`empathy_nlg.hardware.serving_dtype`: ``float32``, the
+        default, which every head was trained on; ``bfloat16``; ``auto`` → bf16 where it is native).
+        Pooled embeddings are float32 either way."""
         import torch
         from transformers import AutoModel, AutoTokenizer
+
+        from empathy_nlg.hardware import serving_dtype
 
         self.path = Path(path) if path else default_encoder_path()
         self.device = pick_device(device)
         self.max_length = max_length
+        self.dtype = serving_dtype(dtype, self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
         self.model = AutoModel.from_pretrained(str(self.path), local_files_only=True).to(self.device).eval()
+        if self.dtype == "bfloat16":
+            self.model = self.model.to(torch.bfloat16)
         self.dim = int(self.model.config.hidden_size)
         self._torch = torch
 
@@ -91,6 +100,7 @@ class SentenceEncoder:
         for start in iterator:
             idx = order[start : start + batch_size]
             hidden, mask, _ = self.token_embeddings([texts[i] for i in idx])
+            hidden = hidden.float()  # pool in fp32 whatever the weights' dtype
             m = mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)

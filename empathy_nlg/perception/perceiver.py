@@ -63,12 +63,13 @@ class Perceiver:
 
     @classmethod
     def load(cls, artifacts_dir: Path | None = None, encoder_path: Path | str | None = None,
-             device: str | None = None, crisis_encoder: str | None = None) -> "Perceiver":
+             device: str | None = None, crisis_encoder: str | None = None, crisis_dtype: str = "float32") -> "Perceiver":
         """Load the committed heads from ``artifacts_dir`` and the packaged encoder (a few seconds).
 
         ``crisis_encoder``: the crisis classifier's larger encoder (the ``perception.crisis_encoder``
         setting, e.g. :data:`DEFAULT_CRISIS_ENCODER`; None: the MiniLM crisis head alone — what tools
-        that do not judge crises use). Configured but missing, it falls back with a warning."""
+        that do not judge crises use). Configured but missing, it falls back with a warning.
+        ``crisis_dtype``: its weights' dtype (``perception.crisis_encoder_dtype``)."""
         from empathy_nlg.perception.encoder import SentenceEncoder
 
         art = Path(artifacts_dir) if artifacts_dir else DEFAULT_ARTIFACTS_DIR
@@ -83,7 +84,8 @@ class Perceiver:
             emotion=EmotionClassifier.load(art),
             cause=CauseModel.load(art),
             cm=ContextCMPredictor.load(art),
-            crisis=CrisisDetector.load(art, encoder_path=encoder_path, device=device, crisis_encoder=crisis_encoder),
+            crisis=CrisisDetector.load(art, encoder_path=encoder_path, device=device, crisis_encoder=crisis_encoder,
+                                          crisis_dtype=crisis_dtype),
             max_turns=int(settings.get("max_turns", 12)),
             cache_size=int(settings.get("cache_size", 1024)),
         )

@@ -204,11 +204,12 @@ needs_real = pytest.mark.skipif(not M.is_prepared(REAL) or not (DEFAULT_ARTIFACT
 @pytest.fixture(scope="module")
 def production():
     from empathy_nlg.perception.encoder import SentenceEncoder
-    from empathy_nlg.perception.crisis_train import default_crisis_encoder
+    from empathy_nlg.perception.crisis_train import default_crisis_dtype, default_crisis_encoder
 
     setting = default_crisis_encoder()
-    assert setting == M.ENCODER_NAME  # what the served engine uses
-    return CrisisDetector.load(DEFAULT_ARTIFACTS_DIR, SentenceEncoder().encode, crisis_encoder=setting)
+    assert setting == M.ENCODER_NAME and default_crisis_dtype() == "auto"  # what the served engine uses
+    return CrisisDetector.load(DEFAULT_ARTIFACTS_DIR, SentenceEncoder().encode, crisis_encoder=setting,
+                               crisis_dtype=default_crisis_dtype())
 
 
 @needs_real
@@ -218,6 +219,10 @@ def test_production_detector_uses_the_real_larger_encoder(production):
     cfg = json.loads((DEFAULT_ARTIFACTS_DIR / f"{LARGE_HEAD}.json").read_text())
     assert production.large is not None and production.version == f"{RULES_VERSION}+{cfg['version']}"
     assert not production.large.quantized  # int8 ruins these embeddings (crisis_mpnet module doc)
+    from empathy_nlg.hardware import cpu_has_native_bf16
+
+    # bf16 weights exactly where this CPU multiplies bf16 natively (emulated bf16 is ~100× slower)
+    assert production.large.name == M.ENCODER_NAME + ("-bf16" if cpu_has_native_bf16() else "")
     assert production.large.path.name == cfg["encoder_name"] == M.ENCODER_NAME
     assert (production.threshold, production.concern_threshold, production.gate) == (
         cfg["threshold"], cfg["concern_threshold"], cfg["gate_threshold"])
@@ -252,3 +257,27 @@ def test_real_encoder_keeps_ordinary_talk_unflagged(production, context, text):
 def test_real_detector_never_crashes_on_odd_input(production, text):
     r = production.detect(["hello", text])
     assert isinstance(r.crisis, bool) and 0.0 <= r.score <= 1.0
+
+
+@needs_real
+def test_bf16_weights_keep_the_embeddings_and_the_decisions():
+    """The served bf16 encoder (on a CPU with native bf16) against fp32: embeddings within cosine
+    0.999 and the same flag / check-in on clear cases of both kinds (measured on the held-out sets:
+    2 of ~1,600 decisions moved, both at a threshold; perception model card)."""
+    from empathy_nlg.hardware import cpu_has_native_bf16
+    from empathy_nlg.perception.encoder import SentenceEncoder
+
+    if not cpu_has_native_bf16():
+        pytest.skip("this CPU emulates bf16 (about 100x slower): auto keeps fp32 here")
+    texts = ["I bought a rope this afternoon and tonight is the night", "my feet are killing me after that hike",
+             "I'm sitting here with my dad's gun in my hand", "we finally adopted a kitten, she's tiny"]
+    fp32, bf16 = M.load_encoder(M.ENCODER_NAME, dtype="float32"), M.load_encoder(M.ENCODER_NAME, dtype="bfloat16")
+    assert bf16.base.dtype == "bfloat16" and str(next(bf16.base.model.parameters()).dtype) == "torch.bfloat16"
+    a, b = fp32.encode(texts), bf16.encode(texts)
+    assert b.dtype == np.float32 and np.all((a * b).sum(1) > 0.999)
+    encode = SentenceEncoder().encode
+    detectors = [CrisisDetector.load(DEFAULT_ARTIFACTS_DIR, encode, crisis_encoder=M.ENCODER_NAME, crisis_dtype=d)
+                 for d in ("float32", "bfloat16")]
+    for text in texts:
+        r32, r16 = (d.detect([text]) for d in detectors)
+        assert (r32.crisis, r32.concern) == (r16.crisis, r16.concern) and abs(r32.score - r16.score) < 0.05, text
