@@ -19,8 +19,10 @@ intent to ``share_feeling`` when
   is one of ``mid_story`` (default out_of_scope, greet, ask_help, bot_challenge) below its
   confidence limit (default 1.01: always), or ask_resources without a help-line word.
 
-It never touches ``crisis`` (the crisis detector runs after it and wins), ``goodbye`` or
-``thank``. What it did is in ``parse_data["story_router"]``. Place it after the intent classifiers
+A ``thank`` that goes on with the story ("thanks. i think he'd have really liked Tom": four
+words or more beside the thanks and its usual company, :func:`story_after_thanks`) is the story too;
+a plain thank-you keeps its intent and its template. It never touches ``crisis`` (the crisis
+detector runs after it and wins) or ``goodbye``. What it did is in ``parse_data["story_router"]``. Place it after the intent classifiers
 and before ``agent.crisis_detector.CrisisDetector``.
 """
 
@@ -52,6 +54,27 @@ ASKS_FOR_RESOURCES = re.compile(
     r"\b(?:help|hlep|again|give me|send me|what'?s the|hotline|helpline|lifeline|crisis line|988|samaritans|"
     r"resources?|who (?:can|do|should) i|where (?:can|do|should) i|"
     r"(?:need|want|like|have|get|text|call)\b.{0,24}\bnumbers?|numbers? (?:please|pls|plz))\b", re.IGNORECASE)
+
+
+#: the thanks itself and what usually goes with it ("thank you so much for listening", "cheers, that
+#: helps", "haha yes"): what is left after these is the story going on
+THANKS = re.compile(
+    r"\b(?:thank\s+(?:you|u|ya)|thanks?|thx|ty|cheers)\b(?:\s+(?:so|very|a\s+lot|a\s+bunch|again|much|heaps|loads))*"
+    r"(?:\s+for\s+(?:listening|that|this|everything|asking|the\s+\w+|your\s+\w+|being\s+(?:here|there)|"
+    r"\w+ing(?:\s+(?:me|to\s+me))?(?:\s+out)?|"
+    r"(?:the\s+)?(?:chat|help|advice|tips?|support))\b)?|"
+    r"\b(?:haha+|lol|yes|yeah|yep|ok(?:ay)?|i\s+will|will\s+do|(?:that|it|this)\s+(?:really\s+)?(?:help(?:s|ed)(?:\s+(?:me\s+)?to\s+[^.!?]*)?|means\s+a\s+lot)|appreciate\s+(?:it|you(?:\s+\w+ing)?)|(?:that\s+was|that'?s|you'?re|you\s+are)\s+(?:so\s+|very\s+|really\s+)?(?:kind|nice|sweet|lovely|helpful)(?:\s+of\s+you)?|(?:i'?m|i\s+am)\s+(?:so\s+|really\s+|very\s+)?grateful(?:\s+for\s+(?:this|that|the|you|your)(?:\s+\w+)?)?|"
+    r"you'?re\s+(?:the\s+best|kind|right)|really|so|much)\b", re.IGNORECASE)
+#: words left after :data:`THANKS` from which a thank-you carries a story on
+STORY_AFTER_THANKS_WORDS = 4
+
+
+def story_after_thanks(text: Text) -> bool:
+    """Whether a message read as ``thank`` goes on with the story ("thanks. i think he'd have really
+    liked Tom", full stack, heldout_i.jsonl — it got "Of course. I'm always happy to listen."):
+    at least :data:`STORY_AFTER_THANKS_WORDS` words beside the thanks and its usual company."""
+    rest = THANKS.sub(" ", text)
+    return len(re.findall(r"[^\W\d_]+(?:'[^\W\d_]+)?", rest)) >= STORY_AFTER_THANKS_WORDS
 
 
 @DefaultV1Recipe.register([DefaultV1Recipe.ComponentType.INTENT_CLASSIFIER], is_trainable=False)
@@ -102,6 +125,8 @@ class StoryRouter(GraphComponent):
     @classmethod
     def reason(cls, name: Optional[Text], confidence: float, text: Text, mid_story: bool, limits: Dict[Text, float]) -> Optional[Text]:
         """Why this reading is the story going on (None: keep the intent)."""
+        if name == "thank":
+            return "story after thanks" if story_after_thanks(text) else None
         statement = bool(FIRST_PERSON.search(text)) and "?" not in text
         if name == "ask_resources" and ASKS_FOR_RESOURCES.search(text):
             return None  # asking for the numbers: always answered with them

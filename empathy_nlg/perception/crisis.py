@@ -77,8 +77,10 @@ PATTERNS: Dict[str, str] = {
     "cant_go_on": r"\bcan'?t\s+(?:go\s+on|take\s+it\s+anymore)\b",
     "means_on_self": r"\b(?:using|use)\s+it\s+on\s+myself\b",
     "ways_to_die": r"\bways\s+to\s+die\b",
-    # v11: "my last day at my old job / before retirement / of term" is a leaving do, not a farewell
-    "last_day": r"\bmy\s+last\s+day\b(?!\s+(?:at|of|in|before|as|with|working|teaching|there|here\s+at)\b)(?!\s+on\s+(?!earth\b))",
+    # v11: "my last day at my old job / before retirement / of term" is a leaving do, not a farewell;
+    # v12: so is one told in the past ("Friday was my last day after 34 years at the council")
+    "last_day": r"(?<!was\s)(?<!were\s)\bmy\s+last\s+day\b(?!\s+(?:at|of|in|before|after|as|with|working|teaching|there|"
+                r"here\s+at)\b)(?!\s+on\s+(?!earth\b))",
     "if_i_died": r"\b(?:care|notice)\s+if\s+i\s+(?:died|was\s+gone|disappeared)\b",
     "plan_to_die": r"\bplan\s+to\s+(?:kill|die|end)\b",
     # means in hand or taken (C-SSRS "preparatory behaviour" / "actual attempt"): unambiguous on
@@ -154,8 +156,9 @@ ORDINARY_DEPARTURE = re.compile(
     r"(?:empty|every|all\s+the|each)\s+rooms?|childhood\s+(?:home|house|bedroom)|old\s+(?:house|flat|place|home|office|flatshare|dorm)|"
     r"new\s+(?:house|flat|place|home|city|job)|(?:office|shop|branch|school)\s+(?:is\s+)?clos(?:es|ing|ed))\b", re.IGNORECASE)
 #: the patterns and cues, named in the detector's version (v10: five more cue families; v11: the
-#: ``final_act`` cue steps aside for an ordinary move, :data:`ORDINARY_DEPARTURE`)
-RULES_VERSION = "patterns-v11"
+#: ``final_act`` cue steps aside for an ordinary move, :data:`ORDINARY_DEPARTURE`; v12: a last day
+#: told in the past or "after N years" is not the ``last_day`` pattern)
+RULES_VERSION = "patterns-v12"
 #: classifier probability below which a cue alone asks nothing (``cue_gate`` in the head's config)
 CUE_GATE = 0.05
 

@@ -174,6 +174,16 @@ def test_story_router_keeps_a_story_going_and_leaves_clear_requests(graph_contex
         ("hello", "greet", False, "greet"),
         ("I want to end it", "crisis", True, "crisis"),
         ("thanks for listening", "thank", True, "thank"),
+        ("thanks. i think he'd have really liked Tom", "thank", True, "share_feeling"),  # the story goes on
+        ("Thanks, that's reassuring. She's asleep on my chest right now.", "thank", True, "share_feeling"),
+        ("Thank you, I will!", "thank", True, "thank"),
+        ("haha yes. thank u!!", "thank", True, "thank"),
+        ("thank you so much for listening, that really helps", "thank", True, "thank"),
+        ("cheers", "thank", True, "thank"),
+        ("thank you, it helps to get it off my chest", "thank", True, "thank"),  # tests/test_stories.yml
+        ("thanks for hearing me out", "thank", True, "thank"),
+        ("appreciate you listening", "thank", True, "thank"),
+        ("ok thanks again for the advice", "thank", False, "thank"),
         ("أنا متعب جدا من العمل", "out_of_scope", False, "share_feeling"),  # another script, first message
         ("我的狗昨天死了", "greet", False, "share_feeling"),
         ("😢😢💔", "ask_help", False, "share_feeling"),  # emoji alone
@@ -189,3 +199,18 @@ def test_story_router_keeps_a_story_going_and_leaves_clear_requests(graph_contex
         assert m.get("intent")["name"] == expected, (text, m.get("intent"))
         if expected != intent:
             assert m.get("story_router")["previous_intent"] == intent
+
+
+def test_no_thank_you_of_the_nlu_data_is_read_as_a_story_going_on():
+    """The router's thanks filter keeps every thank-you the classifier was trained on as a thank-you."""
+    from pathlib import Path
+
+    import yaml
+
+    from agent.story_router import story_after_thanks
+
+    nlu = yaml.safe_load((Path(__file__).resolve().parents[2] / "data" / "nlu.yml").read_text())
+    thanks = [line[2:].strip() for item in nlu["nlu"] if item.get("intent") == "thank"
+              for line in item["examples"].splitlines() if line.strip()]
+    assert len(thanks) >= 20
+    assert [t for t in thanks if story_after_thanks(t)] == []

@@ -100,6 +100,10 @@ def test_context_without_danger_cannot_flag_a_message():
     ("it was my last day before retirement, the kids made me a card", False),
     ("today is my last day", True),
     ("this is my last day on earth", True),
+    ("Friday was my last day after 34 years at the council.", False),  # retirement, told in the past
+    ("yesterday was my last day, they gave me a card", False),
+    ("tomorrow is my last day", True),
+    ("i've decided today will be my last day", True),
 ])
 def test_last_day_is_not_a_leaving_do(text, flagged):
     assert ("last_day" in CrisisDetector().detect([text]).reasons) is flagged
