@@ -268,6 +268,9 @@ CHAT_HELDOUT_F = CHAT_DEV.with_name("heldout_f.jsonl")
 CHAT_HELDOUT_G = CHAT_DEV.with_name("heldout_g.jsonl")
 #: 30 more, written with heldout_h.yml
 CHAT_HELDOUT_H = CHAT_DEV.with_name("heldout_h.jsonl")
+#: 30 more (eighth session), written by a helper that read no project file; its prompt named the
+#: families to include (figurative dark phrases, police / reference numbers, pharmacies, helplines)
+CHAT_HELDOUT_I = CHAT_DEV.with_name("heldout_i.jsonl")
 
 
 def default_crisis_encoder() -> Optional[str]:
@@ -749,7 +752,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--own", type=Path, nargs="+", default=[OWN_HELDOUT_E, OWN_HELDOUT_F, OWN_HELDOUT_G, OWN_HELDOUT_H],
                         help="own phrasings YAML file(s) (default: the held-out sets heldout_e.yml … heldout_h.yml; "
                              "the older held-out sets are training data since v9)")
-    parser.add_argument("--chat", type=Path, nargs="*", default=[CHAT_DEV, CHAT_HELDOUT, CHAT_HELDOUT_E, CHAT_HELDOUT_F, CHAT_HELDOUT_G, CHAT_HELDOUT_H],
+    parser.add_argument("--chat", type=Path, nargs="*", default=[CHAT_DEV, CHAT_HELDOUT, CHAT_HELDOUT_E, CHAT_HELDOUT_F, CHAT_HELDOUT_G, CHAT_HELDOUT_H,
+                                                                CHAT_HELDOUT_I],
                         help="conversation-script files whose every user turn must stay unflagged (counts of flags and check-ins)")
     parser.add_argument("--crisis-encoder", default=None,
                         help="the crisis classifier's larger encoder (default: perception.crisis_encoder of the engine's "
