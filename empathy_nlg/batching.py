@@ -45,12 +45,16 @@ class GenerationBatcher:
         self._worker.start()
         #: sizes of the batches decoded so far (the most recent 1,000), for /health and the tests
         self.batch_sizes: List[int] = []
+        #: every batch since start, by size (exact, never trimmed: what a benchmark differences)
+        self.size_counts: Dict[int, int] = {}
 
     def describe(self) -> Dict[str, Any]:
-        """The settings and the recent batches (what ``/health`` reports)."""
+        """The settings, the recent batches and every batch since start by size (what ``/health``
+        reports; ``sizes_since_start`` maps a size, as a string, to how many batches had it)."""
         sizes = list(self.batch_sizes)
         return {"max_batch": self.max_batch, "window_ms": round(self.window * 1000, 1), "batches": len(sizes),
-                "mean_size": round(sum(sizes) / len(sizes), 2) if sizes else None, "largest": max(sizes, default=None)}
+                "mean_size": round(sum(sizes) / len(sizes), 2) if sizes else None, "largest": max(sizes, default=None),
+                "sizes_since_start": {str(k): v for k, v in sorted(self.size_counts.items())}}
 
     def submit(self, request: Any, timeout: Optional[float] = None) -> Any:
         """Decode ``request`` (in a batch with whatever else is waiting); its result, or its error."""
@@ -84,5 +88,6 @@ class GenerationBatcher:
                     done.set_exception(exc)
                 continue
             self.batch_sizes = (self.batch_sizes + [len(items)])[-1000:]
+            self.size_counts[len(items)] = self.size_counts.get(len(items), 0) + 1
             for (_, done), result in zip(items, results):
                 done.set_result(result)

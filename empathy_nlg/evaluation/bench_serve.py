@@ -148,12 +148,23 @@ def percentile(values: Sequence[float], q: float) -> Optional[float]:
 def batching_delta(before: Optional[Dict[str, Any]], after: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     """The batches a level made, from ``models.batching`` read before and after it.
 
-    ``/health`` gives the count, mean size and largest of the batches so far (its latest 1,000), so
+    An engine that reports ``sizes_since_start`` (every batch since start, by size) gives them
+    exactly. Without it (an older engine), ``/health`` gives the count, mean size and largest of the batches so far (its latest 1,000), so
     the level's count and mean follow from the difference; its largest is known when it beat the
     earlier largest or every batch had that size (else ``largest`` is None and ``largest_at_most``
     the earlier one)."""
     if not before or not after:
         return {"batches": None, "mean_size": None, "largest": None, "note": "no batching figures in /health"}
+    if isinstance(before.get("sizes_since_start"), dict) and isinstance(after.get("sizes_since_start"), dict):
+        # an engine that counts every batch by size: the level's batches exactly
+        grown = {int(k): int(v) - int(before["sizes_since_start"].get(k, 0))
+                 for k, v in after["sizes_since_start"].items()}
+        grown = {k: v for k, v in grown.items() if v > 0}
+        made = sum(grown.values())
+        if not made:
+            return {"batches": 0, "mean_size": None, "largest": None}
+        return {"batches": made, "mean_size": round(sum(k * v for k, v in grown.items()) / made, 2),
+                "largest": max(grown), "largest_since_start": after.get("largest")}
     nb, na = int(before.get("batches") or 0), int(after.get("batches") or 0)
     if na >= BATCH_HISTORY:
         return {"batches": None, "mean_size": None, "largest": None, "largest_since_start": after.get("largest"),

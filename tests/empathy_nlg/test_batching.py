@@ -41,7 +41,8 @@ def test_requests_waiting_while_the_generator_is_busy_are_decoded_together():
     assert results == {i: f"reply to m{i}" for i in range(7)}  # every request gets its own reply
     assert [len(c) for c in gen.calls] == [1, 4, 2]  # then batches of at most max_batch
     assert batcher.batch_sizes == [1, 4, 2]
-    assert batcher.describe() == {"max_batch": 4, "window_ms": 0.0, "batches": 3, "mean_size": 2.33, "largest": 4}
+    assert batcher.describe() == {"max_batch": 4, "window_ms": 0.0, "batches": 3, "mean_size": 2.33, "largest": 4,
+                                  "sizes_since_start": {"1": 1, "2": 1, "4": 1}}
 
 
 def test_a_window_gathers_requests_that_arrive_together_and_errors_reach_every_waiter():

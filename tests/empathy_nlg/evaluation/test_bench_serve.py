@@ -173,3 +173,11 @@ def test_batching_delta_from_two_health_readings():
     assert ones["largest"] == 1 and ones["mean_size"] == 1.0  # every batch of one: the largest is known
     assert bench_serve.batching_delta(before, {"batches": 1000, "mean_size": 2.0, "largest": 4})["batches"] is None
     assert bench_serve.percentile([3.0, 1.0, 2.0], 50) == 2.0 and bench_serve.percentile([], 95) is None
+
+
+def test_batching_delta_is_exact_with_the_engines_counts_by_size():
+    before = {"batches": 1000, "mean_size": 2.0, "largest": 8, "sizes_since_start": {"1": 700, "8": 300}}
+    after = {"batches": 1000, "mean_size": 2.1, "largest": 8, "sizes_since_start": {"1": 702, "3": 4, "8": 300}}
+    # past the engine's 1,000-batch window the counts by size still give the level's own batches
+    assert bench_serve.batching_delta(before, after) == {"batches": 6, "mean_size": 2.33, "largest": 3, "largest_since_start": 8}
+    assert bench_serve.batching_delta(after, after) == {"batches": 0, "mean_size": None, "largest": None}
