@@ -17,11 +17,36 @@ N examples in file order. For each generator the harness
 The perceiver and the CM scorer are plain objects passed to :func:`evaluate` (anything with
 ``perceive_batch(dialogues)`` / ``predict(seeker_posts, responses)``); :func:`run` loads the real
 ones. Nothing is parsed at import time.
+
+**Harness options of a label.** A label's config section may hold, beside the generator's own
+arguments, options the *harness* acts on (:data:`HARNESS_OPTIONS`; they never reach the
+generator's constructor):
+
+* ``causes: perception | gold`` (default ``perception``) — where the request's cause utterances
+  come from. ``gold``: the example's gold cause labels (``ed-cause-jsonl``'s ``emotion_cause``)
+  replace perception's ``causes`` in the request's perception (everything else perceived stays:
+  emotion, CM, crisis). Gao et al.'s ``emotion_cause`` indexes ``utters`` — *all* turns of the
+  conversation, speaker and listener alternating from the speaker — so an index is directly an
+  index into the example's context (``context = turns[:turn_index]``, the indices before the
+  reply's turn are kept, :func:`~empathy_nlg.datasets.generation_examples`); a few gold causes are
+  listener turns, which perception (speaker candidates only) never picks, and they are kept. A gold
+  cause carries no word spans (``spans=[]``): what inside the utterance caused the emotion is left
+  to the generator (``cause_gated`` takes the words' probabilities and labels from perception's
+  span head, as it does for perceived causes). An example whose gold causes all lie after its
+  context gets no cause utterance (``[]``: the gold labels say none is in the context yet). Data
+  without cause labels (``ed-jsonl``), or a run without the perceiver, is refused before anything
+  is generated: a ``gold`` row made of perceived causes would be mislabelled. Records of such a
+  label carry ``cause_source: "gold"`` and ``request_cause_indices``.
+
+With gold labels in the data (``ed-cause-jsonl``) every ``metrics.json`` also scores perception's
+cause utterances against them (``cause_p`` / ``cause_r`` / ``cause_f1`` / ``cause_exact``,
+:func:`.metrics.cause_agreement`).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -48,7 +73,7 @@ from empathy_nlg.generators.base import (
     available_generators,
     create_generator,
 )
-from empathy_nlg.perception.types import Perception
+from empathy_nlg.perception.types import CauseUtterance, Perception
 from empathy_nlg.taxonomy import CM_CODES
 
 log = logging.getLogger(__name__)
@@ -56,6 +81,10 @@ log = logging.getLogger(__name__)
 PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
 Key = Tuple[str, int]
+#: options of a label's config section that the harness acts on (never passed to the generator)
+HARNESS_OPTIONS = ("causes",)
+#: where the request's cause utterances come from (``causes:``)
+CAUSE_SOURCES = ("perception", "gold")
 
 
 class PerceiverLike(Protocol):
@@ -152,7 +181,21 @@ def _perception_fields(p: Optional[Perception]) -> Dict[str, Any]:
     }
 
 
-def _record(ex: GenerationExample, perception: Optional[Perception], result, score) -> Dict[str, Any]:
+def gold_cause_perception(p: Perception, ex: GenerationExample) -> Perception:
+    """``p`` with its cause utterances replaced by the example's gold ones (a copy: the cached
+    perception is shared by all generators). ``ex.cause_indices`` index the context directly
+    (see the module docstring); a gold cause has no word spans."""
+    if ex.cause_indices is None:
+        raise ValueError(f"{ex.conv_id} turn {ex.turn_index}: no gold cause labels")
+    causes = [CauseUtterance(index=int(i), text=ex.context[i].text, score=1.0, spans=[])
+              for i in ex.cause_indices if 0 <= int(i) < len(ex.context)]
+    models = dict(p.models or {})
+    models["cause"] = "gold"
+    return dataclasses.replace(p, causes=causes, models=models)
+
+
+def _record(ex: GenerationExample, perception: Optional[Perception], result, score,
+            request: Optional[GenerationRequest] = None, cause_source: str = "perception") -> Dict[str, Any]:
     rec: Dict[str, Any] = {
         "conv_id": ex.conv_id,
         "turn_index": ex.turn_index,
@@ -163,7 +206,11 @@ def _record(ex: GenerationExample, perception: Optional[Perception], result, sco
     }
     if ex.cause_indices is not None:
         rec["gold_cause_indices"] = ex.cause_indices
-    rec.update(_perception_fields(perception))
+    rec.update(_perception_fields(perception))  # perception's own causes, whatever the request got
+    if cause_source != "perception":
+        rec["cause_source"] = cause_source
+        causes = request.perception.causes if request is not None and request.perception is not None else []
+        rec["request_cause_indices"] = [int(c.index) for c in causes]
     rec["knowledge"] = result.knowledge or {}
     rec["generator"] = result.generator
     rec["version"] = result.version
@@ -272,10 +319,12 @@ def _generate_missing(
     perceptions: _PerceptionCache,
     batch_size: int,
     progress: bool,
+    cause_source: str = "perception",
 ) -> Tuple[int, float]:
     uses_perception = bool(getattr(gen, "needs_perception", True)) and perceptions.perceiver is not None
     version = getattr(gen, "version", None)
-    todo = [ex for ex in examples if _stale(existing.get((ex.conv_id, ex.turn_index)), ex, uses_perception, version)]
+    todo = [ex for ex in examples
+            if _stale(existing.get((ex.conv_id, ex.turn_index)), ex, uses_perception, version, cause_source)]
     if not todo:
         return 0, 0.0
     can_score = type(gen).score is not Generator.score
@@ -283,13 +332,15 @@ def _generate_missing(
     with pred_path.open("a", encoding="utf-8") as fh, _progress(len(todo), name, progress) as bar:
         for batch in _batches(todo, batch_size):
             percs = perceptions.get(batch)
-            requests = [GenerationRequest(context=list(ex.context), perception=p) for ex, p in zip(batch, percs)]
+            requests = [GenerationRequest(context=list(ex.context),
+                                          perception=gold_cause_perception(p, ex) if cause_source == "gold" and p is not None else p)
+                        for ex, p in zip(batch, percs)]
             results = gen.generate(requests)
             if len(results) != len(batch):
                 raise RuntimeError(f"generator {name!r} returned {len(results)} replies for {len(batch)} requests")
             for ex, p, req, res in zip(batch, percs, requests, results):
                 score = _score_one(gen, req, ex.reference) if can_score else None
-                rec = _record(ex, p, res, score)
+                rec = _record(ex, p, res, score, req, cause_source)
                 existing[(ex.conv_id, ex.turn_index)] = rec
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
             fh.flush()
@@ -298,14 +349,17 @@ def _generate_missing(
 
 
 def _stale(rec: Optional[Dict[str, Any]], ex: GenerationExample, uses_perception: bool = False,
-           version: Optional[str] = None) -> bool:
+           version: Optional[str] = None, cause_source: str = "perception") -> bool:
     """A stored record is reusable only for the same example (same reference text), from the same
     model (its ``version``, when the generator has one: a label whose model was replaced — a newly
-    served NEC — regenerates rather than mixing two models' replies), and — for a generator that
-    conditions on perception — only if it was generated with perception."""
+    served NEC — regenerates rather than mixing two models' replies), with the same cause source
+    (``causes:``), and — for a generator that conditions on perception — only if it was generated
+    with perception."""
     if rec is None or rec.get("reference") != ex.reference:
         return True
     if version is not None and rec.get("version") != version:
+        return True
+    if rec.get("cause_source", "perception") != cause_source:
         return True
     return uses_perception and rec.get("perceived_emotion") is None
 
@@ -376,6 +430,17 @@ def polarity_split(records: Sequence[Dict[str, Any]]) -> Dict[str, Dict[str, Any
     return out
 
 
+def cause_agreement_metrics(records: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """Perception's cause utterances (``causes``) against the gold ones (``gold_cause_indices``)
+    over the records that have both; every key ``None`` when none has (plain ED data, or no
+    perceiver)."""
+    pairs = [([int(c["index"]) for c in r.get("causes") or []], r["gold_cause_indices"]) for r in records
+             if r.get("gold_cause_indices") is not None and r.get("perceived_emotion") is not None]
+    if not pairs:
+        return {k: None for k in M.CAUSE_AGREEMENT_KEYS}
+    return M.cause_agreement([p for p, _ in pairs], [g for _, g in pairs])
+
+
 def compute_metrics(records: Sequence[Dict[str, Any]], seconds: float) -> Dict[str, Any]:
     """metrics.json for one generator from its prediction records (in example order)."""
     replies = [r["reply"] or "" for r in records]
@@ -387,6 +452,7 @@ def compute_metrics(records: Sequence[Dict[str, Any]], seconds: float) -> Dict[s
         out.update({k: None for k in ("bleu1", "bleu2", "bleu3", "bleu4", "dist1", "dist2", "sent_std", "top5_share", "avg_len")})
     perceived = [r.get("perceived_emotion") for r in records]
     out["emotion_acc"] = M.accuracy(perceived, [r["gold_emotion"] for r in records]) if records else None
+    out.update(cause_agreement_metrics(records))
     scores = [r.get("score") for r in records]
     if records and all(s is not None for s in scores):
         out["ppl"] = M.perplexity(sum(s["nll"] for s in scores), sum(s["tokens"] for s in scores))
@@ -408,6 +474,25 @@ def compute_metrics(records: Sequence[Dict[str, Any]], seconds: float) -> Dict[s
     return out
 
 
+def _check_cause_sources(sources: Mapping[str, str], examples: Sequence[GenerationExample],
+                         perceiver: Optional[PerceiverLike]) -> None:
+    """Refuse a ``causes: gold`` label the data or the run cannot serve (before generating anything)."""
+    for name, source in sources.items():
+        if source not in CAUSE_SOURCES:
+            raise ValueError(f"generator {name!r}: causes must be one of {', '.join(CAUSE_SOURCES)}, got {source!r}")
+        if source != "gold":
+            continue
+        unlabelled = [ex for ex in examples if ex.cause_indices is None]
+        if unlabelled:
+            ex = unlabelled[0]
+            raise ValueError(f"generator {name!r} has causes: gold, but {len(unlabelled)} of {len(examples)} examples "
+                             f"carry no gold cause labels (first: {ex.conv_id} turn {ex.turn_index}); evaluate it on "
+                             "Gao et al.'s files (--format ed-cause-jsonl), or drop causes: gold")
+        if perceiver is None:
+            raise ValueError(f"generator {name!r} has causes: gold, which replaces perception's causes: it needs the "
+                             "perceiver (drop --no-perception)")
+
+
 def evaluate(
     examples: Sequence[GenerationExample],
     generators: Mapping[str, Generator],
@@ -420,10 +505,15 @@ def evaluate(
     progress: bool = True,
     meta: Optional[Dict[str, Any]] = None,
     write_report: bool = True,
+    causes: Optional[Mapping[str, str]] = None,
 ) -> Dict[str, GeneratorRun]:
-    """Generate (or reuse), score and write the outputs for each generator; returns the runs."""
+    """Generate (or reuse), score and write the outputs for each generator; returns the runs.
+    ``causes``: per generator name, where its requests' cause utterances come from
+    (``perception``, the default, or ``gold``; see the module docstring)."""
     if batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {batch_size}")
+    sources = {name: str((causes or {}).get(name) or "perception") for name in generators}
+    _check_cause_sources(sources, examples, perceiver)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     perceptions = _PerceptionCache(perceiver)
@@ -436,12 +526,14 @@ def evaluate(
         pred_path = gdir / PREDICTIONS
         existing = read_predictions(pred_path)
         uses_perception = bool(getattr(gen, "needs_perception", True)) and perceiver is not None
-        reusable = sum(not _stale(existing.get((ex.conv_id, ex.turn_index)), ex, uses_perception, getattr(gen, "version", None))
+        reusable = sum(not _stale(existing.get((ex.conv_id, ex.turn_index)), ex, uses_perception, getattr(gen, "version", None),
+                                  sources[name])
                        for ex in examples)
         if reusable:
             log.info("%s: reusing %d of %d predictions from %s", name, reusable, len(examples), pred_path)
         seed_everything(seed)
-        generated, seconds = _generate_missing(name, gen, examples, existing, pred_path, perceptions, batch_size, progress)
+        generated, seconds = _generate_missing(name, gen, examples, existing, pred_path, perceptions, batch_size, progress,
+                                               sources[name])
         records = [existing[(ex.conv_id, ex.turn_index)] for ex in examples]
         _fill_perception(records, examples, perceptions, batch_size)
         _label_cm(records, cm_scorer, ref_cache, batch_size)
@@ -451,6 +543,7 @@ def evaluate(
         m["by_polarity"] = polarity_split(records)
         m["generator"] = name
         m["generator_version"] = getattr(gen, "version", None)
+        m["cause_source"] = sources[name]
         m["reused_predictions"] = len(examples) - generated
         m["generated_predictions"] = generated
         m["seconds_per_generated"] = round(seconds / generated, 3) if generated else None
@@ -515,7 +608,7 @@ def build_generators(names: Sequence[str], config: Mapping[str, Any]) -> Dict[st
         raise ValueError(f"generator {sorted(dupes)[0]!r} given twice")
     gens: Dict[str, Generator] = {}
     for name in names:
-        section = dict(sections[name])
+        section = {k: v for k, v in sections[name].items() if k not in HARNESS_OPTIONS}
         kind = str(section.pop("generator", name))
         try:
             gens[name] = create_generator(kind, section)
@@ -524,6 +617,19 @@ def build_generators(names: Sequence[str], config: Mapping[str, Any]) -> Dict[st
         except TypeError as exc:
             raise ValueError(f"bad config for generator {name!r}: {exc}") from None
     return gens
+
+
+def harness_options(names: Sequence[str], config: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
+    """Per name, the options of its config section the harness acts on (:data:`HARNESS_OPTIONS`),
+    checked; ``causes`` defaults to ``perception``."""
+    out: Dict[str, Dict[str, Any]] = {}
+    for name in names:
+        section = _generator_config(config, name)
+        causes = section.get("causes", "perception")
+        if causes not in CAUSE_SOURCES:
+            raise ValueError(f"generator {name!r}: causes must be one of {', '.join(CAUSE_SOURCES)}, got {causes!r}")
+        out[name] = {"causes": causes}
+    return out
 
 
 def _needs_fit(gen: Generator) -> bool:
@@ -570,7 +676,7 @@ def summary_table(metrics_by_gen: Mapping[str, Mapping[str, Any]]) -> str:
     cols = [
         ("generator", None), ("n", "n"), ("B-1", "bleu1"), ("B-2", "bleu2"), ("B-4", "bleu4"),
         ("D-1", "dist1"), ("D-2", "dist2"), ("SentStd", "sent_std"), ("Top5%", "top5_share"),
-        ("EmoAcc", "emotion_acc"), ("PPL", "ppl"), ("ER", "epitome_er"), ("IP", "epitome_ip"),
+        ("EmoAcc", "emotion_acc"), ("CauseF1", "cause_f1"), ("PPL", "ppl"), ("ER", "epitome_er"), ("IP", "epitome_ip"),
         ("EX", "epitome_ex"), ("Len", "avg_len"), ("sec", "seconds"),
     ]
 
@@ -594,6 +700,10 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     config = _load_config(args.config)
     examples = load_examples(args.data, args.format, args.limit)
+    options = harness_options(args.generator, config)
+    causes = {n: o["causes"] for n, o in options.items()}
+    if any(c == "gold" for c in causes.values()):
+        _check_cause_sources(causes, examples, perceiver=object() if not args.no_perception else None)
     generators = build_generators(args.generator, config)
 
     to_fit = [n for n, g in generators.items() if _needs_fit(g)]
@@ -623,7 +733,7 @@ def run(args: argparse.Namespace) -> int:
     runs = evaluate(
         examples, generators, args.out,
         perceiver=perceiver, cm_scorer=cm_scorer, batch_size=args.batch_size, seed=args.seed,
-        progress=not args.no_progress, meta=meta,
+        progress=not args.no_progress, meta=meta, causes=causes,
     )
     print(f"\nevaluated {len(examples)} examples of {args.data} ({args.format}), seed {args.seed}")
     print(summary_table({n: r.metrics for n, r in runs.items()}))

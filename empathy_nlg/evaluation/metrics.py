@@ -137,6 +137,31 @@ def positive_rate(flags: Iterable[bool]) -> Optional[float]:
     return 100.0 * sum(flags) / len(flags) if flags else None
 
 
+CAUSE_AGREEMENT_KEYS = ("cause_n", "cause_p", "cause_r", "cause_f1", "cause_exact")
+
+
+def cause_agreement(predicted: Sequence[Sequence[int]], gold: Sequence[Sequence[int]]) -> Dict[str, Optional[float]]:
+    """Utterance-level agreement of predicted cause utterances with gold ones, per example a set
+    of context indices: micro precision / recall / F1 over all (example, utterance) pairs and the
+    % of examples whose two sets are equal (both empty counts as equal), in %; ``cause_n`` the
+    number of examples."""
+    if len(predicted) != len(gold):
+        raise ValueError(f"{len(predicted)} predictions but {len(gold)} gold labels")
+    tp = fp = fn = exact = 0
+    for p, g in zip(predicted, gold):
+        ps, gs = set(int(i) for i in p), set(int(i) for i in g)
+        tp += len(ps & gs)
+        fp += len(ps - gs)
+        fn += len(gs - ps)
+        exact += ps == gs
+    n = len(gold)
+    prec = 100.0 * tp / (tp + fp) if tp + fp else None
+    rec = 100.0 * tp / (tp + fn) if tp + fn else None
+    f1 = 100.0 * 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else None
+    return {"cause_n": n, "cause_p": prec, "cause_r": rec, "cause_f1": f1,
+            "cause_exact": 100.0 * exact / n if n else None}
+
+
 def reply_metrics(replies: Sequence[str], references: Sequence[str]) -> Dict[str, float]:
     """All text-only metrics of a system's replies against the references."""
     hyp_tokens = [tokenize(r) for r in replies]
@@ -184,6 +209,15 @@ DEFINITIONS: Mapping[str, str] = {
     "ref_epitome_ip": "epitome_ip of the reference replies",
     "ref_epitome_ex": "epitome_ex of the reference replies",
     "avg_len": "mean reply length in tokens",
+    "cause_n": "examples with gold cause labels (ed-cause-jsonl's emotion_cause, the indices before "
+    "the reply's turn) and a perception; null on data without cause labels",
+    "cause_p": "% of perception's cause utterances (context indices) that are gold cause utterances, "
+    "micro over (example, utterance) pairs; gold causes may be listener turns, perception picks "
+    "speaker turns only",
+    "cause_r": "% of the gold cause utterances that perception picks (as cause_p)",
+    "cause_f1": "harmonic mean of cause_p and cause_r (micro: 2TP / (2TP + FP + FN))",
+    "cause_exact": "% of examples whose perceived cause utterances are exactly the gold ones (both "
+    "empty counts as equal)",
     "seconds": "wall-clock seconds spent generating (and scoring) the replies that this run "
     "computed, perception excluded (shared by all generators; see data.perception_seconds); reused "
     "predictions count 0",

@@ -84,12 +84,23 @@ strategy is the setting ``gating: soft | hard | none`` (variants ``cause_gated``
 ``cause_gated-hard``); the generator's ``gating`` option serves a trained model with another one
 (``gating: none``: the same weights without the bias).
 
+**Gold cause utterances** (Gao et al.'s published labels, ``ed-cause-jsonl``; their RECCON-trained detector made them, not annotators): the evaluation harness's
+``causes: gold`` option (``configs/eval/generators.yml``: ``cause_gated-gold``,
+``cause_gated-hard-gold``) puts the example's gold cause utterances in the request's perception in
+place of perception's, without word spans. The *utterances* are then gold, the *words* inside them
+still perception's span head (:meth:`CauseGatedGenerator.perceived_words`): the gold labels are
+utterance-level, the gates of this model were trained on the span head's word probabilities, and
+the same words keep both rows comparable — the difference between the two rows is only which
+utterances the cause detector chose, which is what "how much the cause detector costs" asks. As
+for perceived causes, only cause utterances among the prompt's ``context_turns`` turns have gates.
+
 The paper's Table 2 (ED test, mean of 5 seeds): soft — BLEU 1.774, Dist-1/2 0.017/0.084, emotion
 accuracy 42.4 %; hard — BLEU 1.734, Dist-1/2 0.018/0.090, 42.3 %. Soft wins BLEU and BERTScore,
 hard the Dist ratios, and soft wins the human ratings.
 
 ``custom.generation`` reports the emotion and its source, the gating strategy and layers, the
-cause words with their probabilities, and every prompt token inside the dialogue's turns with its
+cause utterances the gates come from (``cause_utterances``) and their source (``cause_source``),
+the cause words with their probabilities, and every prompt token inside the dialogue's turns with its
 gate (``gated_tokens``: what a UI highlights as what the reply attended to).
 """
 
@@ -735,11 +746,23 @@ class CauseGatedGenerator(TrainedGenerator):
 
     def perceived_words(self, request: GenerationRequest, window: Window) -> Tuple[List[CauseWord], str]:
         """The perceived cause utterances in the prompt's turns as words with probabilities: the
-        span head's (``perception``), or 1 inside the perceived spans (``perception-spans``)."""
+        span head's (``perception``), or 1 inside the perceived spans (``perception-spans``).
+
+        A word's hard label (the hard gate) is whether it lies in the cause's ``spans``. A cause
+        without spans — the evaluation harness's gold cause utterances (``causes: gold``), which
+        name the utterance only — takes the span head's own labels (its threshold, at least its
+        best word: what perception would have put in ``spans``); without the span head every word
+        of such an utterance is a cause word (Gao et al.'s utterance-level labels). The source is
+        ``gold`` (``gold-utterances`` without the span head) when the perception's cause model is
+        ``gold`` (``Perception.models["cause"]``, set by the harness)."""
         p = request.perception
         ctx = request.context
         out: List[CauseWord] = []
-        source = "perception" if self.scorer is not None else "perception-spans"
+        gold = (p.models or {}).get("cause") == "gold"
+        if self.scorer is not None:
+            source = "gold" if gold else "perception"
+        else:
+            source = "gold-utterances" if gold else "perception-spans"
         for cause in p.causes:
             i = int(cause.index)
             if not window.start <= i < len(ctx):
@@ -752,7 +775,7 @@ class CauseGatedGenerator(TrainedGenerator):
 
             if self.scorer is not None:
                 words = self.scorer.words(window.utterances[i - window.start], text, window.target.numpy(), p.emotion)
-                out.extend(CauseWord(i, s, e, pw, inside(s, e)) for s, e, pw, _k in words)
+                out.extend(CauseWord(i, s, e, pw, inside(s, e) if spans else bool(kept)) for s, e, pw, kept in words)
             else:
                 out.extend(CauseWord(i, s, e, 1.0 if inside(s, e) else 0.0, inside(s, e)) for s, e in utterance_words(text))
         return out, source
@@ -791,6 +814,10 @@ class CauseGatedGenerator(TrainedGenerator):
                 "gating": self.gating,
                 "gate_layers": "all" if layers is None else list(layers),
                 "cause_source": cause_sources[i],
+                # the cause utterances the gates come from (context indices; perception's, or the
+                # request's gold ones in the harness) — those outside the prompt's turns do nothing
+                "cause_utterances": ([int(c.index) for c in r.perception.causes] if r.perception is not None
+                                     else sorted({w.turn for w in words[i] if w.cause})),
                 "cause_words": [{"turn": w.turn, "word": contexts[i][w.turn].text[w.start:w.end], "start": w.start,
                                  "end": w.end, "p": round(float(w.p), 4), "cause": bool(w.cause)} for w in words[i]],
                 "gated_tokens": gated,

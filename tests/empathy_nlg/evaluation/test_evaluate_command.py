@@ -14,7 +14,7 @@ from empathy_nlg.cli import main
 from empathy_nlg.datasets import Utterance
 from empathy_nlg.evaluation import harness
 from empathy_nlg.generators.base import GenerationResult, Generator, register_generator
-from empathy_nlg.perception.types import Perception
+from empathy_nlg.perception.types import CauseUtterance, Perception
 from empathy_nlg.taxonomy import EMOTIONS
 
 CONVS = [
@@ -348,3 +348,137 @@ def test_config_file_sections_reach_the_generator(files, tmp_path, capsys):
     cfg.write_text("{oops")
     assert main(["evaluate", "--data", str(data), "--generator", "frequent", "--config", str(cfg), "--out", str(out)]) == 2
     assert "not valid JSON" in _error_line(capsys)
+
+
+# ----------------------------------------------------------------------------------- gold causes
+#: Gao et al.'s format: `utters` are *all* turns (speaker first, alternating), `emotion_cause`
+#: indexes them — here the first speaker turn (0), a listener turn (1) and the last turn (4)
+GAO = {"conv_id": "g1", "context": "afraid", "emotion_cause": [4, 0, 1],
+       "utters": [["a", "storm", "hit", "my", "town", "."], ["oh", "no", ",", "are", "you", "safe", "?"],
+                  ["yes", ",", "but", "the", "roof", "is", "gone", "."], ["that", "is", "awful", "."],
+                  ["we", "sleep", "at", "my", "sister", "'s", "now", "."], ["i", "hope", "it", "gets", "fixed", "soon", "."]]}
+
+
+def write_gao(path: Path, *records) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in (records or (GAO,))), encoding="utf-8")
+    return path
+
+
+class CausePerceiver(FakePerceiver):
+    """Perception's causes: the context's last speaker turn, with a word span (never the gold ones here)."""
+
+    def perceive_batch(self, dialogues):
+        out = super().perceive_batch(dialogues)
+        for p, d in zip(out, dialogues):
+            last = max(i for i, u in enumerate(d) if u.role == "speaker")
+            p.causes = [CauseUtterance(index=last, text=d[last].text, score=0.7, spans=[[0, 2]])]
+        return out
+
+
+class CauseRecorder(RandomEcho):
+    """Conditions on perception and keeps every request it is given."""
+
+    name = "test-cause-recorder"
+    needs_perception = True
+
+    def __init__(self):
+        self.requests = []
+
+    def generate(self, requests):
+        self.requests.extend(requests)
+        return [GenerationResult(text="causes " + " ".join(str(c.index) for c in r.perception.causes), generator=self.name,
+                                 version=self.version) for r in requests]
+
+
+def test_gold_cause_indices_map_onto_the_context_the_harness_builds(tmp_path):
+    """`emotion_cause` indexes Gao's `utters` (speaker and listener turns), so an index is the index
+    of that utterance in the example's context; only the causes before the reply's turn are kept."""
+    ex = harness.load_examples(write_gao(tmp_path / "g.jsonl"), "ed-cause-jsonl")
+    assert [(e.turn_index, e.cause_indices) for e in ex] == [(1, [0]), (3, [0, 1]), (5, [0, 1, 4])]
+    last = ex[-1]
+    for i in last.cause_indices:
+        assert last.context[i].text == " ".join(GAO["utters"][i])
+    assert [last.context[i].role for i in last.cause_indices] == ["speaker", "listener", "speaker"]
+    assert last.reference == "i hope it gets fixed soon ." and len(last.context) == 5
+
+
+def test_causes_gold_puts_exactly_the_gold_cause_utterances_in_the_request(tmp_path):
+    ex = harness.load_examples(write_gao(tmp_path / "g.jsonl"), "ed-cause-jsonl")
+    gold, perceived = CauseRecorder(), CauseRecorder()
+    perceiver = CausePerceiver()
+    runs = harness.evaluate(ex, {"gold": gold, "perceived": perceived}, tmp_path / "o", perceiver=perceiver,
+                            progress=False, write_report=False, causes={"gold": "gold"})
+    assert [[c.index for c in r.perception.causes] for r in gold.requests] == [e.cause_indices for e in ex]
+    for r, e in zip(gold.requests, ex):
+        assert [c.text for c in r.perception.causes] == [e.context[i].text for i in e.cause_indices]
+        assert all(c.spans == [] and c.score == 1.0 for c in r.perception.causes)  # the words are the generator's
+        assert r.perception.emotion == "sad" and r.perception.cm["ER"] == 0.8  # the rest is still perceived
+        assert r.perception.models["cause"] == "gold"
+    # the perception shared by the labels is not touched: the other label gets perception's causes
+    assert [[c.index for c in r.perception.causes] for r in perceived.requests] == [[0], [2], [4]]
+    assert perceiver.calls == 3  # each context perceived once for both labels
+    recs = runs["gold"].records
+    assert [r["request_cause_indices"] for r in recs] == [[0], [0, 1], [0, 1, 4]]
+    assert {r["cause_source"] for r in recs} == {"gold"} and [r["reply"] for r in recs] == ["causes 0", "causes 0 1", "causes 0 1 4"]
+    assert [[c["index"] for c in r["causes"]] for r in recs] == [[0], [2], [4]]  # the record keeps what perception said
+    assert "cause_source" not in runs["perceived"].records[0]
+    assert runs["gold"].metrics["cause_source"] == "gold" and runs["perceived"].metrics["cause_source"] == "perception"
+    # perception's causes against the gold ones: TP 0→0 and 4→4; FP 2; FN 0 and 1 (turn 3), 1 (turn 5)
+    m = runs["perceived"].metrics
+    assert m["cause_n"] == 3 and m["cause_p"] == pytest.approx(200 / 3) and m["cause_r"] == pytest.approx(100 * 2 / 6)
+    assert m["cause_f1"] == pytest.approx(100 * 4 / 9) and m["cause_exact"] == pytest.approx(100 / 3)
+    # switching a label's cause source regenerates its predictions instead of reusing them
+    again = harness.evaluate(ex, {"gold": CauseRecorder()}, tmp_path / "o", perceiver=perceiver, progress=False, write_report=False)
+    assert again["gold"].generated == 3 and "cause_source" not in again["gold"].records[0]
+
+
+def test_causes_gold_is_refused_without_gold_labels_or_without_perception(files, tmp_path, capsys):
+    data, _ = files
+    gen = CauseRecorder()
+    with pytest.raises(ValueError, match="no gold cause labels.*ed-cause-jsonl"):
+        harness.evaluate(_examples(data), {"g": gen}, tmp_path / "o", perceiver=CausePerceiver(), progress=False,
+                         causes={"g": "gold"})
+    assert gen.requests == []  # refused before anything is generated
+    gao = harness.load_examples(write_gao(tmp_path / "g.jsonl"), "ed-cause-jsonl")
+    with pytest.raises(ValueError, match="needs the perceiver"):
+        harness.evaluate(gao, {"g": gen}, tmp_path / "o", progress=False, causes={"g": "gold"})
+    with pytest.raises(ValueError, match="causes must be one of perception, gold"):
+        harness.evaluate(gao, {"g": gen}, tmp_path / "o", progress=False, causes={"g": "silver"})
+    # plain ED has no labels: no agreement metrics
+    runs = harness.evaluate(_examples(data), {"g": gen}, tmp_path / "p", perceiver=CausePerceiver(), progress=False,
+                            write_report=False)
+    assert runs["g"].metrics["cause_f1"] is None and runs["g"].metrics["cause_n"] is None
+    # through the command: a one-line error naming the label and the way out
+    cfg = tmp_path / "cfg.yml"
+    cfg.write_text("generators:\n  freq-gold: {generator: frequent, reply: hello, causes: gold}\n")
+    assert main(["evaluate", "--data", str(data), "--generator", "freq-gold", "--config", str(cfg),
+                 "--out", str(tmp_path / "o2"), "--no-cm-scorer"]) == 2
+    line = _error_line(capsys)
+    assert "'freq-gold' has causes: gold" in line and "--format ed-cause-jsonl" in line
+
+
+def test_causes_is_a_harness_option_not_a_generator_argument(tmp_path):
+    cfg = {"generators": {"freq-gold": {"generator": "frequent", "reply": "hi", "causes": "gold"},
+                          "freq-bad": {"generator": "frequent", "reply": "hi", "causes": "silver"}}}
+    gens = harness.build_generators(["freq-gold"], cfg)  # `causes` does not reach the constructor
+    assert gens["freq-gold"].generate([harness.GenerationRequest(context=[Utterance("speaker", "x")])])[0].text == "hi"
+    assert harness.harness_options(["freq-gold", "frequent"], cfg) == {"freq-gold": {"causes": "gold"},
+                                                                      "frequent": {"causes": "perception"}}
+    with pytest.raises(ValueError, match="'freq-bad': causes must be one of"):
+        harness.harness_options(["freq-bad"], cfg)
+
+
+def test_the_eval_config_has_the_gold_cause_and_hard_serving_labels():
+    from empathy_nlg.settings import read_config_file
+
+    root = Path(__file__).resolve().parents[3]
+    cfg = read_config_file(str(root / "configs" / "eval" / "generators.yml"))
+    labels = ["cause_gated-gold", "cause_gated-hard-serve", "cause_gated-hard-gold", "cause_gated-hard-trained", "cause_gated-hard"]
+    opts = harness.harness_options(labels, cfg)
+    g = cfg["generators"]
+    assert opts["cause_gated-gold"]["causes"] == "gold" and g["cause_gated-gold"].get("gating") is None
+    assert opts["cause_gated-hard-gold"]["causes"] == "gold" and g["cause_gated-hard-gold"]["gating"] == "hard"
+    assert opts["cause_gated-hard-serve"]["causes"] == "perception" and g["cause_gated-hard-serve"]["gating"] == "hard"
+    for label in ("cause_gated-gold", "cause_gated-hard-serve", "cause_gated-hard-gold", "cause_gated-hard"):
+        assert g[label]["generator"] == "cause_gated" and "model_dir" not in g[label]  # the committed model
+    assert g["cause_gated-hard-trained"]["model_dir"] == "training_runs/cause_gated-hard/final"

@@ -101,3 +101,14 @@ def test_reply_metrics_keys_and_definitions():
     assert set(out) == {"bleu1", "bleu2", "bleu3", "bleu4", "dist1", "dist2", "sent_std", "top5_share", "avg_len"}
     for key in out:
         assert key in M.DEFINITIONS
+
+
+def test_cause_agreement_is_micro_over_utterances_and_counts_empty_sets_as_equal():
+    got = M.cause_agreement([[2], [0, 2], [], []], [[0, 2], [0, 2], [], [1]])
+    # TP 3 (2; 0, 2), FP 0, FN 2 (0 of the first; 1 of the last); exact: the 2nd and 3rd
+    assert got == {"cause_n": 4, "cause_p": 100.0, "cause_r": 60.0, "cause_f1": 75.0, "cause_exact": 50.0}
+    none = M.cause_agreement([[]], [[]])
+    assert none["cause_p"] is None and none["cause_r"] is None and none["cause_f1"] is None and none["cause_exact"] == 100.0
+    assert set(M.CAUSE_AGREEMENT_KEYS) == set(got) and all(k in M.DEFINITIONS for k in M.CAUSE_AGREEMENT_KEYS)
+    with pytest.raises(ValueError):
+        M.cause_agreement([[0]], [])

@@ -299,3 +299,113 @@ def test_a_seq2seq_backbone_or_too_many_gated_layers_is_refused(tiny_bart, tiny_
         make_model(tiny_bart, encoder)
     with pytest.raises(ValueError, match="gate_top_layers must be between 1 and 1"):
         make_model(tiny_llama, encoder, gate_top_layers=2)
+
+
+class _OnePerceiver:
+    """Perception says "sad" with the last turn as its cause utterance (never a gold one below)."""
+
+    def perceive_batch(self, dialogues):
+        return [make_perception("sad", causes=[CauseUtterance(index=len(d) - 1, text=d[-1].text, score=0.9, spans=[[5, 8]])])
+                for d in dialogues]
+
+
+class _Recording:
+    """Wraps a generator and keeps the requests the harness gives it."""
+
+    def __init__(self, gen):
+        self.gen, self.requests = gen, []
+        self.needs_perception, self.version = True, gen.version
+
+    def generate(self, requests):
+        self.requests.extend(requests)
+        return self.gen.generate(requests)
+
+    def score(self, requests, references):
+        return self.gen.score(requests, references)
+
+
+def test_gold_causes_from_the_harness_gate_exactly_the_gold_utterances(saved, tmp_path):
+    """`causes: gold`: the request carries the gold cause utterances (a speaker and a listener turn
+    here), not perception's (the last turn); the gates open on words of exactly those utterances,
+    the words' probabilities and hard labels being perception's span head's."""
+    from empathy_nlg.datasets import GenerationExample
+    from empathy_nlg.evaluation import harness
+
+    ctx = [Utterance(r, t) for r, t in CONTEXT]
+    ex = [GenerationExample(conv_id="c", turn_index=3, context=ctx, reference="sorry to hear that .", emotion="sad",
+                            cause_indices=[0, 1])]
+    floor = 0.05
+    details = {}
+    for gating in ("soft", "hard"):
+        gens = {f"{gating}-gold": _Recording(create_generator("cause_gated", {**saved, "gating": gating})),
+                f"{gating}-perceived": _Recording(create_generator("cause_gated", {**saved, "gating": gating}))}
+        runs = harness.evaluate(ex, gens, tmp_path / gating, perceiver=_OnePerceiver(), progress=False, write_report=False,
+                                causes={f"{gating}-gold": "gold"})
+        req = gens[f"{gating}-gold"].requests[0]
+        assert [c.index for c in req.perception.causes] == [0, 1] and all(c.spans == [] for c in req.perception.causes)
+        assert [c.index for c in gens[f"{gating}-perceived"].requests[0].perception.causes] == [2]
+        for label in gens:
+            details[label] = runs[label].records[0]["details"]  # = the reply's custom.generation
+    # soft: the cause words lie in the gold utterances; every token outside them keeps the floor
+    d = details["soft-gold"]
+    assert d["cause_source"] == "gold" and d["cause_utterances"] == [0, 1]
+    assert {w["turn"] for w in d["cause_words"]} == {0, 1}
+    opened = {t["turn"] for t in d["gated_tokens"] if t["gate"] > floor}
+    assert opened and opened <= {0, 1} and all(t["gate"] == floor for t in d["gated_tokens"] if t["turn"] == 2)
+    p = details["soft-perceived"]
+    assert p["cause_source"] == "perception" and p["cause_utterances"] == [2] and {w["turn"] for w in p["cause_words"]} == {2}
+    assert all(t["gate"] == floor for t in p["gated_tokens"] if t["turn"] in (0, 1))
+    # the words inside a gold utterance: the span head's probabilities and its own hard labels
+    gen = create_generator("cause_gated", saved)
+    window = gen.model.windows([ctx])[0]
+    head = {(0, s, e): (round(pw, 4), k) for s, e, pw, k in
+            gen.scorer.words(window.utterances[0], ctx[0].text, window.target.numpy(), "sad")}
+    assert {(w["turn"], w["start"], w["end"]): (w["p"], w["cause"]) for w in d["cause_words"] if w["turn"] == 0} == head
+    kept = {ctx[0].text[s:e] for (_, s, e), (_, k) in head.items() if k}
+    # hard: open are the head's words of the gold utterances and the user's last turn; nothing else
+    h = details["hard-gold"]
+    assert h["cause_utterances"] == [0, 1]
+    open0 = {t["token"] for t in h["gated_tokens"] if t["turn"] == 0 and t["gate"] == 1.0}
+    assert open0 and open0 <= kept
+    assert all(t["gate"] == 1.0 for t in h["gated_tokens"] if t["turn"] == 2)  # the last user turn stays
+    hard_words1 = {w["word"] for w in h["cause_words"] if w["turn"] == 1 and w["cause"]}
+    assert hard_words1 and {t["token"] for t in h["gated_tokens"] if t["turn"] == 1 and t["gate"] == 1.0} <= hard_words1
+    hp = details["hard-perceived"]
+    assert all(t["gate"] == 0.0 for t in hp["gated_tokens"] if t["turn"] in (0, 1))  # perception's cause is turn 2 only
+
+
+def test_a_gold_cause_without_the_span_head_gates_every_word_of_its_utterance(saved):
+    gen = create_generator("cause_gated", saved)
+    gen.scorer = None
+    ctx = [Utterance(r, t) for r, t in CONTEXT]
+    perceived = make_perception("sad", causes=[CauseUtterance(index=0, text=CONTEXT[0][1], score=1.0, spans=[])])
+    perceived.models["cause"] = "gold"
+    d = gen.inputs([GenerationRequest(context=ctx, perception=perceived)]).details[0]
+    assert d["cause_source"] == "gold-utterances" and d["cause_utterances"] == [0]
+    assert {w["word"]: w["p"] for w in d["cause_words"]} == {"my": 1.0, "day": 1.0, "was": 1.0, "bad": 1.0, "today": 1.0}
+
+
+class _BestWordOnly:
+    """The real span head's probabilities, but only its best word kept (a stricter threshold)."""
+
+    def __init__(self, scorer):
+        self.scorer = scorer
+
+    def words(self, *args):
+        words = self.scorer.words(*args)
+        best = max(range(len(words)), key=lambda k: words[k][2])
+        return [(s, e, p, k == best) for k, (s, e, p, _) in enumerate(words)]
+
+
+def test_hard_gates_in_a_gold_utterance_follow_the_span_heads_labels_not_every_word(saved):
+    gen = create_generator("cause_gated", {**saved, "gating": "hard"})
+    gen.scorer = _BestWordOnly(gen.scorer)
+    ctx = [Utterance(r, t) for r, t in CONTEXT]
+    gold = make_perception("sad", causes=[CauseUtterance(index=0, text=CONTEXT[0][1], score=1.0, spans=[])])
+    gold.models["cause"] = "gold"
+    d = gen.inputs([GenerationRequest(context=ctx, perception=gold)]).details[0]
+    words = d["cause_words"]
+    best = max(words, key=lambda w: w["p"])["word"]
+    assert [w["word"] for w in words if w["cause"]] == [best] and len(words) == 5
+    assert {t["token"] for t in d["gated_tokens"] if t["turn"] == 0 and t["gate"] == 1.0} == {best}
+    assert {t["token"] for t in d["gated_tokens"] if t["turn"] == 0 and t["gate"] == 0.0} == {"my", "day", "was", "bad", "today"} - {best}
