@@ -22,8 +22,8 @@ intent to ``share_feeling`` when
 A ``thank`` that goes on with the story ("thanks. i think he'd have really liked Tom": four
 words or more beside the thanks and its usual company, :func:`story_after_thanks`) is the story too;
 a plain thank-you keeps its intent and its template. It never touches ``crisis`` (the crisis
-detector runs after it and wins) or ``goodbye``. What it did is in ``parse_data["story_router"]``. Place it after the intent classifiers
-and before ``agent.crisis_detector.CrisisDetector``.
+detector runs after it and wins) or ``goodbye``. What it did is in ``parse_data["story_router"]``.
+Place it after the intent classifiers and before ``agent.crisis_detector.CrisisDetector``.
 """
 
 from __future__ import annotations
@@ -59,11 +59,17 @@ ASKS_FOR_RESOURCES = re.compile(
 #: the thanks itself and what usually goes with it ("thank you so much for listening", "cheers, that
 #: helps", "haha yes"): what is left after these is the story going on
 THANKS = re.compile(
+    # the thanks, and what it is for
     r"\b(?:thank\s+(?:you|u|ya)|thanks?|thx|ty|cheers)\b(?:\s+(?:so|very|a\s+lot|a\s+bunch|again|much|heaps|loads))*"
     r"(?:\s+for\s+(?:listening|that|this|everything|asking|the\s+\w+|your\s+\w+|being\s+(?:here|there)|"
     r"\w+ing(?:\s+(?:me|to\s+me))?(?:\s+out)?|"
     r"(?:the\s+)?(?:chat|help|advice|tips?|support))\b)?|"
-    r"\b(?:haha+|lol|yes|yeah|yep|ok(?:ay)?|i\s+will|will\s+do|(?:that|it|this)\s+(?:really\s+)?(?:help(?:s|ed)(?:\s+(?:me\s+)?to\s+[^.!?]*)?|means\s+a\s+lot)|appreciate\s+(?:it|you(?:\s+\w+ing)?)|(?:that\s+was|that'?s|you'?re|you\s+are)\s+(?:so\s+|very\s+|really\s+)?(?:kind|nice|sweet|lovely|helpful)(?:\s+of\s+you)?|(?:i'?m|i\s+am)\s+(?:so\s+|really\s+|very\s+)?grateful(?:\s+for\s+(?:this|that|the|you|your)(?:\s+\w+)?)?|"
+    # its usual company
+    r"\b(?:haha+|lol|yes|yeah|yep|ok(?:ay)?|i\s+will|will\s+do|"
+    r"(?:that|it|this)\s+(?:really\s+)?(?:help(?:s|ed)(?:\s+(?:me\s+)?to\s+[^.!?]*)?|means\s+a\s+lot)|"
+    r"appreciate\s+(?:it|you(?:\s+\w+ing)?)|"
+    r"(?:that\s+was|that'?s|you'?re|you\s+are)\s+(?:so\s+|very\s+|really\s+)?(?:kind|nice|sweet|lovely|helpful)(?:\s+of\s+you)?|"
+    r"(?:i'?m|i\s+am)\s+(?:so\s+|really\s+|very\s+)?grateful(?:\s+for\s+(?:this|that|the|you|your)(?:\s+\w+)?)?|"
     r"you'?re\s+(?:the\s+best|kind|right)|really|so|much)\b", re.IGNORECASE)
 #: words left after :data:`THANKS` from which a thank-you carries a story on
 STORY_AFTER_THANKS_WORDS = 4

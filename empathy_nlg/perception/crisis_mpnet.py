@@ -17,7 +17,7 @@ Serving cost: MPNet is about 5× MiniLM, so (a) a cheap gate decides when it run
 probability, an earlier concerning message, or any pattern / cue, see
 :class:`empathy_nlg.perception.crisis.CrisisDetector`), and (b) each text's embedding is kept in an
 LRU cache, so the user's earlier messages that form the context are not re-encoded every turn.
-It runs in fp32: dynamic int8 quantisation of its Linear layers
+Its weights are never int8: dynamic int8 quantisation of its Linear layers
 (``torch.ao.quantization.quantize_dynamic``, torch 2.13) was measured and rejected — the embeddings
 of the quantised model have cosine 0.26–0.66 with the fp32 ones (the feed-forward output layers'
 activations have outliers; quantising only the attention projections keeps cosine ≥ 0.97 but saves
