@@ -273,24 +273,25 @@ CHAT_HELDOUT_H = CHAT_DEV.with_name("heldout_h.jsonl")
 CHAT_HELDOUT_I = CHAT_DEV.with_name("heldout_i.jsonl")
 
 
-def default_crisis_encoder() -> Optional[str]:
-    """``perception.crisis_encoder`` of the engine's default settings (what the served engine uses)."""
+def _served_perception(key: str) -> Optional[str]:
+    """``perception.<key>`` of the engine's default settings (what the served engine uses); None
+    when the packaged defaults cannot be read."""
     from empathy_nlg.settings import ConfigError, packaged_defaults
 
     try:
-        return (packaged_defaults().get("perception") or {}).get("crisis_encoder")
+        return (packaged_defaults().get("perception") or {}).get(key)
     except ConfigError:
         return None
 
 
-def default_crisis_dtype() -> str:
-    """``perception.crisis_encoder_dtype`` of the engine's default settings (what the served engine uses)."""
-    from empathy_nlg.settings import ConfigError, packaged_defaults
+def default_crisis_encoder() -> Optional[str]:
+    """``perception.crisis_encoder`` of the engine's default settings (what the served engine uses)."""
+    return _served_perception("crisis_encoder")
 
-    try:
-        return (packaged_defaults().get("perception") or {}).get("crisis_encoder_dtype") or "auto"
-    except ConfigError:
-        return "auto"
+
+def default_crisis_dtype() -> str:
+    """``perception.crisis_encoder_dtype`` of the engine's default settings (``auto`` when unset)."""
+    return _served_perception("crisis_encoder_dtype") or "auto"
 
 
 def chat_turns(path: Path) -> List[Example]:
