@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from empathy_nlg.datasets import Utterance
-from empathy_nlg.hardware import cpu_has_native_bf16  # noqa: F401 (C.cpu_has_native_bf16: the name tests patch)
+from empathy_nlg.hardware import serving_dtype
 from empathy_nlg.settings import TrainSettings, settings_from_mapping
 from empathy_nlg.text import CELEBRATION_WORDS, NO_ECHO_PREFIXES, STOPWORDS, SYMPATHY_WORDS, words
 
@@ -686,10 +686,8 @@ def resolve_autocast(mode: Optional[str], device: str) -> Optional[str]:
     """``auto`` → bf16 on CUDA and on CPUs with native bf16, else none; ``bf16``/``fp16`` as given."""
     if mode in (None, "none", "float32"):
         return None
-    if mode == "auto":
-        if device.startswith("cuda") or (device == "cpu" and cpu_has_native_bf16()):
-            return "bf16"
-        return None
+    if mode == "auto":  # the one rule for where bf16 is fast: empathy_nlg.hardware
+        return "bf16" if serving_dtype("auto", device) == "bfloat16" else None
     if mode in ("bf16", "bfloat16"):
         return "bf16"
     if mode in ("fp16", "float16"):

@@ -22,6 +22,7 @@ import statistics
 import time
 from typing import Any, Dict, List
 
+from empathy_nlg.hardware import cpu_has_native_bf16
 from empathy_nlg.paths import default_data_dir
 
 
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     lengths = [example_length(f) for f in feats]
     bucketed = [[feats[i] for i in _batch_at(s, len(feats), bs, 13, lengths)] for s in range(n)]
     lora_all = {"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
-    native = C.cpu_has_native_bf16()
+    native = cpu_has_native_bf16()
     rows = [
         ("fp32, LoRA on all layers, full LM head", dict(autocast=None, head=False, top=None, batches=plain)),
         ("+ bf16 autocast", dict(autocast="bf16", head=False, top=None, batches=plain)),

@@ -37,7 +37,9 @@ def test_speedups_time_each_serving_step_on_the_same_contexts(tmp_path, tiny_lla
     from empathy_nlg.generators import conditioned as C
     from empathy_nlg.generators import finetuned as F
 
-    monkeypatch.setattr(C, "cpu_has_native_bf16", lambda: native_bf16)
+    from empathy_nlg import hardware
+
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native_bf16)
 
     bb = C.load_base(str(tiny_llama), device="cpu", dtype="float32")
     model = F.FinetunedModel(F.FinetunedSettings(max_prompt_tokens=48), bb, None, lora={"r": 2, "alpha": 4, "dropout": 0.0})

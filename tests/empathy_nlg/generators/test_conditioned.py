@@ -367,9 +367,11 @@ def test_serving_cast_to_bf16_keeps_the_heads_fp32_and_decodes_close_to_fp32(tin
     with torch.no_grad():
         fp32, _, _ = lm.forward(prefixes, prompts, replies)
     assert lm.cast_for_serving("float32") == "float32"
-    monkeypatch.setattr(C, "cpu_has_native_bf16", lambda: False)
+    from empathy_nlg import hardware
+
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
     assert lm.cast_for_serving("auto") == "float32"  # no native bf16: emulated bf16 would be slower
-    monkeypatch.setattr(C, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
     assert lm.cast_for_serving("auto") == "bfloat16"
     assert all(p.dtype == torch.bfloat16 for p in lm.model.parameters())
     assert prefixes[0].dtype == torch.float32
