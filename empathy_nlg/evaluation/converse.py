@@ -9,7 +9,13 @@ the replies a person would actually read.
 Inputs (exactly one):
 
 * ``--script FILE`` — JSONL, one conversation per line:
-  ``{"id": "optional", "polarity": "positive"|"negative"|"mixed", "turns": ["user msg", ...]}``.
+  ``{"id": "optional", "polarity": "positive"|"negative"|"mixed", "turns": ["user msg", ...]}``,
+  optionally with **persona probes** (the persona memory benchmark, ``configs/conversations/persona.jsonl``):
+  ``"persona": {"recall": ["biscuit", "dog"], "restart_before": [3], "relevant": [3], "irrelevant": [4]}``
+  — the words that show the remembered fact, the turns (1-based) before which the conversation
+  restarts (a new Rasa session for the same sender: engine mode starts a new tracker with
+  ``session_started``, REST mode sends ``/session_start``), and the turns where using the fact is
+  relevant / not relevant.
 * ``--ed FILE [--limit N]`` — an EmpatheticDialogues ``ed-jsonl`` file; the *speaker* turns of each
   conversation are replayed as the user's turns, polarity = MIME's polarity of the conversation's
   emotion (:func:`empathy_nlg.taxonomy.polarity_of`).
@@ -58,6 +64,14 @@ Rates are percentages (0–100) of all replies unless said otherwise. Word token
   interpretation, exploration (weak + strong); seeker post = the user turn the reply answers. Empty
   replies count as "no". ``null`` without the classifiers (``--no-cm-scorer``).
 * ``mean_reply_words`` — mean number of word tokens per reply.
+* persona probes (only for scripts with ``persona``): ``persona_recall_rate`` — % of the
+  *relevant* probe turns whose reply contains a recall word that the user's message of that turn
+  does not (the reply brought the remembered fact back); ``persona_intrusion_rate`` — the same on
+  the *irrelevant* probe turns (the reply brought it up where it does not belong);
+  ``persona_reached_rate`` — % of probe turns whose generator input held the fact (a recall word in
+  ``custom.generation.persona_sentences``: the extractor, SQL memory and session restart worked;
+  ``null`` for generators that do not report their persona). Words are compared after the
+  grounding normalisation (:func:`normalise_word`).
 * ``p50_ms``, ``p95_ms``, ``max_ms`` — latency per turn (engine: wall time of perceive + nlg;
   REST: the HTTP round trip), percentiles by linear interpolation.
 * routing — ``generated_share``: % of turns answered by a generator; ``template_turns``: turns
@@ -194,6 +208,11 @@ DEFINITIONS: Dict[str, str] = {
     "crisis_turns": "turns answered by the scripted crisis texts",
     "empty_replies": "turns whose reply had no text",
     "errors": "REST turns that failed (timeout, HTTP error); counted as empty replies too",
+    "persona_relevant_probes": "persona scripts: turns where bringing back the remembered fact is relevant",
+    "persona_recall_rate": "% of the relevant persona probes whose reply holds a recall word that the user's message of that turn does not",
+    "persona_irrelevant_probes": "persona scripts: turns where the remembered fact does not belong",
+    "persona_intrusion_rate": "% of the irrelevant persona probes whose reply holds a recall word that the user's message does not (brought up where it does not belong)",
+    "persona_reached_rate": "% of persona probes whose generator input held the fact (a recall word in custom.generation.persona_sentences); null when the generator does not report its persona",
 }
 METRIC_ORDER: Tuple[str, ...] = tuple(DEFINITIONS)
 
@@ -212,11 +231,64 @@ class ScriptConversation:
     turns: List[str]
     source: str = "script"  # script | ed
     emotion: Optional[str] = None  # ED replays: the conversation's label
+    persona: Optional["PersonaProbes"] = None  # the persona memory benchmark's probes
+
+    def restarts_before(self, turn: int) -> bool:
+        """Whether the conversation restarts (a new Rasa session, same sender) before 1-based ``turn``."""
+        return self.persona is not None and turn in self.persona.restart_before
 
     @property
     def judge_by_perception(self) -> bool:
         """Whether the expected polarity of each turn comes from the engine's perception."""
         return self.source != "script" or self.polarity not in ("positive", "negative")
+
+
+@dataclass
+class PersonaProbes:
+    """What a persona-memory script checks: the words that show the remembered fact, where the
+    conversation restarts, and the turns (1-based) where bringing the fact back is relevant or not."""
+
+    recall: List[str]
+    restart_before: List[int]
+    relevant: List[int]
+    irrelevant: List[int]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"recall": list(self.recall), "restart_before": list(self.restart_before),
+                "relevant": list(self.relevant), "irrelevant": list(self.irrelevant)}
+
+
+def parse_persona_probes(rec: Any, n_turns: int) -> PersonaProbes:
+    """The ``persona`` object of a script line; a ``ValueError`` says what is wrong with it."""
+    if not isinstance(rec, dict):
+        raise ValueError("'persona' must be an object {recall, restart_before?, relevant?, irrelevant?}")
+    unknown = sorted(set(rec) - {"recall", "restart_before", "relevant", "irrelevant"})
+    if unknown:
+        raise ValueError(f"'persona' has unknown keys {unknown}")
+    recall = rec.get("recall")
+    if not isinstance(recall, list) or not recall or not all(isinstance(w, str) and w.strip() for w in recall):
+        raise ValueError("'persona.recall' must be a non-empty list of words")
+    words = list(dict.fromkeys(normalise_word(w.strip().lower()) for w in recall))
+    never = [w for w in recall if not content_words(w)]
+    if never:
+        raise ValueError(f"'persona.recall' words {never} are stopwords: a reply's use of them is never counted")
+
+    def turns_of(key: str, low: int) -> List[int]:
+        vals = rec.get(key, [])
+        if not isinstance(vals, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in vals):
+            raise ValueError(f"'persona.{key}' must be a list of turn numbers")
+        bad = [v for v in vals if not low <= v <= n_turns]
+        if bad:
+            raise ValueError(f"'persona.{key}' names turns {bad} outside {low}..{n_turns}")
+        return sorted(set(vals))
+
+    probes = PersonaProbes(words, turns_of("restart_before", 2), turns_of("relevant", 1), turns_of("irrelevant", 1))
+    both = set(probes.relevant) & set(probes.irrelevant)
+    if both:
+        raise ValueError(f"'persona' turns {sorted(both)} are both relevant and irrelevant")
+    if not probes.relevant and not probes.irrelevant:
+        raise ValueError("'persona' names no relevant or irrelevant turn to probe")
+    return probes
 
 
 def read_script(path: str | Path, limit: Optional[int] = None) -> List[ScriptConversation]:
@@ -263,8 +335,14 @@ def read_script(path: str | Path, limit: Optional[int] = None) -> List[ScriptCon
             for j, t in enumerate(turns, start=1):
                 if not isinstance(t, str) or not t.strip():
                     raise bad(f"turn {j} must be a non-empty string")
+            probes = None
+            if rec.get("persona") is not None:
+                try:
+                    probes = parse_persona_probes(rec["persona"], len(turns))
+                except ValueError as exc:
+                    raise bad(str(exc)) from None
             seen[conv_id] = lineno
-            out.append(ScriptConversation(conv_id, polarity.strip().lower(), [t.strip() for t in turns]))
+            out.append(ScriptConversation(conv_id, polarity.strip().lower(), [t.strip() for t in turns], persona=probes))
             if limit and len(out) >= limit:
                 break
     if not out:
@@ -412,6 +490,7 @@ def score_conversation(transcript: Dict[str, Any], epitome: Optional[Sequence[Op
     earlier_openings: List[Tuple[str, ...]] = []
     user_words: set = set()
     said: List[str] = []
+    probes = transcript.get("persona")
     for i, turn in enumerate(transcript["turns"]):
         reply = turn.get("reply") or ""
         toks = tokens(reply)
@@ -448,12 +527,30 @@ def score_conversation(transcript: Dict[str, Any], epitome: Optional[Sequence[Op
             "replaces": replaced,
             "epitome": dict(epitome[i]) if epitome is not None and epitome[i] is not None else None,
         }
+        if probes:
+            m.update(persona_probe(turn, i + 1, probes))
         turn["metrics"] = m
         turn["flags"] = turn_flags(turn)
         earlier_tokens.append(set(toks))
         earlier_openings.append(op)
     transcript["metrics"] = aggregate([transcript])
     return transcript
+
+
+def persona_probe(turn: Mapping[str, Any], index: int, probes: Mapping[str, Any]) -> Dict[str, Any]:
+    """The persona metrics of one turn (1-based ``index``) of a script with persona probes:
+    ``persona_probe`` (relevant | irrelevant | None), ``persona_used`` (recall words in the reply that
+    the user's message does not hold) and ``persona_reached`` (the generator's persona input held a
+    recall word; None when the reply does not report it)."""
+    kind = "relevant" if index in probes.get("relevant", ()) else "irrelevant" if index in probes.get("irrelevant", ()) else None
+    if kind is None:
+        return {"persona_probe": None}
+    recall = set(probes.get("recall") or ())
+    used = sorted((set(content_words(turn.get("reply") or "")) - set(content_words(turn.get("user") or ""))) & recall)
+    generation = (turn.get("custom") or {}).get("generation") or {}
+    sentences = generation.get("persona_sentences") if isinstance(generation, Mapping) else None
+    reached = bool(set(content_words(" ".join(map(str, sentences)))) & recall) if isinstance(sentences, list) else None
+    return {"persona_probe": kind, "persona_used": used, "persona_reached": reached}
 
 
 def turn_flags(turn: Mapping[str, Any]) -> List[str]:
@@ -478,6 +575,11 @@ def turn_flags(turn: Mapping[str, Any]) -> List[str]:
         flags.append(f"offers a new {m['replaces']}")
     if "empty" not in flags and not m.get("grounded", True):
         flags.append("ungrounded")
+    if m.get("persona_probe"):
+        used = m.get("persona_used")
+        verdict = f"uses {', '.join(used)}" if used else "does not use it"
+        reached = {True: "", False: "; the generator was not given it", None: ""}[m.get("persona_reached")]
+        flags.append(f"persona probe ({m['persona_probe']}): {verdict}{reached}")
     return flags
 
 
@@ -519,6 +621,15 @@ def aggregate(transcripts: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
     out["crisis_turns"] = kinds.count("crisis")
     out["empty_replies"] = kinds.count("empty")
     out["errors"] = sum(1 for t in turns if t.get("error"))
+    relevant = [m for m in ms if m.get("persona_probe") == "relevant"]
+    irrelevant = [m for m in ms if m.get("persona_probe") == "irrelevant"]
+    if relevant or irrelevant:  # persona-memory scripts only
+        out["persona_relevant_probes"] = len(relevant)
+        out["persona_recall_rate"] = _rate([bool(m["persona_used"]) for m in relevant], len(relevant))
+        out["persona_irrelevant_probes"] = len(irrelevant)
+        out["persona_intrusion_rate"] = _rate([bool(m["persona_used"]) for m in irrelevant], len(irrelevant))
+        reached = [m["persona_reached"] for m in relevant + irrelevant if m.get("persona_reached") is not None]
+        out["persona_reached_rate"] = _rate(reached, len(reached)) if reached else None
     return out
 
 
@@ -563,6 +674,8 @@ def _new_transcript(conv: ScriptConversation, sender_id: str) -> Dict[str, Any]:
     tr: Dict[str, Any] = {"id": conv.id, "polarity": conv.polarity, "source": conv.source, "sender_id": sender_id}
     if conv.emotion:
         tr["emotion"] = conv.emotion
+    if conv.persona is not None:
+        tr["persona"] = conv.persona.to_dict()
     tr["turns"] = []
     return tr
 
@@ -585,6 +698,10 @@ class EngineReplayer:
         events: List[Dict[str, Any]] = []
         history: List[Dict[str, str]] = []
         for i, text in enumerate(conv.turns):
+            if conv.restarts_before(i + 1):
+                # a new Rasa session for the same sender: the tracker Rasa sends starts again
+                events = [{"event": "action", "name": "action_session_start"}, {"event": "session_started"}]
+                history = []
             message_id = uuid.uuid4().hex
             t0 = self.clock()
             perception, perceive_ms = self.engine.perceive(
@@ -624,6 +741,7 @@ class EngineReplayer:
                 "perceived_polarity": empathy.get("polarity"),
                 "crisis": bool(empathy.get("crisis")),
                 "custom": _jsonable(custom),
+                **({"restart": True} if conv.restarts_before(i + 1) else {}),
             })
         return tr
 
@@ -707,6 +825,8 @@ class RestReplayer:
         sender_id = new_sender_id(conv)
         tr = _new_transcript(conv, sender_id)
         for i, text in enumerate(conv.turns):
+            if conv.restarts_before(i + 1):
+                self.restart(sender_id)
             error = None
             t0 = self.clock()
             try:
@@ -751,8 +871,17 @@ class RestReplayer:
             }
             if error:
                 turn["error"] = error
+            if conv.restarts_before(i + 1):
+                turn["restart"] = True
             tr["turns"].append(turn)
         return tr
+
+    def restart(self, sender_id: str) -> None:
+        """A new Rasa session for ``sender_id``: Rasa runs ``action_session_start`` on ``/session_start``."""
+        try:
+            post_json(self.url, {"sender": sender_id, "message": "/session_start"}, self.timeout)
+        except (urllib.error.URLError, OSError, json.JSONDecodeError) as exc:
+            raise ConverseError(f"could not restart the conversation of {sender_id} at {self.url} ({exc})") from None
 
 
 def _top_label(emotion: Any) -> Optional[str]:
@@ -951,11 +1080,26 @@ def render_report(summary: Mapping[str, Any], transcripts: Sequence[Mapping[str,
     else:
         lines.append("None: the generator answered every turn.")
 
+    probe_rows = [(tr, t) for tr in transcripts for t in tr["turns"] if (t.get("metrics") or {}).get("persona_probe")]
+    if probe_rows:
+        lines += ["", "## Persona probes", "",
+                  "Turns of persona-memory scripts where the remembered fact is relevant (it should come back) or "
+                  "not (it should not); *reached*: the generator's persona input held the fact.", "",
+                  "| conversation | turn | probe | recall words | reached | used | user | reply |",
+                  "|---|---:|---|---|---|---|---|---|"]
+        for tr, t in probe_rows:
+            m = t["metrics"]
+            lines.append(f"| {_cell(tr['id'])} | {t['index']} | {m['persona_probe']} | {_cell(', '.join(tr['persona']['recall']))} | "
+                         f"{_fmt(m.get('persona_reached'))} | {_cell(', '.join(m['persona_used']) or 'no')} | "
+                         f"{_cell(t['user'])} | {_cell(t['reply'] or '(empty)')} |")
+
     lines += ["", "## Transcripts", ""]
     for tr in transcripts:
         head = f"### {tr['id']} — {tr['polarity']}" + (f" ({tr['emotion']})" if tr.get("emotion") else "")
         lines += [head, ""]
         for t in tr["turns"]:
+            if t.get("restart"):
+                lines.append("- *(the conversation restarts: a new session for the same sender)*")
             lines.append(f"- **U{t['index']}:** {_inline(t['user'])}")
             info = [t.get("generator") or t.get("kind") or "?"]
             if t.get("latency_ms") is not None:

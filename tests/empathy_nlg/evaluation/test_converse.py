@@ -611,3 +611,78 @@ def test_cli_rest_concurrency_replays_conversations_at_once_in_script_order(tmp_
     assert len(by_sender) == 4 and all(msgs[0] == "slow" for msgs in by_sender.values())
     assert json.loads((out / C.SUMMARY).read_text())["concurrency"] == 4
     assert main(["converse-eval", "--script", str(script), "--out", str(out), "--concurrency", "2"]) != 0
+
+
+# ----------------------------------------------------------------------------------- persona probes
+PERSONA_LINE = {"id": "p", "polarity": "negative",
+                "turns": ["I have a beagle called Biscuit.", "work was long", "he's at the vet tonight", "the bus was late"],
+                "persona": {"recall": ["Biscuit", "Beagles", "beagle"], "restart_before": [3], "relevant": [3], "irrelevant": [4]}}
+
+
+def test_read_script_persona_probes(tmp_path):
+    conv = C.read_script(write_lines(tmp_path / "p.jsonl", [json.dumps(PERSONA_LINE)]))[0]
+    assert conv.persona.recall == ["biscuit", "beagle"]  # normalised like the grounding words
+    assert conv.persona.relevant == [3] and conv.persona.irrelevant == [4]
+    assert [conv.restarts_before(i) for i in (1, 2, 3, 4)] == [False, False, True, False]
+    assert not C.read_script(write_lines(tmp_path / "q.jsonl", [json.dumps({"polarity": "mixed", "turns": ["a"]})]))[0].restarts_before(1)
+
+
+@pytest.mark.parametrize("persona, message", [
+    ({"recall": []}, "'persona.recall' must be a non-empty list"),
+    ({"recall": ["rex"], "relevant": [9]}, "'persona.relevant' names turns [9] outside 1..4"),
+    ({"recall": ["rex"], "relevant": [2], "restart_before": [1]}, "'persona.restart_before' names turns [1] outside 2..4"),
+    ({"recall": ["rex"], "relevant": [2], "irrelevant": [2]}, "'persona' turns [2] are both relevant and irrelevant"),
+    ({"recall": ["rex"]}, "'persona' names no relevant or irrelevant turn"),
+    ({"recall": ["rex"], "relevant": ["3"]}, "'persona.relevant' must be a list of turn numbers"),
+    ({"recall": ["rex"], "relevant": [2], "facts": []}, "'persona' has unknown keys ['facts']"),
+    ({"recall": ["dog", "little"], "relevant": [2]}, "'persona.recall' words ['little'] are stopwords"),
+    (["x"], "'persona' must be an object"),
+])
+def test_read_script_persona_errors_name_the_line(tmp_path, persona, message):
+    path = write_lines(tmp_path / "bad.jsonl", [json.dumps({**PERSONA_LINE, "persona": persona})])
+    with pytest.raises(ValueError) as err:
+        C.read_script(path)
+    assert "line 1: " + message in str(err.value)
+
+
+def test_persona_metrics_count_words_the_user_did_not_say_and_what_reached_the_generator():
+    tr = transcript(["Tell me more.", "Long days are hard.", "I hope the vet is kind to Biscuit.", "Oh no, how is Biscuit?"],
+                    users=PERSONA_LINE["turns"])
+    tr["persona"] = {"recall": ["biscuit", "dog"], "restart_before": [3], "relevant": [3], "irrelevant": [4]}
+    tr["turns"][2]["custom"] = {"generation": {"persona_sentences": ["I have a beagle called Biscuit"]}}
+    tr["turns"][3]["custom"] = {"generation": {"persona_sentences": []}}
+    m = C.score_conversation(tr)["metrics"]
+    assert m["persona_relevant_probes"] == 1 and m["persona_recall_rate"] == 100.0
+    assert m["persona_irrelevant_probes"] == 1 and m["persona_intrusion_rate"] == 100.0
+    assert m["persona_reached_rate"] == 50.0
+    assert tr["turns"][2]["metrics"]["persona_used"] == ["biscuit"]
+    assert any(f.startswith("persona probe (irrelevant): uses biscuit; the generator was not given it") for f in tr["turns"][3]["flags"])
+    # a recall word the user says in that very turn is not a memory
+    tr2 = transcript(["Poor Biscuit.", "ok"], users=["Biscuit is at the vet", "fine"])
+    tr2["persona"] = {"recall": ["biscuit"], "restart_before": [], "relevant": [1], "irrelevant": [2]}
+    m2 = C.score_conversation(tr2)["metrics"]
+    assert m2["persona_recall_rate"] == 0.0 and m2["persona_intrusion_rate"] == 0.0 and m2["persona_reached_rate"] is None
+    assert "persona_recall_rate" not in scored(["a", "b"])["metrics"]  # ordinary scripts report no persona metrics
+
+
+def test_engine_replay_restarts_the_session_with_the_same_sender():
+    engine = StandInEngine()
+    conv = C.ScriptConversation("p", "negative", PERSONA_LINE["turns"], persona=C.parse_persona_probes(PERSONA_LINE["persona"], 4))
+    tr = C.EngineReplayer(engine).replay(conv)
+    assert len({c["sender_id"] for c in engine.perceive_calls}) == 1
+    assert engine.perceive_calls[2]["history"] == [] and len(engine.perceive_calls[3]["history"]) == 2
+    events = engine.requests[2]["tracker"]["events"]
+    assert [e["event"] for e in events] == ["action", "session_started", "user"]
+    assert [t.get("restart", False) for t in tr["turns"]] == [False, False, True, False]
+
+
+def test_rest_replay_restarts_with_session_start(rasa_server, rest_domain, tmp_path):
+    conv = C.ScriptConversation("p", "negative", ["my dog Rex", "long day", "Rex is ill"],
+                                persona=C.parse_persona_probes({"recall": ["rex"], "restart_before": [3], "relevant": [3]}, 3))
+    summary = C.benchmark([conv], C.RestReplayer(rasa_server, C.TemplateMatcher.from_domain(rest_domain), timeout=5),
+                          tmp_path / "run", progress=False)
+    assert [b["message"] for b in _Handler.received] == ["my dog Rex", "long day", "/session_start", "Rex is ill"]
+    assert len({b["sender"] for b in _Handler.received}) == 1
+    assert summary["overall"]["persona_relevant_probes"] == 1
+    report = (tmp_path / "run" / C.REPORT).read_text()
+    assert "## Persona probes" in report and "a new session for the same sender" in report
