@@ -440,7 +440,7 @@ class PersonaMoelModel(C.TrainedModel):
 
 # ----------------------------------------------------------------------------------- serving
 class PersonaMoelGenerator(TrainedGenerator):
-    """Serves a trained persona-conditioned MoEL (``model_dir``; none ships yet: train one).
+    """Serves a trained persona-conditioned MoEL (``model_dir``; default: the committed model).
 
     Option (its config section): ``persona_from_context`` — when a request carries no persona
     (persona memory off, or the evaluation harness, which has no SQL), mine the persona sentences

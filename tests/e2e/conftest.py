@@ -3,9 +3,12 @@ fresh SQLite database shared by Rasa's tracker store and the engine (as in the d
 
 from __future__ import annotations
 
+import json
 import socket
 import sqlite3
 import sys
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -29,7 +32,8 @@ def free_port() -> int:
 class Assistant:
     """The running stack plus helpers to talk to it and read its database."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, generator: Optional[str] = None) -> None:
+        """``generator``: serve this generator instead of the project's default (engine.yml)."""
         self.workdir = workdir
         self.db = workdir / "assistant.db"
         # with a token, as `make serve` runs it (var/engine.token)
@@ -43,6 +47,7 @@ class Assistant:
             "state": {"database_url": f"sqlite:///{self.db}"},
             "domain": str(ROOT / "domain.yml"),
             "safety": {"responses": str(ROOT / "safety_responses.yml")},
+            **({"generation": {"generator": generator}} if generator else {}),
         }))
         self.endpoints.write_text(yaml.safe_dump({
             "action_endpoint": {"url": f"http://127.0.0.1:{self.stack.ports['actions']}/webhook"},
@@ -69,6 +74,16 @@ class Assistant:
         status, replies = http_json(self.stack.rasa_url("/webhooks/rest/webhook"), {"sender": sender, "message": text}, timeout=180)
         assert status == 200, (status, replies)
         return replies
+
+    def engine_api(self, method: str, path: str) -> tuple:
+        """``(status, JSON)`` of an engine API call, with the stack's token."""
+        req = urllib.request.Request(self.stack.engine_url(path), method=method,
+                                     headers={"Authorization": f"Bearer {self.token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, None
 
     def tracker_events(self, sender: str) -> List[Dict[str, Any]]:
         status, tracker = http_json(self.stack.rasa_api(f"/conversations/{sender}/tracker"))

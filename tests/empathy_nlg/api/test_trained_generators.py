@@ -1,5 +1,5 @@
 """The committed IMAGINE, NEC, MIME and cause-gated models, selected by name from the engine config, behind /nlg;
-and persona_moel (none ships yet: a tiny one the test builds) with the user's persona from SQL.
+and persona_moel (a tiny one the test builds) with the user's persona from SQL.
 
 Their knowledge comes from the real retrieval source over the knowledge tests' tiny ATOMIC-format
 sample (the shared data is not needed)."""
@@ -89,8 +89,9 @@ def test_trained_generator_answers_through_nlg_with_its_plan(name, knowledge, do
 
 
 def test_persona_moel_answers_through_nlg_by_name_with_the_persona_from_sql(tmp_path, tiny_llama, domain_file, sqlite_url):
-    """No persona_moel ships yet: a tiny one is built here. Its persona is what SQL remembers of the
-    user (an earlier session's fact) plus what this message says about them."""
+    """A tiny persona_moel is built here (the committed one is exercised end to end in
+    tests/e2e/test_persona.py). Its persona is what SQL remembers of the user (an earlier session's
+    fact) plus what this message says about them."""
     import torch
 
     from empathy_nlg.generators import conditioned as C
