@@ -494,7 +494,9 @@ def score_conversation(transcript: Dict[str, Any], epitome: Optional[Sequence[Op
     for i, turn in enumerate(transcript["turns"]):
         reply = turn.get("reply") or ""
         toks = tokens(reply)
-        user_words.update(content_words(turn.get("user") or ""))
+        reply_words = set(content_words(reply))
+        turn_words = set(content_words(turn.get("user") or ""))
+        user_words.update(turn_words)
         # repeat: best Jaccard with any earlier reply
         best, best_j = None, 0.0
         for j, prev in enumerate(earlier_tokens):
@@ -507,7 +509,7 @@ def score_conversation(transcript: Dict[str, Any], epitome: Optional[Sequence[Op
         judged = judge_reply(reply)
         expected = expected_polarity(polarity, turn.get("perceived_polarity"), by_perception)
         mismatch = polarity_mismatch(expected, judged["sympathetic"], judged["celebratory"])
-        shared = sorted(set(content_words(reply)) & user_words)
+        shared = sorted(reply_words & user_words)
         said.append(turn.get("user") or "")
         replaced = replaces(reply, said) if expected != "positive" else None
         m: Dict[str, Any] = {
@@ -528,7 +530,7 @@ def score_conversation(transcript: Dict[str, Any], epitome: Optional[Sequence[Op
             "epitome": dict(epitome[i]) if epitome is not None and epitome[i] is not None else None,
         }
         if probes:
-            m.update(persona_probe(turn, i + 1, probes))
+            m.update(persona_probe(turn, i + 1, probes, reply_words, turn_words))
         turn["metrics"] = m
         turn["flags"] = turn_flags(turn)
         earlier_tokens.append(set(toks))
@@ -537,16 +539,18 @@ def score_conversation(transcript: Dict[str, Any], epitome: Optional[Sequence[Op
     return transcript
 
 
-def persona_probe(turn: Mapping[str, Any], index: int, probes: Mapping[str, Any]) -> Dict[str, Any]:
-    """The persona metrics of one turn (1-based ``index``) of a script with persona probes:
-    ``persona_probe`` (relevant | irrelevant | None), ``persona_used`` (recall words in the reply that
-    the user's message does not hold) and ``persona_reached`` (the generator's persona input held a
-    recall word; None when the reply does not report it)."""
+def persona_probe(turn: Mapping[str, Any], index: int, probes: Mapping[str, Any],
+                  reply_words: Iterable[str], user_words: Iterable[str]) -> Dict[str, Any]:
+    """The persona metrics of one turn (1-based ``index``) of a script with persona probes, given the
+    content words of its reply and of the user's message: ``persona_probe`` (relevant | irrelevant |
+    None), ``persona_used`` (recall words in the reply that the user's message does not hold) and
+    ``persona_reached`` (the generator's persona input held a recall word; None when the reply does
+    not report it)."""
     kind = "relevant" if index in probes.get("relevant", ()) else "irrelevant" if index in probes.get("irrelevant", ()) else None
     if kind is None:
         return {"persona_probe": None}
     recall = set(probes.get("recall") or ())
-    used = sorted((set(content_words(turn.get("reply") or "")) - set(content_words(turn.get("user") or ""))) & recall)
+    used = sorted((set(reply_words) - set(user_words)) & recall)
     generation = (turn.get("custom") or {}).get("generation") or {}
     sentences = generation.get("persona_sentences") if isinstance(generation, Mapping) else None
     reached = bool(set(content_words(" ".join(map(str, sentences)))) & recall) if isinstance(sentences, list) else None

@@ -3,12 +3,10 @@ fresh SQLite database shared by Rasa's tracker store and the engine (as in the d
 
 from __future__ import annotations
 
-import json
+import contextlib
 import socket
 import sqlite3
 import sys
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -75,15 +73,9 @@ class Assistant:
         assert status == 200, (status, replies)
         return replies
 
-    def engine_api(self, method: str, path: str) -> tuple:
-        """``(status, JSON)`` of an engine API call, with the stack's token."""
-        req = urllib.request.Request(self.stack.engine_url(path), method=method,
-                                     headers={"Authorization": f"Bearer {self.token}"})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                return resp.status, json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as exc:
-            return exc.code, None
+    def engine_get(self, path: str) -> tuple:
+        """``(status, JSON)`` of a GET on the engine's API, with the stack's token."""
+        return http_json(self.stack.engine_url(path), timeout=30, headers={"Authorization": f"Bearer {self.token}"})
 
     def tracker_events(self, sender: str) -> List[Dict[str, Any]]:
         status, tracker = http_json(self.stack.rasa_api(f"/conversations/{sender}/tracker"))
@@ -103,11 +95,12 @@ class Assistant:
         )
 
 
-@pytest.fixture(scope="session")
-def assistant(tmp_path_factory):
+@contextlib.contextmanager
+def running_assistant(workdir: Path, generator: Optional[str] = None):
+    """The action server, the engine and ``rasa run`` started in ``workdir``; all stopped on exit."""
     if not MODEL.is_file():
         pytest.fail("models/assistant.tar.gz is missing: run `make setup` first")
-    a = Assistant(tmp_path_factory.mktemp("e2e"))
+    a = Assistant(workdir, generator=generator)
     try:
         a.start_actions()
         a.start_engine()
@@ -115,6 +108,12 @@ def assistant(tmp_path_factory):
         yield a
     finally:
         a.stack.stop_all()
+
+
+@pytest.fixture(scope="session")
+def assistant(tmp_path_factory):
+    with running_assistant(tmp_path_factory.mktemp("e2e")) as a:
+        yield a
 
 
 @pytest.fixture

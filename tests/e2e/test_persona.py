@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tests.e2e.conftest import MODEL, ROOT, Assistant
+from tests.e2e.conftest import ROOT, running_assistant
 
 DOMAIN = yaml.safe_load((ROOT / "domain.yml").read_text())
 FORGOTTEN = {v["text"] for v in DOMAIN["responses"]["utter_persona_forgotten"]}
@@ -17,16 +17,8 @@ FACT = "I work as a nurse"
 
 @pytest.fixture(scope="module")
 def persona_assistant(tmp_path_factory):
-    if not MODEL.is_file():
-        pytest.fail("models/assistant.tar.gz is missing: run `make setup` first")
-    a = Assistant(tmp_path_factory.mktemp("e2e-persona"), generator="persona_moel")
-    try:
-        a.start_actions()
-        a.start_engine()
-        a.start_rasa()
+    with running_assistant(tmp_path_factory.mktemp("e2e-persona"), generator="persona_moel") as a:
         yield a
-    finally:
-        a.stack.stop_all()
 
 
 def last_bot(events):
@@ -46,7 +38,7 @@ def generation_of(assistant, sender):
 def test_a_fact_survives_a_session_restart_and_is_gone_after_forget(persona_assistant):
     a, sender = persona_assistant, "e2e-persona-nurse"
     assert a.say(sender, "I work as a nurse and my shifts are twelve hours long.")
-    status, body = a.engine_api("GET", f"/users/{sender}/persona")
+    status, body = a.engine_get(f"/users/{sender}/persona")
     assert status == 200 and FACT in [f["fact"] for f in body["facts"]], body
 
     a.say(sender, "/session_start")  # Rasa starts a new conversation session for the same sender
@@ -63,7 +55,7 @@ def test_a_fact_survives_a_session_restart_and_is_gone_after_forget(persona_assi
 
     replies = a.say(sender, "forget what I told you about me")
     assert len(replies) == 1 and replies[0].get("text") in FORGOTTEN, replies
-    status, body = a.engine_api("GET", f"/users/{sender}/persona")
+    status, body = a.engine_get(f"/users/{sender}/persona")
     assert status == 200 and body["facts"] == [], body
 
     a.say(sender, "I just feel drained today.")
@@ -77,5 +69,5 @@ def test_a_different_sender_never_gets_anothers_persona(persona_assistant):
     a.say("e2e-persona-owner", "I have a beagle called Biscuit.")
     a.say("e2e-persona-stranger", "My week has been long and grey.")
     assert generation_of(a, "e2e-persona-stranger")["persona_sentences"] == []
-    status, body = a.engine_api("GET", "/users/e2e-persona-stranger/persona")
+    status, body = a.engine_get("/users/e2e-persona-stranger/persona")
     assert status == 200 and body["facts"] == []
