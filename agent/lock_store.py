@@ -26,17 +26,34 @@ Here each change is one Redis transaction on the lock's key (``WATCH`` / ``MULTI
 retried when another server changed the key meanwhile), and finishing removes the ticket and
 deletes the lock when no one else holds a ticket in the same transaction. Same keys, same format and
 same waiting as Rasa's (polling every second), so servers can be switched one at a time.
+
+**Redis going away.** Rasa's lock store fails a turn at the first Redis error (a ``LockError``, which
+its channels turn into an error). Here every Redis call of a lock — taking a ticket, polling while
+another message of the conversation is served, giving the ticket back — is retried for up to
+``retry_seconds`` (10 s by default; an ``endpoints.yml`` key) while Redis cannot be reached, waiting
+without blocking the server's event loop. So a Redis restart delays the turns in flight instead of
+failing them. Past that window a turn that has no ticket yet is refused (:class:`StoreUnavailable`:
+nothing of it was handled, and the channels ask the person to send it again); a turn that already ran
+and cannot give its ticket back keeps its reply (the ticket expires by itself after the lock's
+lifetime, and a Redis that restarted has forgotten it anyway). Redis here keeps its locks in memory
+only: a restart while a conversation is being served forgets its lock, so a second message of that
+same conversation arriving in that moment is not held back (docs/deployment.md).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from typing import Any, Callable, Optional, Text, Tuple, TypeVar
+import time
+from contextlib import asynccontextmanager
+from typing import Any, AsyncGenerator, Callable, Optional, Text, Tuple, TypeVar
 
 from rasa.core.lock import TicketLock
 from rasa.core.lock_store import LOCK_LIFETIME, LockError, RedisLockStore
 from rasa.utils.endpoints import EndpointConfig
+
+from agent.unavailable import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +63,72 @@ T = TypeVar("T")
 class AtomicRedisLockStore(RedisLockStore):
     """``RedisLockStore`` whose ticket changes are Redis transactions (see the module's docstring)."""
 
-    def __init__(self, endpoint_config: Optional[EndpointConfig] = None, **kwargs: Any) -> None:
+    def __init__(self, endpoint_config: Optional[EndpointConfig] = None, retry_seconds: float = 10.0,
+                 **kwargs: Any) -> None:
         # Rasa builds a lock store of a custom type as ``cls(endpoint_config=...)``
         if endpoint_config is not None:
             kwargs = {"host": endpoint_config.url or "localhost", **endpoint_config.kwargs, **kwargs}
+            retry_seconds = float(kwargs.pop("retry_seconds", retry_seconds))
         super().__init__(**kwargs)
+        self.retry_seconds = max(0.0, float(retry_seconds))
+
+    # -- waiting for Redis -----------------------------------------------------------------------
+    async def _retrying(self, what: str, call: Callable[[], T]) -> T:
+        """``call()`` (a synchronous Redis operation), retried while Redis cannot be reached, for up
+        to ``retry_seconds``; then :class:`StoreUnavailable`. A ``LockError`` wrapping a connection
+        error (``issue_ticket``) counts as one."""
+        import redis
+
+        started = time.monotonic()
+        delay, attempts = 0.25, 0
+        while True:
+            try:
+                result = call()
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, LockError) as exc:
+                cause = exc.__cause__ if isinstance(exc, LockError) else exc
+                if not isinstance(cause, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+                    raise
+                if time.monotonic() - started >= self.retry_seconds:
+                    log.error("lock store %s: Redis stayed unreachable for %.1f s (%s)", what,
+                              time.monotonic() - started, type(cause).__name__)
+                    raise StoreUnavailable("lock store", time.monotonic() - started, type(cause).__name__) from exc
+                attempts += 1
+                delay = min(delay, max(0.05, started + self.retry_seconds - time.monotonic()))  # the last try at the end
+                log.warning("lock store %s: Redis is unreachable (%s); retry %d in %.2f s", what,
+                            type(cause).__name__, attempts, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if attempts:
+                log.info("lock store %s: Redis answered again after %d retries", what, attempts)
+            return result
+
+    @asynccontextmanager
+    async def lock(self, conversation_id: Text, lock_lifetime: float = LOCK_LIFETIME,
+                   wait_time_in_seconds: float = 1) -> AsyncGenerator[TicketLock, None]:
+        """Rasa's ``LockStore.lock`` with each Redis call waited for (module docstring)."""
+        ticket = await self._retrying("issue", lambda: self.issue_ticket(conversation_id, lock_lifetime))
+        try:
+            yield await self._acquire_lock(conversation_id, ticket, wait_time_in_seconds)
+        finally:
+            try:
+                await self._retrying("cleanup", lambda: self.cleanup(conversation_id, ticket))
+            except StoreUnavailable:
+                # the turn itself is done (and saved): keep its reply; the ticket expires by itself
+                log.warning("lock store: ticket %d of a conversation not given back (Redis away); it expires "
+                            "after %.0f s", ticket, lock_lifetime)
+
+    async def _acquire_lock(self, conversation_id: Text, ticket: int, wait_time_in_seconds: float) -> TicketLock:
+        """Rasa's ``LockStore._acquire_lock`` (3.6.21) with its Redis calls waited for."""
+        while True:
+            lock = await self._retrying("poll", lambda: self.get_lock(conversation_id))
+            if not lock:  # the lock is gone (expired, or Redis restarted): Rasa's LockError, refused
+                break
+            if not lock.is_locked(ticket):
+                return lock
+            await asyncio.sleep(wait_time_in_seconds)
+            await self._retrying("poll", lambda: self.update_lock(conversation_id))
+        raise LockError(f"Could not acquire lock for conversation_id '{conversation_id}'.")
 
     def _change(self, conversation_id: Text,
                 change: Callable[[Optional[TicketLock]], Tuple[Optional[TicketLock], bool, T]]) -> T:

@@ -12,6 +12,10 @@ once with HTTP 400 (413 when too long) and a list holding one message a person c
   :data:`MAX_CHARS` characters; ``sender`` (optional) a string of at most 255 characters;
   ``metadata`` (optional) an object;
 * control characters (NUL and the like, but not newlines and tabs) are removed from the message.
+
+A message that could not be handled because a shared store was away (agent/unavailable.py) is
+answered with HTTP 503, ``Retry-After`` and a list holding one message that asks the person to send it
+again; nothing of it was kept, so sending it again stores it once.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from rasa.utils.endpoints import bool_arg
 from sanic import Blueprint, response
 from sanic.request import Request
 from sanic.response import HTTPResponse
+
+from agent.unavailable import REPLY_UNAVAILABLE, RETRY_AFTER_S, is_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +89,22 @@ def bad_input_reply(exc: BadInput, sender: Optional[str] = None) -> HTTPResponse
     return response.json([{"recipient_id": sender, "text": exc.reply, "error": str(exc)}], status=exc.status)
 
 
+def failed_turn_reply(exc: Exception, sender: Optional[str], collected: List[Dict[str, Any]]) -> Optional[HTTPResponse]:
+    """The answer to a turn whose handling raised ``exc``; ``None``: send what was ``collected``.
+
+    * a shared store was away (agent/unavailable.py): 503, ``Retry-After`` and the text asking to send
+      the message again — even when a reply was collected, because the turn was not kept;
+    * anything else: the replies collected before the fault, if any; else 500 and a plain apology."""
+    if is_unavailable(exc):
+        log.error("rest: a message of %s was refused: %s", sender, exc)
+        return response.json([{"recipient_id": sender, "text": REPLY_UNAVAILABLE, "error": "unavailable"}],
+                             status=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+    log.error("rest: handling a message of %s failed", sender, exc_info=exc)
+    if collected:
+        return None
+    return response.json([{"recipient_id": sender, "text": REPLY_FAILED, "error": "internal error"}], status=500)
+
+
 class CheckedRestInput(RestInput):
     """Rasa's REST channel with the input checks above (module doc)."""
 
@@ -112,11 +134,10 @@ class CheckedRestInput(RestInput):
                 await on_new_message(UserMessage(text, collector, sender, input_channel=self.name(), metadata=metadata))
             except CancelledError:
                 log.error("rest: message processing timed out for %s", sender)
-            except Exception:  # noqa: BLE001 - the person gets a clear reply, the log gets the traceback
-                log.exception("rest: handling a message of %s failed", sender)
-                if not collector.messages:
-                    return response.json([{"recipient_id": sender, "text": REPLY_FAILED, "error": "internal error"}],
-                                         status=500)
+            except Exception as exc:  # noqa: BLE001 - the person gets a clear reply, the log gets the traceback
+                failed = failed_turn_reply(exc, sender, collector.messages)
+                if failed is not None:
+                    return failed
             messages: List[Dict[str, Any]] = collector.messages
             return response.json(messages)
 

@@ -36,6 +36,9 @@ from sanic.request import Request
 from sanic.response import HTTPResponse
 from slack_sdk.web.async_client import AsyncWebClient
 
+from agent.rest_channel import REPLY_FAILED
+from agent.unavailable import REPLY_UNAVAILABLE, is_unavailable
+
 log = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "https://slack.com/api/"
@@ -126,6 +129,11 @@ class SlackInput(RasaSlackInput):
             await on_new_message(message)
         except Exception as exc:  # logged, never shown to the Slack user as a traceback
             log.error("Slack message of %s not answered (%s: %s)", message.sender_id, type(exc).__name__, exc)
+            reply = REPLY_UNAVAILABLE if is_unavailable(exc) else REPLY_FAILED
+            try:  # the person is told, in the same conversation
+                await message.output_channel.send_text_message(message.sender_id, reply)
+            except Exception as send_exc:  # noqa: BLE001 - Slack itself unreachable: the log is all there is
+                log.error("Slack: could not tell %s either (%s)", message.sender_id, type(send_exc).__name__)
 
     # -- webhook ------------------------------------------------------------------------------
     def blueprint(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> Blueprint:

@@ -36,7 +36,8 @@ from sanic.request import Request
 from sanic.response import HTTPResponse
 from socketio import AsyncServer
 
-from agent.rest_channel import MAX_CHARS, REPLY_NOT_TEXT, REPLY_TOO_LONG, strip_control
+from agent.rest_channel import MAX_CHARS, REPLY_FAILED, REPLY_NOT_TEXT, REPLY_TOO_LONG, strip_control
+from agent.unavailable import REPLY_UNAVAILABLE, is_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +204,14 @@ class SocketIOInput(RasaSocketIOInput):
             if not text:
                 text = GREETING_PAYLOAD  # a widget's empty initPayload: open with a greeting
             message = UserMessage(text, output_channel, sender_id, input_channel=self.name(), metadata=metadata)
-            await on_new_message(message)
+            try:
+                await on_new_message(message)
+            except Exception as exc:  # noqa: BLE001 - the person reads a clear reply, the log gets the rest
+                if is_unavailable(exc):
+                    log.error("socket.io: a message of %s was refused: %s", sender_id, exc)
+                    await output_channel.send_text_message(sender_id, REPLY_UNAVAILABLE)
+                else:
+                    log.exception("socket.io: handling a message of %s failed", sender_id)
+                    await output_channel.send_text_message(sender_id, REPLY_FAILED)
 
         return socketio_webhook

@@ -301,6 +301,7 @@ class ScaledStack(Stack):
         model: Optional[Path] = None,
         credentials: Optional[Path] = None,
         tracker_retry_s: float = 20.0,
+        lock_retry_s: float = 10.0,
         tracker_store_type: str = "agent.tracker_store.ReconnectingSQLTrackerStore",
         lock_store_type: str = "agent.lock_store.AtomicRedisLockStore",
     ) -> None:
@@ -321,6 +322,7 @@ class ScaledStack(Stack):
         self.model = model or root / "models" / "assistant.tar.gz"
         self.credentials = credentials or root / "credentials.yml"
         self.tracker_retry_s = tracker_retry_s
+        self.lock_retry_s = lock_retry_s
         # Rasa's own "SQL" store too, to compare: it loses turns across a database restart (agent/tracker_store.py)
         self.tracker_store_type = tracker_store_type
         # and Rasa's own "redis" lock store: two servers can both take one conversation's lock (agent/lock_store.py)
@@ -353,6 +355,8 @@ class ScaledStack(Stack):
         redis = urllib.parse.urlsplit(self.redis_url)
         lock: Dict[str, object] = {"type": self.lock_store_type, "url": redis.hostname or "127.0.0.1", "port": redis.port or 6379,
                                    "db": int(redis.path.lstrip("/") or 1), "key_prefix": self.lock_prefix}
+        if self.lock_store_type.endswith("AtomicRedisLockStore"):
+            lock["retry_seconds"] = self.lock_retry_s
         if redis.password:
             lock["password"] = urllib.parse.unquote(redis.password)
         return {
@@ -380,15 +384,13 @@ class ScaledStack(Stack):
         Rasa servers load at the same time (minutes on two cores)."""
         redis_ping(self.redis_url)
         ensure_database(self.database_url)
-        endpoints = self.write_endpoints()
+        self.write_endpoints()
         self.start_actions()
         for index, _rasa, engine_port in self.replicas:
             self.start_engine(self.engine_config, name=f"engine-{index}", port=engine_port,
                               env={"DATABASE_URL": self.database_url})
-        for (index, rasa_port, engine_port), path in zip(self.replicas, endpoints):
-            # on loopback only: the proxy is the way in
-            self.start_rasa(self.model, path, self.credentials, name=f"rasa-{index}", port=rasa_port,
-                            env={"EMPATHY_ENGINE_URL": f"http://127.0.0.1:{engine_port}"}, interface="127.0.0.1")
+        for index, _rasa, _engine in self.replicas:
+            self.start_server(index, wait=False)
         self.start_proxy()
         self.wait_ready("actions", f"http://127.0.0.1:{self.ports['actions']}/health", show=show, timeout=120)
         for index, _rasa, _engine in self.replicas:
@@ -396,6 +398,28 @@ class ScaledStack(Stack):
         for index, _rasa, _engine in self.replicas:
             self.wait_ready(f"rasa-{index}", self.server_api(index, "/status"), show=show, timeout=900)
         self.wait_ready("proxy", self.rasa_url("/__proxy__/status"), show=show, timeout=30)
+
+    def start_server(self, index: int, wait: bool = True, timeout: float = 600.0) -> None:
+        """Start Rasa server ``index`` (1-based), pinned to its engine, on loopback only (the proxy is
+        the way in); with ``wait``, until it answers."""
+        _index, rasa_port, engine_port = self.replicas[index - 1]
+        self.start_rasa(self.model, self.workdir / f"endpoints-rasa-{index}.yml", self.credentials, name=f"rasa-{index}",
+                        port=rasa_port, env={"EMPATHY_ENGINE_URL": f"http://127.0.0.1:{engine_port}"},
+                        interface="127.0.0.1")
+        if wait:
+            self.wait_ready(f"rasa-{index}", self.server_api(index, "/status"), timeout=timeout)
+
+    def kill_server(self, index: int) -> None:
+        """SIGKILL Rasa server ``index`` and everything it started, as a crash or an OOM kill would:
+        no shutdown handler runs."""
+        proc = self.procs.pop(f"rasa-{index}", None)
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        proc.wait(10)
 
     def start_proxy(self) -> subprocess.Popen:
         cmd = [sys.executable, str(self.root / "scripts" / "rrproxy.py"), "--listen", f"127.0.0.1:{self.ports['proxy']}"]

@@ -90,3 +90,23 @@ def test_rest_bodies_are_checked_before_rasa_sees_them():
         with _pytest.raises(BadInput) as info:
             parse_body(raw)
         assert info.value.status == status and info.value.field == field and info.value.reply, raw
+
+
+def test_a_turn_refused_because_a_store_is_away_is_a_503_asking_to_send_it_again():
+    import json as _json
+
+    from rasa.core.lock_store import LockError
+
+    from agent.rest_channel import REPLY_FAILED, failed_turn_reply
+    from agent.unavailable import REPLY_UNAVAILABLE, RETRY_AFTER_S, StoreUnavailable
+
+    collected = [{"recipient_id": "a", "text": "I'm so sorry."}]
+    for exc in (StoreUnavailable("tracker store", 20.0, "OperationalError"), LockError("Could not acquire lock")):
+        # refused even when a reply was collected: the turn was not kept, so it must be sent again
+        reply = failed_turn_reply(exc, "a", collected)
+        assert reply.status == 503 and reply.headers["Retry-After"] == str(RETRY_AFTER_S)
+        assert _json.loads(reply.body) == [{"recipient_id": "a", "text": REPLY_UNAVAILABLE, "error": "unavailable"}]
+    # any other fault: the replies collected before it, else a plain apology
+    assert failed_turn_reply(RuntimeError("bug"), "a", collected) is None
+    reply = failed_turn_reply(RuntimeError("bug"), "a", [])
+    assert reply.status == 500 and _json.loads(reply.body)[0]["text"] == REPLY_FAILED

@@ -10,14 +10,17 @@ import os
 import time
 import uuid
 
+from typing import Any, Dict, List
+
 import pytest
-from rasa.core.tracker_store import SQLTrackerStore
+from rasa.core.tracker_store import FailSafeTrackerStore, SQLTrackerStore
 from rasa.shared.core.domain import Domain
 from rasa.shared.core.events import BotUttered, UserUttered
 from rasa.shared.core.trackers import DialogueStateTracker
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from agent.tracker_store import ReconnectingSQLTrackerStore
+from agent.unavailable import StoreUnavailable, is_unavailable
 from tests.agent.test_tracker_store_postgres import postgres_ok
 
 SECRET = "my dog died this morning"
@@ -60,35 +63,77 @@ def test_round_trip_with_pre_ping(tmp_path):
     assert [e.as_dict()["event"] for e in again.events] == ["user", "bot"]
 
 
+class Broker:
+    """An event broker that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.published: List[Dict[str, Any]] = []
+
+    def publish(self, event: Dict[str, Any]) -> None:
+        self.published.append(event)
+
+
 def test_a_database_that_is_away_for_a_moment_delays_the_turn_and_loses_nothing(tmp_path, caplog):
     store = store_on(tmp_path, retry_seconds=10)
+    store.event_broker = Broker()
     calls, wrap = failing(3)
     store.session_scope = wrap(store.session_scope)
-    streamed = []
-
-    async def stream(t):  # the event broker gets the events once, however many attempts the write takes
-        streamed.append(t.sender_id)
-
-    store.stream_events = stream
     with caplog.at_level(logging.WARNING, logger="agent.tracker_store"):
         asyncio.run(store.save(tracker("b")))
-    assert calls["n"] == 4 and streamed == ["b"]
+    assert calls["n"] >= 4
     assert [e.as_dict()["event"] for e in asyncio.run(store.retrieve("b")).events] == ["user", "bot"]
+    # the event broker got the turn's events once, however many attempts the write took
+    assert [e["event"] for e in store.event_broker.published] == ["user", "bot"]
     # and once only, however many attempts it took
     asyncio.run(store.save(asyncio.run(store.retrieve("b"))))
-    assert len(asyncio.run(store.retrieve("b")).events) == 2
+    assert len(asyncio.run(store.retrieve("b")).events) == 2 and len(store.event_broker.published) == 2
     assert "retry 3" in caplog.text and "server closed the connection" in caplog.text
     assert SECRET not in caplog.text and "INSERT" not in caplog.text  # the driver's words only
 
 
-def test_a_database_that_stays_away_is_given_up_after_retry_seconds(tmp_path):
-    store = store_on(tmp_path, retry_seconds=0.6)
+def test_a_database_that_stays_away_refuses_the_turn_after_retry_seconds(tmp_path):
+    store = store_on(tmp_path, retry_seconds=1.2, away_retry_seconds=0.2)
+    store.event_broker = Broker()
     calls, wrap = failing(1000)
     store.session_scope = wrap(store.session_scope)
     start = time.monotonic()
-    with pytest.raises(OperationalError):
+    with pytest.raises(StoreUnavailable) as info:
         asyncio.run(store.retrieve("c"))
-    assert time.monotonic() - start < 3 and calls["n"] >= 2  # then Rasa's fail-safe, as before
+    first = time.monotonic() - start
+    assert 1.0 <= first < 4 and calls["n"] >= 2 and is_unavailable(info.value)
+    assert isinstance(info.value.__cause__, OperationalError) and SECRET not in str(info.value)
+    # known to be away now: the next turn is refused after the short wait, not the whole window
+    start = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        asyncio.run(store.save(tracker("c")))
+    assert time.monotonic() - start < 0.8 and store.away_since is not None
+    assert store.event_broker.published == []  # a refused turn is published to nobody
+    # the database back: the first call that reaches it ends the state
+    calls["n"] = 10**6
+    asyncio.run(store.save(tracker("c")))
+    assert store.away_since is None and len(asyncio.run(store.retrieve("c")).events) == 2
+
+
+def test_rasas_fail_safe_lets_a_refusal_through_and_still_catches_other_errors(tmp_path):
+    """Rasa wraps every tracker store in FailSafeTrackerStore: it used to answer a database that
+    stayed away with an empty conversation (retrieve) or a turn kept in memory only (save)."""
+    store = store_on(tmp_path, retry_seconds=0.3)
+    _calls, wrap = failing(1000)
+    store.session_scope = wrap(store.session_scope)
+    safe = FailSafeTrackerStore(store)
+    with pytest.raises(StoreUnavailable):
+        asyncio.run(safe.retrieve("e"))
+    with pytest.raises(StoreUnavailable):
+        asyncio.run(safe.save(tracker("e")))
+    assert safe._fallback_tracker_store is None  # nothing kept in memory instead
+
+    (tmp_path / "other").mkdir()
+    other = store_on(tmp_path / "other", retry_seconds=0.3)
+    _calls, wrap = failing(1000, error=lambda: IntegrityError("INSERT", (), Exception("duplicate key")))
+    other.session_scope = wrap(other.session_scope)
+    safe = FailSafeTrackerStore(other)
+    asyncio.run(safe.save(tracker("f")))  # any other error: Rasa's fallback, as before
+    assert asyncio.run(safe.fallback_tracker_store.retrieve("f")) is not None
 
 
 def test_an_error_about_the_statement_is_not_retried(tmp_path):

@@ -4,7 +4,6 @@ fresh SQLite database shared by Rasa's tracker store and the engine (as in the d
 from __future__ import annotations
 
 import contextlib
-import socket
 import sqlite3
 import sys
 import uuid
@@ -18,13 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 from stack import Stack, http_json  # noqa: E402
 
+from tests.services import free_port  # noqa: E402,F401  (the e2e modules take it from here)
+
 MODEL = ROOT / "models" / "assistant.tar.gz"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Assistant:
