@@ -4,12 +4,17 @@
 patterns — no list of sentences:
 
 * a first-person subject (``I``/``we`` as ``nsubj``/``nsubjpass``) of a *relation* verb — have,
-  work, live, study, teach, own, play, like/love/enjoy, be born, grow up — or of the copula with a
+  work, live, study, teach, own, play, like/love/enjoy, be born, grow up, or a pastime in the
+  present simple ("I paint watercolours", "I swim every morning") — or of the copula with a
   noun/number attribute ("I'm a nurse", "I'm 34", "I am 34 years old"), a lasting-state adjective
   ("I'm vegan", "I'm retired") or a place ("I'm from Leeds");
 * a first-person possessive subject (``my``/``our`` X) of the copula with a noun/number attribute
   ("my son is 5", "my name is Sam"), of call/name ("my dog is called Max") or of work/live/study
   ("my sister lives in Spain").
+
+A clause the parser hangs on the next one across a comma is still a main clause ("I'm a
+firefighter, been on the job for years"); a name read as a complement still names ("my husband's
+name is Raj").
 
 Feelings and momentary states are not persona: the copula with any other adjective ("I am sad"),
 feel/seem, progressive aspect ("I'm going to the shop"), a time-of-now modifier ("I have a
@@ -55,6 +60,10 @@ _RELATION_FORMS = {
     "run": "run", "runs": "run", "volunteer": "volunteer", "volunteers": "volunteer",
     "suffer": "suffer", "suffers": "suffer", "attend": "attend", "attends": "attend",
 }
+# pastimes told in the present simple are habits ("I paint watercolours", "I knit"): persona
+_PASTIME_VERBS = ("paint draw knit sew crochet bake cook sing dance swim climb cycle garden hike surf ski "
+                  "skate fish sculpt compose").split()
+_RELATION_FORMS.update({form: "pastime" for verb in _PASTIME_VERBS for form in (verb, verb + ("es" if verb.endswith(("sh", "x")) else "s"))})
 _BE_FORMS = frozenset({"am", "'m", "is", "'s", "are", "'re", "be", "m", "been"})
 # relations a possessive subject ("my sister …") may take
 _POSSESSIVE_RELATIONS = frozenset({"work", "live", "study", "teach", "called", "have"})
@@ -75,7 +84,7 @@ NON_PERSONA_OBJECTS = frozenset("""
 time question questions idea ideas problem problems issue issues feeling feelings chance day
 night week weekend moment doubt doubts clue reason trouble choice right way fun plan plans
 meeting appointment appointments exam exams test interview date party headache cold fever
-hangover lunch dinner breakfast shower look go break rest word talk thought thoughts sense
+hangover lunch dinner breakfast shower look go break rest word talk thought thoughts sense request favour favor
 nothing something anything everything it that this one
 """.split())
 #: modifiers that make a clause momentary ("I have a headache today")
@@ -234,12 +243,15 @@ class PersonaExtractor:
             return False
         if self._hypothetical(verb):
             return False
-        if any(_lower(t) in MOMENTARY_WORDS for t in verb.subtree):
-            return False
+        if any(_lower(t) in MOMENTARY_WORDS and not any(_lower(d) in ("every", "each") for d in t.children)
+               for t in verb.subtree):
+            return False  # "… today" is momentary; "… every morning" is a habit
         form = _lower(verb)
         relation = _RELATION_FORMS.get(form)
         is_be = form in _BE_FORMS or (verb.pos_ == "AUX" and not relation)
         past = verb.tag_ == "VBD" or any(a.tag_ == "VBD" for a in auxes)
+        if relation == "pastime" and form in _PASTIME_VERBS:
+            past = False  # a base form the tagger read as a past ("I knit jumpers")
         have_aux = any(_lower(a) in ("'ve", "have", "'s", "has") for a in auxes)
         if form == "got" and not have_aux:
             return False  # "I got a dog": an event, not a state
@@ -273,6 +285,10 @@ class PersonaExtractor:
                 return bool(objects) and all(_lower(o) not in _PRONOUN_OBJECTS and o.pos_ != "PRON" for o in objects)
             if relation in ("work", "live", "study", "teach", "volunteer", "attend", "run", "suffer"):
                 return verb.tag_ in ("VBP", "VBZ", "VB", "VBG") or form == "got"
+            if relation == "pastime":  # a habit in the present simple only ("I'm painting the kitchen" is not)
+                if any(c.dep_ == "dobj" and c.pos_ == "PRON" for c in children):
+                    return False  # "I cook it in the oven": a step told, not a pastime
+                return verb.tag_ in ("VBP", "VBZ") or (verb.tag_ == "VBD" and form in _PASTIME_VERBS)
             return True
         if not is_be:
             return False
@@ -287,6 +303,8 @@ class PersonaExtractor:
             if child.dep_ == "acomp":
                 if _lower(child) in LASTING_ADJECTIVES:
                     return True
+                if child.pos_ in ("PROPN", "NUM") and possessive:
+                    return True  # "my husband's name is Raj": the parser reads the name as a complement
                 # "I'm 34 years old"
                 return _lower(child) == "old" and any(t.like_num for t in child.subtree)
             if child.dep_ == "prep" and _lower(child) == "from" and not possessive:
@@ -295,11 +313,18 @@ class PersonaExtractor:
 
     @staticmethod
     def _hypothetical(verb: Any) -> bool:
-        """Inside a conditional/temporal clause, or under a wish/plan ("I want to live in Spain")."""
+        """Inside a conditional/temporal clause, or under a wish/plan ("I want to live in Spain").
+        A clause the parser hangs as ``ccomp`` on a *later* clause across a comma is a main clause of
+        a comma splice ("I'm a firefighter, been on the job for years"), not a reported one ("I
+        think I'm …", where the ``ccomp`` follows its verb)."""
         node = verb
         while True:
             if any(c.dep_ == "mark" and _lower(c) in _HYPOTHETICAL_MARKS for c in node.children):
                 return True
+            spliced = (node.dep_ == "ccomp" and node.i < node.head.i
+                       and any(c.dep_ == "punct" and c.text in (",", ";") and node.i < c.i < node.head.i for c in node.head.children))
+            if spliced:
+                return False
             if node.dep_ in ("xcomp", "ccomp", "advcl", "relcl", "acl", "pcomp"):
                 return True
             if node.dep_ != "conj" or node.head is node:

@@ -46,6 +46,12 @@ POSITIVE = {
     "I'm a single dad and my daughter is 12": ["I'm a single dad", "My daughter is 12"],
     # a fact inside an emotional message is still found; the feeling is not
     "I'm exhausted. I work nights at the hospital": ["I work nights at the hospital"],
+    # a name the parser reads as a complement; a comma splice's first clause; pastimes in the present
+    "My brother's name is Tomasz.": ["My brother's name is Tomasz"],
+    "I'm a baker, been up at four every day for twenty years.": ["I'm a baker"],
+    "I'm a carpenter, I've built houses since I left school.": ["I'm a carpenter"],
+    "I knit jumpers for the whole family.": ["I knit jumpers for the whole family"],
+    "I swim every morning before work": ["I swim every morning before work"],
 }
 
 NEGATIVE = [
@@ -63,6 +69,8 @@ NEGATIVE = [
     "Do I have time?", "Am I a bad person", "Can I tell you something", "Do you think I'm a good mother?",
     # the past
     "I had a dog when I was little", "I was a nurse", "I was retired",
+    # a pastime done once or now, not a habit; a reported clause
+    "I painted the fence yesterday", "I'm painting the kitchen", "I think I'm a failure", "she says I'm a genius",
     # no first-person subject / object pronouns
     "My head hurts", "I love you", "I like it", "I think so", "You have two kids", "She works as a nurse",
     "forget what I told you", "delete everything you know about me", "",
