@@ -151,10 +151,12 @@ class ReconnectingSQLTrackerStore(SQLTrackerStore):
     async def save(self, tracker: DialogueStateTracker) -> None:
         """Rasa's ``SQLTrackerStore.save``, with the database part retried; the events are streamed
         to the event broker once, after the write (Rasa streams them before it)."""
+        # Rasa's stream_events, split in two: the difference is taken before the write (it compares
+        # with what is stored), the events are published after it (a refused turn reaches no broker)
         new_events = None
-        if self.event_broker is not None:  # Rasa's stream_events, split: the difference before the write,
-            old = await self.retrieve(tracker.sender_id)  # the publishing after it (a refused turn is
-            new_events = TrackerEventDiffEngine.event_difference(old, tracker)  # published to nobody)
+        if self.event_broker is not None:
+            old = await self.retrieve(tracker.sender_id)
+            new_events = TrackerEventDiffEngine.event_difference(old, tracker)
         await self._with_retries("save", lambda: self._write_new_events(tracker))
         if new_events:
             await self._stream_new_events(self.event_broker, new_events, tracker.sender_id)
