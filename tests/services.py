@@ -6,6 +6,7 @@ environment) and the end-to-end tests (the engine's): the standard library only,
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -14,13 +15,35 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Iterator, List, Optional, TypeVar
+
+S = TypeVar("S", "PrivatePostgres", "PrivateRedis")
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def unavailable(reason: str) -> None:
+    """A service the test needs is missing: skip on a developer's machine; under CI fail, so that a
+    suite that could not run is never reported as passed."""
+    import pytest
+
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@contextlib.contextmanager
+def running(server: S) -> Iterator[S]:
+    """``server`` started, and stopped (its folder removed) on exit — what a fixture yields."""
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
 
 
 def postgres_bindir() -> Optional[Path]:

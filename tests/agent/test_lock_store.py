@@ -18,7 +18,7 @@ from rasa.utils.endpoints import EndpointConfig
 
 from agent.lock_store import AtomicRedisLockStore
 from agent.unavailable import StoreUnavailable, is_unavailable
-from tests.services import PrivateRedis
+from tests.services import PrivateRedis, running, unavailable
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 
@@ -89,15 +89,9 @@ def test_built_from_the_endpoints_entry_as_rasa_does():
 @pytest.fixture
 def own_redis():
     if not PrivateRedis.available():
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed")
-        pytest.skip("redis-server is not installed")
-    server = PrivateRedis()
-    server.start()
-    try:
+        unavailable("redis-server is not installed")
+    with running(PrivateRedis()) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def store_on(server: PrivateRedis, retry_seconds: float) -> AtomicRedisLockStore:

@@ -52,7 +52,7 @@ import pytest
 
 from tests.e2e.conftest import MODEL, free_port, http_json
 from agent.unavailable import REPLY_UNAVAILABLE  # standard library only: importable from the engine's environment
-from tests.services import PrivatePostgres, PrivateRedis, postgres_bindir
+from tests.services import PrivatePostgres, PrivateRedis, postgres_bindir, running, unavailable
 from stack import ScaledStack  # noqa: E402  (scripts/ is on the path: tests/e2e/conftest.py)
 
 pytestmark = pytest.mark.postgres
@@ -78,36 +78,21 @@ SOAK_CONVERSATIONS = 6  # × 5 turns, AT_ONCE at once
 TRACKER_RETRY_S, LOCK_RETRY_S, LOCK_LIFETIME_S = 8.0, 8.0, 30
 
 
-def unavailable(reason: str) -> None:
-    """Skip on a machine without the service; under CI run, and fail (as the other PostgreSQL tests)."""
-    if os.environ.get("CI"):
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def pg():
     bindir = postgres_bindir()
     if bindir is None:
         unavailable("PostgreSQL's server programs (initdb, pg_ctl) are not installed")
-    server = PrivatePostgres(bindir, free_port())
-    try:
-        server.start()
+    with running(PrivatePostgres(bindir, free_port())) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
 def redis_server():
     if not PrivateRedis.available():
         unavailable("redis-server is not installed (the Rasa servers' lock store)")
-    server = PrivateRedis()
-    try:
-        server.start()
+    with running(PrivateRedis()) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
