@@ -67,6 +67,10 @@ OWN_TRAIN_C = DATA_DIR / "train_c.yml"
 #: leaving a home) and short, flat finals after a plan, written on 2026-12-04 (seventh session) after
 #: v9 sent 7 of heldout.jsonl's 86 ordinary turns to the safety path (the file's comment says which)
 OWN_TRAIN_D = DATA_DIR / "train_d.yml"
+#: round E (2026-12-05, eleventh session): 734 phrasings by two helper sessions that read no project
+#: file — imminent danger without keywords and short flat finals after a plan, hard negatives and
+#: ordinary chats ending in a short flat message; items near-copying a held-out item were removed
+OWN_TRAIN_E = DATA_DIR / "train_e.yml"
 #: the first held-out set (training data since v9, :data:`RETIRED_HELDOUT`)
 OWN_HELDOUT = DATA_DIR / "heldout.yml"
 #: a second held-out set, written on 2026-12-03 after heldout.yml's misses had been read (so that
@@ -95,15 +99,18 @@ OWN_HELDOUT_G = DATA_DIR / "heldout_g.yml"
 #: an eighth, written the same day by another helper session that read no project file, after
 #: train_d.yml's second round had been written from heldout_e/f/g's misses: the clean measure of v10
 OWN_HELDOUT_H = DATA_DIR / "heldout_h.yml"
+#: a ninth, written on 2026-12-05 (eleventh session) by a helper session that read no project file,
+#: before anything of that session was trained or tuned: the clean measure of what that session changed
+OWN_HELDOUT_J = DATA_DIR / "heldout_j.yml"
 #: the four older held-out sets, retired into training with v9 (2026-12-04): each had had its misses
 #: read and rules or training files written with them in mind, so they no longer measured unseen
 #: phrasings; as training data they add 593 chat-register phrasings. heldout_e.yml is the held-out set.
 RETIRED_HELDOUT = (OWN_HELDOUT, OWN_HELDOUT_B, OWN_HELDOUT_C, OWN_HELDOUT_D)
 #: every training file of own phrasings
-OWN_TRAIN_FILES = (OWN_TRAIN, OWN_TRAIN_B, OWN_TRAIN_C, OWN_TRAIN_D) + RETIRED_HELDOUT
+OWN_TRAIN_FILES = (OWN_TRAIN, OWN_TRAIN_B, OWN_TRAIN_C, OWN_TRAIN_D, OWN_TRAIN_E) + RETIRED_HELDOUT
 POSITIVE_CSSRS = {"ideation", "behavior", "attempt"}
 NEGATIVE_CSSRS = {"supportive", "uninformative"}
-VERSION = "minilm-crisis-mlp-v10"  # v6: + train_b.yml; v9: + train_c.yml and the four older held-out sets; v10: + train_d.yml
+VERSION = "minilm-crisis-mlp-v11"  # v6: + train_b.yml; v9: + train_c.yml and the four older held-out sets; v10: + train_d.yml; v11: + train_e.yml
 ED_TRAIN_NEGATIVES = 8000  # v10: 4,000 → 8,000 (half of them later messages read in their context)
 ED_DEV_NEGATIVES = 1000
 
@@ -271,6 +278,8 @@ CHAT_HELDOUT_H = CHAT_DEV.with_name("heldout_h.jsonl")
 #: 30 more (eighth session), written by a helper that read no project file; its prompt named the
 #: families to include (figurative dark phrases, police / reference numbers, pharmacies, helplines)
 CHAT_HELDOUT_I = CHAT_DEV.with_name("heldout_i.jsonl")
+#: 30 more (eleventh session), written with heldout_j.yml by a helper that read no project file
+CHAT_HELDOUT_J = CHAT_DEV.with_name("heldout_j.jsonl")
 
 
 def _served_perception(key: str) -> Optional[str]:
@@ -455,7 +464,7 @@ def calibrate(p_dev: np.ndarray, dev: Sequence[Example], p_chat: np.ndarray, tar
 
 
 # ------------------------------------------------------------------------------ the larger frozen encoder
-LARGE_VERSION = "mpnet-crisis-mlp-v10"  # v7: the head on frozen all-mpnet-base-v2, gated by the MiniLM head; v9/v10: v7 on v9's/v10's data
+LARGE_VERSION = "mpnet-crisis-mlp-v11"  # v7: the head on frozen all-mpnet-base-v2, gated by the MiniLM head; v9/v10/v11: v7 on v9's/v10's/v11's data
 #: the classifier probability above which a plan / timing / farewell cue asks the check-in (v10: 0.05
 #: → 0.02). Cues match 0.03 % of ordinary ED messages, so asking a little more often when one matches
 #: costs almost nothing; on the held-out sets e/f/g/h it turned 3 imminent statements that got
@@ -501,7 +510,8 @@ def gate_threshold(p_small: np.ndarray, examples: Sequence[Example], margin: flo
 
 def train_large(data_dir: Path, small_cache, large_cache, out_dir: Path, encoder_name: str, seed: int = 13,
                 progress: bool = True, max_fpr: float = 0.005, combine: str = "large", target_recall: float = 0.9,
-                max_checkin_fpr: float = 0.04, cue_gate: float = LARGE_CUE_GATE, **kwargs) -> Dict[str, object]:
+                max_checkin_fpr: float = 0.04, cue_gate: float = LARGE_CUE_GATE, encoder_dtype: str = "float32",
+                **kwargs) -> Dict[str, object]:
     """``crisis_head_mpnet``: the crisis head on the larger frozen encoder (``large_cache`` embeds with
     it), thresholds chosen on dev as for the MiniLM head, plus the gate (:func:`gate_threshold`)
     computed from the MiniLM ``crisis_head`` already in ``out_dir`` (``small_cache``: the shared
@@ -511,7 +521,8 @@ def train_large(data_dir: Path, small_cache, large_cache, out_dir: Path, encoder
     18.9 → 12.6 %), mixed on the held-out sets. The crisis flag's threshold keeps at most ``max_fpr`` (0.5 %: one turn of
     the 202 dev chat turns) of ED valid messages and dev chat turns flagged — stricter than the MiniLM
     head's 1 %, because a larger encoder that ranks better can afford it (on dev: own-phrasing recall
-    68.8 → 65.6 %, own hard negatives flagged 5.3 → 2.1 %)."""
+    68.8 → 65.6 %, own hard negatives flagged 5.3 → 2.1 %). ``encoder_dtype``: the weights the larger
+    encoder had while ``large_cache`` embedded (recorded in the head's JSON; v11 on: as served)."""
     from empathy_nlg.perception.common import load_head, predict_head, save_head
     from empathy_nlg.perception.crisis import LARGE_HEAD
 
@@ -523,7 +534,8 @@ def train_large(data_dir: Path, small_cache, large_cache, out_dir: Path, encoder
     metrics = train_crisis(data_dir, large_cache, out_dir, seed=seed, progress=progress, head_name=LARGE_HEAD,
                            version=LARGE_VERSION, max_fpr=max_fpr, target_recall=target_recall,
                            max_checkin_fpr=max_checkin_fpr,
-                           extra_config={"encoder_name": encoder_name, "gate_threshold": gate, "gate": gate_stats,
+                           extra_config={"encoder_name": encoder_name, "encoder_dtype": encoder_dtype,
+                                         "gate_threshold": gate, "gate": gate_stats,
                                          "combine": combine, "cue_gate": cue_gate}, **kwargs)
     metrics["gate"] = gate_stats
     if combine == "mean":
@@ -750,11 +762,11 @@ IMMINENT = ("plan_means", "timing", "farewell", "context:plan_means", "context:t
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--own", type=Path, nargs="+", default=[OWN_HELDOUT_E, OWN_HELDOUT_F, OWN_HELDOUT_G, OWN_HELDOUT_H],
-                        help="own phrasings YAML file(s) (default: the held-out sets heldout_e.yml … heldout_h.yml; "
+    parser.add_argument("--own", type=Path, nargs="+", default=[OWN_HELDOUT_E, OWN_HELDOUT_F, OWN_HELDOUT_G, OWN_HELDOUT_H, OWN_HELDOUT_J],
+                        help="own phrasings YAML file(s) (default: the held-out sets heldout_e.yml … heldout_j.yml; "
                              "the older held-out sets are training data since v9)")
     parser.add_argument("--chat", type=Path, nargs="*", default=[CHAT_DEV, CHAT_HELDOUT, CHAT_HELDOUT_E, CHAT_HELDOUT_F, CHAT_HELDOUT_G, CHAT_HELDOUT_H,
-                                                                CHAT_HELDOUT_I],
+                                                                CHAT_HELDOUT_I, CHAT_HELDOUT_J],
                         help="conversation-script files whose every user turn must stay unflagged (counts of flags and check-ins)")
     parser.add_argument("--crisis-encoder", default=None,
                         help="the crisis classifier's larger encoder (default: perception.crisis_encoder of the engine's "
@@ -770,6 +782,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patterns-only", action="store_true", help="evaluate the pattern floor alone (the earlier detector)")
     parser.add_argument("--out", type=Path, default=None, help="write metrics.json with misses and false alarms here")
     parser.add_argument("--seed", type=int, default=13, help="the training split seed (for the default dev users)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="read the larger encoder's embeddings of texts that training already embedded from this "
+                             "embedding cache instead of encoding them again (default: perception/ in "
+                             "$EMPATHY_NLG_CACHE, ~/.cache/empathy-nlg; read only; same weights and dtype only)")
+    parser.add_argument("--no-cache", action="store_true", help="encode every text, whatever the cache holds")
+
+
+def warm_from_disk(encoder, texts: Sequence[str], cache_dir: Optional[Path] = None) -> int:
+    """Put the embeddings that the disk cache of ``encoder`` (a :class:`CachedEncoder`, the file
+    :class:`EmbeddingCache` writes for its name) already holds for ``texts`` into its in-memory cache,
+    read only; the number found. The C-SSRS dev posts and the dev chat turns were embedded when the
+    heads were trained, and the larger encoder is the slow part of ``eval-crisis`` (on a CPU without
+    native bf16: tens of minutes). The embeddings are those of a batch, not of a single call: they
+    agree with a fresh encoding to float rounding (the test checks it)."""
+    from empathy_nlg.perception.common import _key, default_cache_dir
+
+    stem = f"emb_{encoder.name}_{encoder.max_length}"
+    folder = Path(cache_dir) if cache_dir else default_cache_dir()
+    keys_path, matrix_path = folder / f"{stem}.keys.json", folder / f"{stem}.npy"
+    if not (keys_path.is_file() and matrix_path.is_file()):
+        return 0
+    keys = json.loads(keys_path.read_text())
+    matrix = np.load(matrix_path, mmap_mode="r")
+    if len(keys) != len(matrix):
+        return 0  # another process is mid-save: encode instead
+    index = {k: i for i, k in enumerate(keys)}
+    found = {t: index[_key(t)] for t in dict.fromkeys(t if t.strip() else "." for t in texts) if _key(t) in index}
+    encoder.cache_size = max(encoder.cache_size, len(found) + 2048)
+    for t, i in found.items():
+        encoder._cache[t] = np.asarray(matrix[i], dtype=np.float32)
+    return len(found)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -798,6 +841,11 @@ def run(args: argparse.Namespace) -> int:
     results = {}
     if detector.large is not None:
         print(f"larger encoder {detector.large.name}")
+        if not args.no_cache:
+            # what the detector encodes: each message's chunks and the earlier messages whole
+            texts = [c for exs in sets.values() for ex in exs for t in list(ex.context) + [ex.text] for c in [t, *chunks(t)]]
+            print(f"  {warm_from_disk(detector.large, texts, args.cache_dir)} of {len(set(texts))} texts' embeddings "
+                  f"read from the training cache")
     print(f"crisis detector {detector.version} (threshold {detector.threshold}, check-in {detector.concern_threshold}"
           f"{', gate ' + str(detector.gate) if detector.large is not None else ''})")
     for name, examples in sets.items():

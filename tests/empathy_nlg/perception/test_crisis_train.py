@@ -26,12 +26,13 @@ def test_threshold_for_fpr_reaches_the_fine_grid_near_one():
     assert CT.threshold_for_fpr(negatives, 0.01, floor=0.5) == 0.5
 
 
-def test_the_older_heldout_sets_are_training_data_and_heldout_e_to_h_are_not():
-    assert set(CT.RETIRED_HELDOUT) <= set(CT.OWN_TRAIN_FILES) and {CT.OWN_TRAIN_C, CT.OWN_TRAIN_D} <= set(CT.OWN_TRAIN_FILES)
-    assert not {CT.OWN_HELDOUT_E, CT.OWN_HELDOUT_F, CT.OWN_HELDOUT_G, CT.OWN_HELDOUT_H} & set(CT.OWN_TRAIN_FILES)
+def test_the_older_heldout_sets_are_training_data_and_heldout_e_to_j_are_not():
+    assert set(CT.RETIRED_HELDOUT) <= set(CT.OWN_TRAIN_FILES) and {CT.OWN_TRAIN_C, CT.OWN_TRAIN_D, CT.OWN_TRAIN_E} <= set(CT.OWN_TRAIN_FILES)
+    held = {CT.OWN_HELDOUT_E, CT.OWN_HELDOUT_F, CT.OWN_HELDOUT_G, CT.OWN_HELDOUT_H, CT.OWN_HELDOUT_J}
+    assert not held & set(CT.OWN_TRAIN_FILES)
 
 
-@pytest.mark.parametrize("heldout", ["OWN_HELDOUT_E", "OWN_HELDOUT_F", "OWN_HELDOUT_G", "OWN_HELDOUT_H"])
+@pytest.mark.parametrize("heldout", ["OWN_HELDOUT_E", "OWN_HELDOUT_F", "OWN_HELDOUT_G", "OWN_HELDOUT_H", "OWN_HELDOUT_J"])
 def test_own_phrasings_files_are_complete_and_disjoint(heldout):
     train = [e for f in CT.OWN_TRAIN_FILES for e in CT.read_own(f)]
     held = CT.read_own(getattr(CT, heldout))
@@ -109,3 +110,27 @@ def test_evaluate_detector_says_whether_an_earlier_turn_of_a_missed_conversation
     res = CT.evaluate_detector(CrisisDetector(), examples)  # patterns only
     reached = {tuple(m["context"]): m["earlier_turn_reached"] for m in res["misses"]}
     assert reached == {ctx: 1, ("my exam is friday", "I'm ready"): None}
+
+
+def test_eval_reads_what_training_embedded_from_the_disk_cache(tmp_path):
+    """eval-crisis's warm start: embeddings that training wrote (in a batch) are read back for the
+    same texts, equal to a fresh one-at-a-time encoding to float rounding; texts not in the cache
+    are left for the encoder; a cache of other weights (another name) is not read."""
+    from empathy_nlg.perception.common import EmbeddingCache
+    from empathy_nlg.perception.crisis_mpnet import CachedEncoder
+    from empathy_nlg.perception.encoder import default_encoder_path
+
+    trained = ["I counted the pills again tonight", "we went to the beach and the dog loved it", "ok"]
+    EmbeddingCache(CachedEncoder(default_encoder_path()), tmp_path).encode(trained, progress=False)
+    enc = CachedEncoder(default_encoder_path(), cache_size=1)
+    assert CT.warm_from_disk(enc, trained + ["never embedded"], tmp_path) == 3
+    assert set(enc._cache) == set(trained) and enc.calls == 0
+    fresh = CachedEncoder(default_encoder_path())
+    for t in trained:
+        np.testing.assert_allclose(enc.encode([t])[0], fresh.encode([t])[0], atol=1e-5)
+    assert enc.calls == 0  # all three came from the disk cache
+    enc.encode(["never embedded"])
+    assert enc.calls == 1
+    other = CachedEncoder(default_encoder_path())
+    other.path = tmp_path / "another-encoder"  # another name: another cache file, nothing to read
+    assert CT.warm_from_disk(other, trained, tmp_path) == 0
