@@ -31,9 +31,10 @@ Two thresholds, both chosen on dev (a seeded 20 % of the own phrasings and the E
   reach it. Above it (and below ``threshold``) the engine asks a scripted safety check-in question
   instead of generating.
 * ``threshold`` — the crisis flag (resources): the lowest threshold at which at most ``max_fpr``
-  of everyday ED messages and of the turns of the project's dev conversation scripts
-  (``configs/conversations/dev.jsonl``, ordinary conversations) are flagged. The check-in
-  threshold is capped the same way at ``max_checkin_fpr``.
+  of everyday ED messages and of the turns of the project's ordinary conversation scripts
+  (:data:`CHAT_CALIBRATION`: ``configs/conversations/dev.jsonl`` and the older held-out chat sets,
+  909 turns since v12) are flagged. The check-in threshold is capped the same way at
+  ``max_checkin_fpr``.
 
 With a frozen encoder the two cannot coincide at the issue's target (recall ≥ 95 % at ≤ 5 % false
 positives): ``empathy-nlg eval-crisis`` prints where each stands.
@@ -110,7 +111,7 @@ RETIRED_HELDOUT = (OWN_HELDOUT, OWN_HELDOUT_B, OWN_HELDOUT_C, OWN_HELDOUT_D)
 OWN_TRAIN_FILES = (OWN_TRAIN, OWN_TRAIN_B, OWN_TRAIN_C, OWN_TRAIN_D, OWN_TRAIN_E) + RETIRED_HELDOUT
 POSITIVE_CSSRS = {"ideation", "behavior", "attempt"}
 NEGATIVE_CSSRS = {"supportive", "uninformative"}
-VERSION = "minilm-crisis-mlp-v11"  # v6: + train_b.yml; v9: + train_c.yml and the four older held-out sets; v10: + train_d.yml; v11: + train_e.yml
+VERSION = "minilm-crisis-mlp-v12"  # v6: + train_b.yml; v9: + train_c.yml and the four older held-out sets; v10: + train_d.yml; v11: + train_e.yml; v12: v11 calibrated on 929 chat turns
 ED_TRAIN_NEGATIVES = 8000  # v10: 4,000 → 8,000 (half of them later messages read in their context)
 ED_DEV_NEGATIVES = 1000
 
@@ -280,6 +281,18 @@ CHAT_HELDOUT_H = CHAT_DEV.with_name("heldout_h.jsonl")
 CHAT_HELDOUT_I = CHAT_DEV.with_name("heldout_i.jsonl")
 #: 30 more (eleventh session), written with heldout_j.yml by a helper that read no project file
 CHAT_HELDOUT_J = CHAT_DEV.with_name("heldout_j.jsonl")
+#: the ordinary conversations whose every turn calibrates the thresholds (v12): the dev scripts and
+#: every older held-out chat set, 909 turns — each had already had its flags read and decisions made
+#: with it. v11 calibrated on the 202 dev turns alone, where one turn is 0.5 %, the flag's whole
+#: budget: its threshold (0.96) sent the crisis resources to 11 of 1,056 ordinary turns, and through
+#: the full stack the scripted follow-ups to the next three turns of each ("It says paper jam. There
+#: is no paper jam…"). heldout_j.jsonl stays out: the clean measure.
+CHAT_CALIBRATION = (CHAT_DEV, CHAT_HELDOUT, CHAT_HELDOUT_E, CHAT_HELDOUT_F, CHAT_HELDOUT_G, CHAT_HELDOUT_H, CHAT_HELDOUT_I)
+
+
+def calibration_chat() -> List[Example]:
+    """Every user turn of :data:`CHAT_CALIBRATION`, in its context (negatives)."""
+    return [ex for path in CHAT_CALIBRATION for ex in chat_turns(path)]
 
 
 def _served_perception(key: str) -> Optional[str]:
@@ -421,7 +434,7 @@ def train_crisis(data_dir: Path, encoder, out_dir: Path, seed: int = 13, own_wei
     model.load_state_dict(best)
     model.eval()
     p_dev = predict_head(model, X_dev, "bce")[:, 0]
-    chat = chat_turns(CHAT_DEV)
+    chat = calibration_chat()
     p_chat = predict_head(model, featurise(chat, encoder.encode), "bce")[:, 0] if chat else np.zeros(0)
     threshold, concern, metrics = calibrate(p_dev, dev, p_chat, target_recall, max_fpr, max_checkin_fpr)
     metrics.update({"dev_auc": round(100 * best_auc, 2), "best_epoch": best_epoch,
@@ -436,8 +449,8 @@ def calibrate(p_dev: np.ndarray, dev: Sequence[Example], p_chat: np.ndarray, tar
               max_checkin_fpr: float) -> Tuple[float, float, Dict[str, object]]:
     """``(threshold, concern_threshold, dev metrics)`` from the dev probabilities (module doc: how).
 
-    ``p_chat``: the probabilities of every turn of the project's dev conversation scripts (ordinary
-    conversations, no crisis content), each read in its context."""
+    ``p_chat``: the probabilities of every turn of the ordinary conversation scripts of
+    :data:`CHAT_CALIBRATION` (no crisis content), each read in its context."""
     y_dev = np.asarray([ex.label for ex in dev], dtype=np.float32)
     src = np.asarray([ex.source for ex in dev])
     own = src == "own"
@@ -464,7 +477,7 @@ def calibrate(p_dev: np.ndarray, dev: Sequence[Example], p_chat: np.ndarray, tar
 
 
 # ------------------------------------------------------------------------------ the larger frozen encoder
-LARGE_VERSION = "mpnet-crisis-mlp-v11"  # v7: the head on frozen all-mpnet-base-v2, gated by the MiniLM head; v9/v10/v11: v7 on v9's/v10's/v11's data
+LARGE_VERSION = "mpnet-crisis-mlp-v12"  # v7: the head on frozen all-mpnet-base-v2, gated by the MiniLM head; v9/v10/v11: v7 on v9's/v10's/v11's data; v12: v11 calibrated on CHAT_CALIBRATION
 #: the classifier probability above which a plan / timing / farewell cue asks the check-in (v10: 0.05
 #: → 0.02). Cues match 0.03 % of ordinary ED messages, so asking a little more often when one matches
 #: costs almost nothing; on the held-out sets e/f/g/h it turned 3 imminent statements that got
@@ -518,8 +531,8 @@ def train_large(data_dir: Path, small_cache, large_cache, out_dir: Path, encoder
     MiniLM's embeddings). ``combine="mean"`` (tried, not the committed v7; model card) makes the
     detector decide with the mean of the two heads' probabilities when the gate opens, both thresholds
     chosen on that mean: better on dev (AUC 96.17 → 96.73, own hard negatives reaching the check-in
-    18.9 → 12.6 %), mixed on the held-out sets. The crisis flag's threshold keeps at most ``max_fpr`` (0.5 %: one turn of
-    the 202 dev chat turns) of ED valid messages and dev chat turns flagged — stricter than the MiniLM
+    18.9 → 12.6 %), mixed on the held-out sets. The crisis flag's threshold keeps at most ``max_fpr`` (0.5 %) of ED valid
+    messages and of the calibration chat turns flagged — stricter than the MiniLM
     head's 1 %, because a larger encoder that ranks better can afford it (on dev: own-phrasing recall
     68.8 → 65.6 %, own hard negatives flagged 5.3 → 2.1 %). ``encoder_dtype``: the weights the larger
     encoder had while ``large_cache`` embedded (recorded in the head's JSON; v11 on: as served)."""
@@ -544,7 +557,7 @@ def train_large(data_dir: Path, small_cache, large_cache, out_dir: Path, encoder
         from sklearn.metrics import roc_auc_score
 
         large, config = load_head(out_dir, LARGE_HEAD)
-        chat = chat_turns(CHAT_DEV)
+        chat = calibration_chat()
 
         def both(examples):
             return 0.5 * (predict_head(small, featurise(examples, small_cache.encode), "bce")[:, 0]
@@ -694,7 +707,7 @@ def finetune_crisis(data_dir: Path, out_dir: Path, seed: int = 13, own_weight: f
     enc.model.eval()
     enc.clear_cache()
     p_dev = predict_head(head, featurise(dev, enc.encode), "bce")[:, 0]
-    chat = chat_turns(CHAT_DEV)
+    chat = calibration_chat()
     p_chat = predict_head(head, featurise(chat, enc.encode), "bce")[:, 0] if chat else np.zeros(0)
     threshold, concern, metrics = calibrate(p_dev, dev, p_chat, target_recall, max_fpr, max_checkin_fpr)
     metrics.update({"dev_auc": round(100 * best_auc, 2), "best_epoch": best_epoch, "epochs": log,
