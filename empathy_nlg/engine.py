@@ -111,7 +111,11 @@ class EmpathyEngine:
         if missing:
             raise ValueError(f"the domain must define the scripted crisis responses {missing}")
         safety = dict(settings.get("safety") or {})
-        self.safety = SafetyPolicy(domain, followup_turns=int(safety.get("followup_turns", 3)))
+        # the NLU's crisis reading asks the safety question only where the detector is not sure the
+        # message is ordinary (its cue gate; 0 for a perceiver without a classifier: always asks)
+        detector = getattr(perceiver, "crisis", None)
+        self.safety = SafetyPolicy(domain, followup_turns=int(safety.get("followup_turns", 3)),
+                                   nlu_floor=float(getattr(detector, "lexical_floor", 0.0) or 0.0))
         scripted = [r for r in SCRIPTED_RESPONSES if r not in domain]
         if scripted:
             log.warning("the domain lacks the scripted safety responses %s: those steps fall back to the crisis "

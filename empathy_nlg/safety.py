@@ -18,7 +18,9 @@ holds for the conversation:
 ``checkin``   the classifier is concerned but below the crisis threshold, and perception hears a
               negative feeling or a plan / timing / farewell cue matched → a scripted, direct safety question (asking directly is recommended practice and does not plant ideas).
               Also when Rasa's NLU read a crisis that the detector did not flag (two detectors
-              disagree: ask rather than paste the resources), unless the last reply asked already.
+              disagree: ask rather than paste the resources), unless the last reply asked already
+              or the detector is sure the message is ordinary (crisis score under ``nlu_floor``,
+              the detector's cue gate: the NLU intent is a keyword-trained signal like a cue).
 ``affirmed``  the previous reply was that question and the person says yes → the resources, and
               the turn is stored as a crisis turn.
 ``None``      an ordinary turn.
@@ -82,9 +84,16 @@ class SafetyDecision:
 
 
 class SafetyPolicy:
-    def __init__(self, domain, followup_turns: int = 3) -> None:
+    def __init__(self, domain, followup_turns: int = 3, nlu_floor: float = 0.0) -> None:
         self.domain = domain
         self.followup_turns = int(followup_turns)
+        #: crisis score under which the NLU's crisis reading asks nothing (the detector's cue gate on
+        #: its score's scale, :attr:`CrisisDetector.lexical_floor`). Measured through /model/parse on
+        #: 1,558 single messages (held-out phrasings e…j and the chat sets e…j), the NLU asked about 10
+        #: ordinary chat turns, 8 hard negatives and 10 crisis statements the detector had not flagged;
+        #: the floor keeps all 10 crisis statements (lowest score 0.073) and drops 7 chat turns and 5
+        #: hard negatives ("Thinking of spending some of it on a trip to Lisbon", "I'm dead 😂").
+        self.nlu_floor = float(nlu_floor)
 
     def decide(self, response_name: str, generated: bool, perception, earlier_turns: Sequence[Mapping[str, Any]],
                earlier_replies: Sequence[Mapping[str, Any]], user_text: str, nlu_disagrees: bool = False) -> SafetyDecision:
@@ -122,7 +131,8 @@ class SafetyPolicy:
         # the question was the last reply and the person did not say yes: carry on listening rather than
         # ask the same thing again (the check-in says "if not, just say so and we'll carry on")
         just_asked = last_reply is not None and last_reply.get("generator") == "crisis-checkin"
-        if generated and nlu_disagrees and not just_asked:
+        nlu_worried = nlu_disagrees and (perception is None or float(perception.crisis_score) >= self.nlu_floor)
+        if generated and nlu_worried and not just_asked:
             return SafetyDecision("checkin", [CHECKIN], "the NLU heard a crisis the detector did not flag: ask")
         if generated and perception is not None and getattr(perception, "crisis_concern", False):
             if perception.polarity == "negative" and not just_asked:

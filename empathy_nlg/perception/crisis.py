@@ -407,6 +407,15 @@ class CrisisDetector:
                 return True
         return False
 
+    @property
+    def lexical_floor(self) -> float:
+        """The crisis score under which the classifier is sure enough that a message is ordinary that
+        a lexical signal alone asks nothing: its ``cue_gate`` on the score's scale. A plan / timing /
+        farewell cue asks the check-in only above the cue gate (:meth:`detect`); Rasa's NLU ``crisis``
+        intent, a keyword-trained signal of the same kind, is held to the same bar by the engine's
+        safety policy. 0.0 without a classifier: then every such signal asks."""
+        return self.scaled(self.cue_gate) if self.model is not None else 0.0
+
     def scaled(self, p: float) -> float:
         """The classifier's probability mapped piecewise-linearly so that ``threshold`` → 0.5."""
         t = min(max(self.threshold, 1e-6), 1 - 1e-6)

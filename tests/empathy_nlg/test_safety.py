@@ -206,3 +206,38 @@ def test_the_checkin_follows_the_feeling_unless_a_plan_timing_or_farewell_cue_ma
     assert decision.responses == (["utter_crisis_checkin"] if state else [])
     perception.crisis_concern = False  # no concern: never a question, cue or not
     assert SafetyPolicy(domain).decide("utter_empathize", True, perception, [], [], "x").state is None
+
+
+@pytest.mark.parametrize("score,floor,state", [
+    (0.0, 0.01, None),         # gated out: the detector is sure it is ordinary talk ("I'm dead 😂")
+    (0.005, 0.01, None),
+    (0.073, 0.01, "checkin"),  # the lowest-scored crisis statement the NLU caught in the measurement
+    (0.0, 0.0, "checkin"),     # no classifier (floor 0): the NLU's reading always asks
+])
+def test_the_nlu_crisis_reading_asks_only_where_the_detector_is_not_sure_it_is_ordinary(domain_file, score, floor, state):
+    domain = DomainResponses.load(domain_file)
+    domain.update(DomainResponses.load(ROOT / "safety_responses.yml"))
+    perception = make_perception("sad")
+    perception.crisis_score = score
+    decision = SafetyPolicy(domain, nlu_floor=floor).decide("utter_empathize", True, perception, [], [], "x",
+                                                            nlu_disagrees=True)
+    assert decision.state == state
+    assert SafetyPolicy(domain, nlu_floor=floor).decide("utter_empathize", True, None, [], [], "x",
+                                                        nlu_disagrees=True).state == "checkin"  # nothing perceived: ask
+
+
+def test_the_engine_takes_the_floor_from_its_detector(domain_file, sqlite_url):
+    from empathy_nlg.perception.crisis import CrisisDetector
+
+    settings = load_settings(overrides={"state": {"database_url": sqlite_url}, "domain": str(domain_file)})
+    domain = DomainResponses.load(domain_file)
+    domain.update(DomainResponses.load(ROOT / "safety_responses.yml"))
+    perceiver = ConcernPerceiver()
+    perceiver.crisis = CrisisDetector(None)  # patterns only: no classifier, no floor
+    engine = EmpathyEngine(settings, perceiver=perceiver, generator=EchoGenerator(), repository=StateRepository(sqlite_url),
+                           domain=domain)
+    assert engine.safety.nlu_floor == 0.0
+    perceiver.crisis = CrisisDetector((object(), {"threshold": 0.995, "cue_gate": 0.02}))
+    engine = EmpathyEngine(settings, perceiver=perceiver, generator=EchoGenerator(), repository=StateRepository(sqlite_url),
+                           domain=domain)
+    assert engine.safety.nlu_floor == pytest.approx(0.5 * 0.02 / 0.995)
