@@ -132,12 +132,15 @@ class TunedEncoder:
                         self._cache[todo[i]] = row
             if was_training:
                 self.model.train()
-            while len(self._cache) > max(self.cache_size, len(texts)):
-                self._cache.popitem(last=False)
         out: List[np.ndarray] = []
         for t in texts:
             self._cache.move_to_end(t)
             out.append(self._cache[t])
+        # evict only after the texts of this call were read (and made the newest): evicting first
+        # dropped a requested text that had been cached before this call once the call brought
+        # more than ``cache_size`` new ones (the 909 calibration chat turns of v12)
+        while len(self._cache) > max(self.cache_size, len(texts)):
+            self._cache.popitem(last=False)
         return np.stack(out).astype(np.float32) if out else np.zeros((0, self.dim), dtype=np.float32)
 
     def clear_cache(self) -> None:

@@ -66,6 +66,14 @@ def test_encode_caches_texts_and_keeps_order():
     assert len(enc._cache) == 3  # never evicts what the current call needs
     enc.encode(["four"])
     assert len(enc._cache) == 2
+    # a text cached before the call and asked for again among more new texts than the cache holds
+    # is read before anything is evicted (it was dropped first, a KeyError, once calibration read
+    # 909 chat turns)
+    enc.encode(["three"])  # the cache now holds "four" (the oldest) and "three"
+    old = enc._cache["four"].copy()
+    out = enc.encode(["five", "six", "seven", "four"])
+    np.testing.assert_allclose(out[3], old, atol=1e-6)
+    assert len(enc._cache) == 4 and "four" in enc._cache and "three" not in enc._cache
 
 
 def test_detector_loads_a_tuned_head_with_its_own_encoder(tmp_path):
