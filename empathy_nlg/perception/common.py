@@ -77,6 +77,10 @@ class EmbeddingCache:
             return np.zeros((0, self.encoder.dim), dtype=np.float32)
         return self.matrix[[self.index[k] for k in keys]]
 
+    def lookup(self, texts: Sequence[str]) -> Dict[str, np.ndarray]:
+        """The embeddings this cache already holds for ``texts`` (text → row), encoding nothing."""
+        return {t: self.matrix[self.index[k]] for t in dict.fromkeys(texts) if (k := _key(t)) in self.index}
+
     def _save(self) -> None:
         inverse: List[str] = [""] * len(self.index)
         for k, i in self.index.items():

@@ -111,7 +111,7 @@ RETIRED_HELDOUT = (OWN_HELDOUT, OWN_HELDOUT_B, OWN_HELDOUT_C, OWN_HELDOUT_D)
 OWN_TRAIN_FILES = (OWN_TRAIN, OWN_TRAIN_B, OWN_TRAIN_C, OWN_TRAIN_D, OWN_TRAIN_E) + RETIRED_HELDOUT
 POSITIVE_CSSRS = {"ideation", "behavior", "attempt"}
 NEGATIVE_CSSRS = {"supportive", "uninformative"}
-VERSION = "minilm-crisis-mlp-v12"  # v6: + train_b.yml; v9: + train_c.yml and the four older held-out sets; v10: + train_d.yml; v11: + train_e.yml; v12: v11 calibrated on 929 chat turns
+VERSION = "minilm-crisis-mlp-v12"  # v6: + train_b.yml; v9: + train_c.yml and the four older held-out sets; v10: + train_d.yml; v11: + train_e.yml; v12: v11 calibrated on 909 chat turns
 ED_TRAIN_NEGATIVES = 8000  # v10: 4,000 → 8,000 (half of them later messages read in their context)
 ED_DEV_NEGATIVES = 1000
 
@@ -809,22 +809,12 @@ def warm_from_disk(encoder, texts: Sequence[str], cache_dir: Optional[Path] = No
     heads were trained, and the larger encoder is the slow part of ``eval-crisis`` (on a CPU without
     native bf16: tens of minutes). The embeddings are those of a batch, not of a single call: they
     agree with a fresh encoding to float rounding (the test checks it)."""
-    from empathy_nlg.perception.common import _key, default_cache_dir
+    from empathy_nlg.perception.common import EmbeddingCache
 
-    stem = f"emb_{encoder.name}_{encoder.max_length}"
-    folder = Path(cache_dir) if cache_dir else default_cache_dir()
-    keys_path, matrix_path = folder / f"{stem}.keys.json", folder / f"{stem}.npy"
-    if not (keys_path.is_file() and matrix_path.is_file()):
-        return 0
-    keys = json.loads(keys_path.read_text())
-    matrix = np.load(matrix_path, mmap_mode="r")
-    if len(keys) != len(matrix):
-        return 0  # another process is mid-save: encode instead
-    index = {k: i for i, k in enumerate(keys)}
-    found = {t: index[_key(t)] for t in dict.fromkeys(t if t.strip() else "." for t in texts) if _key(t) in index}
+    found = EmbeddingCache(encoder, cache_dir).lookup([t if t.strip() else "." for t in texts])
     encoder.cache_size = max(encoder.cache_size, len(found) + 2048)
-    for t, i in found.items():
-        encoder._cache[t] = np.asarray(matrix[i], dtype=np.float32)
+    for t, row in found.items():
+        encoder._cache[t] = np.asarray(row, dtype=np.float32)
     return len(found)
 
 
