@@ -21,8 +21,17 @@ intent to ``share_feeling`` when
 
 A ``thank`` that goes on with the story ("thanks. i think he'd have really liked Tom": four
 words or more beside the thanks and its usual company, :func:`story_after_thanks`) is the story too;
-a plain thank-you keeps its intent and its template. It never touches ``crisis`` (the crisis
-detector runs after it and wins) or ``goodbye``. What it did is in ``parse_data["story_router"]``.
+a plain thank-you keeps its intent and its template. So are, in the Latin alphabet, a ``greet``
+that opens with no greeting or tells three words past it ("took Pepper to the vet this morning",
+:func:`story_after_greeting`), a ``goodbye`` said to something of the story or telling five words
+past it ("goodbye old house I guess", :func:`story_after_farewell`), and a greet, goodbye or thank
+with none of that intent's words in it ("anyway, bus tomorrow" read as ``thank``). Every greeting,
+goodbye and thank-you of the NLU data keeps its intent (a test checks it). A ``forget_persona``
+with no word of forgetting in it ("I keep reaching for my phone to tell him stuff", DIET 0.91) is
+the story, and so is a plain ``affirm``/``deny`` mid-story after an action other than
+``utter_empathize``, where no rule of the domain answers it (it got ``utter_default``). It never touches
+``crisis`` (the crisis detector runs after it and wins). What it did is in
+``parse_data["story_router"]``.
 Place it after the intent classifiers and before ``agent.crisis_detector.CrisisDetector``.
 """
 
@@ -36,7 +45,7 @@ from rasa.engine.graph import ExecutionContext, GraphComponent
 from rasa.engine.recipes.default_recipe import DefaultV1Recipe
 from rasa.engine.storage.resource import Resource
 from rasa.engine.storage.storage import ModelStorage
-from rasa.shared.core.events import SessionStarted, UserUttered
+from rasa.shared.core.events import ActionExecuted, SessionStarted, UserUttered
 from rasa.shared.core.trackers import DialogueStateTracker
 from rasa.shared.nlu.constants import INTENT, INTENT_NAME_KEY, INTENT_RANKING_KEY, PREDICTED_CONFIDENCE_KEY
 from rasa.shared.nlu.training_data.message import Message
@@ -74,13 +83,84 @@ THANKS = re.compile(
 #: words left after :data:`THANKS` from which a thank-you carries a story on
 STORY_AFTER_THANKS_WORDS = 4
 
+#: a greeting, where greetings are: at the start of the message ("took Pepper to the vet this
+#: morning" is not one, although DIET read it as ``greet``, heldout_j.jsonl's first turn)
+GREETING = re.compile(
+    r"^\W*(?:(?:hi+|hello+|helo|hey+|heya|heyo|hiya|yo|howdy|greetings|sup|wa?s+up|hey\s+hey|hola|hallo|ciao|salut|bonjour|"
+    r"good\s+(?:morning|afternoon|evening|day)|morning|evening)\b|"
+    r"(?:nice|good|great|glad)\s+to\s+(?:see|talk|chat)|how\s+(?:are|r)\s+(?:you|u)\b|how'?s\s+it\s+going|"
+    r"what'?s\s+up|are\s+you\s+there)", re.IGNORECASE)
+#: what goes with a greeting ("hey there, nice to chat again", "hi, it's me again", "how are you?")
+GREETING_COMPANY = re.compile(
+    r"\b(?:hi+|hello+|helo|hey+|heya|hiya|yo|howdy|greetings|sup|good\s+(?:morning|afternoon|evening|day)|"
+    r"morning|evening|there|again|friend|bot|buddy|you|it'?s\s+me|me|(?:i'?m|i\s+am)\s+back|"
+    r"(?:nice|good|great|glad)\s+to\s+(?:see|talk\s+to|chat\s+(?:with|to)|be\s+back|have\s+you)(?:\s+you)?|"
+    r"how\s+(?:are|r)\s+(?:you|u)(?:\s+doing)?(?:\s+today)?|how'?s\s+it\s+going|what'?s\s+up|"
+    r"are\s+you\s+there|chat|back|today)\b", re.IGNORECASE)
+#: a farewell word, anywhere ("that's all for today, bye")
+FAREWELL = re.compile(
+    r"\b(?:(?:good\s*)?bye|bye\s+bye|see\s+(?:you|ya|u)|cya|ttyl|farewell|good\s*night|night\s+night|nighty?|gn|"
+    r"laters|peace\s+out|adios|ciao|au\s+revoir|"
+    r"take\s+care|talk\s+(?:to\s+you\s+)?(?:later|soon|tomorrow|another\s+time)|catch\s+you|"
+    r"(?:have\s+to|gotta|got\s+to|need\s+to|must)\s+(?:go|head\s+off|run|log\s+off)|"
+    r"(?:i'?m|i\s+am)\s+(?:off|leaving|going\s+to\s+(?:log\s+off|bed|sleep))|log\s+off)\b", re.IGNORECASE)
+#: a farewell said *to* something of the story, not to the assistant: "goodbye old house I guess",
+#: "bye bye old flat", "said goodbye to the team" (heldout_j.jsonl: the first got ``utter_goodbye``)
+FAREWELL_TO_SOMETHING = re.compile(
+    r"\b(?:good\s*)?bye(?:\s+bye)?\s+(?:to\s+)?(?:(?:the|my|our|this|that|old|dear|sweet|little|lovely)\s+)+"
+    r"(?!friend\b|bot\b|buddy\b|for\b|now\b)[^\W\d_]+", re.IGNORECASE)
+#: what goes with a goodbye ("ok I'm off to bed, goodnight", "alright, see you soon")
+FAREWELL_COMPANY = re.compile(
+    r"\b(?:ok(?:ay)?|alright|right|well|so|then|now|for\s+now|for\s+today|that'?s\s+(?:all|it)|"
+    r"later|soon|tomorrow|another\s+time|(?:to\s+)?bed|friend|bot|buddy|everyone|all|again|"
+    r"have\s+a\s+(?:good|nice|great|lovely)\s+(?:day|night|evening|one|weekend)|"
+    r"thanks?(?:\s+(?:you|again))?|thank\s+(?:you|u)|cheers|you|too|off)\b", re.IGNORECASE)
+#: the bot action after which a plain answer ("yeah", "nope") is handled by the domain's rules; a
+#: plain answer after any other action mid-story (the story's reply came from
+#: ``action_forget_persona`` that found no request to forget, or from a template) is the story going on
+ANSWERED_BY_RULES = ("utter_empathize",)
+#: words left after a goodbye's own words from which it tells more than that the user leaves
+STORY_AFTER_FAREWELL_WORDS = 5
+#: stock words of each intent: a message in the Latin alphabet read as that intent with none of
+#: them in it is the story going on ("anyway, bus tomorrow" read as ``thank``, heldout_j.jsonl)
+STOCK = {"greet": GREETING, "goodbye": FAREWELL, "forget_persona": re.compile(
+    r"\b(?:forget|forgot|forgotten|delete|erase|wipe|remove|clear|memory|remember\w*|data|privacy|"
+    r"(?:don'?t|do\s+not|stop)\s+(?:keep|stor|sav|record|track)\w*)\b", re.IGNORECASE),
+    "thank": re.compile(
+    r"\b(?:thank|thanks|thx|ty|tysm|cheers|appreciate|grateful|means\s+a\s+lot|help(?:s|ed|ful)?|"
+    r"kind|sweet|nice|lovely|you'?re\s+(?:the\s+best|a\s+(?:star|legend|gem)|amazing|awesome|great))\b", re.IGNORECASE)}
+
+
+def words(text: Text) -> int:
+    """How many words (letters, with an apostrophe inside) a text has."""
+    return len(re.findall(r"[^\W\d_]+(?:'[^\W\d_]+)?", text))
+
 
 def story_after_thanks(text: Text) -> bool:
     """Whether a message read as ``thank`` goes on with the story ("thanks. i think he'd have really
     liked Tom", full stack, heldout_i.jsonl — it got "Of course. I'm always happy to listen."):
     at least :data:`STORY_AFTER_THANKS_WORDS` words beside the thanks and its usual company."""
-    rest = THANKS.sub(" ", text)
-    return len(re.findall(r"[^\W\d_]+(?:'[^\W\d_]+)?", rest)) >= STORY_AFTER_THANKS_WORDS
+    return words(THANKS.sub(" ", text)) >= STORY_AFTER_THANKS_WORDS
+
+
+def story_after_greeting(text: Text) -> bool:
+    """Whether a message read as ``greet`` tells a story: it does not open with a greeting ("took
+    Pepper to the vet this morning"), or it goes on past the greeting and its usual company by three
+    words or more ("hi so update on the car: it's fixed")."""
+    if not GREETING.search(text):
+        return words(text) >= 2
+    return words(GREETING_COMPANY.sub(" ", text)) >= 3
+
+
+def story_after_farewell(text: Text) -> bool:
+    """Whether a message read as ``goodbye`` is a farewell to something of the story ("goodbye old
+    house I guess"), has no farewell in it, or tells :data:`STORY_AFTER_FAREWELL_WORDS` words or more
+    beside it. "ok bye, my mum's calling" stays a goodbye."""
+    if FAREWELL_TO_SOMETHING.search(text):
+        return True
+    if not FAREWELL.search(text):
+        return words(text) >= 2
+    return words(FAREWELL_COMPANY.sub(" ", FAREWELL.sub(" ", text))) >= STORY_AFTER_FAREWELL_WORDS
 
 
 @DefaultV1Recipe.register([DefaultV1Recipe.ComponentType.INTENT_CLASSIFIER], is_trainable=False)
@@ -117,6 +197,16 @@ class StoryRouter(GraphComponent):
         return story
 
     @staticmethod
+    def last_action(tracker: Optional[DialogueStateTracker]) -> Optional[Text]:
+        """The assistant's last action before the message (action_listen aside)."""
+        if tracker is None:
+            return None
+        for event in reversed(tracker.events):
+            if isinstance(event, ActionExecuted) and event.action_name not in (None, "action_listen"):
+                return event.action_name
+        return None
+
+    @staticmethod
     def script(text: Text) -> Text:
         """``"latin"``, ``"other"`` (most letters outside the Latin alphabet), ``"emoji"`` (no
         letters, at least one pictograph) or ``"none"`` (digits, punctuation, nothing)."""
@@ -129,10 +219,20 @@ class StoryRouter(GraphComponent):
         return "none"
 
     @classmethod
-    def reason(cls, name: Optional[Text], confidence: float, text: Text, mid_story: bool, limits: Dict[Text, float]) -> Optional[Text]:
+    def reason(cls, name: Optional[Text], confidence: float, text: Text, mid_story: bool, limits: Dict[Text, float],
+               last_action: Optional[Text] = None) -> Optional[Text]:
         """Why this reading is the story going on (None: keep the intent)."""
+        latin = cls.script(text) == "latin"
+        if latin and name in STOCK and not STOCK[name].search(text) and words(text) >= 2:
+            return f"no {name} words"
+        if name in ("affirm", "deny") and mid_story and last_action is not None and last_action not in ANSWERED_BY_RULES:
+            return f"answer after {last_action}"
         if name == "thank":
             return "story after thanks" if story_after_thanks(text) else None
+        if name == "greet" and latin and story_after_greeting(text):
+            return "story after greeting"
+        if name == "goodbye" and latin and story_after_farewell(text):
+            return "story after goodbye"
         statement = bool(FIRST_PERSON.search(text)) and "?" not in text
         if name == "ask_resources" and ASKS_FOR_RESOURCES.search(text):
             return None  # asking for the numbers: always answered with them
@@ -146,13 +246,13 @@ class StoryRouter(GraphComponent):
         return None
 
     def process(self, messages: List[Message], tracker: Optional[DialogueStateTracker] = None) -> List[Message]:
-        story = self.mid_story(tracker)
+        story, last = self.mid_story(tracker), self.last_action(tracker)
         limits: Dict[Text, float] = dict(self.config["mid_story"])
         target = self.config["target"]
         for message in messages:
             intent = message.get(INTENT) or {}
             name, confidence = intent.get(INTENT_NAME_KEY), float(intent.get(PREDICTED_CONFIDENCE_KEY) or 0.0)
-            why = self.reason(name, confidence, message.get("text") or "", story, limits)
+            why = self.reason(name, confidence, message.get("text") or "", story, limits, last)
             if why:
                 new = {INTENT_NAME_KEY: target, PREDICTED_CONFIDENCE_KEY: 1.0}
                 ranking = [new] + [r for r in message.get(INTENT_RANKING_KEY, []) if r.get(INTENT_NAME_KEY) != target]

@@ -191,6 +191,21 @@ def test_story_router_keeps_a_story_going_and_leaves_clear_requests(graph_contex
         ("???", "out_of_scope", False, "out_of_scope"),  # no letters, no pictures: left alone
         ("Привет, позвони на горячую линию", "ask_resources", False, "ask_resources"),  # requests keep their intent
         ("до свидания", "goodbye", False, "goodbye"),
+        # greetings, goodbyes and thanks that are the story (heldout_j.jsonl through the full stack)
+        ("took Pepper to the vet this morning", "greet", False, "share_feeling"),  # no greeting at the start
+        ("hi so update on the car, they say it's a write-off", "greet", False, "share_feeling"),
+        ("good morning! guess what, I passed my driving test", "greet", False, "share_feeling"),
+        ("hey, how are you doing today?", "greet", False, "greet"),
+        ("hi, it's me again", "greet", False, "greet"),
+        ("goodbye old house I guess", "goodbye", True, "share_feeling"),  # a farewell to something
+        ("bye bye old flat", "goodbye", False, "share_feeling"),
+        ("said goodbye to the whole team today, felt so weird", "goodbye", True, "share_feeling"),
+        ("ok bye, my mum's calling", "goodbye", True, "goodbye"),
+        ("gotta go, the kids are home", "goodbye", True, "goodbye"),
+        ("see you tomorrow then, thanks for everything", "goodbye", True, "goodbye"),
+        ("bye my friend", "goodbye", True, "goodbye"),
+        ("anyway, bus tomorrow", "thank", True, "share_feeling"),  # no thanks in it
+        ("you're the best", "thank", True, "thank"),
     ]
     for text, intent, mid, expected in cases:
         m = msg(text, intent)
@@ -201,16 +216,55 @@ def test_story_router_keeps_a_story_going_and_leaves_clear_requests(graph_contex
             assert m.get("story_router")["previous_intent"] == intent
 
 
-def test_no_thank_you_of_the_nlu_data_is_read_as_a_story_going_on():
-    """The router's thanks filter keeps every thank-you the classifier was trained on as a thank-you."""
+def test_story_router_reads_a_plain_answer_after_a_non_listener_action_and_a_forget_without_forgetting_as_the_story(graph_context):
+    """heldout_j.jsonl through the full stack: "I keep reaching for my phone to tell him stuff" was
+    read as forget_persona (0.91), and the "yeah" after it got utter_default (no rule answers an
+    affirm after action_forget_persona)."""
+    from agent.story_router import StoryRouter
+
+    storage, resource, context = graph_context
+    router = StoryRouter.create(StoryRouter.get_default_config(), storage, resource, context)
+
+    def after(action):
+        return DialogueStateTracker.from_events("carol", [
+            ActionExecuted("action_listen"),
+            UserUttered("Tom and I broke up last night", intent={"name": "share_feeling", "confidence": 1.0}),
+            ActionExecuted(action), BotUttered("Why did you break up?"), ActionExecuted("action_listen")])
+
+    def routed(text, intent, tracker):
+        m = message(text, intent=intent)
+        m.set("intent", {"name": intent, "confidence": 0.99}, add_to_output=True)
+        router.process([m], tracker)
+        return m.get("intent")["name"]
+
+    assert routed("I keep reaching for my phone to tell him stuff", "forget_persona", after("utter_empathize")) == "share_feeling"
+    assert routed("please forget everything I told you", "forget_persona", after("utter_empathize")) == "forget_persona"
+    assert routed("yeah", "affirm", after("action_forget_persona")) == "share_feeling"
+    assert routed("nope", "deny", after("utter_you_are_welcome")) == "share_feeling"
+    # after the listener, the domain's rules answer a plain answer: the intent stays (tests/test_stories.yml)
+    assert routed("yeah", "affirm", after("utter_empathize")) == "affirm"
+    assert routed("nah not really", "deny", after("utter_empathize")) == "deny"
+    # no story yet: the start-of-conversation rules answer it
+    fresh = DialogueStateTracker.from_events("dan", [ActionExecuted("action_listen"), UserUttered("hi", intent={"name": "greet"}),
+                                                     ActionExecuted("utter_greet"), ActionExecuted("action_listen")])
+    assert routed("yes", "affirm", fresh) == "affirm"
+
+
+def test_no_greeting_goodbye_thank_you_or_request_to_forget_of_the_nlu_data_is_read_as_a_story_going_on():
+    """The router keeps every greeting, goodbye, thank-you and request to forget the classifier was
+    trained on."""
     from pathlib import Path
 
     import yaml
 
-    from agent.story_router import story_after_thanks
+    from agent.story_router import StoryRouter
 
     nlu = yaml.safe_load((Path(__file__).resolve().parents[2] / "data" / "nlu.yml").read_text())
-    thanks = [line[2:].strip() for item in nlu["nlu"] if item.get("intent") == "thank"
-              for line in item["examples"].splitlines() if line.strip()]
-    assert len(thanks) >= 20
-    assert [t for t in thanks if story_after_thanks(t)] == []
+    for intent in ("greet", "goodbye", "thank", "forget_persona"):
+        examples = [line[2:].strip() for item in nlu["nlu"] if item.get("intent") == intent
+                    for line in item["examples"].splitlines() if line.strip()]
+        assert len(examples) >= 20
+        for mid_story in (False, True):
+            rerouted = [t for t in examples if intent != "greet" or not mid_story
+                        if StoryRouter.reason(intent, 0.99, t, mid_story, {}) is not None]
+            assert rerouted == [], (intent, rerouted)
