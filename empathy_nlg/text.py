@@ -82,6 +82,21 @@ def max_jaccard(text: str, others: Sequence[str]) -> float:
     return max((jaccard(text, o) for o in others), default=0.0)
 
 
+def parrots(text: str, said: Sequence[str], n: int = 6) -> bool:
+    """Whether ``text`` copies ``n`` or more consecutive words of something the user said ("It means
+    we can actually put something aside each month." to "…which isn't life changing but it means we
+    can actually put something aside each month"): a reply that hands the user's words back."""
+    w = words(text)
+    if len(w) < n:
+        return False
+    grams = {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
+    for turn in said:
+        u = words(turn)
+        if any(tuple(u[i:i + n]) in grams for i in range(len(u) - n + 1)):
+            return True
+    return False
+
+
 def opening(text: str, n: int = 3) -> Optional[tuple]:
     """The first ``n`` word tokens (None when the text is shorter than ``n`` words)."""
     w = words(text)

@@ -27,7 +27,10 @@ repetitive): Jaccard with an earlier reply ≥ ``repeat_veto``; an echo of the u
 no") to a message perceived positive, or a celebration phrase ("congrats", "awesome") to one
 perceived negative, when perception's polarity probability is ≥ ``polarity_guard``. The guard is
 lexical on purpose (:func:`empathy_nlg.text.tone`): it states the rule a person would, and the
-learned polarity term ranks everything it lets through. The **replacement guard**
+learned polarity term ranks everything it lets through. The **parrot veto** (``parrot_words``):
+a reply that copies that many consecutive words of the user's hands them back instead of
+answering ("Did you get hit with a £400 vet bill and a car repair?";
+:func:`empathy_nlg.text.parrots`). The **replacement guard**
 (``replacement_guard``): to news not perceived as good, no offer to replace a person or an animal
 the user spoke of ("I hope you find a new dog soon" to a dog that died;
 :func:`empathy_nlg.text.replaces`).
@@ -44,7 +47,7 @@ import numpy as np
 from empathy_nlg.perception.types import Perception
 from empathy_nlg.settings import settings_from_mapping
 from empathy_nlg.taxonomy import CM_CODES
-from empathy_nlg.text import content_words, jaccard, max_jaccard, opening, replaces, tone
+from empathy_nlg.text import content_words, jaccard, max_jaccard, opening, parrots, replaces, tone
 
 TERMS = ("gen", "polarity", "cm", "grounding")
 
@@ -86,6 +89,7 @@ class RerankSettings:
     exemplar_prior: float = 0.3
     echo_veto: float = 0.7
     polarity_guard: float = 0.6
+    parrot_words: int = 6
     replacement_guard: bool = True
 
     @classmethod
@@ -182,6 +186,9 @@ class ConversationReranker:
             if (perception is not None and float(perception.polarity_prob) >= self.settings.polarity_guard
                     and tone(c.text) == {"positive": "sympathy", "negative": "celebration"}.get(perception.polarity)):
                 c.vetoed, c.terms["wrong_tone"] = True, 1.0
+            # the user's own words handed back inside a reply
+            if self.settings.parrot_words > 0 and parrots(c.text, user_turns, self.settings.parrot_words):
+                c.vetoed, c.terms["parrot"] = True, 1.0
             # "a new dog" to a dog that died: never offer to replace someone the user spoke of
             if (self.settings.replacement_guard and (perception is None or perception.polarity != "positive")
                     and replaces(c.text, user_turns)):
@@ -194,8 +201,10 @@ class ConversationReranker:
         if not scored:
             return None
         allowed = [c for c in scored if not c.vetoed] or scored
-        if all(c.vetoed for c in scored):  # every candidate repeats: the least repetitive one
-            return min(allowed, key=lambda c: (c.terms["repeat"], -c.total))
+        if all(c.vetoed for c in scored):
+            # every candidate is vetoed: one that does not hand the user's words back (the whole
+            # message before a part of it), then the least repetitive
+            return min(allowed, key=lambda c: (c.terms.get("echo", 0.0), c.terms.get("parrot", 0.0), c.terms["repeat"], -c.total))
         return max(allowed, key=lambda c: c.total)
 
     def describe(self, candidates: Sequence[Candidate], chosen: Optional[Candidate]) -> Dict[str, Any]:
@@ -204,6 +213,7 @@ class ConversationReranker:
             "repeat_veto": self.settings.repeat_veto,
             "echo_veto": self.settings.echo_veto,
             "polarity_guard": self.settings.polarity_guard,
+            "parrot_words": self.settings.parrot_words,
             "replacement_guard": self.settings.replacement_guard,
             "exemplar_prior": self.settings.exemplar_prior,
             "chosen": chosen.text if chosen else None,

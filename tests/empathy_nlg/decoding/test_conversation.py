@@ -209,3 +209,37 @@ def test_story_polarity_reads_the_message_in_the_light_of_the_story():
     clear.polarity, clear.polarity_prob = "negative", 0.99  # "but my mom is really upset", clearly bad news
     assert story_polarity(clear, [0.9], 0.5).polarity == "negative"
     assert story_polarity(None, [0.9], 0.5) is None
+
+
+def test_parrot_veto_never_hands_the_users_words_back():
+    said = ["it's about 3,200 more a year which isn't life changing but it means we can actually put something aside each month"]
+    cands = [Candidate("That's great of you. It means we can actually put something aside each month.", "generator", 1.0),
+             Candidate("That's a great way to look at it.", "generator", 0.0)]
+    on = ConversationReranker(RerankSettings.from_mapping(None), encode, polarity, None)  # on by default (6 words)
+    assert on.choose(cands, said, None, []).text == "That's a great way to look at it."
+    assert on.score(cands, said, None, [])[0].terms["parrot"] == 1.0
+    off = ConversationReranker(RerankSettings.from_mapping({"parrot_words": 0}), encode, polarity, None)
+    assert not any(c.vetoed for c in off.score(cands, said, None, []))
+
+
+@pytest.mark.parametrize("reply,said,n,expected", [
+    ("It means we can actually put something aside each month.", ["but it means we can actually put something aside"], 6, True),
+    ("It means we can put money aside.", ["but it means we can actually put something aside"], 6, False),  # 4 words in a row
+    ("short reply", ["short reply"], 6, False),  # shorter than n: never a parrot
+    ("Oh no, your cat Milo is missing again?", ["my cat Milo is missing again"], 4, True),
+])
+def test_parrots(reply, said, n, expected):
+    from empathy_nlg.text import parrots
+
+    assert parrots(reply, said, n) is expected
+
+
+def test_when_every_candidate_is_vetoed_an_echo_of_the_user_is_the_last_choice():
+    """dev.jsonl: every beam began with the user's message; the one chosen was the message alone."""
+    said = ["moved to Berlin for work two months ago"]
+    cands = [Candidate("I moved to Berlin for work two months ago", "generator", 1.0),  # echo and parrot
+             Candidate("I moved to Berlin for work two months ago. How long have you been there?", "generator", 0.5)]  # parrot
+    r = reranker()
+    scored = {c.text: c for c in r.score(cands, said, None, [])}
+    assert all(c.vetoed for c in scored.values()) and scored[cands[0].text].terms["echo"] == 1.0
+    assert r.choose(cands, said, None, []).text == cands[1].text
