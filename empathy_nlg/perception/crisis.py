@@ -157,8 +157,9 @@ ORDINARY_DEPARTURE = re.compile(
     r"new\s+(?:house|flat|place|home|city|job)|(?:office|shop|branch|school)\s+(?:is\s+)?clos(?:es|ing|ed))\b", re.IGNORECASE)
 #: the patterns and cues, named in the detector's version (v10: five more cue families; v11: the
 #: ``final_act`` cue steps aside for an ordinary move, :data:`ORDINARY_DEPARTURE`; v12: a last day
-#: told in the past or "after N years" is not the ``last_day`` pattern)
-RULES_VERSION = "patterns-v12"
+#: told in the past or "after N years" is not the ``last_day`` pattern; v13: a check-in concern the
+#: context alone raises needs danger in that context, :meth:`CrisisDetector.concern_from_context_alone`)
+RULES_VERSION = "patterns-v13"
 #: classifier probability below which a cue alone asks nothing (``cue_gate`` in the head's config)
 CUE_GATE = 0.05
 
@@ -288,6 +289,9 @@ class CrisisDetector:
             self.version = f"{RULES_VERSION}+{self.config.get('version', 'no-classifier')}"
         #: messages the gate let through to the larger encoder / kept from it (for bench and eval)
         self.gate_stats = {"large": 0, "gated_out": 0}
+        #: v13: a concern that only the context raises asks nothing unless the context holds danger
+        #: (False: v12's behaviour, for ablations)
+        self.concern_needs_danger_in_context = True
 
     @classmethod
     def load(cls, art_dir, embed=None, encoder_path=None, device=None, crisis_encoder=None,
@@ -407,6 +411,15 @@ class CrisisDetector:
                 return True
         return False
 
+    def concern_from_context_alone(self, texts: Sequence[str], emb: Optional[np.ndarray], reasons: Sequence[str]) -> bool:
+        """Whether the classifier's concern about the latest message comes from its context alone:
+        the message by itself stays under the check-in threshold, nothing lexical matched it, and
+        no earlier message holds danger (:meth:`context_holds_danger`)."""
+        if len(texts) < 2 or any(not r.startswith("negated:") for r in reasons):
+            return False
+        alone = self.classify([texts[-1]], emb, force_large=True)
+        return alone is not None and alone < self.concern_threshold and not self.context_holds_danger(texts)
+
     @property
     def lexical_floor(self) -> float:
         """The crisis score under which the classifier is sure enough that a message is ordinary that
@@ -455,6 +468,11 @@ class CrisisDetector:
                             # flagged only because of what was said before: the engine's follow-up
                             # state answers these instead of repeating the resources
                             reasons.append(CONTEXT_ONLY)
+                        elif self.concern_needs_danger_in_context and alone < self.concern_threshold:
+                            # v13: nor worth a question — the message alone is ordinary and nothing
+                            # said before it is danger ("bus till payday then" after a stolen bike)
+                            reasons[-1] = f"context-concern-dropped:{p:.2f}"
+                            p = min(p, 0.98 * min(self.concern_threshold, self.threshold))
                         else:
                             # v11: context can only make a message dangerous if it holds danger
                             # itself ("bus till payday then" after a stolen bike scored 0.99 in
@@ -463,8 +481,15 @@ class CrisisDetector:
                             concern = True
                             p = min(p, 0.98 * self.threshold)  # a score of 0.49: under the flag
             elif p >= self.concern_threshold:
-                reasons.append(f"concern:{p:.2f}")
-                concern = True
+                if self.concern_needs_danger_in_context and self.concern_from_context_alone(texts, emb, reasons):
+                    # v13: the same rule for the question as v11's for the flag — what was said
+                    # before can make a message worth asking about only if it holds danger itself
+                    # ("ok. will try the depot again tmrw" after a lost phone that was not backed up)
+                    reasons.append(f"context-concern-dropped:{p:.2f}")
+                    p = min(p, 0.98 * self.concern_threshold)
+                else:
+                    reasons.append(f"concern:{p:.2f}")
+                    concern = True
             score = max(score, self.scaled(p))
         if score < 0.5 and len(recent) > 1:
             # a plan told over several messages ("I'm holding my dad's revolver" / "it's loaded"): the

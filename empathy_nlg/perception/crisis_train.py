@@ -281,10 +281,11 @@ CHAT_HELDOUT_H = CHAT_DEV.with_name("heldout_h.jsonl")
 CHAT_HELDOUT_I = CHAT_DEV.with_name("heldout_i.jsonl")
 #: 30 more (eleventh session), written with heldout_j.yml by a helper that read no project file
 CHAT_HELDOUT_J = CHAT_DEV.with_name("heldout_j.jsonl")
-#: 60 more (twelfth session), written by two helpers that read no project file, before the
+#: 90 more (twelfth session), written by three helpers that read no project file, before the
 #: session's decoding and routing changes were measured on them (not used for calibration)
 CHAT_HELDOUT_K = CHAT_DEV.with_name("heldout_k.jsonl")
 CHAT_HELDOUT_L = CHAT_DEV.with_name("heldout_l.jsonl")
+CHAT_HELDOUT_M = CHAT_DEV.with_name("heldout_m.jsonl")
 #: the ordinary conversations whose every turn calibrates the thresholds (v12): the dev scripts and
 #: every older held-out chat set, 909 turns — each had already had its flags read and decisions made
 #: with it. v11 calibrated on the 202 dev turns alone, where one turn is 0.5 %, the flag's whole
@@ -783,7 +784,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="own phrasings YAML file(s) (default: the held-out sets heldout_e.yml … heldout_j.yml; "
                              "the older held-out sets are training data since v9)")
     parser.add_argument("--chat", type=Path, nargs="*", default=[CHAT_DEV, CHAT_HELDOUT, CHAT_HELDOUT_E, CHAT_HELDOUT_F, CHAT_HELDOUT_G, CHAT_HELDOUT_H,
-                                                                CHAT_HELDOUT_I, CHAT_HELDOUT_J, CHAT_HELDOUT_K, CHAT_HELDOUT_L],
+                                                                CHAT_HELDOUT_I, CHAT_HELDOUT_J, CHAT_HELDOUT_K, CHAT_HELDOUT_L, CHAT_HELDOUT_M],
                         help="conversation-script files whose every user turn must stay unflagged (counts of flags and check-ins)")
     parser.add_argument("--crisis-encoder", default=None,
                         help="the crisis classifier's larger encoder (default: perception.crisis_encoder of the engine's "

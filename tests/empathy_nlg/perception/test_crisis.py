@@ -89,10 +89,36 @@ def test_context_without_danger_cannot_flag_a_message():
     assert det.context_holds_danger(["I bought a rope", "tonight's the night"])
     assert not det.context_holds_danger(["my bike got stolen", "bus till payday then"])
     r = det.detect(["my bike got stolen", "bus till payday then"])
-    assert not r.crisis and r.concern and "context-only" not in r.reasons and r.score < 0.5
-    assert any(x.startswith("concern:") for x in r.reasons)
+    assert not r.crisis and not r.concern and "context-only" not in r.reasons and r.score < 0.5
+    assert any(x.startswith("context-concern-dropped:") for x in r.reasons)  # v13: not even a question
+    det.concern_needs_danger_in_context = False  # v11/v12: a concern (the check-in question), never the resources
+    r = det.detect(["my bike got stolen", "bus till payday then"])
+    assert not r.crisis and r.concern and any(x.startswith("concern:") for x in r.reasons)
     # a pattern or a cue in the context is danger too, whatever the classifier says of it
     assert det.context_holds_danger(["I'm standing on the bridge", "bus till payday then"])
+
+
+def _embed_meh(texts):
+    # "meh" reads 0.12 × 0.7 = 0.084 alone, 0.12 after another "meh" (the stand-in's 0.3 on context)
+    return np.asarray([[1.0 if "rope" in t else 0.12 if "meh" in t else 0.05, 0.0] for t in texts], dtype=np.float32)
+
+
+def test_a_check_in_that_only_the_context_raises_needs_danger_in_that_context():
+    """v13: between the check-in and the flag threshold, a message that is ordinary alone is asked
+    about only when something said before it holds danger ("ok. will try the depot again tmrw"
+    after a lost phone that was not backed up got the safety question, heldout_m.jsonl)."""
+    det = CrisisDetector((_Head(2), {"threshold": 0.9, "concern_threshold": 0.1}), _embed_meh)
+    assert det.classify(["meh day", "meh, whatever"]) >= 0.1 > det.classify(["meh, whatever"])
+    assert not det.context_holds_danger(["meh day", "meh, whatever"])
+    r = det.detect(["meh day", "meh, whatever"])
+    assert not r.crisis and not r.concern and any(x.startswith("context-concern-dropped:") for x in r.reasons)
+    # danger in the context (a rope): the same message is asked about
+    r = det.detect(["I bought a rope", "meh day", "meh, whatever"])
+    assert r.concern or r.crisis
+    # the message itself concerning: asked, whatever came before
+    assert det.detect(["meh day", "the rope"]).crisis or det.detect(["meh day", "the rope"]).concern
+    det.concern_needs_danger_in_context = False  # v12: the context alone asks
+    assert det.detect(["meh day", "meh, whatever"]).concern
 
 
 @pytest.mark.parametrize("text, flagged", [
