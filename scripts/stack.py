@@ -65,6 +65,8 @@ def install_token(path: Path = TOKEN_FILE) -> str:
         path.unlink()  # an empty file (an interrupted first start): make a new token
         return install_token(path)
     token = secrets.token_urlsafe(32)
+    while token.startswith("-"):  # never an option-looking token, for any tool it is passed to
+        token = secrets.token_urlsafe(32)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(token + "\n")
     return token
@@ -143,7 +145,9 @@ class Stack:
         if credentials:
             cmd += ["--credentials", str(credentials)]
         if self.token:
-            cmd += ["--auth-token", self.token]
+            # one argument: a token may begin with "-" (token_urlsafe's alphabet), which argparse
+            # would take for an option ("--auth-token: expected one argument"; Rasa exits with 2)
+            cmd += [f"--auth-token={self.token}"]
         return self._spawn(name, cmd, foreground=foreground, env=env)
 
     def stop(self, name: str, timeout: float = 20.0) -> None:
