@@ -85,15 +85,16 @@ STORY_AFTER_THANKS_WORDS = 4
 
 #: a greeting, where greetings are: at the start of the message ("took Pepper to the vet this
 #: morning" is not one, although DIET read it as ``greet``, heldout_j.jsonl's first turn)
+#: the words of a greeting, one list for :data:`GREETING` and :data:`GREETING_COMPANY`
+HELLO = r"hi+|hello+|helo|hey+|heya|hiya|yo|howdy|greetings|sup|good\s+(?:morning|afternoon|evening|day)|morning|evening"
 GREETING = re.compile(
-    r"^\W*(?:(?:hi+|hello+|helo|hey+|heya|heyo|hiya|yo|howdy|greetings|sup|wa?s+up|hey\s+hey|hola|hallo|ciao|salut|bonjour|"
-    r"good\s+(?:morning|afternoon|evening|day)|morning|evening)\b|"
+    rf"^\W*(?:(?:{HELLO}|heyo|wa?s+up|hey\s+hey|hola|hallo|ciao|salut|bonjour)\b|"
     r"(?:nice|good|great|glad)\s+to\s+(?:see|talk|chat)|how\s+(?:are|r)\s+(?:you|u)\b|how'?s\s+it\s+going|"
     r"what'?s\s+up|are\s+you\s+there)", re.IGNORECASE)
 #: what goes with a greeting ("hey there, nice to chat again", "hi, it's me again", "how are you?")
 GREETING_COMPANY = re.compile(
-    r"\b(?:hi+|hello+|helo|hey+|heya|hiya|yo|howdy|greetings|sup|good\s+(?:morning|afternoon|evening|day)|"
-    r"morning|evening|there|again|friend|bot|buddy|you|it'?s\s+me|me|(?:i'?m|i\s+am)\s+back|"
+    rf"\b(?:{HELLO}|"
+    r"there|again|friend|bot|buddy|you|it'?s\s+me|me|(?:i'?m|i\s+am)\s+back|"
     r"(?:nice|good|great|glad)\s+to\s+(?:see|talk\s+to|chat\s+(?:with|to)|be\s+back|have\s+you)(?:\s+you)?|"
     r"how\s+(?:are|r)\s+(?:you|u)(?:\s+doing)?(?:\s+today)?|how'?s\s+it\s+going|what'?s\s+up|"
     r"are\s+you\s+there|chat|back|today)\b", re.IGNORECASE)
@@ -222,7 +223,8 @@ class StoryRouter(GraphComponent):
     def reason(cls, name: Optional[Text], confidence: float, text: Text, mid_story: bool, limits: Dict[Text, float],
                last_action: Optional[Text] = None) -> Optional[Text]:
         """Why this reading is the story going on (None: keep the intent)."""
-        latin = cls.script(text) == "latin"
+        script = cls.script(text)
+        latin = script == "latin"
         if latin and name in STOCK and not STOCK[name].search(text) and words(text) >= 2:
             return f"no {name} words"
         if name in ("affirm", "deny") and mid_story and last_action is not None and last_action not in ANSWERED_BY_RULES:
@@ -238,8 +240,7 @@ class StoryRouter(GraphComponent):
             return None  # asking for the numbers: always answered with them
         if name in ("out_of_scope", "ask_resources") and statement:
             return "first-person statement"
-        script = cls.script(text) if name in UNREADABLE_AS else "latin"
-        if script in ("other", "emoji"):
+        if name in UNREADABLE_AS and script in ("other", "emoji"):
             return "another script" if script == "other" else "emoji"
         if mid_story and (name == "ask_resources" or (name in limits and confidence < float(limits[name]))):
             return "mid-story"
