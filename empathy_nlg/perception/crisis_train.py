@@ -291,8 +291,10 @@ CHAT_HELDOUT_M = CHAT_DEV.with_name("heldout_m.jsonl")
 #: with it. v11 calibrated on the 202 dev turns alone, where one turn is 0.5 %, the flag's whole
 #: budget: its threshold (0.96) sent the crisis resources to 11 of 1,056 ordinary turns, and through
 #: the full stack the scripted follow-ups to the next three turns of each ("It says paper jam. There
-#: is no paper jam…"). heldout_j.jsonl (and k, l) stay out: the clean measure.
+#: is no paper jam…"). The chat sets of :data:`CHAT_CLEAN` stay out: the clean measure.
 CHAT_CALIBRATION = (CHAT_DEV, CHAT_HELDOUT, CHAT_HELDOUT_E, CHAT_HELDOUT_F, CHAT_HELDOUT_G, CHAT_HELDOUT_H, CHAT_HELDOUT_I)
+#: the chat sets no threshold was chosen on (``eval-crisis`` counts their flags with the others)
+CHAT_CLEAN = (CHAT_HELDOUT_J, CHAT_HELDOUT_K, CHAT_HELDOUT_L, CHAT_HELDOUT_M)
 
 
 def calibration_chat() -> List[Example]:
@@ -783,8 +785,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--own", type=Path, nargs="+", default=[OWN_HELDOUT_E, OWN_HELDOUT_F, OWN_HELDOUT_G, OWN_HELDOUT_H, OWN_HELDOUT_J],
                         help="own phrasings YAML file(s) (default: the held-out sets heldout_e.yml … heldout_j.yml; "
                              "the older held-out sets are training data since v9)")
-    parser.add_argument("--chat", type=Path, nargs="*", default=[CHAT_DEV, CHAT_HELDOUT, CHAT_HELDOUT_E, CHAT_HELDOUT_F, CHAT_HELDOUT_G, CHAT_HELDOUT_H,
-                                                                CHAT_HELDOUT_I, CHAT_HELDOUT_J, CHAT_HELDOUT_K, CHAT_HELDOUT_L, CHAT_HELDOUT_M],
+    parser.add_argument("--chat", type=Path, nargs="*", default=[*CHAT_CALIBRATION, *CHAT_CLEAN],
                         help="conversation-script files whose every user turn must stay unflagged (counts of flags and check-ins)")
     parser.add_argument("--crisis-encoder", default=None,
                         help="the crisis classifier's larger encoder (default: perception.crisis_encoder of the engine's "
