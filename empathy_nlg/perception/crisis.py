@@ -411,13 +411,19 @@ class CrisisDetector:
                 return True
         return False
 
+    def message_alone(self, texts: Sequence[str], emb: Optional[np.ndarray], reasons: Sequence[str]) -> Optional[float]:
+        """The classifier's probability for the latest message read without its context; ``None``
+        when there is no context or a pattern (``reasons``, negations aside) matched the message:
+        then the message speaks for itself and its context cannot be what raised it."""
+        if len(texts) < 2 or any(not r.startswith("negated:") for r in reasons):
+            return None
+        return self.classify([texts[-1]], emb, force_large=True)
+
     def concern_from_context_alone(self, texts: Sequence[str], emb: Optional[np.ndarray], reasons: Sequence[str]) -> bool:
         """Whether the classifier's concern about the latest message comes from its context alone:
         the message by itself stays under the check-in threshold, nothing lexical matched it, and
         no earlier message holds danger (:meth:`context_holds_danger`)."""
-        if len(texts) < 2 or any(not r.startswith("negated:") for r in reasons):
-            return False
-        alone = self.classify([texts[-1]], emb, force_large=True)
+        alone = self.message_alone(texts, emb, reasons)
         return alone is not None and alone < self.concern_threshold and not self.context_holds_danger(texts)
 
     @property
@@ -461,25 +467,24 @@ class CrisisDetector:
         if p is not None:
             if p >= self.threshold:
                 reasons.append(f"classifier:{p:.2f}")
-                if len(texts) > 1 and not any(not r.startswith("negated:") for r in reasons[:-1]):
-                    alone = self.classify([texts[-1]], emb, force_large=True)
-                    if alone is not None and alone < self.threshold:
-                        if self.context_holds_danger(texts):
-                            # flagged only because of what was said before: the engine's follow-up
-                            # state answers these instead of repeating the resources
-                            reasons.append(CONTEXT_ONLY)
-                        elif self.concern_needs_danger_in_context and alone < self.concern_threshold:
-                            # v13: nor worth a question — the message alone is ordinary and nothing
-                            # said before it is danger ("bus till payday then" after a stolen bike)
-                            reasons[-1] = f"context-concern-dropped:{p:.2f}"
-                            p = min(p, 0.98 * min(self.concern_threshold, self.threshold))
-                        else:
-                            # v11: context can only make a message dangerous if it holds danger
-                            # itself ("bus till payday then" after a stolen bike scored 0.99 in
-                            # context): a concern (the check-in question), never the resources
-                            reasons[-1] = f"concern:{p:.2f}"
-                            concern = True
-                            p = min(p, 0.98 * self.threshold)  # a score of 0.49: under the flag
+                alone = self.message_alone(texts, emb, reasons[:-1])
+                if alone is not None and alone < self.threshold:
+                    if self.context_holds_danger(texts):
+                        # flagged only because of what was said before: the engine's follow-up
+                        # state answers these instead of repeating the resources
+                        reasons.append(CONTEXT_ONLY)
+                    elif self.concern_needs_danger_in_context and alone < self.concern_threshold:
+                        # v13: nor worth a question — the message alone is ordinary and nothing
+                        # said before it is danger ("bus till payday then" after a stolen bike)
+                        reasons[-1] = f"context-concern-dropped:{p:.2f}"
+                        p = min(p, 0.98 * min(self.concern_threshold, self.threshold))
+                    else:
+                        # v11: context can only make a message dangerous if it holds danger
+                        # itself ("bus till payday then" after a stolen bike scored 0.99 in
+                        # context): a concern (the check-in question), never the resources
+                        reasons[-1] = f"concern:{p:.2f}"
+                        concern = True
+                        p = min(p, 0.98 * self.threshold)  # a score of 0.49: under the flag
             elif p >= self.concern_threshold:
                 if self.concern_needs_danger_in_context and self.concern_from_context_alone(texts, emb, reasons):
                     # v13: the same rule for the question as v11's for the flag — what was said

@@ -72,6 +72,13 @@ OWN_TRAIN_D = DATA_DIR / "train_d.yml"
 #: file — imminent danger without keywords and short flat finals after a plan, hard negatives and
 #: ordinary chats ending in a short flat message; items near-copying a held-out item were removed
 OWN_TRAIN_E = DATA_DIR / "train_e.yml"
+#: round F (2026-12-05, thirteenth session): 379 phrasings by a helper session that read no project file
+#: — short flat ordinary messages (the MPNet head scored "ok. will try the depot again tmrw" 0.91 alone),
+#: alone and as the last message of ordinary chats, and imminent danger without alarm words. NOT in
+#: :data:`OWN_TRAIN_FILES` yet: heads trained with it (v13) lowered the flag's recall on every held-out
+#: set and asked more ordinary turns of the blind chat set (model card); kept, leak-checked, for the
+#: next design (a fine-tuned encoder) rather than for this head
+OWN_TRAIN_F = DATA_DIR / "train_f.yml"
 #: the first held-out set (training data since v9, :data:`RETIRED_HELDOUT`)
 OWN_HELDOUT = DATA_DIR / "heldout.yml"
 #: a second held-out set, written on 2026-12-03 after heldout.yml's misses had been read (so that
@@ -103,6 +110,11 @@ OWN_HELDOUT_H = DATA_DIR / "heldout_h.yml"
 #: a ninth, written on 2026-12-05 (eleventh session) by a helper session that read no project file,
 #: before anything of that session was trained or tuned: the clean measure of what that session changed
 OWN_HELDOUT_J = DATA_DIR / "heldout_j.yml"
+#: a tenth, written on 2026-12-05 (thirteenth session) by a helper session that read no project file,
+#: with a new negative category (``short_flat``), measured on v13 before train_f.yml joined training
+OWN_HELDOUT_K = DATA_DIR / "heldout_k.yml"
+#: the held-out sets ``eval-crisis`` reads by default
+OWN_HELDOUT_SETS = (OWN_HELDOUT_E, OWN_HELDOUT_F, OWN_HELDOUT_G, OWN_HELDOUT_H, OWN_HELDOUT_J, OWN_HELDOUT_K)
 #: the four older held-out sets, retired into training with v9 (2026-12-04): each had had its misses
 #: read and rules or training files written with them in mind, so they no longer measured unseen
 #: phrasings; as training data they add 593 chat-register phrasings. heldout_e.yml is the held-out set.
@@ -286,6 +298,9 @@ CHAT_HELDOUT_J = CHAT_DEV.with_name("heldout_j.jsonl")
 CHAT_HELDOUT_K = CHAT_DEV.with_name("heldout_k.jsonl")
 CHAT_HELDOUT_L = CHAT_DEV.with_name("heldout_l.jsonl")
 CHAT_HELDOUT_M = CHAT_DEV.with_name("heldout_m.jsonl")
+#: 30 more (thirteenth session), written by a helper that read no project file (tricky tone: flat good
+#: news, joked bad news, negation), measured before anything of that session was changed
+CHAT_HELDOUT_N = CHAT_DEV.with_name("heldout_n.jsonl")
 #: the ordinary conversations whose every turn calibrates the thresholds (v12): the dev scripts and
 #: every older held-out chat set, 909 turns — each had already had its flags read and decisions made
 #: with it. v11 calibrated on the 202 dev turns alone, where one turn is 0.5 %, the flag's whole
@@ -294,7 +309,7 @@ CHAT_HELDOUT_M = CHAT_DEV.with_name("heldout_m.jsonl")
 #: is no paper jam…"). The chat sets of :data:`CHAT_CLEAN` stay out: the clean measure.
 CHAT_CALIBRATION = (CHAT_DEV, CHAT_HELDOUT, CHAT_HELDOUT_E, CHAT_HELDOUT_F, CHAT_HELDOUT_G, CHAT_HELDOUT_H, CHAT_HELDOUT_I)
 #: the chat sets no threshold was chosen on (``eval-crisis`` counts their flags with the others)
-CHAT_CLEAN = (CHAT_HELDOUT_J, CHAT_HELDOUT_K, CHAT_HELDOUT_L, CHAT_HELDOUT_M)
+CHAT_CLEAN = (CHAT_HELDOUT_J, CHAT_HELDOUT_K, CHAT_HELDOUT_L, CHAT_HELDOUT_M, CHAT_HELDOUT_N)
 
 
 def calibration_chat() -> List[Example]:
@@ -782,8 +797,8 @@ IMMINENT = ("plan_means", "timing", "farewell", "context:plan_means", "context:t
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--own", type=Path, nargs="+", default=[OWN_HELDOUT_E, OWN_HELDOUT_F, OWN_HELDOUT_G, OWN_HELDOUT_H, OWN_HELDOUT_J],
-                        help="own phrasings YAML file(s) (default: the held-out sets heldout_e.yml … heldout_j.yml; "
+    parser.add_argument("--own", type=Path, nargs="+", default=list(OWN_HELDOUT_SETS),
+                        help="own phrasings YAML file(s) (default: the held-out sets heldout_e.yml … heldout_k.yml; "
                              "the older held-out sets are training data since v9)")
     parser.add_argument("--chat", type=Path, nargs="*", default=[*CHAT_CALIBRATION, *CHAT_CLEAN],
                         help="conversation-script files whose every user turn must stay unflagged (counts of flags and check-ins)")
@@ -806,6 +821,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "embedding cache instead of encoding them again (default: perception/ in "
                              "$EMPATHY_NLG_CACHE, ~/.cache/empathy-nlg; read only; same weights and dtype only)")
     parser.add_argument("--no-cache", action="store_true", help="encode every text, whatever the cache holds")
+    parser.add_argument("--fill-cache", action="store_true",
+                        help="first encode every text of the evaluation sets with the larger encoder into the embedding "
+                             "cache (also those the gate would skip), so that the next evaluation of a retrained head "
+                             "encodes nothing")
 
 
 def warm_from_disk(encoder, texts: Sequence[str], cache_dir: Optional[Path] = None) -> int:
@@ -822,6 +841,19 @@ def warm_from_disk(encoder, texts: Sequence[str], cache_dir: Optional[Path] = No
     for t, row in found.items():
         encoder._cache[t] = np.asarray(row, dtype=np.float32)
     return len(found)
+
+
+def fill_cache(encoder, texts: Sequence[str], cache_dir: Optional[Path] = None, progress: bool = True) -> int:
+    """Encode the ``texts`` that the disk cache of ``encoder`` lacks into it (``eval-crisis
+    --fill-cache``): the embeddings do not depend on the head, so a retrained head is then evaluated
+    on the same sets without running the encoder again. The number of texts newly encoded."""
+    from empathy_nlg.perception.common import EmbeddingCache
+
+    texts = [t if t.strip() else "." for t in texts]
+    cache = EmbeddingCache(encoder, cache_dir)
+    before = len(cache.index)
+    cache.encode(texts, progress=progress)
+    return len(cache.index) - before
 
 
 def run(args: argparse.Namespace) -> int:
@@ -853,6 +885,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.no_cache:
             # what the detector encodes: each message's chunks and the earlier messages whole
             texts = [c for exs in sets.values() for ex in exs for t in list(ex.context) + [ex.text] for c in [t, *chunks(t)]]
+            if args.fill_cache:
+                print(f"  {fill_cache(detector.large, texts, args.cache_dir)} texts newly encoded into the embedding cache")
             print(f"  {warm_from_disk(detector.large, texts, args.cache_dir)} of {len(set(texts))} texts' embeddings "
                   f"read from the training cache")
     print(f"crisis detector {detector.version} (threshold {detector.threshold}, check-in {detector.concern_threshold}"

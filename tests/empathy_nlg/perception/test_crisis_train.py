@@ -26,15 +26,18 @@ def test_threshold_for_fpr_reaches_the_fine_grid_near_one():
     assert CT.threshold_for_fpr(negatives, 0.01, floor=0.5) == 0.5
 
 
-def test_the_older_heldout_sets_are_training_data_and_heldout_e_to_j_are_not():
-    assert set(CT.RETIRED_HELDOUT) <= set(CT.OWN_TRAIN_FILES) and {CT.OWN_TRAIN_C, CT.OWN_TRAIN_D, CT.OWN_TRAIN_E} <= set(CT.OWN_TRAIN_FILES)
-    held = {CT.OWN_HELDOUT_E, CT.OWN_HELDOUT_F, CT.OWN_HELDOUT_G, CT.OWN_HELDOUT_H, CT.OWN_HELDOUT_J}
-    assert not held & set(CT.OWN_TRAIN_FILES)
+def test_the_older_heldout_sets_are_training_data_and_heldout_e_to_k_are_not():
+    assert set(CT.RETIRED_HELDOUT) <= set(CT.OWN_TRAIN_FILES)
+    assert {CT.OWN_TRAIN_C, CT.OWN_TRAIN_D, CT.OWN_TRAIN_E} <= set(CT.OWN_TRAIN_FILES)
+    held = {CT.OWN_HELDOUT_E, CT.OWN_HELDOUT_F, CT.OWN_HELDOUT_G, CT.OWN_HELDOUT_H, CT.OWN_HELDOUT_J, CT.OWN_HELDOUT_K}
+    assert held == set(CT.OWN_HELDOUT_SETS) and not held & set(CT.OWN_TRAIN_FILES)
+    assert not set(CT.CHAT_CLEAN) & set(CT.CHAT_CALIBRATION) and all(p.is_file() for p in CT.CHAT_CLEAN)
 
 
-@pytest.mark.parametrize("heldout", ["OWN_HELDOUT_E", "OWN_HELDOUT_F", "OWN_HELDOUT_G", "OWN_HELDOUT_H", "OWN_HELDOUT_J"])
+@pytest.mark.parametrize("heldout", ["OWN_HELDOUT_E", "OWN_HELDOUT_F", "OWN_HELDOUT_G", "OWN_HELDOUT_H", "OWN_HELDOUT_J",
+                                     "OWN_HELDOUT_K"])
 def test_own_phrasings_files_are_complete_and_disjoint(heldout):
-    train = [e for f in CT.OWN_TRAIN_FILES for e in CT.read_own(f)]
+    train = [e for f in (*CT.OWN_TRAIN_FILES, CT.OWN_TRAIN_F) for e in CT.read_own(f)]  # train_f: written, not yet trained on
     held = CT.read_own(getattr(CT, heldout))
     cats = {e.category for e in held if e.label == 1}
     assert {"ideation", "plan_means", "timing", "farewell", "self_harm", "past_attempt"} <= cats
@@ -134,3 +137,18 @@ def test_eval_reads_what_training_embedded_from_the_disk_cache(tmp_path):
     other = CachedEncoder(default_encoder_path())
     other.path = tmp_path / "another-encoder"  # another name: another cache file, nothing to read
     assert CT.warm_from_disk(other, trained, tmp_path) == 0
+
+
+def test_fill_cache_encodes_only_what_the_disk_cache_lacks(tmp_path):
+    """eval-crisis --fill-cache: the evaluation texts go into the disk cache once; a second evaluation
+    (a retrained head, same encoder) reads every one of them back and encodes nothing."""
+    from empathy_nlg.perception.crisis_mpnet import CachedEncoder
+    from empathy_nlg.perception.encoder import default_encoder_path
+
+    enc = CachedEncoder(default_encoder_path())
+    assert CT.fill_cache(enc, ["the pills are in my bag", "ok", "ok"], tmp_path, progress=False) == 2
+    assert CT.fill_cache(enc, ["ok", "a new one", ""], tmp_path, progress=False) == 2  # "" is stored as "."
+    again = CachedEncoder(default_encoder_path())
+    assert CT.warm_from_disk(again, ["the pills are in my bag", "ok", "a new one", "."], tmp_path) == 4
+    again.encode(["the pills are in my bag", "a new one"])
+    assert again.calls == 0
