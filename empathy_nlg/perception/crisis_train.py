@@ -111,7 +111,7 @@ OWN_HELDOUT_H = DATA_DIR / "heldout_h.yml"
 #: before anything of that session was trained or tuned: the clean measure of what that session changed
 OWN_HELDOUT_J = DATA_DIR / "heldout_j.yml"
 #: a tenth, written on 2026-12-05 (thirteenth session) by a helper session that read no project file,
-#: with a new negative category (``short_flat``), measured on v13 before train_f.yml joined training
+#: with a new negative category (``short_flat``), measured on the served detector before anything was trained
 OWN_HELDOUT_K = DATA_DIR / "heldout_k.yml"
 #: the held-out sets ``eval-crisis`` reads by default
 OWN_HELDOUT_SETS = (OWN_HELDOUT_E, OWN_HELDOUT_F, OWN_HELDOUT_G, OWN_HELDOUT_H, OWN_HELDOUT_J, OWN_HELDOUT_K)
