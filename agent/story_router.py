@@ -83,10 +83,10 @@ THANKS = re.compile(
 #: words left after :data:`THANKS` from which a thank-you carries a story on
 STORY_AFTER_THANKS_WORDS = 4
 
-#: a greeting, where greetings are: at the start of the message ("took Pepper to the vet this
-#: morning" is not one, although DIET read it as ``greet``, heldout_j.jsonl's first turn)
 #: the words of a greeting, one list for :data:`GREETING` and :data:`GREETING_COMPANY`
 HELLO = r"hi+|hello+|helo|hey+|heya|hiya|yo|howdy|greetings|sup|good\s+(?:morning|afternoon|evening|day)|morning|evening"
+#: a greeting, where greetings are: at the start of the message ("took Pepper to the vet this
+#: morning" is not one, although DIET read it as ``greet``, heldout_j.jsonl's first turn)
 GREETING = re.compile(
     rf"^\W*(?:(?:{HELLO}|heyo|wa?s+up|hey\s+hey|hola|hallo|ciao|salut|bonjour)\b|"
     r"(?:nice|good|great|glad)\s+to\s+(?:see|talk|chat)|how\s+(?:are|r)\s+(?:you|u)\b|how'?s\s+it\s+going|"
