@@ -9,7 +9,9 @@ Configure in ``endpoints.yml``::
       token: ...           # optional, the engine's token (default: $EMPATHY_NLG_TOKEN, which
                            # `make serve` / `make chat` set from var/engine.token)
 
-It posts Rasa's own NLG request (same body as the built-in ``callback`` type). When the engine is
+It posts Rasa's own NLG request (same body as the built-in ``callback`` type), with its timeout in
+the ``X-Request-Timeout`` header: the engine drops (504, nothing stored) a request this side has
+stopped waiting for, so the engine's state never holds a reply the user did not see. When the engine is
 down, slow, refuses the request or answers with no text, it logs a warning and renders the
 response from the domain instead (Rasa itself would send nothing). Scripted crisis responses
 (``utter_crisis_*``) are only ever accepted verbatim from the domain. The engine's ``custom``
@@ -33,6 +35,8 @@ from rasa.utils.endpoints import EndpointConfig
 log = logging.getLogger(__name__)
 
 CRISIS_PREFIX = "utter_crisis_"
+#: the engine's name for it (empathy_nlg.api.schemas.TIMEOUT_HEADER; this package never imports the engine)
+TIMEOUT_HEADER = "X-Request-Timeout"
 
 
 class EngineNaturalLanguageGenerator(CallbackNaturalLanguageGenerator):
@@ -77,7 +81,8 @@ class EngineNaturalLanguageGenerator(CallbackNaturalLanguageGenerator):
         body = nlg_request_format(utter_action, tracker, output_channel, **kwargs)
         try:
             response = await self.nlg_endpoint.request(
-                method="post", json=body, timeout=aiohttp.ClientTimeout(total=self.timeout)
+                method="post", json=body, timeout=aiohttp.ClientTimeout(total=self.timeout),
+                headers={TIMEOUT_HEADER: f"{self.timeout:g}"},
             )
             if not isinstance(response, dict) or not self.validate_response(response):
                 # the answer's shape, never its text (logs carry no conversation content)

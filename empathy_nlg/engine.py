@@ -44,6 +44,18 @@ class EngineNotReady(RuntimeError):
     pass
 
 
+class DeadlinePassed(RuntimeError):
+    """The client stopped waiting for this request (its deadline passed): nothing was stored, and the
+    reply, if one was made, is thrown away, since the client answers from elsewhere (the agent's NLG
+    from the domain) and the state must hold only what the user saw."""
+
+
+def check_deadline(deadline: Optional[float], stage: str) -> None:
+    """Raise :class:`DeadlinePassed` when ``deadline`` (a ``time.monotonic()`` value) has passed."""
+    if deadline is not None and time.monotonic() > deadline:
+        raise DeadlinePassed(f"the client's deadline passed {stage}")
+
+
 class StageClock:
     """Milliseconds per stage of one request (``custom.timing``): ``with clock("perception"): …``
     adds the block's wall time to that stage."""
@@ -212,8 +224,12 @@ class EmpathyEngine:
         return perception, (time.perf_counter() - start) * 1000
 
     # -- NLG --------------------------------------------------------------------------------
-    def nlg(self, request: Mapping[str, Any]) -> Dict[str, Any]:
-        """Answer one Rasa NLG request ``{response, id, arguments, tracker, channel}``."""
+    def nlg(self, request: Mapping[str, Any], deadline: Optional[float] = None) -> Dict[str, Any]:
+        """Answer one Rasa NLG request ``{response, id, arguments, tracker, channel}``.
+
+        ``deadline`` (``time.monotonic()``): when the client stops waiting. Past it, before any work
+        or before the one write, :class:`DeadlinePassed` is raised and nothing is stored."""
+        check_deadline(deadline, "before the request was started (it waited in the queue)")
         start = time.perf_counter()
         response_name: str = request["response"]
         tracker = request["tracker"]
@@ -283,6 +299,7 @@ class EmpathyEngine:
             generator_name, version = "template", "domain"
 
         latency_ms = (time.perf_counter() - start) * 1000
+        check_deadline(deadline, f"while the reply was made ({latency_ms / 1000:.1f} s)")
         write_start = time.perf_counter()
         if turn is not None:
             self.repository.record_reply(

@@ -170,6 +170,7 @@ class ServerSettings(_Section):
     max_message_chars: int
     max_events: int
     nlg_queue: int
+    deadline_margin_s: float
     history_turns: int
 
 

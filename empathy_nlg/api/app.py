@@ -14,7 +14,11 @@ Bodies above ``server.max_body_bytes`` get 413; invalid bodies 422 with what is 
 persisted for a rejected request. ``/nlg`` admits one request the model answers plus
 ``server.nlg_queue`` waiting for it; one more gets 503 with ``Retry-After`` (the agent's NLG then
 answers with the domain's text for that response) — a burst never piles up past what the clients'
-timeouts can wait for. While the state database is unreachable (a PostgreSQL restart), requests that
+timeouts can wait for. A client that sends ``X-Request-Timeout: <seconds>`` (the agent's NLG does)
+gets 504 once that time, less ``server.deadline_margin_s``, has passed — checked before the work starts
+and before the one write — and nothing is stored: a reply the client has stopped waiting for (it
+answered from the domain) is neither generated after a long queue wait nor kept as if the user had
+seen it; ``/health``'s queue counts them (``expired``). While the state database is unreachable (a PostgreSQL restart), requests that
 need it get 503 with ``Retry-After`` too, and nothing half-written stays behind.
 """
 
@@ -38,6 +42,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from empathy_nlg import __version__
 from empathy_nlg.api.schemas import (
     API_VERSION,
+    TIMEOUT_HEADER,
     ErrorResponse,
     HealthResponse,
     NLGRequest,
@@ -48,7 +53,7 @@ from empathy_nlg.api.schemas import (
     PersonaResponse,
 )
 from empathy_nlg.domain import UnknownResponseError
-from empathy_nlg.engine import EmpathyEngine
+from empathy_nlg.engine import DeadlinePassed, EmpathyEngine
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +101,7 @@ class Admission:
         self.limit = max(1, int(limit))
         self.in_flight = 0
         self.refused = 0
+        self.expired = 0  # requests dropped because their client's deadline passed (504)
         self._seconds: deque = deque(maxlen=20)  # the latest requests' durations
         self._lock = threading.Lock()
 
@@ -112,6 +118,10 @@ class Admission:
             self.in_flight = max(0, self.in_flight - 1)
             self._seconds.append(float(seconds))
 
+    def expire(self) -> None:
+        with self._lock:
+            self.expired += 1
+
     def retry_after(self) -> int:
         """Whole seconds until the queue has likely drained (1–60): the queue times the recent mean."""
         with self._lock:
@@ -120,7 +130,7 @@ class Admission:
 
     def snapshot(self) -> dict:
         with self._lock:
-            return {"in_flight": self.in_flight, "limit": self.limit, "refused": self.refused}
+            return {"in_flight": self.in_flight, "limit": self.limit, "refused": self.refused, "expired": self.expired}
 
 
 def create_app(settings: Mapping[str, Any], loader: Optional[Callable[[], EmpathyEngine]] = None) -> FastAPI:
@@ -132,6 +142,7 @@ def create_app(settings: Mapping[str, Any], loader: Optional[Callable[[], Empath
     max_events = int(server["max_events"])
     holder = EngineHolder(loader or (lambda: EmpathyEngine.load(settings)))
     admission = Admission(1 + int(server["nlg_queue"]))
+    margin = float(server["deadline_margin_s"])
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -209,8 +220,25 @@ def create_app(settings: Mapping[str, Any], loader: Optional[Callable[[], Empath
         body = HealthResponse(status=status, detail=holder.error or "models are loading", queue=admission.snapshot())
         return JSONResponse(status_code=503, content=body.model_dump())
 
-    @app.post("/nlg", response_model=NLGResponse, dependencies=[Depends(authorise)])
-    async def nlg(body: NLGRequest):
+    def deadline_of(request: Request) -> Optional[float]:
+        """``X-Request-Timeout: <seconds>``, how long the client waits for this request, as a
+        ``time.monotonic()`` deadline less ``server.deadline_margin_s`` (the time the answer takes to
+        reach the client); None when the client sends no header."""
+        value = request.headers.get(TIMEOUT_HEADER)
+        if value is None:
+            return None
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = float("nan")
+        if not math.isfinite(seconds) or seconds <= 0:
+            raise HTTPException(status_code=422, detail=f"invalid request: header {TIMEOUT_HEADER} must be a positive number of seconds")
+        return time.monotonic() + seconds - margin
+
+    @app.post("/nlg", response_model=NLGResponse, responses={504: {"model": ErrorResponse}},
+              dependencies=[Depends(authorise)])
+    async def nlg(body: NLGRequest, request: Request):
+        deadline = deadline_of(request)
         if len(body.tracker.events) > max_events:
             raise HTTPException(status_code=413, detail=f"tracker has {len(body.tracker.events)} events; limit {max_events}")
         engine = holder.require()
@@ -220,9 +248,13 @@ def create_app(settings: Mapping[str, Any], loader: Optional[Callable[[], Empath
                                 detail=f"engine busy: {admission.limit} requests already in the queue; retry in {wait} s")
         start = time.perf_counter()
         try:
-            return await run_in_threadpool(engine.nlg, body.model_dump())
+            return await run_in_threadpool(engine.nlg, body.model_dump(), deadline)
         except UnknownResponseError as exc:
             raise HTTPException(status_code=404, detail=str(exc)) from None
+        except DeadlinePassed as exc:
+            admission.expire()
+            log.warning("/nlg dropped: %s; nothing stored", exc)
+            raise HTTPException(status_code=504, detail=f"{exc}; nothing was stored") from None
         finally:
             admission.leave(time.perf_counter() - start)
 

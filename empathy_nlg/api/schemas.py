@@ -11,6 +11,9 @@ from typing import Any, Dict, List, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 API_VERSION = "1"
+#: the request header in which a client says how many seconds it waits for ``/nlg`` (the agent's
+#: NLG sends its timeout); past that the engine answers 504 and stores nothing
+TIMEOUT_HEADER = "X-Request-Timeout"
 
 
 class TrackerState(BaseModel):

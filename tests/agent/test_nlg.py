@@ -43,6 +43,18 @@ def test_engine_reply_is_used_and_custom_kept_out_of_the_channel(fake_engine):
     assert sent["channel"] == {"name": "collector"} and "arguments" in sent and "id" in sent
 
 
+def test_the_nlg_timeout_is_sent_so_the_engine_drops_what_comes_too_late(fake_engine):
+    """X-Request-Timeout: the engine answers 504 and stores nothing once this side stops waiting."""
+    fake_engine.handler = lambda path, body: (200, {"text": "ok"})
+    generate(nlg(fake_engine.url))
+    assert fake_engine.requests[-1]["headers"].get("X-Request-Timeout") == "30"
+    generate(nlg(fake_engine.url, timeout=7.5))
+    assert fake_engine.requests[-1]["headers"].get("X-Request-Timeout") == "7.5"
+    fake_engine.handler = lambda path, body: (504, {"error": "the client's deadline passed; nothing was stored"})
+    out = generate(nlg(fake_engine.url))
+    assert out["text"] == "That sounds hard. Tell me more?" and out["empathy"]["generator"] == "agent-fallback"
+
+
 def test_forward_custom_when_asked(fake_engine):
     fake_engine.handler = lambda path, body: (200, {"text": "ok", "custom": {"a": 1}})
     assert generate(nlg(fake_engine.url, forward_custom=True))["custom"] == {"a": 1}

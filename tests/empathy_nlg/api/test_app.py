@@ -224,7 +224,7 @@ def test_nlg_queue_is_bounded_with_retry_after_and_health_shows_it(domain_file, 
     with TestClient(app) as c:
         app.state.holder.wait(30)
         admission = app.state.admission
-        assert c.get("/health").json()["queue"] == {"in_flight": 0, "limit": 3, "refused": 0}
+        assert c.get("/health").json()["queue"] == {"in_flight": 0, "limit": 3, "refused": 0, "expired": 0}
         assert c.post("/nlg", json=rasa_body()).status_code == 200
         before = rows(app)
         for _ in range(3):  # three requests inside the engine (as if slow ones were in progress)
@@ -233,7 +233,7 @@ def test_nlg_queue_is_bounded_with_retry_after_and_health_shows_it(domain_file, 
         assert r.status_code == 503 and "engine busy" in r.json()["error"]
         assert 1 <= int(r.headers["Retry-After"]) <= 60
         assert rows(app) == before
-        assert c.get("/health").json()["queue"] == {"in_flight": 3, "limit": 3, "refused": 1}
+        assert c.get("/health").json()["queue"] == {"in_flight": 3, "limit": 3, "refused": 1, "expired": 0}
         admission.leave(0.5)
         assert c.post("/nlg", json=rasa_body(sender="s2")).status_code == 200
         assert c.get("/health").json()["queue"]["in_flight"] == 2
@@ -249,4 +249,53 @@ def test_admission_retry_after_grows_with_the_queue():
     a.leave(2.0)  # one answered in 2 s; two still inside
     assert a.retry_after() == 4
     assert a.enter() and a.enter() and not a.enter()
-    assert a.snapshot() == {"in_flight": 4, "limit": 4, "refused": 1}
+    assert a.snapshot() == {"in_flight": 4, "limit": 4, "refused": 1, "expired": 0}
+
+
+def test_a_request_its_client_stopped_waiting_for_is_a_504_that_stores_nothing(domain_file, sqlite_url):
+    """X-Request-Timeout (the agent's NLG timeout): a reply finished after it, less
+    server.deadline_margin_s, is thrown away (the agent has answered from the domain), so the state
+    never holds a reply the user did not see; a request already past it when its turn comes (a long
+    queue wait) is not even started. Within the time it is answered and stored as usual."""
+    import time
+
+    app = build(domain_file, sqlite_url, deadline_margin_s=0.0)
+    with TestClient(app) as c:
+        app.state.holder.wait(30)
+        engine = app.state.holder.engine
+        made = []
+        echo = engine.generator.generate
+
+        def slow(requests):
+            time.sleep(0.6)
+            made.extend(requests)
+            return echo(requests)
+
+        engine.generator.generate = slow
+        r = c.post("/nlg", json=rasa_body(), headers={"X-Request-Timeout": "0.3"})
+        assert r.status_code == 504, r.text
+        assert "deadline passed while the reply was made" in r.json()["error"] and "nothing was stored" in r.json()["error"]
+        assert made  # it was made, and dropped
+        assert rows(app) == {"conversations": 0, "turns": 0, "replies": 0}
+        assert c.get("/health").json()["queue"] == {"in_flight": 0, "limit": 9, "refused": 0, "expired": 1}
+        r = c.post("/nlg", json=rasa_body(), headers={"X-Request-Timeout": "30"})
+        assert r.status_code == 200 and r.json()["text"] == "I hear that you feel sad."
+        assert rows(app) == {"conversations": 1, "turns": 1, "replies": 1}
+
+    app = build(domain_file, sqlite_url.replace(".db", "-queued.db"), deadline_margin_s=5.0)
+    with TestClient(app) as c:
+        app.state.holder.wait(30)
+        made = []
+        echo = app.state.holder.engine.generator.generate
+        app.state.holder.engine.generator.generate = lambda requests: made.extend(requests) or echo(requests)
+        # 2 s of patience less a 5 s margin: past the deadline before the work starts
+        r = c.post("/nlg", json=rasa_body(), headers={"X-Request-Timeout": "2"})
+        assert r.status_code == 504 and "before the request was started" in r.json()["error"]
+        assert made == [] and rows(app) == {"conversations": 0, "turns": 0, "replies": 0}
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-3", "nan", "inf"])
+def test_a_malformed_request_timeout_header_is_a_422(client, value):
+    r = client.post("/nlg", json=rasa_body(), headers={"X-Request-Timeout": value})
+    assert r.status_code == 422 and "X-Request-Timeout must be a positive number of seconds" in r.json()["error"]
+    assert rows(client.app) == {"conversations": 0, "turns": 0, "replies": 0}
