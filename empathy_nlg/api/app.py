@@ -15,11 +15,12 @@ persisted for a rejected request. ``/nlg`` admits one request the model answers 
 ``server.nlg_queue`` waiting for it; one more gets 503 with ``Retry-After`` (the agent's NLG then
 answers with the domain's text for that response) — a burst never piles up past what the clients'
 timeouts can wait for. A client that sends ``X-Request-Timeout: <seconds>`` (the agent's NLG does)
-gets 504 once that time, less ``server.deadline_margin_s``, has passed — checked before the work starts
-and before the one write — and nothing is stored: a reply the client has stopped waiting for (it
-answered from the domain) is neither generated after a long queue wait nor kept as if the user had
-seen it; ``/health``'s queue counts them (``expired``). While the state database is unreachable (a PostgreSQL restart), requests that
-need it get 503 with ``Retry-After`` too, and nothing half-written stays behind.
+gets 504 once that time, less ``server.deadline_margin_s``, has passed — checked before the work
+starts and before the one write — and nothing is stored: a reply the client has stopped waiting for
+(it answered from the domain) is neither generated after a long queue wait nor kept as if the user
+had seen it; ``/health``'s queue counts them (``expired``). While the state database is unreachable
+(a PostgreSQL restart), requests that need it get 503 with ``Retry-After`` too, and nothing
+half-written stays behind.
 """
 
 from __future__ import annotations
