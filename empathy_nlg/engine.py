@@ -151,7 +151,8 @@ class EmpathyEngine:
             else:
                 log.warning("safety responses %s not found: the scripted follow-ups fall back to the crisis resources", extra)
         perceiver = Perceiver.load(artifacts_dir=p.get("artifacts"), encoder_path=p.get("encoder"), device=p.get("device"),
-                                   crisis_encoder=p.get("crisis_encoder"), crisis_dtype=p.get("crisis_encoder_dtype") or "auto")
+                                   crisis_encoder=p.get("crisis_encoder"), crisis_dtype=p.get("crisis_encoder_dtype") or "auto",
+                                   emotion_tuned_weight=float(p.get("emotion_tuned_weight") or 0.0))
         name = settings["generation"]["generator"]
         gen_config = dict(settings["generation"].get("generators", {}).get(name, {}))
         generator = create_generator(name, gen_config)

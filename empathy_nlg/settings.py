@@ -93,6 +93,16 @@ def packaged_defaults() -> Dict[str, Any]:
     return copy.deepcopy(_packaged_defaults())
 
 
+def served_perception(key: str) -> Any:
+    """``perception.<key>`` of the packaged defaults (what the served engine uses); None when they
+    cannot be read. For commands that measure perception as served (``bench-perceive``,
+    ``eval-perception``, ``train-perception``)."""
+    try:
+        return (packaged_defaults().get("perception") or {}).get(key)
+    except ConfigError:
+        return None
+
+
 def schema_errors(schema_file: Path, data: Mapping[str, Any]) -> List[str]:
     """``"key.path: message"`` for each violation of the JSON schema in ``schema_file`` (none: [])."""
     import jsonschema
@@ -183,6 +193,7 @@ class PerceptionSettings(_Section):
     encoder: Optional[str] = None
     crisis_encoder: Optional[str] = None
     crisis_encoder_dtype: str = "auto"
+    emotion_tuned_weight: float = 0.0
     device: str = "auto"
 
 

@@ -6,6 +6,16 @@ All scores are **percentages (0–100)**; ``n`` counts examples.
 * ``--task emotion`` with ``ed-jsonl`` / ``ed-cause-jsonl`` (one example per conversation: the
   dialogue up to its last speaker turn) or ``situations-csv`` (the situation text):
   ``n, accuracy, macro_f1, top3_accuracy, polarity_accuracy``.
+* ``--task emotion`` with ``chat-jsonl`` (the conversation scripts of ``converse-eval``, e.g.
+  ``configs/conversations/dev.jsonl``): every user turn of a ``positive``/``negative`` script, in the
+  context of the user's turns before it, against the script's polarity: ``n, polarity_accuracy,
+  first_turn_polarity_accuracy`` (how often perception hears good news as good and bad as bad in
+  chat register, where ED-trained heads are weakest).
+* With a fine-tuned emotion model in the artefacts (``emotion_encoder/``, see
+  :mod:`empathy_nlg.perception.emotion_tuned`) the emotion metrics are also given **side by side**
+  (``side_by_side``: the frozen head, the tuned model alone and blends with ``--tuned-weights``) on the
+  same examples; the top-level metrics are those of ``--emotion-tuned-weight`` (default: the
+  engine's ``perception.emotion_tuned_weight``, what is served).
 * ``--task cause`` with ``reccon-json`` (RECCON causal emotion entailment with context: every
   non-neutral target × every candidate at or before it, gold from the expanded cause evidence) or
   ``ed-cause-jsonl`` (target = last speaker turn with the gold emotion; candidates = every
@@ -25,9 +35,9 @@ from typing import Dict, List
 
 import numpy as np
 
-FORMATS = ("ed-jsonl", "ed-cause-jsonl", "situations-csv", "reccon-json", "epitome-csv")
+FORMATS = ("ed-jsonl", "ed-cause-jsonl", "situations-csv", "chat-jsonl", "reccon-json", "epitome-csv")
 VALID = {
-    "emotion": ("ed-jsonl", "ed-cause-jsonl", "situations-csv"),
+    "emotion": ("ed-jsonl", "ed-cause-jsonl", "situations-csv", "chat-jsonl"),
     "cause": ("reccon-json", "ed-cause-jsonl"),
     "cm": ("epitome-csv",),
 }
@@ -41,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--artifacts", type=Path, default=None, help="perception artefacts (default: the committed ones)")
     parser.add_argument("--encoder", type=Path, default=None, help="sentence-encoder folder (default: the packaged MiniLM)")
     parser.add_argument("--device", default=None, help="torch device (default: CUDA if present, else CPU)")
+    parser.add_argument("--emotion-tuned-weight", type=float, default=None,
+                        help="weight of the fine-tuned emotion model in the blend the top-level metrics measure "
+                             "(default: the engine's perception.emotion_tuned_weight)")
+    parser.add_argument("--tuned-weights", default="0.25,0.5,0.75,1",
+                        help="blend weights measured side by side when a fine-tuned emotion model exists")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -75,22 +90,87 @@ def _confusion_png(labels: np.ndarray, pred: np.ndarray, path: Path) -> None:
 
 def eval_emotion(args, encoder, art: Path, out: Path) -> Dict[str, float]:
     from empathy_nlg import datasets as D
-    from empathy_nlg.perception.common import NoCache
+    from empathy_nlg.datasets import dialogue_until_last_speaker
     from empathy_nlg.perception.emotion import EmotionClassifier, emotion_metrics, eval_set, features_for_dialogues
     from empathy_nlg.taxonomy import EMOTION_TO_ID
 
     head = EmotionClassifier.load(art)
     cache = _ProgressCache(encoder, not args.quiet)
-    if args.format == "situations-csv":
-        items = D.read_situations_csv(args.data)
-        X = features_for_dialogues([[D.Utterance("speaker", it.text)] for it in items], cache)
-        y = np.asarray([EMOTION_TO_ID[it.label] for it in items])
+    if args.format == "chat-jsonl":
+        dialogues, y, first = chat_turns(args.data)
+        X = features_for_dialogues(dialogues, cache)
+        score = lambda probs: chat_polarity_metrics(probs, y, first)  # noqa: E731
     else:
-        X, y = eval_set(D.read_conversations(args.data, args.format), cache)
-    probs = head.predict_proba(X)
-    metrics = emotion_metrics(probs, y)
-    _confusion_png(y, probs.argmax(1), out / "confusion_matrix.png")
+        if args.format == "situations-csv":
+            items = D.read_situations_csv(args.data)
+            dialogues = [[D.Utterance("speaker", it.text)] for it in items]
+            X = features_for_dialogues(dialogues, cache)
+            y = np.asarray([EMOTION_TO_ID[it.label] for it in items])
+        else:
+            convs = D.read_conversations(args.data, args.format)
+            dialogues = [dialogue_until_last_speaker(c) for c in convs]
+            X, y = eval_set(convs, cache)
+        score = lambda probs: emotion_metrics(probs, y)  # noqa: E731
+    frozen = head.predict_proba(X)
+    tuned_model = _tuned_model(art, args)
+    weight = _served_weight(args) if tuned_model is not None else 0.0
+    tuned = tuned_model.predict_dialogues(dialogues) if tuned_model is not None else None
+    blend = lambda w: frozen if tuned is None or w <= 0 else (1.0 - w) * frozen + w * tuned  # noqa: E731
+    probs = blend(weight)
+    metrics = score(probs)
+    if args.format != "chat-jsonl":
+        _confusion_png(y, probs.argmax(1), out / "confusion_matrix.png")
+    if tuned is not None:
+        weights = sorted({float(w) for w in str(args.tuned_weights).split(",") if w.strip()} | {weight})
+        metrics["served_tuned_weight"] = weight
+        metrics["side_by_side"] = {"frozen head": score(frozen),
+                                   **{f"blend {w:g}" if w < 1 else "tuned alone": score(blend(w)) for w in weights if w > 0}}
     return metrics
+
+
+def chat_turns(path: Path):
+    """Every user turn of the positive/negative scripts, in the context of the user's earlier turns:
+    (dialogues, 1 = positive, whether the turn is its conversation's first)."""
+    from empathy_nlg.datasets import Utterance
+    from empathy_nlg.evaluation.converse import read_script
+
+    dialogues, labels, first = [], [], []
+    for conv in read_script(path):
+        if conv.polarity not in ("positive", "negative"):
+            continue
+        for i in range(len(conv.turns)):
+            dialogues.append([Utterance("speaker", t) for t in conv.turns[: i + 1]])
+            labels.append(conv.polarity == "positive")
+            first.append(i == 0)
+    if not dialogues:
+        raise ValueError(f"{path}: no user turn of a positive or negative conversation to judge")
+    return dialogues, np.asarray(labels), np.asarray(first)
+
+
+def chat_polarity_metrics(probs: np.ndarray, positive: np.ndarray, first: np.ndarray) -> Dict[str, float]:
+    from empathy_nlg.perception.emotion import POSITIVE_MASK
+
+    right = (probs[:, POSITIVE_MASK].sum(1) >= 0.5) == positive
+    return {"n": int(len(right)), "polarity_accuracy": float(right.mean() * 100),
+            "first_turn_polarity_accuracy": float(right[first].mean() * 100) if first.any() else float("nan")}
+
+
+def _served_weight(args) -> float:
+    if args.emotion_tuned_weight is not None:
+        return float(args.emotion_tuned_weight)
+    from empathy_nlg.perception.emotion_tuned import default_weight
+
+    return default_weight()
+
+
+def _tuned_model(art: Path, args):
+    """The fine-tuned emotion model of the artefacts, or None (no adapter, no base encoder)."""
+    from empathy_nlg.perception.emotion_tuned import ADAPTER_DIR
+    from empathy_nlg.perception.perceiver import load_tuned_emotion
+
+    if not (art / ADAPTER_DIR).is_dir():
+        return None
+    return load_tuned_emotion(art, device=args.device)
 
 
 def eval_cause(args, encoder, art: Path) -> Dict[str, float]:
@@ -170,8 +250,17 @@ def _report(task: str, args, metrics: Dict[str, float], versions: Dict[str, str]
         "|---|---|",
     ]
     for k, v in metrics.items():
+        if isinstance(v, dict):
+            continue
         lines.append(f"| {k} | {v:.2f} |" if isinstance(v, float) else f"| {k} | {v} |")
-    if task == "emotion":
+    side = metrics.get("side_by_side")
+    if isinstance(side, dict) and side:
+        keys = [k for k in next(iter(side.values())) if k != "n"]
+        lines += ["", "Side by side on the same examples (the frozen head, the fine-tuned model, their blends):", "",
+                  "| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        for name, m in side.items():
+            lines.append(f"| {name} | " + " | ".join(f"{m[k]:.2f}" for k in keys) + " |")
+    if task == "emotion" and args.format != "chat-jsonl":
         lines += ["", "![confusion matrix](confusion_matrix.png)"]
     return "\n".join(lines) + "\n"
 
@@ -194,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         metrics = eval_cm(args, encoder, art)
     versions = {"encoder": encoder.name}
-    for name in ("emotion_head", "cause_pair_head", "cm_response_er"):
+    for name in ("emotion_head", "emotion_tuned_head", "cause_pair_head", "cm_response_er"):
         cfg = art / f"{name}.json"
         if cfg.is_file():
             versions[name] = json.loads(cfg.read_text()).get("version", "?")

@@ -68,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--open-gate", action="store_true",
                         help="run the larger crisis encoder on every call (its gate held open): the worst case, as for a "
                              "message that sounds like danger; default: the gate decides, as served")
+    parser.add_argument("--emotion-tuned-weight", type=float, default=None,
+                        help="blend the fine-tuned emotion model in with this weight (default: "
+                             "perception.emotion_tuned_weight of the engine's default settings, as served; 0: off)")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
 
 
@@ -81,10 +84,12 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
     t0 = time.perf_counter()
     from empathy_nlg.perception.crisis_train import default_crisis_dtype, default_crisis_encoder
+    from empathy_nlg.perception.emotion_tuned import default_weight
 
     crisis_encoder = args.crisis_encoder if args.crisis_encoder is not None else default_crisis_encoder()
+    weight = args.emotion_tuned_weight if args.emotion_tuned_weight is not None else default_weight()
     perceiver = Perceiver.load(args.artifacts, device=args.device, crisis_encoder=crisis_encoder,
-                               crisis_dtype=args.crisis_dtype or default_crisis_dtype())
+                               crisis_dtype=args.crisis_dtype or default_crisis_dtype(), emotion_tuned_weight=weight)
     if args.open_gate:
         perceiver.crisis.gate = float("-inf")
     load_s = time.perf_counter() - t0
@@ -107,10 +112,12 @@ def run(args: argparse.Namespace) -> int:
         "p95_ms": round(float(np.percentile(arr, 95)), 2), "mean_ms": round(float(arr.mean()), 2),
         "crisis": perceiver.crisis.version, "crisis_large_runs": perceiver.crisis.gate_stats["large"],
         "crisis_encoder": perceiver.crisis.large.name if perceiver.crisis.large is not None else None,
+        "emotion": perceiver.versions["emotion"],
     }
     print(f"perceive latency ({result['mode']}), {args.turns}-turn context, {args.n} calls on {result['device']} "
           f"({result['threads']} threads), load {result['load_s']} s")
     print(f"p50 {result['p50_ms']} ms | p95 {result['p95_ms']} ms | mean {result['mean_ms']} ms")
+    print(f"emotion {result['emotion']}")
     print(f"crisis detector {result['crisis']}: the larger encoder ({result['crisis_encoder']}) ran in "
           f"{result['crisis_large_runs']} of {args.n} calls")
     if args.json:

@@ -25,6 +25,8 @@ import numpy as np
 ADAPTER_DIR = "crisis_encoder"
 #: LoRA on every linear projection of MiniLM's layers (attention q/k/v/output, feed-forward)
 TARGET_MODULES = ("query", "key", "value", "dense")
+#: the same projections by the base model's ``model_type`` (MPNet names its attention q/k/v/o)
+TARGET_MODULES_BY_TYPE = {"bert": TARGET_MODULES, "mpnet": ("q", "k", "v", "o", "dense")}
 
 
 def pool(hidden, mask):
@@ -43,8 +45,10 @@ class TunedEncoder:
     an LRU cache of the texts it saw, so a conversation's earlier messages are not re-encoded.
     """
 
-    def __init__(self, model, tokenizer, path: Path, max_length: int = 128, cache_size: int = 512) -> None:
+    def __init__(self, model, tokenizer, path: Path, max_length: int = 128, cache_size: int = 512,
+                 adapter_dir: str = ADAPTER_DIR) -> None:
         self.model = model
+        self.adapter_dir = adapter_dir
         self.tokenizer = tokenizer
         self.path = Path(path)
         self.max_length = max_length
@@ -55,7 +59,7 @@ class TunedEncoder:
 
     @property
     def name(self) -> str:
-        return f"{self.path.parent.name if self.path.name == 'model' else self.path.name}+{ADAPTER_DIR}"
+        return f"{self.path.parent.name if self.path.name == 'model' else self.path.name}+{self.adapter_dir}"
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -71,34 +75,41 @@ class TunedEncoder:
 
     @classmethod
     def trainable(cls, encoder_path: Optional[Path | str] = None, device: Optional[str] = None, r: int = 8,
-                  alpha: int = 16, dropout: float = 0.1, top_layers: Optional[int] = None) -> "TunedEncoder":
+                  alpha: int = 16, dropout: float = 0.1, top_layers: Optional[int] = None,
+                  adapter_dir: str = ADAPTER_DIR) -> "TunedEncoder":
         """A fresh adapter (B = 0, so it starts as the frozen encoder) on ``top_layers`` (default all)."""
         from peft import LoraConfig, get_peft_model
 
         path, model, tokenizer = cls._base(encoder_path, device)
         n_layers = int(model.config.num_hidden_layers)
         layers = list(range(n_layers - top_layers, n_layers)) if top_layers else None
-        config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(TARGET_MODULES),
+        targets = TARGET_MODULES_BY_TYPE.get(getattr(model.config, "model_type", ""), TARGET_MODULES)
+        config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
                             layers_to_transform=layers, layers_pattern="layer" if layers else None)
-        return cls(get_peft_model(model, config), tokenizer, path)
+        return cls(get_peft_model(model, config), tokenizer, path, adapter_dir=adapter_dir)
 
     @classmethod
     def load(cls, art_dir: Path | str, encoder_path: Optional[Path | str] = None,
-             device: Optional[str] = None) -> "TunedEncoder":
-        """The committed adapter merged into a private copy of the packaged encoder (eval mode)."""
+             device: Optional[str] = None, adapter_dir: str = ADAPTER_DIR, trainable: bool = False) -> "TunedEncoder":
+        """The adapter in ``art_dir/adapter_dir`` on a private copy of the base encoder: merged into
+        it (eval mode, for serving) or, ``trainable``, kept as a LoRA model to train further."""
         from peft import PeftModel
 
-        adapter = Path(art_dir) / ADAPTER_DIR
+        adapter = Path(art_dir) / adapter_dir
         if not (adapter / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"no crisis encoder adapter in {adapter}")
+            raise FileNotFoundError(f"no encoder adapter in {adapter}")
         path, model, tokenizer = cls._base(encoder_path, device)
+        if trainable:
+            return cls(PeftModel.from_pretrained(model, str(adapter), is_trainable=True), tokenizer, path,
+                       adapter_dir=adapter_dir)
         merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
-        return cls(merged, tokenizer, path)
+        return cls(merged, tokenizer, path, adapter_dir=adapter_dir)
 
     def save(self, art_dir: Path | str) -> Path:
-        """Write the adapter (only the LoRA weights) to ``art_dir/crisis_encoder``."""
-        out = Path(art_dir) / ADAPTER_DIR
+        """Write the adapter (only the LoRA weights) to ``art_dir/<adapter_dir>``."""
+        out = Path(art_dir) / self.adapter_dir
         self.model.save_pretrained(str(out))
+        (out / "README.md").unlink(missing_ok=True)  # PEFT's empty template; the model card says it all
         return out
 
     # -- encoding ---------------------------------------------------------------------------

@@ -317,25 +317,18 @@ def calibration_chat() -> List[Example]:
     return [ex for path in CHAT_CALIBRATION for ex in chat_turns(path)]
 
 
-def _served_perception(key: str) -> Optional[str]:
-    """``perception.<key>`` of the engine's default settings (what the served engine uses); None
-    when the packaged defaults cannot be read."""
-    from empathy_nlg.settings import ConfigError, packaged_defaults
-
-    try:
-        return (packaged_defaults().get("perception") or {}).get(key)
-    except ConfigError:
-        return None
-
-
 def default_crisis_encoder() -> Optional[str]:
     """``perception.crisis_encoder`` of the engine's default settings (what the served engine uses)."""
-    return _served_perception("crisis_encoder")
+    from empathy_nlg.settings import served_perception
+
+    return served_perception("crisis_encoder")
 
 
 def default_crisis_dtype() -> str:
     """``perception.crisis_encoder_dtype`` of the engine's default settings (``auto`` when unset)."""
-    return _served_perception("crisis_encoder_dtype") or "auto"
+    from empathy_nlg.settings import served_perception
+
+    return served_perception("crisis_encoder_dtype") or "auto"
 
 
 def chat_turns(path: Path) -> List[Example]:

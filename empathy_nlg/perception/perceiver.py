@@ -3,7 +3,10 @@
 One MiniLM pass over the dialogue's (unique) utterances gives contextual token states; their
 masked mean (normalised) is the sentence embedding every head shares:
 
-* emotion head  ← 4-view dialogue feature → 32 ED emotions + MIME polarity,
+* emotion head  ← 4-view dialogue feature → 32 ED emotions + MIME polarity; with a fine-tuned
+  emotion encoder (``perception.emotion_tuned_weight`` > 0, see
+  :mod:`empathy_nlg.perception.emotion_tuned`) its distribution is blended with that model's, which
+  reads the user's story with its own LoRA-tuned all-mpnet-base-v2,
 * CM context head ← the same dialogue feature → P(ER), P(IP), P(EX) for the reply,
 * cause pair head ← (last speaker turn, each earlier speaker turn, predicted emotion word),
   cause span head ← token states of the chosen cause utterances → character spans,
@@ -40,8 +43,15 @@ class Perceiver:
     """Emotion, causes, communication mechanisms and crisis flag for a dialogue."""
 
     def __init__(self, encoder, emotion: EmotionClassifier, cause: CauseModel, cm: ContextCMPredictor,
-                 crisis: CrisisDetector, max_turns: int = 12, cache_size: int = 1024) -> None:
+                 crisis: CrisisDetector, max_turns: int = 12, cache_size: int = 1024,
+                 tuned_emotion=None, tuned_weight: float = 0.0) -> None:
+        if tuned_emotion is not None and not 0.0 < tuned_weight <= 1.0:
+            raise ValueError(f"tuned_weight must be in (0, 1] with a tuned emotion model, got {tuned_weight}")
         self.encoder = encoder
+        #: the fine-tuned emotion model (:class:`~empathy_nlg.perception.emotion_tuned.TunedEmotion`) and
+        #: the weight of its distribution in the blend with the frozen head's (None: the head alone)
+        self.tuned_emotion = tuned_emotion
+        self.tuned_weight = float(tuned_weight) if tuned_emotion is not None else 0.0
         self.cache_size = cache_size
         self._cache: "OrderedDict[str, Tuple[np.ndarray, np.ndarray, List[Tuple[int, int]]]]" = OrderedDict()
         self.emotion = emotion
@@ -60,16 +70,22 @@ class Perceiver:
         }
         if crisis.large is not None:
             self.versions["crisis_encoder"] = crisis.large.name
+        if tuned_emotion is not None:
+            self.versions["emotion"] = f"{emotion.version}+{tuned_emotion.version}@{self.tuned_weight:g}"
 
     @classmethod
     def load(cls, artifacts_dir: Path | None = None, encoder_path: Path | str | None = None,
-             device: str | None = None, crisis_encoder: str | None = None, crisis_dtype: str = "float32") -> "Perceiver":
+             device: str | None = None, crisis_encoder: str | None = None, crisis_dtype: str = "float32",
+             emotion_tuned_weight: float = 0.0, emotion_tuned_base: str | None = None) -> "Perceiver":
         """Load the committed heads from ``artifacts_dir`` and the packaged encoder (a few seconds).
 
         ``crisis_encoder``: the crisis classifier's larger encoder (the ``perception.crisis_encoder``
         setting, e.g. :data:`DEFAULT_CRISIS_ENCODER`; None: the MiniLM crisis head alone — what tools
         that do not judge crises use). Configured but missing, it falls back with a warning.
-        ``crisis_dtype``: its weights' dtype (``perception.crisis_encoder_dtype``)."""
+        ``crisis_dtype``: its weights' dtype (``perception.crisis_encoder_dtype``).
+        ``emotion_tuned_weight`` > 0: blend the fine-tuned emotion model (its adapter in the artefacts,
+        on the prepared encoder ``emotion_tuned_base``, default the one it was trained on) in with that
+        weight; missing, the frozen head decides alone, with a logged warning."""
         from empathy_nlg.perception.encoder import SentenceEncoder
 
         art = Path(artifacts_dir) if artifacts_dir else DEFAULT_ARTIFACTS_DIR
@@ -88,6 +104,8 @@ class Perceiver:
                                           crisis_dtype=crisis_dtype),
             max_turns=int(settings.get("max_turns", 12)),
             cache_size=int(settings.get("cache_size", 1024)),
+            tuned_emotion=load_tuned_emotion(art, emotion_tuned_base, device) if emotion_tuned_weight > 0 else None,
+            tuned_weight=emotion_tuned_weight,
         )
 
     # -- encoding -------------------------------------------------------------------------
@@ -173,14 +191,24 @@ class Perceiver:
         emb, hidden, offsets = self._encode(texts, batch_size)
         rows = [[index[u.text if u.text.strip() else "."] for u in w] for _, w in windows]
         feats = np.stack([dialogue_features([u.role for u in w], emb[r]) for (_, w), r in zip(windows, rows)])
-        emo_probs = self.emotion.predict_proba(feats)
+        frozen_probs = self.emotion.predict_proba(feats)
+        emo_probs = frozen_probs
+        if self.tuned_emotion is not None:
+            tuned = self.tuned_emotion.predict_dialogues([w for _, w in windows])
+            emo_probs = (1.0 - self.tuned_weight) * frozen_probs + self.tuned_weight * tuned
         cm_probs = self.cm.predict_proba(feats)
         out: List[Perception] = []
-        for (offset, window), r, p_emo, p_cm in zip(windows, rows, emo_probs, cm_probs):
-            emo = result_from_probs(p_emo)
+        for (offset, window), r, p_blend, p_frozen, p_cm in zip(windows, rows, emo_probs, frozen_probs, cm_probs):
             E = emb[r]
             roles = [u.role for u in window]
             speaker_pos = [i for i, role in enumerate(roles) if role == "speaker"]
+            crisis = self.crisis.detect([window[i].text for i in speaker_pos], E[speaker_pos] if speaker_pos else None)
+            # A message the crisis detector flags or is concerned about keeps the frozen head's reading:
+            # the safety check-in is asked on concern *and* a negative feeling, and the tuned model reads
+            # a plan as calm resolve ("bought the rope today. the beam will hold, I checked" → prepared,
+            # a positive emotion in MIME's groups): blended in, it cost 14 check-ins on the held-out
+            # crisis sets (perception model card). Ordinary chat, where it pays, gets the blend.
+            emo = result_from_probs(p_frozen if crisis.crisis or crisis.concern else p_blend)
             causes: List[CauseUtterance] = []
             if speaker_pos:
                 target = speaker_pos[-1]
@@ -193,7 +221,6 @@ class Perceiver:
                     t_idx = r[pos]
                     spans = self.cause.token_spans(window[pos].text, hidden[t_idx], offsets[t_idx], E[target], emo.emotion)
                     causes.append(CauseUtterance(index=offset + pos, text=window[pos].text, score=round(float(scores[k]), 4), spans=spans))
-            crisis = self.crisis.detect([window[i].text for i in speaker_pos], E[speaker_pos] if speaker_pos else None)
             out.append(
                 Perception(
                     emotion=emo.emotion,
@@ -210,3 +237,32 @@ class Perceiver:
                 )
             )
         return out
+
+
+def load_tuned_emotion(art: Path, base: Optional[str] = None, device: Optional[str] = None):
+    """The fine-tuned emotion model in ``art`` on the encoder ``base`` (a path, or a prepared encoder's
+    name; default: the one it was trained on), or None with a
+    warning saying why (never raises: perception then runs on the frozen head alone)."""
+    import logging
+
+    from empathy_nlg.perception.crisis_mpnet import is_prepared, resolve
+    from empathy_nlg.perception.emotion_tuned import ADAPTER_DIR, HEAD, TunedEmotion
+
+    log = logging.getLogger(__name__)
+    if not (art / ADAPTER_DIR / "adapter_config.json").is_file() or not (art / f"{HEAD}.json").is_file():
+        log.warning("no fine-tuned emotion model in %s: emotion from the frozen head alone "
+                    "(train one: empathy-nlg train-perception --task emotion_tuned)", art)
+        return None
+    if base is None:  # the encoder it was trained on (a folder name under the prepared encoders)
+        base = json.loads((art / f"{HEAD}.json").read_text()).get("base_encoder")
+    path = resolve(base)
+    if path is None or not is_prepared(path):
+        log.warning("the fine-tuned emotion model's base encoder %s is not prepared (empathy-nlg prepare-encoder): "
+                    "emotion from the frozen head alone", base)
+        return None
+    try:
+        return TunedEmotion.load(art, path, device=device)
+    except Exception as exc:  # a broken artefact must not stop the server: the frozen head still answers
+        log.warning("could not load the fine-tuned emotion model (%s: %s): emotion from the frozen head alone",
+                    type(exc).__name__, exc)
+        return None

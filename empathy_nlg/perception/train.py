@@ -21,7 +21,9 @@ from empathy_nlg.paths import default_data_dir
 from empathy_nlg.perception.common import DEFAULT_ARTIFACTS_DIR
 
 log = logging.getLogger(__name__)
-TASKS = ("emotion", "cause", "cm", "reply_polarity", "crisis", "all")
+#: ``all`` trains the heads on the frozen encoders; ``emotion_tuned`` (an encoder fine-tuned in
+#: resumable chunks, hours on a CPU) only when asked for by name
+TASKS = ("emotion", "cause", "cm", "reply_polarity", "crisis", "emotion_tuned", "all")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +52,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "where the CPU multiplies it natively, ≈ 0.6× the time of fp32, embeddings within cosine 0.9999)")
     parser.add_argument("--crisis-epochs", type=int, default=3, help="fine-tuning epochs of the tuned crisis encoder")
     parser.add_argument("--max-minutes", type=float, default=None,
-                        help="stop the crisis fine-tuning after this long (the best epoch so far is saved)")
+                        help="stop a fine-tuning after this long: the crisis encoder's (the best epoch so far is "
+                             "saved) or the emotion encoder's (the chunk is saved; --resume goes on from it)")
+    parser.add_argument("--resume", action="store_true",
+                        help="emotion_tuned: go on from --run-dir's latest chunk (else from the served artefact)")
+    parser.add_argument("--run-dir", type=Path, default=Path("training_runs/emotion_tuned/checkpoint"),
+                        help="emotion_tuned: where every chunk's adapter, head and position are kept")
+    parser.add_argument("--tuned-base", default=None,
+                        help="emotion_tuned: the base encoder folder (default: the prepared all-mpnet-base-v2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -123,6 +132,20 @@ def run(args: argparse.Namespace) -> int:
         summary["emotion"] = train_emotion(ed_train, D.read_situations_csv(p["sit_train"]), ed_valid, cache, out,
                                            seed=args.seed, progress=progress)
         timings["emotion"] = time.time() - t0
+
+    if "emotion_tuned" in tasks:
+        from empathy_nlg.perception.crisis_mpnet import ENCODER_NAME, encoders_dir, is_prepared
+        from empathy_nlg.perception.emotion_tuned import train_emotion_tuned
+
+        base = Path(args.tuned_base) if args.tuned_base else encoders_dir() / ENCODER_NAME
+        if not is_prepared(base):
+            raise SystemExit(f"no prepared encoder in {base}: run `empathy-nlg prepare-encoder` first (or --tuned-base)")
+        t0 = time.time()
+        summary["emotion_tuned"] = train_emotion_tuned(
+            D.read_ed_jsonl(p["ed_train"])[: args.max_train_convs or None], D.read_situations_csv(p["sit_train"]),
+            D.read_ed_jsonl(p["ed_valid"]), out, args.run_dir, base, seed=args.seed, max_minutes=args.max_minutes,
+            resume=args.resume, progress=progress)
+        timings["emotion_tuned"] = time.time() - t0
 
     if "cause" in tasks:
         from empathy_nlg.perception.cause import train_cause

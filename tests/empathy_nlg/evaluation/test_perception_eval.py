@@ -107,3 +107,59 @@ def test_missing_mechanism_in_filename(tmp_path, capsys):
     _epitome(data)
     rc = main(["eval-perception", "--task", "cm", "--data", str(data), "--format", "epitome-csv", "--out", str(tmp_path / "o")])
     assert rc == 2 and "mechanism" in capsys.readouterr().err
+
+
+def _chat(path):
+    rows = [{"id": "good", "polarity": "positive", "turns": ["I passed my exam!", "my mom cried when I told her"]},
+            {"id": "bad", "polarity": "negative", "turns": ["my dog died this morning"]},
+            {"id": "both", "polarity": "mixed", "turns": ["got the job but my dad is in hospital"]}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def _artefacts_with_a_tuned_model(tmp_path):
+    """A copy of the committed artefacts with a real (one-step, MiniLM-based) fine-tuned emotion model."""
+    import shutil
+
+    from empathy_nlg.datasets import Conversation, Utterance
+    from empathy_nlg.perception.common import DEFAULT_ARTIFACTS_DIR
+    from empathy_nlg.perception.emotion_tuned import ADAPTER_DIR, HEAD, train_emotion_tuned
+    from empathy_nlg.perception.encoder import default_encoder_path
+
+    art = tmp_path / "art"
+    shutil.copytree(DEFAULT_ARTIFACTS_DIR, art, ignore=shutil.ignore_patterns(ADAPTER_DIR, f"{HEAD}.*"))
+    convs = [Conversation("a", "joyful", [Utterance("speaker", "I passed!")]), Conversation("b", "sad", [Utterance("speaker", "my dog died")])]
+    train_emotion_tuned(convs, [], convs, art, tmp_path / "run", default_encoder_path(), max_minutes=0, progress=False)
+    # served from the path it was trained on (a test base is no prepared encoder name)
+    head = json.loads((art / f"{HEAD}.json").read_text())
+    head["base_encoder"] = str(default_encoder_path())
+    (art / f"{HEAD}.json").write_text(json.dumps(head))
+    return art
+
+
+def test_chat_scripts_measure_polarity_per_turn_and_a_tuned_model_side_by_side(tmp_path):
+    data = tmp_path / "chat.jsonl"
+    _chat(data)
+    out = tmp_path / "out"
+    assert main(["eval-perception", "--task", "emotion", "--data", str(data), "--format", "chat-jsonl", "--out", str(out),
+                 "--quiet"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["n"] == 3  # the mixed script is not judged
+    assert {"polarity_accuracy", "first_turn_polarity_accuracy"} <= set(metrics) and "side_by_side" not in metrics
+    assert not (out / "confusion_matrix.png").exists()
+
+    art = _artefacts_with_a_tuned_model(tmp_path)
+    out = tmp_path / "side"
+    assert main(["eval-perception", "--task", "emotion", "--data", str(data), "--format", "chat-jsonl", "--out", str(out),
+                 "--artifacts", str(art), "--tuned-weights", "0.5,1", "--emotion-tuned-weight", "0", "--quiet"]) == 0
+    side = json.loads((out / "metrics.json").read_text())
+    assert list(side["side_by_side"]) == ["frozen head", "blend 0.5", "tuned alone"]
+    assert side["side_by_side"]["frozen head"] == {k: v for k, v in side.items() if k not in ("side_by_side", "served_tuned_weight")}
+    assert all(m["n"] == 3 for m in side["side_by_side"].values())
+    assert "| tuned alone |" in (out / "report.md").read_text()
+    ed = tmp_path / "ed.jsonl"
+    _ed_jsonl(ed)
+    assert main(["eval-perception", "--task", "emotion", "--data", str(ed), "--format", "ed-jsonl", "--out", str(tmp_path / "ed"),
+                 "--artifacts", str(art), "--emotion-tuned-weight", "0.5", "--quiet"]) == 0
+    ed_metrics = json.loads((tmp_path / "ed" / "metrics.json").read_text())
+    assert ed_metrics["served_tuned_weight"] == 0.5
+    assert ed_metrics["side_by_side"]["blend 0.5"] == {k: v for k, v in ed_metrics.items() if k not in ("side_by_side", "served_tuned_weight")}

@@ -105,3 +105,70 @@ def test_emoji_words_keep_cause_spans_inside_the_user_text(perceiver):
     for cause in p.causes:
         for start, end in cause.spans:
             assert 0 <= start < end <= len(text)
+
+
+class _StoryModel:
+    """Stand-in fine-tuned emotion model: all its probability on one emotion; records the stories."""
+
+    version = "story-stub"
+
+    def __init__(self, emotion: str) -> None:
+        self.emotion = emotion
+        self.seen = []
+
+    def predict_dialogues(self, dialogues):
+        import numpy as np
+
+        from empathy_nlg.perception.emotion_tuned import story_text
+
+        self.seen += [story_text(d) for d in dialogues]
+        row = np.zeros(len(EMOTIONS), dtype=np.float32)
+        row[EMOTIONS.index(self.emotion)] = 1.0
+        return np.stack([row] * len(dialogues))
+
+
+def test_a_fine_tuned_emotion_model_is_blended_in_with_its_weight(perceiver):
+    frozen = perceiver.perceive(DIALOGUE)
+    stub = _StoryModel("proud")
+    blended = Perceiver(perceiver.encoder, perceiver.emotion, perceiver.cause, perceiver.cm, perceiver.crisis,
+                        tuned_emotion=stub, tuned_weight=0.25).perceive(DIALOGUE)
+    for e in EMOTIONS:
+        expected = 0.75 * frozen.emotion_probs[e] + (0.25 if e == "proud" else 0.0)
+        assert abs(blended.emotion_probs[e] - expected) < 1e-4, e
+    # the model reads the user's story: their turns in order, never the listener's
+    assert stub.seen == [" ".join(u.text for u in DIALOGUE if u.role == "speaker")]
+    alone = Perceiver(perceiver.encoder, perceiver.emotion, perceiver.cause, perceiver.cm, perceiver.crisis,
+                      tuned_emotion=stub, tuned_weight=1.0).perceive(DIALOGUE)
+    assert alone.emotion == "proud" and alone.polarity == "positive"
+    assert alone.models["emotion"] == f"{perceiver.emotion.version}+story-stub@1"
+    # a message the crisis detector flags (or is concerned about) keeps the frozen head's reading: the
+    # safety check-in is gated on a negative feeling, and the tuned model hears a plan as calm resolve
+    crisis = [Utterance("speaker", "I can't do this anymore."), Utterance("speaker", "I want to end my life.")]
+    flagged = Perceiver(perceiver.encoder, perceiver.emotion, perceiver.cause, perceiver.cm, perceiver.crisis,
+                        tuned_emotion=stub, tuned_weight=1.0).perceive(crisis)
+    assert flagged.crisis and flagged.emotion_probs == perceiver.perceive(crisis).emotion_probs
+    assert flagged.polarity == "negative" and flagged.emotion != "proud"
+    with pytest.raises(ValueError, match="tuned_weight"):
+        Perceiver(perceiver.encoder, perceiver.emotion, perceiver.cause, perceiver.cm, perceiver.crisis,
+                  tuned_emotion=stub, tuned_weight=0.0)
+
+
+def test_the_fine_tuned_emotion_model_loads_from_the_artefacts_or_is_left_out_with_a_warning(tmp_path, caplog):
+    """A real (untrained, MiniLM-based) tuned model in a copy of the artefacts is loaded and blended;
+    without one, or without its base encoder, the frozen head decides alone and the log says why."""
+    import shutil
+
+    from empathy_nlg.perception.common import DEFAULT_ARTIFACTS_DIR
+    from empathy_nlg.perception.emotion_tuned import ADAPTER_DIR, TunedEmotion
+    from empathy_nlg.perception.encoder import default_encoder_path
+    from empathy_nlg.perception.perceiver import load_tuned_emotion
+
+    art = tmp_path / "art"
+    shutil.copytree(DEFAULT_ARTIFACTS_DIR, art, ignore=shutil.ignore_patterns(ADAPTER_DIR, "emotion_tuned_head.*"))
+    assert load_tuned_emotion(art) is None and "no fine-tuned emotion model" in caplog.text
+    TunedEmotion.fresh(default_encoder_path()).save(art)
+    assert load_tuned_emotion(art, str(tmp_path / "nowhere")) is None and "not prepared" in caplog.text
+    p = Perceiver.load(art, emotion_tuned_weight=0.5, emotion_tuned_base=str(default_encoder_path()))
+    assert p.tuned_emotion is not None and p.tuned_weight == 0.5
+    out = p.perceive(DIALOGUE)
+    assert abs(sum(out.emotion_probs.values()) - 1.0) < 1e-4 and "@0.5" in out.models["emotion"]
