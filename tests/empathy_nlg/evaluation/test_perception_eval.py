@@ -116,17 +116,26 @@ def _chat(path):
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
 
 
-def _artefacts_with_a_tuned_model(tmp_path):
-    """A copy of the committed artefacts with a real (one-step, MiniLM-based) fine-tuned emotion model."""
+def _artefacts_without_a_tuned_model(tmp_path):
+    """A copy of the committed artefacts without the fine-tuned emotion model."""
     import shutil
 
-    from empathy_nlg.datasets import Conversation, Utterance
     from empathy_nlg.perception.common import DEFAULT_ARTIFACTS_DIR
-    from empathy_nlg.perception.emotion_tuned import ADAPTER_DIR, HEAD, train_emotion_tuned
-    from empathy_nlg.perception.encoder import default_encoder_path
+    from empathy_nlg.perception.emotion_tuned import ADAPTER_DIR, HEAD
 
     art = tmp_path / "art"
     shutil.copytree(DEFAULT_ARTIFACTS_DIR, art, ignore=shutil.ignore_patterns(ADAPTER_DIR, f"{HEAD}.*"))
+    return art
+
+
+def _artefacts_with_a_tuned_model(tmp_path):
+    """A copy of the committed artefacts with a real (one-step, MiniLM-based) fine-tuned emotion model
+    in place of the committed one."""
+    from empathy_nlg.datasets import Conversation, Utterance
+    from empathy_nlg.perception.emotion_tuned import HEAD, train_emotion_tuned
+    from empathy_nlg.perception.encoder import default_encoder_path
+
+    art = _artefacts_without_a_tuned_model(tmp_path)
     convs = [Conversation("a", "joyful", [Utterance("speaker", "I passed!")]), Conversation("b", "sad", [Utterance("speaker", "my dog died")])]
     train_emotion_tuned(convs, [], convs, art, tmp_path / "run", default_encoder_path(), max_minutes=0, progress=False)
     # served from the path it was trained on (a test base is no prepared encoder name)
@@ -140,8 +149,9 @@ def test_chat_scripts_measure_polarity_per_turn_and_a_tuned_model_side_by_side(t
     data = tmp_path / "chat.jsonl"
     _chat(data)
     out = tmp_path / "out"
+    plain = _artefacts_without_a_tuned_model(tmp_path / "plain")
     assert main(["eval-perception", "--task", "emotion", "--data", str(data), "--format", "chat-jsonl", "--out", str(out),
-                 "--quiet"]) == 0
+                 "--artifacts", str(plain), "--quiet"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == 3  # the mixed script is not judged
     assert {"polarity_accuracy", "first_turn_polarity_accuracy"} <= set(metrics) and "side_by_side" not in metrics
