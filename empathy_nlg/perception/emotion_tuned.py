@@ -34,7 +34,6 @@ checkout: a later chunk that was not better is then trained again).
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import time
 from pathlib import Path
@@ -44,8 +43,6 @@ import numpy as np
 
 from empathy_nlg.datasets import Conversation, LabelledText, Utterance
 from empathy_nlg.taxonomy import EMOTION_TO_ID, EMOTIONS
-
-log = logging.getLogger(__name__)
 
 ADAPTER_DIR = "emotion_encoder"
 HEAD = "emotion_tuned_head"
@@ -80,7 +77,8 @@ def training_examples(convs: Sequence[Conversation], situations: Sequence[Labell
 
 def dev_examples(convs: Sequence[Conversation]) -> List[Tuple[str, int]]:
     """One story per ED valid conversation (its speaker turns joined) with its emotion id."""
-    return [(story_text(c.turns), EMOTION_TO_ID[c.emotion]) for c in convs if story_text(c.turns)]
+    stories = ((story_text(c.turns), EMOTION_TO_ID[c.emotion]) for c in convs)
+    return [(text, label) for text, label in stories if text]
 
 
 class TunedEmotion:
@@ -134,9 +132,9 @@ class TunedEmotion:
         return cls(enc, head, {**config, "autocast": autocast})
 
     def save(self, out_dir: Path | str, extra: Optional[dict] = None) -> None:
-        from empathy_nlg.perception.common import save_head
-
         from safetensors.torch import load_file, save_file
+
+        from empathy_nlg.perception.common import save_head
 
         out_dir = Path(out_dir)
         shutil.rmtree(out_dir / ADAPTER_DIR, ignore_errors=True)
@@ -189,6 +187,8 @@ def train_emotion_tuned(train_convs: Sequence[Conversation], situations: Sequenc
 
     import torch
 
+    from empathy_nlg.hardware import serving_dtype
+
     t_start = time.time()
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     examples = training_examples(train_convs, situations, seed)
@@ -209,7 +209,7 @@ def train_emotion_tuned(train_convs: Sequence[Conversation], situations: Sequenc
                             weight_decay=1e-3)
     warm = 20
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))
-    use_bf16 = model.encoder.device.type == "cuda" or _native_bf16()
+    use_bf16 = serving_dtype("auto", str(model.encoder.device)) == "bfloat16"  # CUDA, or a CPU with native bf16
     cast = (lambda: torch.autocast(model.encoder.device.type, dtype=torch.bfloat16)) if use_bf16 else contextlib.nullcontext
     position = int(state["seen"]) % len(examples)
     chunk_steps, running, stopped = 0, 0.0, False
@@ -259,8 +259,12 @@ def train_emotion_tuned(train_convs: Sequence[Conversation], situations: Sequenc
     served = out_dir / f"{HEAD}.json"
     before = json.loads(served.read_text()).get("dev", {}).get("accuracy") if served.is_file() else None
     replaced = before is None or round(metrics["accuracy"], 2) > float(before)
-    if replaced:
-        model.save(out_dir, extra)
+    if replaced:  # the chunk just saved becomes the served artefact: copied, not written again
+        out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(out_dir / ADAPTER_DIR, ignore_errors=True)
+        shutil.copytree(run_dir / ADAPTER_DIR, out_dir / ADAPTER_DIR)
+        for suffix in (".json", ".safetensors"):
+            shutil.copyfile(run_dir / f"{HEAD}{suffix}", out_dir / f"{HEAD}{suffix}")
     return {**chunk, "served_before": before, "served_replaced": replaced, "examples": len(examples)}
 
 
@@ -278,13 +282,8 @@ def resume_state(run_dir: Path, out_dir: Path) -> Tuple[Path, dict]:
     if (Path(run_dir) / STATE_FILE).is_file():
         return Path(run_dir), json.loads((Path(run_dir) / STATE_FILE).read_text())
     head = Path(out_dir) / f"{HEAD}.json"
-    if head.is_file() and isinstance(json.loads(head.read_text()).get("training"), dict):
-        return Path(out_dir), json.loads(head.read_text())["training"]
+    training = json.loads(head.read_text()).get("training") if head.is_file() else None
+    if isinstance(training, dict):
+        return Path(out_dir), training
     raise FileNotFoundError(f"--resume: no {STATE_FILE} in {run_dir} and no trained {HEAD} in {out_dir} "
                             "(train a first chunk without --resume)")
-
-
-def _native_bf16() -> bool:
-    from empathy_nlg.hardware import cpu_has_native_bf16
-
-    return cpu_has_native_bf16()
