@@ -7,13 +7,22 @@ there for 3 years" ask_resources at 0.997 — and the user gets a template inste
 Confidence cannot tell them apart, so this component uses two cues instead and changes the
 intent to ``share_feeling`` when
 
-* the message is a **first-person statement** (I / my / we … and no question mark) read as
+* the message is a **first-person statement** (I / my / we … and nothing that asks or orders,
+  :data:`REQUEST`) read as
   ``out_of_scope``, or as ``ask_resources`` without asking for anything ("ok, I'll call the
   line"): people ask for tasks and for numbers, they tell about themselves; or
 * the message is **not in words the classifier was trained on**: mostly letters outside the Latin
   alphabet (Arabic, Hebrew, Chinese, Russian, Hindi …) or no letters at all but emoji ("😭😭😭💔"),
   read as ``out_of_scope``, ``ask_help``, ``greet``, ``bot_challenge``, ``affirm`` or ``deny``: a
   feeling in another script or in pictures is for the listener, not the help text; or
+* the message is **a statement that asks for nothing** ("Priya said yes 💍💍💍" read as
+  ``ask_help``, "got the Berlin offer 🎉" and "well the smoke alarm works, so that's something" read
+  as ``out_of_scope``, heldout_o/p.jsonl through the full stack): read as ``out_of_scope`` or
+  ``ask_help``, in the Latin alphabet, with no question mark, no request word ("help", "please")
+  and no opening that asks or orders ("can you", "what", "book", "tell me", …: :data:`REQUEST`,
+  which matches every request of those intents in the NLU data — a test checks it). The two
+  mistakes are not alike: a story answered "I can't help with that" is dismissed, a request
+  answered by the listener gets a kind reply it did not need; or
 * the conversation is **mid-story** (an earlier user message of this session was
   ``share_feeling``, ``nlu_fallback`` or ``crisis``; Rasa passes the tracker to ``process``) and the intent
   is one of ``mid_story`` (default out_of_scope, greet, ask_help, bot_challenge) below its
@@ -63,6 +72,23 @@ ASKS_FOR_RESOURCES = re.compile(
     r"\b(?:help|hlep|again|give me|send me|what'?s the|hotline|helpline|lifeline|crisis line|988|samaritans|"
     r"resources?|who (?:can|do|should) i|where (?:can|do|should) i|"
     r"(?:need|want|like|have|get|text|call)\b.{0,24}\bnumbers?|numbers? (?:please|pls|plz))\b", re.IGNORECASE)
+
+#: a message that asks or orders: a question mark, a request word, or an opening of the kind every
+#: ``out_of_scope``/``ask_help`` example of the NLU data has ("what's the weather…", "book me a…",
+#: "can you help me", "tell me a joke"); a test checks that each of them matches
+REQUEST = re.compile(
+    r"\?|\b(?:help|please|pls|plz)\b|\bhow\s+(?:do|does|can|should|would)\b|"
+    r"^\W*(?:can|could|would|will|may|should|shall|is|are|am|do|does|what\w*|how\w*|who\w*|where\w*|when\w*|why|which|"
+    r"tell|give|show|book|order|play|set|find|write|translate|convert|recommend|fix|solve|search|look|get|make|"
+    r"call|send|open|turn|check|explain|define|calculate|remind|schedule|let'?s)\b",
+    re.IGNORECASE)
+#: intents a statement is read as by mistake (the templates that answer a request)
+REQUEST_INTENTS = ("out_of_scope", "ask_help")
+
+
+def has_pictograph(text: Text) -> bool:
+    """Whether the text holds an emoji or another pictograph (Unicode category So)."""
+    return any(unicodedata.category(c) == "So" for c in text)
 
 
 #: the thanks itself and what usually goes with it ("thank you so much for listening", "cheers, that
@@ -215,7 +241,7 @@ class StoryRouter(GraphComponent):
         if letters:
             latin = sum(1 for c in letters if "LATIN" in unicodedata.name(c, ""))
             return "latin" if latin * 2 >= len(letters) else "other"
-        if any(unicodedata.category(c) == "So" for c in text):
+        if has_pictograph(text):
             return "emoji"
         return "none"
 
@@ -235,11 +261,14 @@ class StoryRouter(GraphComponent):
             return "story after greeting"
         if name == "goodbye" and latin and story_after_farewell(text):
             return "story after goodbye"
-        statement = bool(FIRST_PERSON.search(text)) and "?" not in text
+        # "book me a table" / "can you order me a taxi" are requests, though they say "me"
+        statement = bool(FIRST_PERSON.search(text)) and not REQUEST.search(text)
         if name == "ask_resources" and ASKS_FOR_RESOURCES.search(text):
             return None  # asking for the numbers: always answered with them
         if name in ("out_of_scope", "ask_resources") and statement:
             return "first-person statement"
+        if name in REQUEST_INTENTS and latin and not REQUEST.search(text):
+            return "a statement, not a request"
         if name in UNREADABLE_AS and script in ("other", "emoji"):
             return "another script" if script == "other" else "emoji"
         if mid_story and (name == "ask_resources" or (name in limits and confidence < float(limits[name]))):

@@ -206,6 +206,16 @@ def test_story_router_keeps_a_story_going_and_leaves_clear_requests(graph_contex
         ("bye my friend", "goodbye", True, "goodbye"),
         ("anyway, bus tomorrow", "thank", True, "share_feeling"),  # no thanks in it
         ("you're the best", "thank", True, "thank"),
+        # a statement that asks for nothing is the story; a request stays a request (heldout_o/p.jsonl)
+        ("Priya said yes 💍💍💍", "ask_help", False, "share_feeling"),
+        ("got the Berlin offer 🎉", "out_of_scope", False, "share_feeling"),
+        ("well the smoke alarm works, so that's something", "out_of_scope", False, "share_feeling"),
+        ("book me a flight to Berlin ✈️", "out_of_scope", False, "out_of_scope"),
+        ("what's the weather tomorrow ☀️", "out_of_scope", False, "out_of_scope"),
+        ("can you order me a taxi", "out_of_scope", False, "out_of_scope"),  # says "me", still a request
+        ("can you help 🙏", "ask_help", False, "ask_help"),
+        ("not sure how this works 🤔 help", "ask_help", False, "ask_help"),
+        ("is it petty to label the milk", "out_of_scope", False, "out_of_scope"),  # a question keeps its reading
     ]
     for text, intent, mid, expected in cases:
         m = msg(text, intent)
@@ -248,6 +258,24 @@ def test_story_router_reads_a_plain_answer_after_a_non_listener_action_and_a_for
     fresh = DialogueStateTracker.from_events("dan", [ActionExecuted("action_listen"), UserUttered("hi", intent={"name": "greet"}),
                                                      ActionExecuted("utter_greet"), ActionExecuted("action_listen")])
     assert routed("yes", "affirm", fresh) == "affirm"
+
+
+def test_every_request_of_the_nlu_data_reads_as_one_even_with_an_emoji():
+    """The statement rule never takes a request the classifier was trained on: each
+    ``out_of_scope``/``ask_help`` example, alone or with an emoji added, keeps its intent."""
+    from pathlib import Path
+
+    import yaml
+
+    from agent.story_router import REQUEST_INTENTS, StoryRouter
+
+    nlu = yaml.safe_load((Path(__file__).resolve().parents[2] / "data" / "nlu.yml").read_text())
+    for intent in REQUEST_INTENTS:
+        examples = [line[2:].strip() for item in nlu["nlu"] if item.get("intent") == intent
+                    for line in item["examples"].splitlines() if line.strip()]
+        assert len(examples) >= 20
+        rerouted = [t for t in examples for e in ("", " 🎉", " 😊") if StoryRouter.reason(intent, 0.99, t + e, False, {}) is not None]
+        assert rerouted == [], (intent, rerouted)
 
 
 def test_no_greeting_goodbye_thank_you_or_request_to_forget_of_the_nlu_data_is_read_as_a_story_going_on():
