@@ -127,10 +127,18 @@ def token_f1(prediction: str, references: Sequence[str]) -> float:
 #: reranker's polarity guard ("no 'sorry to hear that' to good news, no 'that's awesome' to bad news")
 SYMPATHY = re.compile(r"\b(?:sorry to hear|so sorry|i'?m sorry|oh no|that'?s terrible|how awful|that'?s awful|"
                       r"that sucks|that'?s rough|that'?s tough|heartbreaking|my condolences|sorry for your loss|"
-                      r"must be (?:so |really )?(?:hard|difficult|tough|painful))\b", re.IGNORECASE)
+                      r"must be (?:so |really )?(?:hard|difficult|tough|painful)|"
+                      # v2 (sixteenth session): what else a person reads as condolence
+                      r"(?:that'?s|how|so) sad|that'?s (?:hard|difficult|painful)|hang in there|poor thing|"
+                      r"sounds (?:so |really )?(?:hard|difficult|tough|rough|painful))\b", re.IGNORECASE)
 CELEBRATION = re.compile(r"\b(?:congrat\w*|awesome|amazing|great news|wonderful|fantastic|so happy for you|"
                          r"glad to hear|that'?s great|good for you|well done|proud of you|how exciting|so exciting|"
-                         r"that'?s exciting)\b", re.IGNORECASE)
+                         r"that'?s exciting|"
+                         # v2 (sixteenth session): "I'm sure he'll be happy for you!" to a washed-out camping
+                         # trip, "That's nice of him" to a breakup, "That sounds like fun" to a grief turn
+                         r"happy for you|good news|that'?s (?:so |really )?(?:nice|cool|great)|so cool|lucky you|"
+                         r"sounds (?:like )?(?:so much |a lot of )?fun|sounds great|what a great|how wonderful|"
+                         r"way to go|(?:nice|great|good) job|yay|hooray|woo+hoo+)\b", re.IGNORECASE)
 
 
 #: word beginnings the assistant never takes up from the user's message while decoding (insults and
@@ -145,7 +153,7 @@ NO_ECHO_PREFIXES = ("fuck", "shit", "bitch", "cunt", "asshole", "bastard", "slut
 SYMPATHY_WORDS = ("sorry", "sad", "terrible", "awful", "unfortunately", "condolences", "sucks", "heartbreaking",
                   "oh no")
 CELEBRATION_WORDS = ("awesome", "congratulations", "congrats", "amazing", "fantastic", "wonderful", "great",
-                     "exciting", "yay", "cool")
+                     "exciting", "yay", "cool", "fun", "happy", "lucky")
 
 
 def tone(text: str) -> Optional[str]:

@@ -88,7 +88,7 @@ class RerankSettings:
     repeat_veto: float = 0.6
     exemplar_prior: float = 0.3
     echo_veto: float = 0.7
-    polarity_guard: float = 0.6
+    polarity_guard: float = 0.55
     parrot_words: int = 6
     replacement_guard: bool = True
 

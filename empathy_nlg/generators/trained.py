@@ -74,7 +74,7 @@ class TrainedGenerator(Generator):
                  dtype: str = "auto", decoding: Optional[Mapping[str, Any]] = None, num_beams: Optional[int] = None,
                  batch_size: int = 8, history_ngram: int = 3, history_bias: float = -4.0,
                  grounding_bias: float = 1.5, grounding_turns: int = 2, tone_bias: float = -5.0,
-                 tone_min_prob: float = 0.6, merge_adapters: bool = True, serve_dtype: str = "auto",
+                 tone_min_prob: float = 0.55, merge_adapters: bool = True, serve_dtype: str = "auto",
                  attention: Optional[str] = None, **own: Any) -> None:
         from empathy_nlg.decoding.generation import DecodingConfig
 

@@ -301,6 +301,11 @@ CHAT_HELDOUT_M = CHAT_DEV.with_name("heldout_m.jsonl")
 #: 30 more (thirteenth session), written by a helper that read no project file (tricky tone: flat good
 #: news, joked bad news, negation), measured before anything of that session was changed
 CHAT_HELDOUT_N = CHAT_DEV.with_name("heldout_n.jsonl")
+#: 60 more (sixteenth session), written by two helpers that read no project file (O: varied register
+#: and tricky tone; P: the first message often not giving the polarity away), measured through the
+#: full stack before that session's decoding and routing changes (docs/decoding.md)
+CHAT_HELDOUT_O = CHAT_DEV.with_name("heldout_o.jsonl")
+CHAT_HELDOUT_P = CHAT_DEV.with_name("heldout_p.jsonl")
 #: the ordinary conversations whose every turn calibrates the thresholds (v12): the dev scripts and
 #: every older held-out chat set, 909 turns — each had already had its flags read and decisions made
 #: with it. v11 calibrated on the 202 dev turns alone, where one turn is 0.5 %, the flag's whole
@@ -309,7 +314,8 @@ CHAT_HELDOUT_N = CHAT_DEV.with_name("heldout_n.jsonl")
 #: is no paper jam…"). The chat sets of :data:`CHAT_CLEAN` stay out: the clean measure.
 CHAT_CALIBRATION = (CHAT_DEV, CHAT_HELDOUT, CHAT_HELDOUT_E, CHAT_HELDOUT_F, CHAT_HELDOUT_G, CHAT_HELDOUT_H, CHAT_HELDOUT_I)
 #: the chat sets no threshold was chosen on (``eval-crisis`` counts their flags with the others)
-CHAT_CLEAN = (CHAT_HELDOUT_J, CHAT_HELDOUT_K, CHAT_HELDOUT_L, CHAT_HELDOUT_M, CHAT_HELDOUT_N)
+CHAT_CLEAN = (CHAT_HELDOUT_J, CHAT_HELDOUT_K, CHAT_HELDOUT_L, CHAT_HELDOUT_M, CHAT_HELDOUT_N, CHAT_HELDOUT_O,
+              CHAT_HELDOUT_P)
 
 
 def calibration_chat() -> List[Example]:

@@ -141,7 +141,7 @@ def test_polarity_guard_vetoes_sympathy_for_good_news_only_when_perception_is_co
              Candidate("What a moment! How old is he?", "generator", 0.0)]
     r = reranker(polarity=0)  # the lexical guard alone
     assert r.choose(cands, ["my son took his first steps"], p, []).text.startswith("What a moment")
-    p.polarity_prob = 0.55  # unsure: no veto
+    p.polarity_prob = 0.52  # unsure: no veto
     assert not any(c.vetoed for c in r.score(cands, ["my son took his first steps"], p, []))
     p.polarity, p.polarity_prob = "negative", 0.9
     bad = [Candidate("Congrats, that's awesome!", "generator", 1.0), Candidate("Oh no. What happened?", "generator", 0.0)]
@@ -151,6 +151,11 @@ def test_polarity_guard_vetoes_sympathy_for_good_news_only_when_perception_is_co
 @pytest.mark.parametrize("text,expected", [
     ("I'm so sorry to hear that.", "sympathy"), ("Congrats, that's awesome!", "celebration"),
     ("Oh no, but congrats anyway", None), ("What's his name?", None),
+    # v2: what else a person reads as celebration or condolence (heldout_o.jsonl, engine mode)
+    ("I'm sure he'll be happy for you!", "celebration"), ("That's nice of him. What kind of coffee was it?", "celebration"),
+    ("That sounds like fun. What kind of ball is it?", "celebration"), ("That sounds really hard.", "sympathy"),
+    ("That's so sad, how long had you had her?", "sympathy"), ("Hang in there.", "sympathy"),
+    ("Nice. What did you cook?", None), ("It sounds like you had a long day.", None),
 ])
 def test_tone(text, expected):
     from empathy_nlg.text import tone
