@@ -38,7 +38,9 @@ with none of that intent's words in it ("anyway, bus tomorrow" read as ``thank``
 goodbye and thank-you of the NLU data keeps its intent (a test checks it). A ``forget_persona``
 with no word of forgetting in it ("I keep reaching for my phone to tell him stuff", DIET 0.91) is
 the story, and so is a plain ``affirm``/``deny`` mid-story after an action other than
-``utter_empathize``, where no rule of the domain answers it (it got ``utter_default``). It never touches
+``utter_empathize``, where no rule of the domain answers it (it got ``utter_default``), and an
+``affirm``/``deny`` that tells two words or more beside its yes or no ("Priya said yes 💍💍💍",
+:data:`ANSWER`). It never touches
 ``crisis`` (the crisis detector runs after it and wins). What it did is in
 ``parse_data["story_router"]``.
 Place it after the intent classifiers and before ``agent.crisis_detector.CrisisDetector``.
@@ -158,6 +160,22 @@ STOCK = {"greet": GREETING, "goodbye": FAREWELL, "forget_persona": re.compile(
     r"kind|sweet|nice|lovely|you'?re\s+(?:the\s+best|a\s+(?:star|legend|gem)|amazing|awesome|great))\b", re.IGNORECASE)}
 
 
+#: a plain yes or no and what usually goes with it ("yes, I want to talk about it", "nah I'm good"):
+#: an ``affirm``/``deny`` with :data:`STORY_AFTER_ANSWER_WORDS` words or more beside these tells
+#: something ("Priya said yes 💍💍💍", DIET: affirm 0.98, got the help text at the start of
+#: heldout_o.jsonl's proposal story)
+ANSWER = re.compile(
+    r"\b(?:yes+|yeah|yep|yup|ya|yea|sure|of\s+course|definitely|absolutely|ok(?:ay)?|alright|please|"
+    r"(?:i'?d|i\s+would)\s+(?:like|love)\s+that|why\s+not|sounds\s+good|that'?s\s+(?:right|not\s+(?:it|right))|exactly|"
+    r"correct|i\s+guess(?:\s+so)?|kind\s+of|sort\s+of|i\s+do|mhm+|uh\s+huh|go\s+on(?:\s+then)?|"
+    r"(?:i\s+(?:don'?t\s+)?want\s+to|i'?d\s+(?:rather|prefer)\s+(?:not\s+)?(?:to\s+)?)?(?:talk\s+about\s+it)?|"
+    r"no+|nope|nah|not(?:\s+(?:really|now|right\s+now|today|at\s+all|exactly))?|no\s+way|never\s+mind|"
+    r"thanks?|thank\s+you|i\s+(?:don'?t\s+)?think\s+so|at\s+the\s+moment|for\s+now|right\s+now|i'?d\s+(?:rather|prefer)\s+not(?:\s+to)?|"
+    r"i'?m\s+(?:okay|ok|good|fine)|so|then|just|maybe)\b", re.IGNORECASE)
+#: words left after :data:`ANSWER` from which a yes or no tells the story
+STORY_AFTER_ANSWER_WORDS = 2
+
+
 def words(text: Text) -> int:
     """How many words (letters, with an apostrophe inside) a text has."""
     return len(re.findall(r"[^\W\d_]+(?:'[^\W\d_]+)?", text))
@@ -255,6 +273,8 @@ class StoryRouter(GraphComponent):
             return f"no {name} words"
         if name in ("affirm", "deny") and mid_story and last_action is not None and last_action not in ANSWERED_BY_RULES:
             return f"answer after {last_action}"
+        if name in ("affirm", "deny") and latin and words(ANSWER.sub(" ", text)) >= STORY_AFTER_ANSWER_WORDS:
+            return "story after yes/no"
         if name == "thank":
             return "story after thanks" if story_after_thanks(text) else None
         if name == "greet" and latin and story_after_greeting(text):

@@ -216,6 +216,12 @@ def test_story_router_keeps_a_story_going_and_leaves_clear_requests(graph_contex
         ("can you help 🙏", "ask_help", False, "ask_help"),
         ("not sure how this works 🤔 help", "ask_help", False, "ask_help"),
         ("is it petty to label the milk", "out_of_scope", False, "out_of_scope"),  # a question keeps its reading
+        # a yes or no that tells the story (DIET: affirm 0.98 → the help text at a conversation's start)
+        ("Priya said yes 💍💍💍", "affirm", False, "share_feeling"),
+        ("nope, never again after that trip", "deny", False, "share_feeling"),
+        ("yes I think so", "affirm", False, "affirm"),  # tests/test_stories.yml
+        ("no not at the moment", "deny", False, "deny"),
+        ("yes, I want to talk about it", "affirm", False, "affirm"),
     ]
     for text, intent, mid, expected in cases:
         m = msg(text, intent)
@@ -279,8 +285,8 @@ def test_every_request_of_the_nlu_data_reads_as_one_even_with_an_emoji():
 
 
 def test_no_greeting_goodbye_thank_you_or_request_to_forget_of_the_nlu_data_is_read_as_a_story_going_on():
-    """The router keeps every greeting, goodbye, thank-you and request to forget the classifier was
-    trained on."""
+    """The router keeps every greeting, goodbye, thank-you, request to forget and plain yes or no the
+    classifier was trained on."""
     from pathlib import Path
 
     import yaml
@@ -288,7 +294,7 @@ def test_no_greeting_goodbye_thank_you_or_request_to_forget_of_the_nlu_data_is_r
     from agent.story_router import StoryRouter
 
     nlu = yaml.safe_load((Path(__file__).resolve().parents[2] / "data" / "nlu.yml").read_text())
-    for intent in ("greet", "goodbye", "thank", "forget_persona"):
+    for intent in ("greet", "goodbye", "thank", "forget_persona", "affirm", "deny"):
         examples = [line[2:].strip() for item in nlu["nlu"] if item.get("intent") == intent
                     for line in item["examples"].splitlines() if line.strip()]
         assert len(examples) >= 20
