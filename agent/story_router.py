@@ -168,7 +168,7 @@ ANSWER = re.compile(
     r"\b(?:yes+|yeah|yep|yup|ya|yea|sure|of\s+course|definitely|absolutely|ok(?:ay)?|alright|please|"
     r"(?:i'?d|i\s+would)\s+(?:like|love)\s+that|why\s+not|sounds\s+good|that'?s\s+(?:right|not\s+(?:it|right))|exactly|"
     r"correct|i\s+guess(?:\s+so)?|kind\s+of|sort\s+of|i\s+do|mhm+|uh\s+huh|go\s+on(?:\s+then)?|"
-    r"(?:i\s+(?:don'?t\s+)?want\s+to|i'?d\s+(?:rather|prefer)\s+(?:not\s+)?(?:to\s+)?)?(?:talk\s+about\s+it)?|"
+    r"(?:(?:i\s+(?:don'?t\s+)?want\s+to|i'?d\s+(?:rather|prefer)\s+(?:not\s+)?(?:to\s+)?)\s*)?talk\s+about\s+it|"
     r"no+|nope|nah|not(?:\s+(?:really|now|right\s+now|today|at\s+all|exactly))?|no\s+way|never\s+mind|"
     r"thanks?|thank\s+you|i\s+(?:don'?t\s+)?think\s+so|at\s+the\s+moment|for\s+now|right\s+now|i'?d\s+(?:rather|prefer)\s+not(?:\s+to)?|"
     r"i'?m\s+(?:okay|ok|good|fine)|so|then|just|maybe)\b", re.IGNORECASE)

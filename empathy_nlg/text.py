@@ -136,7 +136,8 @@ CELEBRATION = re.compile(r"\b(?:congrat\w*|awesome|amazing|great news|wonderful|
                          r"that'?s exciting|"
                          # v2 (sixteenth session): "I'm sure he'll be happy for you!" to a washed-out camping
                          # trip, "That's nice of him" to a breakup, "That sounds like fun" to a grief turn
-                         r"happy for you|good news|that'?s (?:so |really )?(?:nice|cool|great)|so cool|lucky you|"
+                         # ("good news" is not here: "I hope you get good news soon" is kind to bad news)
+                         r"happy for you|that'?s (?:so |really )?(?:nice|cool|great)|so cool|lucky you|"
                          r"sounds (?:like )?(?:so much |a lot of )?fun|sounds great|what a great|how wonderful|"
                          r"way to go|(?:nice|great|good) job|yay|hooray|woo+hoo+)\b", re.IGNORECASE)
 
