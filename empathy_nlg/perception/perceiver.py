@@ -191,24 +191,26 @@ class Perceiver:
         emb, hidden, offsets = self._encode(texts, batch_size)
         rows = [[index[u.text if u.text.strip() else "."] for u in w] for _, w in windows]
         feats = np.stack([dialogue_features([u.role for u in w], emb[r]) for (_, w), r in zip(windows, rows)])
-        frozen_probs = self.emotion.predict_proba(feats)
-        emo_probs = frozen_probs
-        if self.tuned_emotion is not None:
-            tuned = self.tuned_emotion.predict_dialogues([w for _, w in windows])
-            emo_probs = (1.0 - self.tuned_weight) * frozen_probs + self.tuned_weight * tuned
+        speakers = [[i for i, u in enumerate(w) if u.role == "speaker"] for _, w in windows]
+        crises = [self.crisis.detect([w[i].text for i in pos], emb[r][pos] if pos else None)
+                  for (_, w), r, pos in zip(windows, rows, speakers)]
+        emo_probs = self.emotion.predict_proba(feats)
+        # A message the crisis detector flags or is concerned about keeps the frozen head's reading:
+        # the safety check-in is asked on concern *and* a negative feeling, and the tuned model reads
+        # a plan as calm resolve ("bought the rope today. the beam will hold, I checked" → prepared,
+        # a positive emotion in MIME's groups): blended in, it cost 14 check-ins on the held-out
+        # crisis sets (perception model card). Ordinary chat, where it pays, gets the blend — and only
+        # those windows are read by the tuned model.
+        blended = [k for k, c in enumerate(crises) if not (c.crisis or c.concern)]
+        if self.tuned_emotion is not None and blended:
+            tuned = self.tuned_emotion.predict_dialogues([windows[k][1] for k in blended])
+            emo_probs[blended] = (1.0 - self.tuned_weight) * emo_probs[blended] + self.tuned_weight * tuned
         cm_probs = self.cm.predict_proba(feats)
         out: List[Perception] = []
-        for (offset, window), r, p_blend, p_frozen, p_cm in zip(windows, rows, emo_probs, frozen_probs, cm_probs):
+        for (offset, window), r, speaker_pos, p_emo, p_cm, crisis in zip(windows, rows, speakers, emo_probs, cm_probs, crises):
             E = emb[r]
             roles = [u.role for u in window]
-            speaker_pos = [i for i, role in enumerate(roles) if role == "speaker"]
-            crisis = self.crisis.detect([window[i].text for i in speaker_pos], E[speaker_pos] if speaker_pos else None)
-            # A message the crisis detector flags or is concerned about keeps the frozen head's reading:
-            # the safety check-in is asked on concern *and* a negative feeling, and the tuned model reads
-            # a plan as calm resolve ("bought the rope today. the beam will hold, I checked" → prepared,
-            # a positive emotion in MIME's groups): blended in, it cost 14 check-ins on the held-out
-            # crisis sets (perception model card). Ordinary chat, where it pays, gets the blend.
-            emo = result_from_probs(p_frozen if crisis.crisis or crisis.concern else p_blend)
+            emo = result_from_probs(p_emo)
             causes: List[CauseUtterance] = []
             if speaker_pos:
                 target = speaker_pos[-1]

@@ -144,10 +144,21 @@ def test_a_fine_tuned_emotion_model_is_blended_in_with_its_weight(perceiver):
     # a message the crisis detector flags (or is concerned about) keeps the frozen head's reading: the
     # safety check-in is gated on a negative feeling, and the tuned model hears a plan as calm resolve
     crisis = [Utterance("speaker", "I can't do this anymore."), Utterance("speaker", "I want to end my life.")]
-    flagged = Perceiver(perceiver.encoder, perceiver.emotion, perceiver.cause, perceiver.cm, perceiver.crisis,
-                        tuned_emotion=stub, tuned_weight=1.0).perceive(crisis)
-    assert flagged.crisis and flagged.emotion_probs == perceiver.perceive(crisis).emotion_probs
+    reader = _StoryModel("proud")
+    tuned = Perceiver(perceiver.encoder, perceiver.emotion, perceiver.cause, perceiver.cm, perceiver.crisis,
+                      tuned_emotion=reader, tuned_weight=1.0)
+    flagged = tuned.perceive(crisis)
+    # the reference reads the same texts from an empty encoding cache too (the fixture's cache holds
+    # embeddings computed in other batches, which differ from these in the last float bits)
+    frozen_alone = Perceiver(perceiver.encoder, perceiver.emotion, perceiver.cause, perceiver.cm, perceiver.crisis)
+    assert flagged.crisis and flagged.emotion_probs == frozen_alone.perceive(crisis).emotion_probs
     assert flagged.polarity == "negative" and flagged.emotion != "proud"
+    assert reader.seen == []  # its reading would be discarded: the tuned model is not run on it
+    # in one batch, each dialogue gets what it would get alone (within a batch's float noise, as above)
+    both = tuned.perceive_batch([crisis, DIALOGUE])
+    assert all(abs(both[0].emotion_probs[e] - flagged.emotion_probs[e]) < 1e-4 for e in EMOTIONS)
+    assert both[1].emotion == "proud"
+    assert reader.seen == [" ".join(u.text for u in DIALOGUE if u.role == "speaker")]
     with pytest.raises(ValueError, match="tuned_weight"):
         Perceiver(perceiver.encoder, perceiver.emotion, perceiver.cause, perceiver.cm, perceiver.crisis,
                   tuned_emotion=stub, tuned_weight=0.0)
