@@ -221,6 +221,8 @@ CONTEXT_TURNS = 3
 HEAD = "crisis_head"
 #: the head on the larger frozen encoder (:mod:`empathy_nlg.perception.crisis_mpnet`)
 LARGE_HEAD = "crisis_head_mpnet"
+#: the larger encoder's LoRA adapter, next to a ``crisis_head_mpnet`` trained end to end
+LARGE_ADAPTER_DIR = "crisis_encoder_mpnet"
 CONTEXT_ONLY = "context-only"
 
 
@@ -319,7 +321,9 @@ class CrisisDetector:
         if head[1].get("encoder") == "tuned":
             from empathy_nlg.perception.crisis_encoder import TunedEncoder
 
-            return cls(head, TunedEncoder.load(art_dir, encoder_path, device).encode, own_encoder=True)
+            tuned = TunedEncoder.load(art_dir, encoder_path, device)
+            tuned.gloss_emoji = bool(head[1].get("emoji_gloss", False))  # as it was trained
+            return cls(head, tuned.encode, own_encoder=True)
         if crisis_encoder:
             from empathy_nlg.perception.crisis_mpnet import is_prepared, load_encoder, resolve
 
@@ -331,7 +335,11 @@ class CrisisDetector:
             except FileNotFoundError:
                 logger.warning("no %s in %s: the crisis classifier falls back to its MiniLM head", LARGE_HEAD, art_dir)
                 return cls(head, embed)
-            large = load_encoder(crisis_encoder, device=device, dtype=crisis_dtype)  # None (with a warning) when it cannot load
+            # a head trained end to end with the larger encoder (v15 on) brings that encoder's LoRA adapter
+            adapter = (Path(art_dir) / str(large_head[1].get("adapter_dir", LARGE_ADAPTER_DIR))
+                       if large_head[1].get("encoder") == "tuned" else None)
+            large = load_encoder(crisis_encoder, device=device, dtype=crisis_dtype,
+                                 adapter=adapter)  # None (with a warning) when it cannot load
             if large is not None:
                 trained_on = large_head[1].get("encoder_name")
                 if trained_on and trained_on != large.path.name:

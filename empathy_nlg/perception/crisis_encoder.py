@@ -56,6 +56,11 @@ class TunedEncoder:
         self.device = next(model.parameters()).device
         self._cache: "OrderedDict[str, np.ndarray]" = OrderedDict()
         self.cache_size = cache_size
+        #: bf16 autocast in :meth:`forward` (set by the trainer where bf16 is native)
+        self.autocast = False
+        #: gloss emoji as :class:`SentenceEncoder` does (the crisis heads: their frozen start and the
+        #: served larger encoder read glossed text); off for the emotion model, trained without it
+        self.gloss_emoji = False
 
     @property
     def name(self) -> str:
@@ -114,11 +119,20 @@ class TunedEncoder:
 
     # -- encoding ---------------------------------------------------------------------------
     def forward(self, texts: Sequence[str]):
-        """Pooled embeddings of ``texts`` as a tensor, with gradients when the model trains."""
-        batch = self.tokenizer([t if t.strip() else "." for t in texts], padding=True, truncation=True,
+        """Pooled embeddings of ``texts`` as a tensor, with gradients when the model trains. With
+        ``gloss_emoji``, emoji are glossed as :class:`SentenceEncoder` does; with ``autocast`` (bf16 training on a CPU with native bf16 or on CUDA) the matmuls run in
+        bf16 and the LoRA weights and the pooled output stay fp32."""
+        import torch
+
+        from empathy_nlg.text import emoji_gloss
+
+        gloss = emoji_gloss if self.gloss_emoji else str
+        batch = self.tokenizer([gloss(t) if t.strip() else "." for t in texts], padding=True, truncation=True,
                                max_length=self.max_length, return_tensors="pt")
         batch = {k: v.to(self.device) for k, v in batch.items()}
-        return pool(self.model(**batch).last_hidden_state, batch["attention_mask"])
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            hidden = self.model(**batch).last_hidden_state
+        return pool(hidden.float(), batch["attention_mask"])
 
     def encode(self, texts: Sequence[str], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         """Normalised float32 embeddings ``(len(texts), dim)``, cached per text (inference mode)."""

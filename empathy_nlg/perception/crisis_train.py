@@ -597,6 +597,8 @@ def train_large(data_dir: Path, small_cache, large_cache, out_dir: Path, encoder
 
 # ------------------------------------------------------------------------------ end-to-end fine-tuning
 TUNED_VERSION = "minilm-lora-crisis-v1"
+#: v15: the larger encoder's head (v12's data and design) trained end to end with a LoRA adapter on it
+LARGE_TUNED_VERSION = "mpnet-lora-crisis-v15"
 
 
 def _example_texts(ex: Example, max_chunks: int) -> Tuple[List[str], List[str]]:
@@ -608,23 +610,37 @@ def finetune_crisis(data_dir: Path, out_dir: Path, seed: int = 13, own_weight: f
                     max_chunks: int = 2, max_length: int = 96, init_head: Optional[Path] = None,
                     target_recall: float = 0.9, max_fpr: float = 0.01, max_checkin_fpr: float = 0.04,
                     max_minutes: Optional[float] = None, max_train_examples: Optional[int] = None,
-                    progress: bool = True) -> Dict[str, object]:
-    """Train the crisis classifier end to end: a LoRA adapter on MiniLM and the head together.
+                    progress: bool = True, encoder_path: Optional[Path] = None, head_name: str = HEAD,
+                    adapter_dir: Optional[str] = None, version: str = TUNED_VERSION,
+                    bf16: str = "auto", ed_per_epoch: Optional[int] = None) -> Dict[str, object]:
+    """Train the crisis classifier end to end: a LoRA adapter on its encoder and the head together.
 
-    Same data, split, dev thresholds and artefact names as :func:`train_crisis` (``crisis_head`` with
-    ``encoder: tuned``) plus the adapter (``crisis_encoder/``). The head starts from ``init_head``'s
-    frozen-encoder ``crisis_head`` when given and the adapter from zero, so epoch 0 *is* the frozen
-    detector; the epoch with the best dev AUC (epoch 0 included) is kept. Training reads at most
-    ``max_chunks`` 64-word chunks of a message (serving reads up to 8). ``max_minutes`` stops early
-    (the best epoch so far is saved); ``max_train_examples`` trains on a seeded sample (tests)."""
+    Two heads can be trained so: the MiniLM ``crisis_head`` (defaults; ``encoder_path`` None) and,
+    ``head_name=crisis_head_mpnet`` with ``encoder_path`` the prepared all-mpnet-base-v2, the larger
+    encoder's head that decides behind the MiniLM gate (v15). Same data, split and dev thresholds as
+    :func:`train_crisis`; the head's JSON says ``encoder: tuned`` and names its adapter folder
+    (``crisis_encoder/`` or ``crisis_encoder_mpnet/``). The head starts from ``init_head``'s head of
+    that name: a frozen-encoder head (the adapter starts from zero, so epoch 0 *is* the frozen
+    detector; the larger head's gate settings are carried over) or one trained end to end, whose
+    adapter is loaded to train on (resuming a run cut by ``max_minutes``). The epoch with the best dev
+    AUC (epoch 0 included) is kept. Training reads at most ``max_chunks`` 64-word chunks of a message
+    (serving reads up to 8). ``max_minutes`` stops early (the best epoch so far is saved);
+    ``max_train_examples`` trains on a seeded sample (tests); ``bf16``: autocast the encoder's
+    matmuls to bf16 (``auto``: where bf16 is native — AVX-512 BF16 / AMX CPUs, CUDA);
+    ``ed_per_epoch``: each epoch reads every other example and a fresh seeded sample of this many of
+    the ED everyday negatives (they are 8,000 of the 12,771 and the easiest; an epoch of the larger
+    encoder on 2 CPU cores then takes ≈ half the time)."""
     import time
 
     import torch
     from sklearn.metrics import roc_auc_score
 
+    from empathy_nlg.hardware import cpu_has_native_bf16
     from empathy_nlg.perception.common import build_mlp, load_head, predict_head, save_head
-    from empathy_nlg.perception.crisis_encoder import TunedEncoder
+    from empathy_nlg.perception.crisis import LARGE_ADAPTER_DIR, LARGE_HEAD
+    from empathy_nlg.perception.crisis_encoder import ADAPTER_DIR, TunedEncoder
 
+    adapter_dir = adapter_dir or (LARGE_ADAPTER_DIR if head_name == LARGE_HEAD else ADAPTER_DIR)
     t_start = time.time()
     train, dev = split_data(data_dir, seed)
     if not any(ex.source == "cssrs" for ex in dev):
@@ -633,21 +649,43 @@ def finetune_crisis(data_dir: Path, out_dir: Path, seed: int = 13, own_weight: f
     rng = np.random.default_rng(seed)
     if max_train_examples is not None and len(train) > max_train_examples:
         train = [train[i] for i in sorted(rng.choice(len(train), max_train_examples, replace=False))]
-    enc = TunedEncoder.trainable(r=r, top_layers=top_layers or None)
+    old: Dict[str, object] = {}
+    if init_head is not None and (Path(init_head) / f"{head_name}.json").is_file():
+        head, old = load_head(init_head, head_name)
+    if old.get("encoder") == "tuned":
+        enc = TunedEncoder.load(init_head, encoder_path, adapter_dir=str(old.get("adapter_dir", adapter_dir)),
+                                trainable=True)
+        enc.adapter_dir = adapter_dir
+    else:
+        enc = TunedEncoder.trainable(encoder_path, r=r, top_layers=top_layers or None, adapter_dir=adapter_dir)
     enc.max_length = max_length
+    enc.gloss_emoji = True  # what the frozen heads were trained on and the served larger encoder reads
+    enc.autocast = bf16 == "bfloat16" or (bf16 == "auto" and (enc.device.type == "cuda" or cpu_has_native_bf16()))
     dim = enc.dim
     config = {"in_dim": 3 * dim, "out_dim": 1, "hidden": 256, "dropout": 0.2, "loss": "bce"}
-    if init_head is not None and (Path(init_head) / f"{HEAD}.json").is_file():
-        head, old = load_head(init_head, HEAD)
-        if int(old["in_dim"]) != 3 * dim or old.get("encoder") == "tuned":
-            raise ValueError(f"{init_head}: {HEAD} is not a frozen-encoder head of this encoder")
+    if old:
+        if int(old["in_dim"]) != 3 * dim:
+            raise ValueError(f"{init_head}: {head_name} was not trained on this encoder ({old['in_dim']} inputs)")
         config.update({k: old[k] for k in ("hidden", "dropout")})
+        # the gate (MiniLM head, unchanged) and how the larger head is combined travel with it
+        config.update({k: old[k] for k in ("encoder_name", "gate_threshold", "gate", "combine", "cue_gate") if k in old})
     else:
         head = build_mlp(3 * dim, 1, config["hidden"], config["dropout"])
+    if head_name == LARGE_HEAD:
+        config["encoder_name"] = enc.path.name
     lora = [p for p in enc.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": lora, "lr": lr}, {"params": list(head.parameters()), "lr": head_lr}],
                             weight_decay=1e-3)
-    steps_per_epoch = int(np.ceil(len(train) / batch_size))
+    is_ed = np.asarray([ex.source == "ed" for ex in train])
+    n_ed = int(is_ed.sum()) if ed_per_epoch is None else min(int(is_ed.sum()), ed_per_epoch)
+
+    def epoch_order() -> np.ndarray:
+        if ed_per_epoch is None:
+            return rng.permutation(len(train))
+        keep = np.concatenate([np.flatnonzero(~is_ed), rng.choice(np.flatnonzero(is_ed), n_ed, replace=False)])
+        return keep[rng.permutation(len(keep))]
+
+    steps_per_epoch = int(np.ceil((int((~is_ed).sum()) + n_ed) / batch_size))
     total = max(epochs * steps_per_epoch, 1)
     warm = max(total // 20, 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, (total - s) / total))
@@ -677,8 +715,8 @@ def finetune_crisis(data_dir: Path, out_dir: Path, seed: int = 13, own_weight: f
     for epoch in range(1, epochs + 1):
         enc.model.train()
         head.train()
-        order = rng.permutation(len(train))
-        batches = range(0, len(train), batch_size)
+        order = epoch_order()
+        batches = range(0, len(order), batch_size)
         if progress:
             from tqdm.auto import tqdm
 
@@ -736,10 +774,11 @@ def finetune_crisis(data_dir: Path, out_dir: Path, seed: int = 13, own_weight: f
                     "minutes": round((time.time() - t_start) / 60, 1)})
     out_dir = Path(out_dir)
     enc.save(out_dir)
-    save_head(head, {**config, "threshold": threshold, "concern_threshold": concern, "version": TUNED_VERSION,
-                     "encoder": "tuned", "seed": seed, "own_weight": own_weight, "lora_r": r,
+    save_head(head, {**config, "threshold": threshold, "concern_threshold": concern, "version": version,
+                     "encoder": "tuned", "adapter_dir": adapter_dir, "bf16_autocast": enc.autocast, "emoji_gloss": True,
+                     "seed": seed, "own_weight": own_weight, "lora_r": r, "ed_per_epoch": ed_per_epoch,
                      "top_layers": top_layers, "max_chunks": max_chunks, "max_length": max_length,
-                     "target_recall": target_recall, "dev": metrics}, out_dir, HEAD)
+                     "target_recall": target_recall, "dev": metrics}, out_dir, head_name)
     return metrics
 
 

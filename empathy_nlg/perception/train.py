@@ -38,12 +38,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="instead of training: write ED conversations annotated with cause indices to this path")
     parser.add_argument("--annotate-input", type=Path, default=None,
                         help="ed-jsonl file to annotate (default: <data-dir>/empathetic_dialogues/train.jsonl)")
-    parser.add_argument("--crisis-encoder", choices=("mpnet", "frozen", "tuned"), default="mpnet",
+    parser.add_argument("--crisis-encoder", choices=("mpnet", "frozen", "tuned", "mpnet-tuned"), default="mpnet",
                         help="crisis classifier: mpnet (default, the committed ones) = the head on the shared MiniLM "
                              "(crisis_head: the gate and the fallback) and then a head on the frozen all-mpnet-base-v2 "
                              "(crisis_head_mpnet; needs `empathy-nlg prepare-encoder`); frozen = the MiniLM head only; "
                              "tuned = MiniLM trained end to end with a LoRA adapter (≈ 26 min on 2 CPU cores — see the "
-                             "perception model card for why it is not the default)")
+                             "perception model card for why it is not the default); mpnet-tuned = mpnet, then the "
+                             "all-mpnet-base-v2 head trained end to end with a LoRA adapter on that encoder, starting "
+                             "from the frozen head (crisis_encoder_mpnet/; bf16 autocast where native)")
+    parser.add_argument("--crisis-init", type=Path, default=None,
+                        help="mpnet-tuned: take crisis_head and the larger head to start from out of this artefacts "
+                             "folder instead of training them first (the committed ones; or the --out of an earlier "
+                             "chunk, whose adapter it goes on training)")
+    parser.add_argument("--crisis-ed-per-epoch", type=int, default=2000,
+                        help="mpnet-tuned: ED everyday negatives sampled afresh each epoch (of 8,000)")
     parser.add_argument("--large-encoder", default=None,
                         help="folder of the crisis classifier's larger encoder (default: the prepared all-mpnet-base-v2)")
     parser.add_argument("--crisis-dtype", choices=("auto", "float32", "bfloat16"), default=None,
@@ -61,6 +69,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tuned-base", default=None,
                         help="emotion_tuned: the base encoder folder (default: the prepared all-mpnet-base-v2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _finetune_large(args: argparse.Namespace, data_dir: Path, out: Path, init: Path, progress: bool) -> Dict[str, object]:
+    """The larger encoder's crisis head trained end to end (``--crisis-encoder mpnet-tuned``) from the
+    head (and adapter, when it has one) in ``init``, written to ``out``."""
+    from empathy_nlg.perception.crisis import LARGE_HEAD
+    from empathy_nlg.perception.crisis_mpnet import ENCODER_NAME, encoders_dir, is_prepared
+    from empathy_nlg.perception.crisis_train import LARGE_TUNED_VERSION, finetune_crisis
+
+    large_path = Path(args.large_encoder) if args.large_encoder else encoders_dir() / ENCODER_NAME
+    if not is_prepared(large_path):
+        raise SystemExit(f"no prepared encoder in {large_path}: run `empathy-nlg prepare-encoder` first")
+    return finetune_crisis(data_dir, out, seed=args.seed, epochs=args.crisis_epochs, init_head=init,
+                           max_minutes=args.max_minutes, progress=progress, encoder_path=large_path,
+                           head_name=LARGE_HEAD, version=LARGE_TUNED_VERSION, max_length=128, max_fpr=0.005,
+                           lr=3e-4, head_lr=3e-4, ed_per_epoch=args.crisis_ed_per_epoch)
 
 
 def _paths(data_dir: Path) -> Dict[str, Path]:
@@ -191,10 +215,22 @@ def run(args: argparse.Namespace) -> int:
                                                     init_head=Path(tmp), max_minutes=args.max_minutes, progress=progress)
             summary["crisis"]["frozen_dev"] = {k: frozen[k] for k in ("dev_auc", "threshold", "concern_threshold",
                                                                       "dev_own", "dev_cssrs", "dev_ed")}
+        elif args.crisis_encoder == "mpnet-tuned" and args.crisis_init is not None:
+            from empathy_nlg.perception.crisis import HEAD, LARGE_ADAPTER_DIR, LARGE_HEAD
+
+            init = Path(args.crisis_init)
+            with tempfile.TemporaryDirectory() as tmp:  # --crisis-init may be --out itself (a later chunk)
+                for name in (f"{HEAD}.json", f"{HEAD}.safetensors", f"{LARGE_HEAD}.json", f"{LARGE_HEAD}.safetensors"):
+                    shutil.copy2(init / name, Path(tmp) / name)
+                if (init / LARGE_ADAPTER_DIR).is_dir():
+                    shutil.copytree(init / LARGE_ADAPTER_DIR, Path(tmp) / LARGE_ADAPTER_DIR)
+                for name in (f"{HEAD}.json", f"{HEAD}.safetensors"):
+                    shutil.copy2(Path(tmp) / name, out / name)
+                summary["crisis"] = _finetune_large(args, data_dir, out, Path(tmp), progress)
         else:
             summary["crisis"] = train_crisis(data_dir, cache, out, seed=args.seed, progress=progress)
             shutil.rmtree(out / ADAPTER_DIR, ignore_errors=True)  # a stale adapter must not outlive its head
-            if args.crisis_encoder == "mpnet":
+            if args.crisis_encoder in ("mpnet", "mpnet-tuned"):
                 from empathy_nlg.perception.crisis_mpnet import ENCODER_NAME, CachedEncoder, encoders_dir, is_prepared
                 from empathy_nlg.perception.crisis_train import default_crisis_dtype, train_large
 
@@ -207,6 +243,14 @@ def run(args: argparse.Namespace) -> int:
                 large_cache = EmbeddingCache(large, args.cache_dir)  # its own file per dtype (the name says -bf16)
                 summary["crisis"]["mpnet"] = train_large(data_dir, cache, large_cache, out, large_path.name,
                                                          seed=args.seed, progress=progress, encoder_dtype=large.base.dtype)
+                from empathy_nlg.perception.crisis import LARGE_ADAPTER_DIR
+
+                shutil.rmtree(out / LARGE_ADAPTER_DIR, ignore_errors=True)  # nor the larger encoder's
+                if args.crisis_encoder == "mpnet-tuned":
+                    with tempfile.TemporaryDirectory() as tmp:
+                        for name in ("crisis_head_mpnet.json", "crisis_head_mpnet.safetensors"):
+                            shutil.copy2(out / name, Path(tmp) / name)
+                        summary["crisis"]["tuned"] = _finetune_large(args, data_dir, out, Path(tmp), progress)
         timings["crisis"] = time.time() - t0
 
     settings_path = out / "perceiver.json"

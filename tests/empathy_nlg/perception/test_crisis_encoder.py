@@ -125,5 +125,71 @@ def test_finetune_crisis_end_to_end_on_a_tiny_data_folder(tmp_path):
     det = CrisisDetector.load(out)
     assert det.own_encoder
     assert det.detect(["I don't want to live anymore, I have the pills ready"]).crisis  # the pattern floor holds
-    with pytest.raises(ValueError, match="frozen-encoder head"):
-        CT.finetune_crisis(data, tmp_path / "again", epochs=1, init_head=out, max_train_examples=8, progress=False)
+    # a later chunk goes on from the saved adapter and head: its epoch 0 is the saved best
+    again = CT.finetune_crisis(data, tmp_path / "again", epochs=1, init_head=out, max_train_examples=8, progress=False)
+    assert again["epochs"][0]["dev_auc"] == pytest.approx(m["dev_auc"], abs=0.05)
+    assert (tmp_path / "again" / ADAPTER_DIR / "adapter_model.safetensors").is_file()
+
+
+def _tiny_crisis_data(root):
+    import json
+
+    (root / "crisis").mkdir(parents=True)
+    rows = [{"user": f"u{u}", "label": "ideation" if u % 2 == 0 else "supportive",
+             "text": "tonight is the night, the rope is ready" if u % 2 == 0 else "hang in there, you matter"}
+            for u in range(40)]
+    (root / "crisis" / "cssrs_reddit_posts.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return root
+
+
+def test_the_larger_head_trained_end_to_end_is_served_with_its_adapter_merged(tmp_path, frozen, caplog):
+    """v15's path: the larger encoder's head fine-tuned with a LoRA adapter on that encoder
+    (``head_name=crisis_head_mpnet``), then served by :class:`CrisisDetector` behind the MiniLM gate
+    with the adapter merged into the larger encoder. The packaged MiniLM stands in for
+    all-mpnet-base-v2 here (same code path, a fraction of the time)."""
+    import json
+    import shutil
+
+    from empathy_nlg.perception import crisis_train as CT
+    from empathy_nlg.perception.crisis import LARGE_ADAPTER_DIR, LARGE_HEAD
+    from empathy_nlg.perception.encoder import default_encoder_path
+
+    data = _tiny_crisis_data(tmp_path / "data")
+    base = default_encoder_path()
+    init = tmp_path / "frozen"
+    CT.train_crisis(data, frozen, init, progress=False)
+    CT.train_crisis(data, frozen, init, progress=False, head_name=LARGE_HEAD, version=CT.LARGE_VERSION,
+                    extra_config={"encoder_name": base.name, "gate_threshold": 0.0, "cue_gate": 0.02})
+    out = tmp_path / "tuned"
+    m = CT.finetune_crisis(data, out, epochs=1, batch_size=8, init_head=init, max_train_examples=16, progress=False,
+                           encoder_path=base, head_name=LARGE_HEAD, version=CT.LARGE_TUNED_VERSION, bf16="float32")
+    assert [e["epoch"] for e in m["epochs"]] == [0, 1]
+    config = json.loads((out / f"{LARGE_HEAD}.json").read_text())
+    assert config["encoder"] == "tuned" and config["adapter_dir"] == LARGE_ADAPTER_DIR
+    assert config["gate_threshold"] == 0.0 and config["cue_gate"] == 0.02  # the gate settings travel with it
+    assert not (out / HEAD).with_suffix(".json").exists()  # only the larger head is written
+    for name in (f"{HEAD}.json", f"{HEAD}.safetensors"):
+        shutil.copy2(init / name, out / name)
+    # on this tiny set the best epoch may be epoch 0 (a zero adapter): move the saved adapter for sure
+    moved = TunedEncoder.load(out, encoder_path=base, adapter_dir=LARGE_ADAPTER_DIR, trainable=True)
+    _train_a_little(moved)
+    moved.save(out)
+
+    det = CrisisDetector.load(out, frozen.encode, crisis_encoder=str(base))
+    assert det.large is not None and det.large.adapter == out / LARGE_ADAPTER_DIR
+    assert LARGE_ADAPTER_DIR in det.large.name  # its embedding cache is not the frozen encoder's
+    texts = TEXTS + ["tonight is the night 😭💔"]  # emoji glossed alike in training and serving
+    merged = det.large.encode(texts)
+    served_like = TunedEncoder.load(out, adapter_dir=LARGE_ADAPTER_DIR)
+    served_like.gloss_emoji = True
+    tuned = served_like.encode(texts)
+    np.testing.assert_allclose(merged, tuned, atol=1e-5)  # served = trained
+    assert np.abs(merged - frozen.encode(texts)).max() > 1e-5  # and not the frozen encoder
+    assert json.loads((out / f"{LARGE_HEAD}.json").read_text())["emoji_gloss"] is True
+    assert det.version == f"{RULES_VERSION}+{CT.LARGE_TUNED_VERSION}"
+
+    # a lost adapter: the MiniLM head decides alone, with a warning (never the tuned head on frozen weights)
+    (out / LARGE_ADAPTER_DIR / "adapter_model.safetensors").unlink()
+    with caplog.at_level("WARNING"):
+        det = CrisisDetector.load(out, frozen.encode, crisis_encoder=str(base))
+    assert det.large is None and "could not be loaded" in caplog.text
