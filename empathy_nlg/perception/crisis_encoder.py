@@ -120,8 +120,9 @@ class TunedEncoder:
     # -- encoding ---------------------------------------------------------------------------
     def forward(self, texts: Sequence[str]):
         """Pooled embeddings of ``texts`` as a tensor, with gradients when the model trains. With
-        ``gloss_emoji``, emoji are glossed as :class:`SentenceEncoder` does; with ``autocast`` (bf16 training on a CPU with native bf16 or on CUDA) the matmuls run in
-        bf16 and the LoRA weights and the pooled output stay fp32."""
+        ``gloss_emoji``, emoji are glossed as :class:`SentenceEncoder` does; with ``autocast`` (bf16
+        training on a CPU with native bf16 or on CUDA) the matmuls run in bf16 and the LoRA weights
+        and the pooled output stay fp32."""
         import torch
 
         from empathy_nlg.text import emoji_gloss

@@ -635,7 +635,7 @@ def finetune_crisis(data_dir: Path, out_dir: Path, seed: int = 13, own_weight: f
     import torch
     from sklearn.metrics import roc_auc_score
 
-    from empathy_nlg.hardware import cpu_has_native_bf16
+    from empathy_nlg.hardware import serving_dtype
     from empathy_nlg.perception.common import build_mlp, load_head, predict_head, save_head
     from empathy_nlg.perception.crisis import LARGE_ADAPTER_DIR, LARGE_HEAD
     from empathy_nlg.perception.crisis_encoder import ADAPTER_DIR, TunedEncoder
@@ -660,7 +660,7 @@ def finetune_crisis(data_dir: Path, out_dir: Path, seed: int = 13, own_weight: f
         enc = TunedEncoder.trainable(encoder_path, r=r, top_layers=top_layers or None, adapter_dir=adapter_dir)
     enc.max_length = max_length
     enc.gloss_emoji = True  # what the frozen heads were trained on and the served larger encoder reads
-    enc.autocast = bf16 == "bfloat16" or (bf16 == "auto" and (enc.device.type == "cuda" or cpu_has_native_bf16()))
+    enc.autocast = serving_dtype(bf16, str(enc.device)) == "bfloat16"
     dim = enc.dim
     config = {"in_dim": 3 * dim, "out_dim": 1, "hidden": 256, "dropout": 0.2, "loss": "bce"}
     if old:
