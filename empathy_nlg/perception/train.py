@@ -159,16 +159,22 @@ def run(args: argparse.Namespace) -> int:
 
     if "emotion_tuned" in tasks:
         from empathy_nlg.perception.crisis_mpnet import ENCODER_NAME, encoders_dir, is_prepared
-        from empathy_nlg.perception.emotion_tuned import train_emotion_tuned
+        from empathy_nlg.perception.emotion import EmotionClassifier, eval_set
+        from empathy_nlg.perception.emotion_tuned import default_weight, train_emotion_tuned
 
         base = Path(args.tuned_base) if args.tuned_base else encoders_dir() / ENCODER_NAME
         if not is_prepared(base):
             raise SystemExit(f"no prepared encoder in {base}: run `empathy-nlg prepare-encoder` first (or --tuned-base)")
         t0 = time.time()
+        dev_convs = D.read_ed_jsonl(p["ed_valid"])
+        # what is served is the blend with the frozen head: a chunk replaces the artefact when its blend is better
+        weight, frozen_dev = default_weight(), None
+        if weight > 0 and (out / "emotion_head.json").is_file():
+            frozen_dev = EmotionClassifier.load(out).predict_proba(eval_set(dev_convs, cache)[0])
         summary["emotion_tuned"] = train_emotion_tuned(
             D.read_ed_jsonl(p["ed_train"])[: args.max_train_convs or None], D.read_situations_csv(p["sit_train"]),
-            D.read_ed_jsonl(p["ed_valid"]), out, args.run_dir, base, seed=args.seed, max_minutes=args.max_minutes,
-            resume=args.resume, progress=progress)
+            dev_convs, out, args.run_dir, base, seed=args.seed, max_minutes=args.max_minutes,
+            resume=args.resume, frozen_dev=frozen_dev, blend_weight=weight, progress=progress)
         timings["emotion_tuned"] = time.time() - t0
 
     if "cause" in tasks:

@@ -90,6 +90,30 @@ def test_chunks_resume_where_they_stopped_and_serve_only_the_best(tmp_path):
                               progress=False)
 
 
+def test_with_the_frozen_head_given_the_served_blend_decides_the_replacement(tmp_path):
+    """What is served is the blend with the frozen head, so a chunk replaces the artefact only when its
+    blend beats the served model's blend, both measured now — not the tuned-alone figure on record."""
+    train, situations, dev = data()
+    out, run = tmp_path / "artefacts", tmp_path / "run"
+    base = default_encoder_path()
+    T.train_emotion_tuned(train, situations, dev, out, run, base, max_minutes=0, batch_size=4, progress=False)
+    served = json.loads((out / f"{T.HEAD}.json").read_text())
+    served["dev"]["accuracy"] = 0.0  # on record the served model is hopeless alone: the old rule would replace it
+    (out / f"{T.HEAD}.json").write_text(json.dumps(served))
+    # a frozen head that is sure and right: every blend at 0.5 is right, so the chunk's cannot be better
+    gold = np.zeros((len(dev), len(EMOTIONS)), dtype=np.float32)
+    gold[np.arange(len(dev)), [EMOTION_TO_ID[c.emotion] for c in dev]] = 1.0
+    second = T.train_emotion_tuned(train, situations, dev, out, run, base, max_minutes=0, batch_size=4, resume=True,
+                                   frozen_dev=gold, blend_weight=0.5, progress=False)
+    assert second["compared"] == "blend" and second["served_before"] == 100.0 and second["compared_accuracy"] == 100.0
+    assert not second["served_replaced"]
+    assert second["dev_blend"]["weight"] == 0.5 and second["dev_blend"]["accuracy"] == 100.0
+    assert json.loads((out / f"{T.HEAD}.json").read_text())["training"]["seen"] == 4  # the served one stayed
+    with pytest.raises(ValueError, match="rows"):
+        T.train_emotion_tuned(train, situations, dev, out, run, base, max_minutes=0, resume=True,
+                              frozen_dev=gold[:1], blend_weight=0.5, progress=False)
+
+
 def test_training_moves_the_encoder_and_serving_merges_the_adapter(tmp_path):
     """A few steps on good vs bad news separate them; the served (merged) model predicts what the
     trained LoRA model predicted."""
