@@ -284,6 +284,9 @@ class TrainOptim(_Section):
     batch_size: int = 8
     max_steps: int = 300
     warmup_steps: int = 20
+    #: a run from ``init_model`` starts its data order (and step count) here, so the batches the
+    #: model's own earlier run trained on are not trained again; warm-up and decay count from it
+    start_step: int = 0
     checkpoint_every: int = 25
     max_minutes: Optional[float] = None
     grad_clip: float = 1.0

@@ -220,6 +220,11 @@ def train(config: TrainSettings | Mapping[str, Any], *, resume: bool = False, pr
         raise FileNotFoundError(f"nothing to resume: {ckpt}/state.json does not exist")
     if not resume and (ckpt / "state.json").is_file():
         raise ValueError(f"{ckpt} already holds a checkpoint: pass --resume to continue it, or pick another out_dir")
+    if optim.start_step and not resume and (config.init_from or not config.init_model):
+        raise ValueError("optim.start_step continues an init_model's data order: give init_model (not init_from); "
+                         "on --resume the checkpoint carries it")
+    if optim.start_step >= optim.max_steps:
+        raise ValueError(f"optim.start_step ({optim.start_step}) must be below optim.max_steps ({optim.max_steps})")
     out_dir.mkdir(parents=True, exist_ok=True)
     random.seed(seed)
     torch.manual_seed(seed)
@@ -265,7 +270,7 @@ def train(config: TrainSettings | Mapping[str, Any], *, resume: bool = False, pr
         state = json.loads((ckpt_in / "state.json").read_text())
     else:
         model = _new_model(recipe, config, settings, backbone, encoder)
-        state = {"step": 0, "seconds": 0.0, "examples": 0}
+        state = {"step": optim.start_step, "seconds": 0.0, "examples": 0, "start_step": optim.start_step}
     model.lm.autocast = optim.autocast
     recipe.prepare(model, train_feats, config, out_dir=feat_dir, train_path=train_path)
     params = model.trainable_parameters()
@@ -283,6 +288,7 @@ def train(config: TrainSettings | Mapping[str, Any], *, resume: bool = False, pr
     total_steps = optim.max_steps
     bs = optim.batch_size
     step = int(state["step"])
+    first_step = int(state.get("start_step", 0))  # where this run's data order, warm-up and decay began
     start_seconds = float(state["seconds"])
     deadline = time.monotonic() + 60 * optim.max_minutes if optim.max_minutes else None
     t0 = time.monotonic()
@@ -304,7 +310,8 @@ def train(config: TrainSettings | Mapping[str, Any], *, resume: bool = False, pr
 
     def snapshot() -> Dict[str, Any]:
         return {"step": step, "seconds": round(start_seconds + time.monotonic() - t0, 1), "examples": state["examples"],
-                "seed": seed, "total_steps": total_steps, "best_valid_ppl": best["valid_ppl"], "best_step": best["step"]}
+                "seed": seed, "total_steps": total_steps, "best_valid_ppl": best["valid_ppl"], "best_step": best["step"],
+                **({"start_step": first_step} if first_step else {})}
 
     def evaluate_and_keep_best(log_fh) -> None:
         """Validation perplexity now; the best model so far is exported to ``best/`` (fp16)."""
@@ -330,7 +337,7 @@ def train(config: TrainSettings | Mapping[str, Any], *, resume: bool = False, pr
                 if job.agree(deadline is not None and time.monotonic() >= deadline):
                     stopped = "time budget reached"
                     break
-                factor = _lr_factor(step, optim.warmup_steps, total_steps)
+                factor = _lr_factor(step - first_step, optim.warmup_steps, total_steps - first_step)
                 for g, base in zip(optimizer.param_groups, base_lrs):
                     g["lr"] = base * factor
                 rng_state = torch.get_rng_state()

@@ -146,6 +146,45 @@ def test_interrupted_run_resumes_to_the_same_model(tmp_path, config, monkeypatch
         T.train(config("never"), resume=True, progress=False)
 
 
+def test_a_run_from_a_trained_model_can_start_where_its_data_order_stopped(tmp_path, config, monkeypatch):
+    """optim.start_step: a model continued from init_model trains the batches its earlier run had not
+    reached (the same order), never the ones it had; its warm-up counts from there."""
+    first = T.train(config("first"), progress=False)
+    assert first["stopped"] == "done"
+    seen = []
+    real_new = T.recipe_for("imagine").new_model
+
+    def spying(*args, **kwargs):
+        model = real_new(*args, **kwargs)
+        original = model.loss
+
+        def loss(batch, step=0):
+            seen.append((step, [(f["conv_id"], f["turn_index"]) for f in batch]))
+            return original(batch, step)
+
+        model.loss = loss
+        return model
+
+    monkeypatch.setattr(T.recipe_for("imagine"), "new_model", spying)
+    cfg = config("more", init_model=str(tmp_path / "first" / "final"), optim={"start_step": 2, "warmup_steps": 2})
+    summary = T.train(cfg, progress=False)
+    assert summary["stopped"] == "done" and summary["step"] == 4 and summary["examples"] == 4
+    assert summary["start_step"] == 2 and [s for s, _ in seen] == [2, 3]
+    feats = [json.loads(l) for l in next((tmp_path / "more").glob("features-train-*.jsonl")).read_text().splitlines()]
+    lengths = [T.example_length(f) for f in feats]
+    expected = [[(feats[i]["conv_id"], feats[i]["turn_index"]) for i in T._batch_at(s, len(feats), 2, 3, lengths)]
+                for s in (2, 3)]
+    assert [b for _, b in seen] == expected
+    log = [json.loads(l) for l in (tmp_path / "more" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [3, 4]
+    assert log[0]["lr"] == pytest.approx(3e-4 * 0.5)  # warm-up from the start step: 1 of 2
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="init_model"):
+        T.train(config("nowhere", optim={"start_step": 2}), progress=False)
+    with pytest.raises(ValueError, match="below optim.max_steps"):
+        T.train(config("past", init_model=str(tmp_path / "first" / "final"), optim={"start_step": 4}), progress=False)
+
+
 def test_cli_ablation_switch_names_the_run_and_reaches_the_model(tmp_path, config, capsys):
     path = write_yaml(tmp_path / "cfg.yml", config(optim={"max_steps": 2}))
     parser = argparse.ArgumentParser()
