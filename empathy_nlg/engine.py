@@ -28,7 +28,7 @@ from empathy_nlg.domain import DomainResponses, UnknownResponseError
 from empathy_nlg.generators.base import GenerationRequest, Generator, create_generator
 from empathy_nlg.perception.types import Perception
 from empathy_nlg.persona import MAX_FACT_CHARS, PersonaExtractor, clean_text, extract_safely, fact_key, persona_text
-from empathy_nlg.safety import CRISIS_RESPONSES, SCRIPTED_RESPONSES, SafetyDecision, SafetyPolicy
+from empathy_nlg.safety import CLEARED_GENERATOR, CRISIS_RESPONSES, SCRIPTED_RESPONSES, SafetyDecision, SafetyPolicy
 from empathy_nlg.state.repository import PersonaRecord, ReplyRecord, StateRepository, TurnRecord, positive_shares
 
 log = logging.getLogger(__name__)
@@ -289,7 +289,7 @@ class EmpathyEngine:
             # Safety: around a crisis the reply is scripted, never generated, whatever Rasa asked for.
             message = self.safety.render(decision, slots, channel, [r["text"] for r in stored_replies])
             generator_name = {"crisis": "crisis-override", "affirmed": "crisis-override", "checkin": "crisis-checkin",
-                              "followup": "crisis-followup"}[decision.state]
+                              "followup": "crisis-followup", "cleared": CLEARED_GENERATOR}[decision.state]
             version = "scripted"
             details = {"safety": {"state": decision.state, "reason": decision.reason, "responses": decision.responses}}
         elif generate:

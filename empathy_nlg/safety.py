@@ -15,6 +15,13 @@ holds for the conversation:
               pills") → the *urgent* follow-up: short, direct, with the numbers in it, worded
               differently each time, instead of the same two paragraphs again. The conversation
               leaves this state only once that many recent messages are unflagged.
+``cleared``   in that follow-up state the person says plainly that they are not in danger or were
+              misread ("no no I'm fine, I meant the skateboard trick", "lol I was joking") → one
+              scripted reply that thanks them, keeps the door open ("type help") and hands the
+              conversation back to the listener. Never for a message that is flagged on its own or
+              holds a plan / timing / farewell cue or a minimising phrase ("I'm fine, forget it",
+              "it doesn't matter anymore"). After it, a flag that only the cleared context raises
+              (``context-only``) no longer counts; a message flagged on its own starts over.
 ``checkin``   the classifier is concerned but below the crisis threshold, and perception hears a
               negative feeling or a plan / timing / farewell cue matched → a scripted, direct safety question (asking directly is recommended practice and does not plant ideas).
               Also when Rasa's NLU read a crisis that the detector did not flag (two detectors
@@ -48,7 +55,11 @@ FOLLOWUPS = {
     "coping": "utter_crisis_followup_coping",
     "checkin": "utter_crisis_followup_checkin",
 }
-SCRIPTED_RESPONSES = (CHECKIN, GOODBYE, URGENT, *FOLLOWUPS.values())
+#: the person said they are not in danger: thanked, the door left open, back to listening
+CLEARED = "utter_crisis_all_clear"
+#: the generator name a cleared turn's reply is stored under (the follow-up window ends at it)
+CLEARED_GENERATOR = "crisis-cleared"
+SCRIPTED_RESPONSES = (CHECKIN, GOODBYE, URGENT, CLEARED, *FOLLOWUPS.values())
 #: template responses that a follow-up replaces while the conversation is in the crisis state
 REPLACED_TEMPLATES = ("utter_you_are_welcome", "utter_out_of_scope", "utter_default", "utter_greet")
 
@@ -63,6 +74,29 @@ _YES = re.compile(r"^\s*(?:yes|yeah|yea|yep|ya|y|kind of|kinda|sort of|sometimes
 ASKS_FOR_RESOURCES = re.compile(r"\?|\b(?:help|numbers?|again|give me|send me|what'?s the|hotline|helpline|"
                                 r"who (?:can|do|should) i|where (?:can|do|should) i|resources?)\b", re.I)
 _NO = re.compile(r"\b(?:no|not|nope|nah|never|i'?m fine|i am fine|i'?m ok(?:ay)?|i'?m good|i'?m alright)\b", re.I)
+
+
+#: a plain "I am not in danger / you misread me": about oneself (I'm fine, not suicidal), about what was
+#: meant (I meant…, I was joking, just an expression) — never a bare "no" or "ok"
+_ALL_CLEAR = re.compile(
+    r"\b(?:i'?m|i am|im)\s+(?:totally |really |honestly |actually |completely |perfectly |absolutely )?"
+    r"(?:fine|ok|okay|alright|all right|good|safe)\b"
+    r"|\bnot (?:suicidal|in (?:any )?danger|going to (?:hurt|kill) myself|like that|what i meant|literally|serious(?:ly)?)\b"
+    r"|\bi (?:only |just )?(?:meant|was (?:just )?(?:talking about|joking|kidding|being dramatic|exaggerating)|didn'?t mean (?:it )?like that)\b"
+    r"|\b(?:just|only) (?:a |an )?(?:joke|joking|kidding|figure of speech|expression|saying|metaphor)\b"
+    r"|\b(?:wrong idea|misunderst\w*|misread\w*|nothing like that|not that kind of)\b", re.I)
+#: what must never count as an all-clear however it is worded: minimising, farewells, the means
+_NOT_CLEAR = re.compile(
+    r"\b(?:forget (?:it|about it|i said)|never ?mind|doesn'?t matter|don'?t matter|won'?t matter|no point|anymore|"
+    r"any more|at peace|made (?:my )?peace|decided|goodbye|bye|for good|end (?:it|things)|die|dying|dead|kill|pills?|"
+    r"rope|gun|overdose|tonight|better off|burden|leave me alone|not (?:ok|okay|fine|good|alright|safe)|"
+    r"not sure|don'?t know)\b", re.I)
+
+
+def is_all_clear(text: str) -> bool:
+    """The message says plainly that the person is not in danger or was misread, and holds nothing
+    that undoes it (minimising, a farewell, a means, a time)."""
+    return bool(_ALL_CLEAR.search(text or "")) and not _NOT_CLEAR.search(text or "")
 
 
 def followup_kind(text: str) -> str:
@@ -100,10 +134,24 @@ class SafetyPolicy:
         """The decision for this turn. ``earlier_turns``/``earlier_replies``: what SQL holds before it.
         ``nlu_disagrees``: Rasa's NLU read a crisis the engine did not flag (the agent's crisis component
         demoted it and marked it ``ask``): the safety question, unless it was the last reply already."""
-        recent = list(earlier_turns)[-self.followup_turns:]
+        # the follow-up window runs from the last turn the person cleared ("I'm fine, I was joking")
+        cleared_at = max((r.get("turn_index", -1) for r in earlier_replies if r.get("generator") == CLEARED_GENERATOR),
+                         default=None)
+        after = [t for t in earlier_turns if cleared_at is None or t.get("turn_index", -1) > cleared_at]
+        recent = after[-self.followup_turns:]
         in_followup = any(t.get("crisis") for t in recent)
         crisis = bool(perception is not None and perception.crisis)
-        still_in_danger = crisis and in_followup and CONTEXT_ONLY in (perception.crisis_reasons or [])
+        reasons = list(perception.crisis_reasons or []) if perception is not None else []
+        context_only = crisis and CONTEXT_ONLY in reasons
+        if context_only and cleared_at is not None and not in_followup and not any(
+                r.get("generator") == "crisis-checkin" and r.get("turn_index", -1) > cleared_at for r in earlier_replies):
+            # flagged only by a context the person has cleared, and nothing since raised a question
+            crisis = False
+        still_in_danger = crisis and in_followup and context_only
+        if (in_followup and (not crisis or context_only) and is_all_clear(user_text)
+                and not any(str(r).startswith("cue:") for r in reasons)
+                and (generated or response_name in REPLACED_TEMPLATES)):
+            return SafetyDecision("cleared", [CLEARED], "the person said they are not in danger")
         if still_in_danger:
             # flagged only by its context, which is the crisis already answered: not the same two
             # paragraphs again, but not an ordinary follow-up either — the urgent one, numbers included

@@ -130,6 +130,24 @@ def test_after_a_crisis_the_followups_are_scripted_and_do_not_repeat(assistant):
     assert {r[6] for r in rows if r[0] in (1, 2)} == {"crisis-followup"}
 
 
+ALL_CLEAR_TEXTS = {v["text"] for v in yaml.safe_load((ROOT / "safety_responses.yml").read_text())["responses"]["utter_crisis_all_clear"]}
+
+
+def test_a_plain_all_clear_after_the_resources_hands_the_conversation_back_to_the_listener(assistant):
+    """A person the assistant misread says so: one scripted reply, then the listener again — not three
+    more follow-ups, and the flag that only the cleared context raises does not bring the script back."""
+    sender = "crisis-cleared"
+    first = texts(assistant.say(sender, "I've decided tonight I'm going to kill myself"))
+    assert all(r in CRISIS_TEXTS for r in first)
+    cleared = texts(assistant.say(sender, "no no I'm fine, I was joking, it's a line from a song we're rehearsing"))
+    assert cleared and all(r in ALL_CLEAR_TEXTS for r in cleared), cleared
+    story = texts(assistant.say(sender, "the concert is on saturday and my sister is flying in to watch"))
+    assert story and not any(r in CRISIS_TEXTS or r in ALL_CLEAR_TEXTS for r in story), story
+    rows = {r[0]: r for r in assistant.engine_turns(sender)}
+    assert rows[1][6] == "crisis-cleared"
+    assert rows[2][6].split("+")[0] == GENERATOR, rows[2]  # generated (nec or nec+exemplar)
+
+
 def test_engine_down_still_answers_and_loses_nothing(assistant, sender):
     assistant.say(sender, "hello")
     assistant.stack.stop("engine")

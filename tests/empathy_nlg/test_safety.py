@@ -9,7 +9,7 @@ import pytest
 
 from empathy_nlg.domain import DomainResponses
 from empathy_nlg.engine import EmpathyEngine
-from empathy_nlg.safety import SafetyPolicy, followup_kind
+from empathy_nlg.safety import SafetyPolicy, followup_kind, is_all_clear
 from empathy_nlg.settings import load_settings
 from empathy_nlg.state.repository import StateRepository
 from tests.empathy_nlg.conftest import EchoGenerator, KeywordPerceiver, make_perception
@@ -149,6 +149,54 @@ def test_concern_asks_and_a_yes_is_a_crisis_stored_as_one(engine):
     assert out[2]["custom"]["generator"] == "crisis-override" and out[2]["custom"]["crisis"] is True
     turns = engine.repository.conversation("c")["turns"]
     assert [t["crisis"] for t in turns] == [False, False, True]
+
+
+@pytest.mark.parametrize("text,clear", [
+    ("lol no I'm fine, I meant the boss fight", True), ("I'm not suicidal, it's just an expression", True),
+    ("omg no, I was talking about my phone battery", True), ("sorry, wrong idea, I'm totally okay", True),
+    ("I was just being dramatic about the exam", True), ("nothing like that haha", True),
+    ("I'm fine, forget it", False), ("I'm fine now, I've made my peace", False), ("I'm not okay", False),
+    ("I'm fine. it doesn't matter anymore", False), ("no", False), ("ok", False), ("I don't know", False),
+    ("I'm fine, I have the pills right here", False), ("I'm fine, goodbye", False),
+])
+def test_what_counts_as_a_plain_all_clear(text, clear):
+    assert is_all_clear(text) is clear
+
+
+def test_a_plain_all_clear_after_the_resources_hands_the_conversation_back(engine):
+    out = talk(engine, ["I want to kill myself", "lol no I'm fine, I meant the boss in the game",
+                        "anyway the next level is even harder", "my brother beat it in an hour"], sender="clear")
+    resources = engine.domain.texts("utter_crisis_resources")[0]
+    assert out[0]["custom"]["generator"] == "crisis-override"
+    assert out[1]["custom"]["safety"] == "cleared" and out[1]["custom"]["generator"] == "crisis-cleared"
+    assert out[1]["text"] in engine.domain.texts("utter_crisis_all_clear") and resources not in out[1]["text"]
+    # back to the listener at once, not three more scripted follow-ups
+    assert [o["custom"]["generator"] for o in out[2:]] == ["echo", "echo"]
+    turns = engine.repository.conversation("clear")["turns"]
+    assert [t["replies"][0]["generator"] for t in turns] == ["crisis-override", "crisis-cleared", "echo", "echo"]
+
+
+def test_after_an_all_clear_only_new_danger_counts(engine):
+    # a flag that only the cleared context raises ('asleep now': context-only) is not the crisis again
+    out = talk(engine, ["I want to kill myself", "no no, I was joking", "the kids are asleep now",
+                        "I want to kill myself"], sender="after")
+    assert [o["custom"]["generator"] for o in out] == ["crisis-override", "crisis-cleared", "echo", "crisis-override"]
+    # an all-clear that is itself flagged only by its context clears; one flagged on its own does not
+    out = talk(engine, ["I want to kill myself", "I'm okay, I was exaggerating, they're asleep now"], sender="ctx")
+    assert out[1]["custom"]["generator"] == "crisis-cleared"
+    out = talk(engine, ["I want to kill myself", "I'm fine, I just want to kill myself"], sender="own")
+    assert out[1]["custom"]["generator"] == "crisis-override"
+    # a question asked after the all-clear makes a later context-only flag count again
+    out = talk(engine, ["I want to kill myself", "I'm fine, I was kidding", "honestly I wonder if it's worth going on",
+                        "they're asleep now"], sender="asked")
+    assert [o["custom"]["generator"] for o in out] == ["crisis-override", "crisis-cleared", "crisis-checkin",
+                                                       "crisis-override"]
+
+
+@pytest.mark.parametrize("answer", ["I'm fine, forget it", "I'm fine now, I've made my peace", "ok", "I'm not okay"])
+def test_minimising_or_unclear_answers_keep_the_followups(engine, answer):
+    out = talk(engine, ["I want to kill myself", answer], sender="keep")
+    assert out[1]["custom"]["generator"] == "crisis-followup" and out[1]["custom"]["safety"] == "followup"
 
 
 def test_policy_without_the_scripted_texts_falls_back_to_the_resources(domain_file):
