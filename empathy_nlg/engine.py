@@ -24,6 +24,7 @@ import numpy as np
 from empathy_nlg.batching import GenerationBatcher
 from empathy_nlg.dialogue import DialogueView, Utterance, dialogue_from_events, history_from_roles, turn_key
 from empathy_nlg.decoding.conversation import Candidate, ConversationReranker, RerankSettings, story_polarity
+from empathy_nlg.decoding.names import names_in, with_names
 from empathy_nlg.domain import DomainResponses, UnknownResponseError
 from empathy_nlg.generators.base import GenerationRequest, Generator, create_generator
 from empathy_nlg.perception.types import Perception
@@ -102,6 +103,7 @@ class EmpathyEngine:
         conversation = dict(gen.get("conversation") or {})
         self.exemplar_settings = {"enabled": True, "k": 3, "min_score": 0.55, **dict(conversation.get("exemplars") or {})}
         self.story_polarity = float(conversation.get("story_polarity", 0.0))
+        self.names = bool(conversation.get("names", False))
         self.reranker = reranker
         self.exemplars = exemplars if self.exemplar_settings["enabled"] else None
         self.persona_settings = {"enabled": True, "max_facts": 5, "max_chars": MAX_FACT_CHARS, **dict(settings.get("persona") or {})}
@@ -446,10 +448,16 @@ class EmpathyEngine:
         if self.reranker is not None:
             with self._perception_lock, clock("rerank"):
                 text, source, rerank = self._rerank(result, view, heard, earlier)
+        named = None
+        if text and self.names:
+            # the people and animals the user named, from the persona memory (older) and this conversation
+            text, named = with_names(text, names_in([request.persona or "", *view.user_texts]))
         if text:
             details = {k: v for k, v in (result.details or {}).items() if k not in ("raw", "system_prompt", "timing")}
             if rerank is not None:
                 details["rerank"] = rerank
+            if named:
+                details["names"] = named
             if heard is not perception:
                 details["answered_polarity"] = {"polarity": heard.polarity, "prob": round(float(heard.polarity_prob), 4),
                                                 "story_weight": self.story_polarity}

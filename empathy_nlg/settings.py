@@ -217,6 +217,8 @@ class ExemplarSettings(_Section):
 
 class ConversationSettings(_Section):
     story_polarity: float = 0.0
+    #: "your sister" → "Anna" for the relations the user named (:mod:`empathy_nlg.decoding.names`)
+    names: bool = False
     #: the reranker's own settings, validated by :class:`empathy_nlg.decoding.conversation.RerankSettings`
     rerank: Dict[str, Any] = Field(default_factory=dict)
     exemplars: ExemplarSettings = Field(default_factory=ExemplarSettings)

@@ -270,3 +270,15 @@ def test_turn_index_is_read_before_the_one_write(engine):
     assert repo.turn_index_of("u1", "m1") == 0 and repo.turn_index_of("u1", "m2") == 1
     out = engine.nlg(nlg_request("utter_empathize", [user("first", "m1"), bot("ok"), user("second", "m2")]))
     assert out["custom"]["turn_index"] == 1
+
+
+def test_the_reply_calls_the_people_the_user_named_by_name(engine):
+    engine.generator.reply = "Is your sister staying long?"
+    out = engine.nlg(nlg_request("utter_empathize", [user("my sister Anna flew in from Lisbon today", "m1")]))
+    assert out["text"] == "Is Anna staying long?"
+    assert out["custom"]["generation"]["names"] == {"your sister": "Anna"}
+    assert engine.repository.conversation("u1")["turns"][0]["replies"][0]["text"] == "Is Anna staying long?"
+    # switched off (generation.conversation.names: false): the reply as the generator made it
+    engine.names = False
+    out = engine.nlg(nlg_request("utter_empathize", [user("my sister Anna flew in from Lisbon today", "n1")], sender="u2"))
+    assert out["text"] == "Is your sister staying long?" and "names" not in out["custom"]["generation"]
