@@ -21,7 +21,8 @@ holds for the conversation:
               conversation back to the listener. Never for a message that is flagged on its own or
               holds a plan / timing / farewell cue or a minimising phrase ("I'm fine, forget it",
               "it doesn't matter anymore"). After it, a flag that only the cleared context raises
-              (``context-only``) no longer counts; a message flagged on its own starts over.
+              (``context-only``, while the crisis turn is still in the detector's window) no longer
+              counts; a message flagged on its own starts over.
 ``checkin``   the classifier is concerned but below the crisis threshold, and perception hears a
               negative feeling or a plan / timing / farewell cue matched → a scripted, direct safety question (asking directly is recommended practice and does not plant ideas).
               Also when Rasa's NLU read a crisis that the detector did not flag (two detectors
@@ -42,7 +43,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from empathy_nlg.perception.crisis import CONTEXT_ONLY
+from empathy_nlg.perception.crisis import CONTEXT_ONLY, WINDOW_TURNS
 
 CRISIS_RESPONSES = ("utter_crisis_support", "utter_crisis_resources")
 CHECKIN = "utter_crisis_checkin"
@@ -143,9 +144,11 @@ class SafetyPolicy:
         crisis = bool(perception is not None and perception.crisis)
         reasons = list(perception.crisis_reasons or []) if perception is not None else []
         context_only = crisis and CONTEXT_ONLY in reasons
-        if context_only and cleared_at is not None and not in_followup and not any(
-                r.get("generator") == "crisis-checkin" and r.get("turn_index", -1) > cleared_at for r in earlier_replies):
-            # flagged only by a context the person has cleared, and nothing since raised a question
+        if (context_only and cleared_at is not None and not in_followup and len(after) < WINDOW_TURNS - 1
+                and not any(r.get("generator") == "crisis-checkin" and r.get("turn_index", -1) > cleared_at
+                            for r in earlier_replies)):
+            # flagged only by a context the person has cleared (the detector's window still holds the
+            # crisis turn before the all-clear), and nothing since raised a question
             crisis = False
         still_in_danger = crisis and in_followup and context_only
         if (in_followup and (not crisis or context_only) and is_all_clear(user_text)

@@ -191,6 +191,11 @@ def test_after_an_all_clear_only_new_danger_counts(engine):
                         "they're asleep now"], sender="asked")
     assert [o["custom"]["generator"] for o in out] == ["crisis-override", "crisis-cleared", "crisis-checkin",
                                                        "crisis-override"]
+    # once the crisis turn has left the detector's window, a context-only flag comes from newer turns: it counts
+    out = talk(engine, ["I want to kill myself", "I'm fine, I was kidding", "work was ok", "the dog was ok",
+                        "they're asleep now"], sender="later")
+    assert [o["custom"]["generator"] for o in out] == ["crisis-override", "crisis-cleared", "echo", "echo",
+                                                       "crisis-override"]
 
 
 @pytest.mark.parametrize("answer", ["I'm fine, forget it", "I'm fine now, I've made my peace", "ok", "I'm not okay"])
