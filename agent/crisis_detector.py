@@ -17,6 +17,15 @@ route and its resources stay); what happened is in ``parse_data["crisis_override
 two detectors disagree, so the engine asks the scripted safety question (a "yes" brings the
 resources) instead of pasting the resources over "gonna try a rye loaf next" after a bread story
 (DIET: crisis 0.999, full stack, heldout_h.jsonl) — recall first, but proportionate.
+
+A message the engine flags **only with the messages before it** (reason ``context-only``: "she's
+asleep now" after "I've counted out the pills") also goes to ``demote_to``, never to the crisis rule:
+what it needs depends on what was said since, which the engine's safety policy knows (SQL) and
+Rasa's rule does not — the crisis already answered → the urgent follow-up with the numbers; the
+person said they were misread ("no no I'm fine, I was joking") → back to listening; otherwise the
+resources, rendered by the engine. On the crisis route this side accepts only the domain's own
+texts, so none of those replies could reach the person there (they got the two paragraphs again).
+``parse_data["crisis_override"]`` says ``context_only``.
 """
 
 from __future__ import annotations
@@ -30,6 +39,9 @@ from rasa.shared.nlu.training_data.message import Message
 from agent.engine_component import EnginePerceptionComponent, add_entity
 
 CRISIS_INTENT = "crisis"
+#: the engine's reason for a flag that only the earlier messages raise
+#: (empathy_nlg.perception.crisis.CONTEXT_ONLY; this package never imports the engine)
+CONTEXT_ONLY = "context-only"
 
 
 @DefaultV1Recipe.register([DefaultV1Recipe.ComponentType.INTENT_CLASSIFIER], is_trainable=False)
@@ -42,9 +54,21 @@ class CrisisDetector(EnginePerceptionComponent):
         if not perceived.get("crisis"):
             self._demote_good_news(message, perceived)
             return
+        previous = message.get(INTENT) or {}
+        reasons = perceived.get("crisis_reasons") or []
+        target = self.config.get("demote_to")
+        if CONTEXT_ONLY in reasons and target:
+            # the engine's safety policy decides (urgent follow-up, all-clear or the resources): the listener's route
+            confidence = float(previous.get(PREDICTED_CONFIDENCE_KEY) or 0.0)
+            intent = {INTENT_NAME_KEY: target, PREDICTED_CONFIDENCE_KEY: max(confidence, 0.5)}
+            ranking = [intent] + [r for r in message.get(INTENT_RANKING_KEY, []) if r.get(INTENT_NAME_KEY) not in (target, self.config["intent"])]
+            message.set(INTENT, intent, add_to_output=True)
+            message.set(INTENT_RANKING_KEY, ranking, add_to_output=True)
+            message.set("crisis_override", {"context_only": True, "previous_intent": previous.get(INTENT_NAME_KEY),
+                                            "reasons": reasons}, add_to_output=True)
+            return
         score = float(perceived.get("crisis_score", 1.0))
         add_entity(message, "crisis", True, score, self.__class__.__name__)
-        previous = message.get(INTENT) or {}
         intent = {INTENT_NAME_KEY: self.config["intent"], PREDICTED_CONFIDENCE_KEY: 1.0}
         ranking = [intent] + [r for r in message.get(INTENT_RANKING_KEY, []) if r.get(INTENT_NAME_KEY) != intent[INTENT_NAME_KEY]]
         message.set(INTENT, intent, add_to_output=True)

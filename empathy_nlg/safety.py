@@ -153,7 +153,9 @@ class SafetyPolicy:
         still_in_danger = crisis and in_followup and context_only
         if (in_followup and (not crisis or context_only) and is_all_clear(user_text)
                 and not any(str(r).startswith("cue:") for r in reasons)
-                and (generated or response_name in REPLACED_TEMPLATES)):
+                and (generated or response_name not in (*CRISIS_RESPONSES, "utter_goodbye"))):
+            # whatever template Rasa chose for "no no I'm fine" (a deny after the resources may get the
+            # help text); a goodbye keeps the crisis goodbye, a request for the resources gets them
             return SafetyDecision("cleared", [CLEARED], "the person said they are not in danger")
         if still_in_danger:
             # flagged only by its context, which is the crisis already answered: not the same two

@@ -73,6 +73,25 @@ def test_crisis_overrides_the_intent(graph_context, fake_engine):
     assert m.get("crisis_override")["previous_intent"] == "share_feeling"
 
 
+def test_a_flag_only_the_earlier_messages_raise_goes_to_the_listener_where_the_engine_decides(graph_context, fake_engine):
+    """'context-only': the engine's safety policy knows what was said since (the urgent follow-up, an
+    all-clear, or the resources it renders itself); the crisis rule would only paste the domain's two
+    paragraphs again, since the crisis route accepts nothing else from the engine."""
+    p = perception("sad", crisis=True)
+    p["crisis_reasons"] = ["window:plan", "context-only"]
+    fake_engine.handler = lambda path, body: (200, p)
+    for said in ("crisis", "thank", "share_feeling"):
+        m = message("no no I'm fine, I was joking", intent=said)
+        build(CrisisDetector, graph_context, fake_engine.url).process([m], tracker_with_history())
+        assert m.get("intent")["name"] == "share_feeling" and m.get("intent_ranking")[0]["name"] == "share_feeling"
+        assert "crisis" not in [r["name"] for r in m.get("intent_ranking")] and entity(m, "crisis") is None
+        assert m.get("crisis_override") == {"context_only": True, "previous_intent": said, "reasons": p["crisis_reasons"]}
+    p["crisis_reasons"] = ["pattern:plan"]  # flagged on its own: the crisis rule, as always
+    m = message("I have the pills here")
+    build(CrisisDetector, graph_context, fake_engine.url).process([m], tracker_with_history())
+    assert m.get("intent")["name"] == "crisis" and entity(m, "crisis")["value"] is True
+
+
 def test_the_nlu_crisis_intent_yields_to_the_listener_and_asks_unless_the_engine_heard_carefree_good_news(graph_context, fake_engine):
     def judged(polarity, concern=False):
         p = perception("excited" if polarity == "positive" else "sad")

@@ -198,6 +198,22 @@ def test_after_an_all_clear_only_new_danger_counts(engine):
                                                        "crisis-override"]
 
 
+def test_an_all_clear_is_answered_whatever_template_rasa_chose_but_a_goodbye(engine):
+    engine.domain.update(DomainResponses({"utter_help": [{"text": "I'm here to listen."}]}))
+
+    def reply(sender, response):
+        talk(engine, ["I want to kill myself"], sender=sender)
+        events = [{"event": "user", "text": "I want to kill myself", "message_id": f"{sender}-0", "parse_data": {}},
+                  {"event": "bot", "text": "..."},
+                  {"event": "user", "text": "no I'm fine, I was joking. talk later", "message_id": f"{sender}-1",
+                   "parse_data": {}}]
+        return engine.nlg({"response": response, "id": None, "arguments": {}, "channel": {"name": "collector"},
+                           "tracker": {"sender_id": sender, "slots": {}, "events": events}})
+
+    assert reply("help", "utter_help")["custom"]["generator"] == "crisis-cleared"  # a deny after the resources
+    assert reply("bye", "utter_goodbye")["text"] in engine.domain.texts("utter_crisis_goodbye")
+
+
 @pytest.mark.parametrize("answer", ["I'm fine, forget it", "I'm fine now, I've made my peace", "ok", "I'm not okay"])
 def test_minimising_or_unclear_answers_keep_the_followups(engine, answer):
     out = talk(engine, ["I want to kill myself", answer], sender="keep")
