@@ -11,8 +11,9 @@ step does it after the reply is chosen, for the relations the user gave one name
   must not be a common word ("my boss Said"), and a relation named twice differently ("my brother
   Tom … my brother Sam") is left alone.
 * **what changes** — the first "your <relation>" of the reply ("your sister" → "Anna", "your dog's"
-  → "Biscuit's"), only for the relations in :data:`RELATIONS` (family, partners, friends, pets),
-  and not when the reply already says the name.
+  → "Biscuit's"; the words of one relation count as one: "my mum Carol" names "your mother"), only
+  for the relations in :data:`RELATIONS` (family, partners, friends, pets), and not when the reply
+  already says the name.
 
 ``generation.conversation.names`` switches it (on by default); ``custom.generation.names`` shows
 what was replaced.
@@ -33,6 +34,20 @@ mom mum mother dad father son daughter baby brother sister grandma grandmother g
 grandfather grandad granddad grandson granddaughter uncle aunt auntie nephew niece cousin
 friend bestie roommate flatmate housemate neighbour neighbor boss manager coworker colleague teacher coach
 """.split())
+
+#: words for the same relation: a name given for one serves them all ("my mum Carol" → "your mom")
+_SAME = [("mom", "mum", "mother", "mommy", "mummy"), ("dad", "father", "daddy"),
+         ("grandma", "grandmother", "granny", "nan", "nana"), ("grandpa", "grandfather", "grandad", "granddad"),
+         ("dog", "puppy", "pup"), ("cat", "kitten"), ("rabbit", "bunny"), ("aunt", "auntie"),
+         ("neighbour", "neighbor"), ("roommate", "flatmate", "housemate"), ("coworker", "colleague"),
+         ("fiance", "fiancee"), ("friend", "bestie")]
+_CANONICAL = {word: group[0] for group in _SAME for word in group}
+
+
+def canonical(relation: str) -> str:
+    """One name for the words of one relation (``mum`` → ``mom``, ``puppy`` → ``dog``)."""
+    return _CANONICAL.get(relation.lower(), relation.lower())
+
 
 _REL = r"(?P<rel>[a-z]+)"
 _NAME = r"(?P<name>[A-Z][a-z]+(?:-[A-Z][a-z]+)?)"
@@ -60,7 +75,8 @@ def _is_name(word: str) -> bool:
 
 
 def names_in(texts: Iterable[str]) -> Dict[str, str]:
-    """``{relation: name}`` from ``texts`` (oldest first); a relation given two different names is dropped."""
+    """``{relation: name}`` from ``texts`` (oldest first; relations by :func:`canonical`); a relation
+    given two different names is dropped."""
     found: Dict[str, str] = {}
     clashing = set()
     for text in texts:
@@ -69,6 +85,7 @@ def names_in(texts: Iterable[str]) -> Dict[str, str]:
                 rel, name = m.group("rel").lower(), m.group("name")
                 if rel not in RELATIONS or not _is_name(name):
                     continue
+                rel = canonical(rel)
                 name = "-".join(part[:1].upper() + part[1:] for part in name.split("-"))
                 if rel in found and found[rel] != name:
                     clashing.add(rel)
@@ -83,10 +100,12 @@ def with_names(reply: str, names: Dict[str, str]) -> Tuple[str, Optional[Dict[st
         return reply, None
     if any(re.search(rf"\b{re.escape(name)}\b", reply) for name in names.values()):
         return reply, None  # the reply already calls someone by name
-    pattern = re.compile(r"\b[Yy]our\s+(" + "|".join(sorted(map(re.escape, names), key=len, reverse=True)) + r")\b('s)?")
+    words = [w for w in RELATIONS if canonical(w) in names]
+    if not words:
+        return reply, None
+    pattern = re.compile(r"\b[Yy]our\s+(" + "|".join(sorted(map(re.escape, words), key=len, reverse=True)) + r")\b('s)?")
     m = pattern.search(reply)
     if m is None:
         return reply, None
-    rel = m.group(1).lower()
-    name = names[rel] + (m.group(2) or "")
+    name = names[canonical(m.group(1))] + (m.group(2) or "")
     return reply[: m.start()] + name + reply[m.end():], {m.group(0): name}

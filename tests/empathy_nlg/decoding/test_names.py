@@ -12,7 +12,7 @@ from empathy_nlg.decoding.names import names_in, with_names
     ("my sister Anna flew in from Lisbon", {"sister": "Anna"}),
     ("our dog, Biscuit, ate my charger", {"dog": "Biscuit"}),
     ("my dog is called biscuit and he's the best", {"dog": "Biscuit"}),
-    ("we got a kitten named Pip!!", {"kitten": "Pip"}),
+    ("we got a kitten named Pip!!", {"cat": "Pip"}),
     ("our cat's name is Miso", {"cat": "Miso"}),
     ("my best friend Jo-Ann came over", {"friend": "Jo-Ann"}),
     ("Biscuit (our dog) is at the vet", {"dog": "Biscuit"}),
@@ -23,6 +23,14 @@ from empathy_nlg.decoding.names import names_in, with_names
 ])
 def test_names_come_from_what_the_user_said(text, expected):
     assert names_in([text]) == expected
+
+
+def test_the_words_of_one_relation_share_its_name():
+    names = names_in(["my mum Carol is visiting", "we got a puppy named Pip"])
+    assert names == {"mom": "Carol", "dog": "Pip"}
+    assert with_names("Is your mother staying long?", names) == ("Is Carol staying long?", {"your mother": "Carol"})
+    assert with_names("How is your dog?", names) == ("How is Pip?", {"your dog": "Pip"})
+    assert names_in(["my mum Carol", "my mother Jane"]) == {}  # two names for one relation
 
 
 def test_a_relation_named_twice_differently_is_left_alone_and_the_latest_text_counts():
