@@ -280,10 +280,16 @@ def train(config: TrainSettings | Mapping[str, Any], *, resume: bool = False, pr
         {"params": [p for p in params if id(p) in head_ids], "lr": optim.heads_lr},
     ]
     optimizer = torch.optim.AdamW(groups, weight_decay=optim.weight_decay)
+    rewarm_from = None
     if (resume or init_from is not None) and (ckpt_in / "optimizer.pt").is_file():
         saved = torch.load(ckpt_in / "optimizer.pt", map_location=backbone.device, weights_only=False)
         optimizer.load_state_dict(saved["optimizer"])
         torch.set_rng_state(saved["rng"].cpu())
+    elif resume:
+        # a checkpoint committed without its optimiser state (it is most of the size): the same data
+        # position and schedule, a fresh AdamW that warms up again over warmup_steps
+        rewarm_from = int(state["step"])
+        log.info("resuming %s without optimizer.pt: a fresh optimiser, warm-up from step %d", ckpt, rewarm_from)
     base_lrs = [g["lr"] for g in groups]
     total_steps = optim.max_steps
     bs = optim.batch_size
@@ -338,6 +344,8 @@ def train(config: TrainSettings | Mapping[str, Any], *, resume: bool = False, pr
                     stopped = "time budget reached"
                     break
                 factor = _lr_factor(step - first_step, optim.warmup_steps, total_steps - first_step)
+                if rewarm_from is not None and optim.warmup_steps:
+                    factor *= min(1.0, (step - rewarm_from + 1) / optim.warmup_steps)
                 for g, base in zip(optimizer.param_groups, base_lrs):
                     g["lr"] = base * factor
                 rng_state = torch.get_rng_state()

@@ -185,6 +185,23 @@ def test_a_run_from_a_trained_model_can_start_where_its_data_order_stopped(tmp_p
         T.train(config("past", init_model=str(tmp_path / "first" / "final"), optim={"start_step": 4}), progress=False)
 
 
+def test_a_checkpoint_kept_without_its_optimiser_resumes_at_its_position_with_a_new_warm_up(tmp_path, config):
+    """What a session commits to go on elsewhere: the model and the position, not the 10 MB of AdamW
+    moments. --resume then trains the next batches of the same order, warming a fresh optimiser up."""
+    cfg = config("kept", optim={"max_steps": 6, "warmup_steps": 2, "checkpoint_every": 2})
+    T.train({**cfg, "optim": {**cfg["optim"], "max_steps": 3}}, progress=False)  # a chunk that stopped at step 3
+    ckpt = tmp_path / "kept" / "checkpoint"
+    (ckpt / "optimizer.pt").unlink()
+    summary = T.train(cfg, resume=True, progress=False)
+    assert summary["step"] == 6
+    log = [json.loads(l) for l in (tmp_path / "kept" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4, 5, 6]
+    resumed = {r["step"]: r["lr"] for r in log[3:]}
+    full = lambda step: 3e-4 * T._lr_factor(step, 2, 6)  # noqa: E731  (the schedule without the re-warm)
+    assert resumed[4] == pytest.approx(full(3) * 0.5, abs=1e-7)  # step index 3: 1 of 2 warm-up steps (lr logged to 7 places)
+    assert resumed[5] == pytest.approx(full(4), abs=1e-7) and resumed[6] == pytest.approx(full(5), abs=1e-7)
+
+
 def test_cli_ablation_switch_names_the_run_and_reaches_the_model(tmp_path, config, capsys):
     path = write_yaml(tmp_path / "cfg.yml", config(optim={"max_steps": 2}))
     parser = argparse.ArgumentParser()
