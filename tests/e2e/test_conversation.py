@@ -141,11 +141,16 @@ def test_a_plain_all_clear_after_the_resources_hands_the_conversation_back_to_th
     assert all(r in CRISIS_TEXTS for r in first)
     cleared = texts(assistant.say(sender, "no no I'm fine, I was joking, it's a line from a song we're rehearsing"))
     assert cleared and all(r in ALL_CLEAR_TEXTS for r in cleared), cleared
-    story = texts(assistant.say(sender, "the concert is on saturday and my sister is flying in to watch"))
+    story = texts(assistant.say(sender, "my sister is flying in to watch us play, she has never seen me on stage"))
     assert story and not any(r in CRISIS_TEXTS or r in ALL_CLEAR_TEXTS for r in story), story
+    more = texts(assistant.say(sender, "haha no, I'm just nervous about my solo"))
+    assert more and not any(r in CRISIS_TEXTS or r in ALL_CLEAR_TEXTS for r in more), more
     rows = {r[0]: r for r in assistant.engine_turns(sender)}
     assert rows[1][6] == "crisis-cleared"
-    assert rows[2][6].split("+")[0] == GENERATOR, rows[2]  # generated (nec or nec+exemplar)
+    # no scripted follow-ups any more: the listener, or at most the one safety question while the
+    # classifier is still concerned with the crisis message in its window (it was here: 0.87 in context)
+    assert rows[2][6].split("+")[0] in (GENERATOR, "crisis-checkin"), rows[2]
+    assert rows[3][6].split("+")[0] == GENERATOR, rows[3]  # generated (nec or nec+exemplar)
 
 
 def test_engine_down_still_answers_and_loses_nothing(assistant, sender):
