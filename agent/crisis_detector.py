@@ -30,7 +30,7 @@ texts, so none of those replies could reach the person there (they got the two p
 
 from __future__ import annotations
 
-from typing import Any, Dict, Text
+from typing import Any, Dict, Text, Tuple
 
 from rasa.engine.recipes.default_recipe import DefaultV1Recipe
 from rasa.shared.nlu.constants import INTENT, INTENT_NAME_KEY, INTENT_RANKING_KEY, PREDICTED_CONFIDENCE_KEY
@@ -60,19 +60,13 @@ class CrisisDetector(EnginePerceptionComponent):
         if CONTEXT_ONLY in reasons and target:
             # the engine's safety policy decides (urgent follow-up, all-clear or the resources): the listener's route
             confidence = float(previous.get(PREDICTED_CONFIDENCE_KEY) or 0.0)
-            intent = {INTENT_NAME_KEY: target, PREDICTED_CONFIDENCE_KEY: max(confidence, 0.5)}
-            ranking = [intent] + [r for r in message.get(INTENT_RANKING_KEY, []) if r.get(INTENT_NAME_KEY) not in (target, self.config["intent"])]
-            message.set(INTENT, intent, add_to_output=True)
-            message.set(INTENT_RANKING_KEY, ranking, add_to_output=True)
+            _set_intent(message, target, max(confidence, 0.5), drop=(target, self.config["intent"]))
             message.set("crisis_override", {"context_only": True, "previous_intent": previous.get(INTENT_NAME_KEY),
                                             "reasons": reasons}, add_to_output=True)
             return
         score = float(perceived.get("crisis_score", 1.0))
         add_entity(message, "crisis", True, score, self.__class__.__name__)
-        intent = {INTENT_NAME_KEY: self.config["intent"], PREDICTED_CONFIDENCE_KEY: 1.0}
-        ranking = [intent] + [r for r in message.get(INTENT_RANKING_KEY, []) if r.get(INTENT_NAME_KEY) != intent[INTENT_NAME_KEY]]
-        message.set(INTENT, intent, add_to_output=True)
-        message.set(INTENT_RANKING_KEY, ranking, add_to_output=True)
+        _set_intent(message, self.config["intent"], 1.0, drop=(self.config["intent"],))
         message.set("crisis_override", {"previous_intent": previous.get(INTENT_NAME_KEY), "reasons": perceived.get("crisis_reasons", [])}, add_to_output=True)
 
     def _demote_good_news(self, message: Message, perceived: Dict[Text, Any]) -> None:
@@ -84,12 +78,17 @@ class CrisisDetector(EnginePerceptionComponent):
             return  # the engine is concerned too: two detectors worried, the resources stay
         ask = perceived.get("polarity") != "positive"
         confidence = float(previous.get(PREDICTED_CONFIDENCE_KEY) or 0.0)
-        intent = {INTENT_NAME_KEY: target, PREDICTED_CONFIDENCE_KEY: confidence}
-        ranking = [intent] + [r for r in message.get(INTENT_RANKING_KEY, []) if r.get(INTENT_NAME_KEY) not in (target, previous.get(INTENT_NAME_KEY))]
-        message.set(INTENT, intent, add_to_output=True)
-        message.set(INTENT_RANKING_KEY, ranking, add_to_output=True)
+        _set_intent(message, target, confidence, drop=(target, previous.get(INTENT_NAME_KEY)))
         reason = ("the engine did not flag it: ask the safety question" if ask
                   else "the engine heard a positive feeling and no crisis or concern")
         message.set("crisis_override", {"demoted": previous.get(INTENT_NAME_KEY), "confidence": confidence,
                                         "reason": reason, "ask": ask},
                     add_to_output=True)
+
+
+def _set_intent(message: Message, name: Text, confidence: float, drop: Tuple[Any, ...]) -> None:
+    """``name`` becomes the message's intent, first in its ranking; the intents in ``drop`` leave the ranking."""
+    intent = {INTENT_NAME_KEY: name, PREDICTED_CONFIDENCE_KEY: confidence}
+    ranking = [intent] + [r for r in message.get(INTENT_RANKING_KEY, []) if r.get(INTENT_NAME_KEY) not in drop]
+    message.set(INTENT, intent, add_to_output=True)
+    message.set(INTENT_RANKING_KEY, ranking, add_to_output=True)
