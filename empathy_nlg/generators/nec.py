@@ -559,6 +559,16 @@ class NecRecipe(C.TrainingRecipe):
             return None, None
         source_cfg = dict(config.knowledge or {"type": "retrieval"})
         scorer_path = Path(out_dir) / FACT_SCORER_FILE
+        if settings.entity and not scorer_path.is_file():
+            # a run that continues a model ranks facts with that model's scorer (not one refitted on
+            # the examples this run still trains, which may be a part of the split)
+            run_dir = Path(config.out_dir) if config.out_dir else None
+            for folder in (run_dir / "checkpoint" if run_dir else None, config.init_from, config.init_model):
+                if folder and (Path(folder) / FACT_SCORER_FILE).is_file():
+                    Path(out_dir).mkdir(parents=True, exist_ok=True)
+                    scorer_path.write_text((Path(folder) / FACT_SCORER_FILE).read_text())
+                    log.info("fact scorer: %s (the continued model's)", Path(folder) / FACT_SCORER_FILE)
+                    break
 
         def add(feats: List[Dict[str, Any]], progress: bool) -> None:
             import json

@@ -551,9 +551,11 @@ class PersonaMoelRecipe(C.TrainingRecipe):
     def prepare(self, model: PersonaMoelModel, train_feats: Sequence[Mapping[str, Any]], config: TrainSettings,
                 **_: Any) -> None:
         """Logs how many training examples have a mined persona (also when the features were cached)."""
-        with_persona = sum(1 for f in train_feats if f.get("persona"))
-        log.info("persona_moel: %d of %d training examples (%.1f %%) have at least one mined persona sentence%s",
-                 with_persona, len(train_feats), 100.0 * with_persona / max(1, len(train_feats)),
+        mined = [f for f in train_feats if "persona" in f]  # the examples this run trains (features.needed)
+        with_persona = sum(1 for f in mined if f["persona"])
+        log.info("persona_moel: %d of %d training examples (%.1f %%) have at least one mined persona sentence%s%s",
+                 with_persona, len(mined), 100.0 * with_persona / max(1, len(mined)),
+                 f" (the {len(mined)} this run still trains, of {len(train_feats)})" if len(mined) < len(train_feats) else "",
                  "" if model.settings.persona else " (persona ablated: not used)")
 
     def validation_extra(self, model: PersonaMoelModel, valid_feats: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:

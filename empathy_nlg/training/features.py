@@ -26,7 +26,7 @@ import json
 import logging
 import random
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from empathy_nlg.datasets import GenerationExample, generation_examples, read_ed_cause_jsonl, read_ed_jsonl, seeker_post
 
@@ -149,12 +149,20 @@ def build_features(
     extra_key: Any = None,
     progress: bool = True,
     cm: bool = True,
+    needed: Optional[Callable[[List[Dict[str, Any]]], Iterable[int]]] = None,
 ) -> List[Dict[str, Any]]:
     """The features of one split, from the cache when its fingerprint matches.
 
     ``extra(features, progress)`` adds generator-specific keys in place (e.g. knowledge);
     ``extra_key`` identifies what it does, for the fingerprint. ``cm=False`` skips the silver CM
     labels (``"cm": null``) for generators that do not use them.
+
+    ``needed(features)`` — the indices of the examples a run will still train, given the features
+    without their extra keys (a run resumed late in its epoch, on a machine without the cache, needs
+    a third of them). The extra (NEC's knowledge for all of ED train: ≈ 28 min on 2 cores) is then
+    computed only for those, and kept per example in ``extras-{split}-{fingerprint}.jsonl``: a later
+    run adds what it lacks. The other examples come back without the extra keys. A complete cache of
+    the same fingerprint (built without ``needed``) is used as it is.
     """
     path = Path(path)
     if not path.is_file():
@@ -169,6 +177,10 @@ def build_features(
     if cache.is_file() and meta.is_file() and json.loads(meta.read_text()).get("fingerprint") == fp:
         feats = [json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines() if line.strip()]
         log.info("%s: %d cached features reused from %s", split, len(feats), cache)
+        return feats
+    if extra is not None and needed is not None:
+        feats = build_features(path, limit, seed, causes, work_dir, split + "-base", progress=progress, cm=cm)
+        _add_needed_extras(feats, extra, needed(feats), work_dir / f"extras-{split}-{fp}.jsonl", split, progress)
         return feats
     examples = select_examples(path, limit, seed)
     log.info("%s: building features for %d examples of %s", split, len(examples), path)
@@ -188,3 +200,34 @@ def build_features(
     tmp.replace(cache)
     meta.write_text(json.dumps({"fingerprint": fp, "n": len(feats), "path": str(path)}, indent=2))
     return feats
+
+
+def _add_needed_extras(feats: List[Dict[str, Any]], extra: Callable[[List[Dict[str, Any]], bool], None],
+                       wanted: Iterable[int], cache: Path, split: str, progress: bool) -> None:
+    """``extra`` on the ``wanted`` examples that ``cache`` does not hold yet (appended to it: one JSON
+    line ``{"i": index, "keys": {...}}`` per example), then every cached example's keys merged in."""
+    done: Dict[int, Dict[str, Any]] = {}
+    if cache.is_file():
+        for line in cache.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut by a killed run: computed again below
+                continue
+            done[int(row["i"])] = row["keys"]
+    wanted = sorted({int(i) for i in wanted})
+    if wanted and not 0 <= wanted[0] <= wanted[-1] < len(feats):
+        raise ValueError(f"{split}: needed example indices must lie in 0..{len(feats) - 1}")
+    todo = [i for i in wanted if i not in done]
+    log.info("%s: the extra features of %d of %d examples are needed; %d cached, %d to compute",
+             split, len(wanted), len(feats), len(wanted) - len(todo), len(todo))
+    if todo:
+        part = [dict(feats[i]) for i in todo]
+        before = [set(f) for f in part]
+        extra(part, progress)
+        rows = [{"i": i, "keys": {k: v for k, v in f.items() if k not in b}} for i, f, b in zip(todo, part, before)]
+        with cache.open("a", encoding="utf-8") as fh:  # whole lines, one flush: a kill loses at most the last
+            fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        done.update((r["i"], r["keys"]) for r in rows)
+    for i, keys in done.items():
+        if 0 <= i < len(feats):
+            feats[i].update(keys)

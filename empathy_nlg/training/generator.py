@@ -6,8 +6,10 @@ cause source, the knowledge source, the generator's settings (incl. ablation swi
 the optimiser schedule. Under ``torchrun`` the same command trains on several processes
 (:mod:`empathy_nlg.training.distributed`). A run lives in ``out_dir``:
 
-* ``features-{train,valid}-<fingerprint>.jsonl`` — the conditioning inputs, built once (in
-  ``features_dir`` when set, so ablation runs share them);
+* ``features-{train-base,valid}-<fingerprint>.jsonl`` — the conditioning inputs, built once (in
+  ``features_dir`` when set, so ablation runs share them); ``extras-train-<fingerprint>.jsonl`` —
+  the generator's own training features (knowledge, persona, …), built only for the examples of the
+  batches from the run's start or resume step to ``max_steps`` and added to by later runs;
 * ``checkpoint/`` — adapters + heads + optimiser + progress, written every ``checkpoint_every``
   steps, when ``max_minutes`` is reached and on Ctrl-C (atomic: a crash never leaves half a
   checkpoint); ``--resume`` continues from it with the same data order;
@@ -247,8 +249,20 @@ def train(config: TrainSettings | Mapping[str, Any], *, resume: bool = False, pr
     cm = getattr(recipe, "NEEDS_CM", True)
     if not job.main:
         job.barrier()  # rank 0 builds the feature cache (and NEC's fact scorer) first
+    # the step this invocation starts at, so that the extra features (knowledge) are built only for
+    # the batches still to train: a run resumed late in its epoch on a fresh machine needs few
+    position = (ckpt if resume else Path(config.init_from) if config.init_from else None)
+    position = position / "state.json" if position is not None else None
+    from_step = (int(json.loads(position.read_text())["step"]) if position is not None and position.is_file()
+                 else optim.start_step)
+
+    def needed(feats: List[Dict[str, Any]]) -> List[int]:
+        lengths = [example_length(f) for f in feats] if optim.bucket else None
+        return [i for s in range(from_step, optim.max_steps)
+                for i in _batch_at(s, len(feats), optim.batch_size * job.world, seed, lengths)]
+
     train_feats = FE.build_features(train_path, data.max_train_examples, seed, causes, feat_dir, "train",
-                                    extra=extra, extra_key=extra_key, progress=progress, cm=cm)
+                                    extra=extra, extra_key=extra_key, progress=progress, cm=cm, needed=needed)
     valid_feats = FE.build_features(valid_path, data.max_valid_examples, seed, causes, feat_dir, "valid",
                                     extra=extra, extra_key=extra_key, progress=progress, cm=cm)
     if job.main:

@@ -300,13 +300,16 @@ def test_tiny_training_run_mines_persona_logs_it_and_ablates(tmp_path, tiny_llam
         "settings": {"max_prompt_tokens": 48, "heads_dim": 32, "encoder_ff": 64, "listener_rank": 4, "listener_prefix": 2,
                      "oracle_schedule": 2},
         "lora": {"r": 2, "alpha": 4, "dropout": 0.1},
-        "optim": {"batch_size": 2, "max_steps": 2, "warmup_steps": 1, "checkpoint_every": 2, "eval_every": 2},
+        "optim": {"batch_size": 2, "max_steps": 4, "warmup_steps": 1, "checkpoint_every": 2, "eval_every": 2},
     }
     with caplog.at_level(logging.INFO):
         summary = T.train(cfg, progress=False)
     assert summary["stopped"] == "done"
     out = tmp_path / "run"
-    feats = [json.loads(l) for l in next(out.glob("features-train-*.jsonl")).read_text().splitlines()]
+    base = [json.loads(l) for l in next(out.glob("features-train-base-*.jsonl")).read_text().splitlines()]
+    mined = {r["i"]: r["keys"] for f in out.glob("extras-train-*.jsonl") for r in map(json.loads, f.read_text().splitlines())}
+    assert sorted(mined) == list(range(8))  # 4 steps of 2: the persona of every example is mined
+    feats = [{**f, **mined[i]} for i, f in enumerate(base)]
     by_turn = {(f["conv_id"], f["turn_index"]): f["persona"] for f in feats}
     assert by_turn[("p1", 1)] == ["I work as a nurse", "My dog is called Max"]
     assert by_turn[("p1", 3)] == ["I work as a nurse", "My dog is called Max"]  # the speaker's earlier turns count
@@ -334,6 +337,6 @@ def test_tiny_training_run_mines_persona_logs_it_and_ablates(tmp_path, tiny_llam
         assert saved["variant"] == f"persona_moel-no-{part}" and saved["settings"][part] is False
         ablated = [json.loads(l) for l in (folder / "log.jsonl").read_text().splitlines()]
         assert ("oracle" in ablated[0]) == (part != "experts")  # one shared listener: no weights to draw
-    assert "persona_moel: 2/2 steps" in capsys.readouterr().out
+    assert "persona_moel: 4/4 steps" in capsys.readouterr().out
     with pytest.raises(ValueError, match="persona_moel parts are persona, experts"):
         T.run(parser.parse_args(["--generator", "persona_moel", "--config", str(path), "--ablate", "cm", "--quiet"]))

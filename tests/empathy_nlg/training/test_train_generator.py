@@ -42,6 +42,14 @@ def write_yaml(path, cfg):
     return path
 
 
+def trained_features(out):
+    """The training features of a run folder that carry the generator's extra keys (the examples of
+    the batches the run trained), merged from the base file and the extras file."""
+    base = [json.loads(l) for l in next(out.glob("features-train-base-*.jsonl")).read_text().splitlines()]
+    rows = [json.loads(l) for f in out.glob("extras-train-*.jsonl") for l in f.read_text().splitlines()]
+    return [{**base[r["i"]], **r["keys"]} for r in sorted(rows, key=lambda r: r["i"])]
+
+
 def test_config_is_validated_with_clear_errors(tmp_path, config):
     bad = config(optim={"batch_size": 0})
     with pytest.raises(ValueError, match="optim.batch_size"):
@@ -96,10 +104,11 @@ def test_tiny_run_trains_logs_checkpoints_and_exports(tmp_path, config):
     assert saved["training"]["step"] == 4 and saved["variant"] == "imagine"
     assert summary["valid_ppl"] > 1 and summary["export_mb"] > 0
     assert (final / "adapter" / "adapter_config.json").is_file() and (final / "heads.safetensors").is_file()
-    feats = list(out.glob("features-train-*.jsonl"))
-    assert len(feats) == 1
-    first = json.loads(feats[0].read_text().splitlines()[0])
-    assert set(first["knowledge"]) == {"affect", "behaviour", "physical", "events"} and len(first["cm"]) == 3
+    base = list(out.glob("features-train-base-*.jsonl"))
+    extras = [json.loads(l) for f in out.glob("extras-train-*.jsonl") for l in f.read_text().splitlines()]
+    assert len(base) == 1 and len(json.loads(base[0].read_text().splitlines()[0])["cm"]) == 3
+    assert sorted(r["i"] for r in extras) == list(range(8))  # 4 steps of 2: every example's knowledge
+    assert set(extras[0]["keys"]["knowledge"]) == {"affect", "behaviour", "physical", "events"}
     with pytest.raises(ValueError, match="--resume"):
         T.train(config(), progress=False)  # a checkpoint exists: never silently overwritten
 
@@ -355,7 +364,7 @@ def test_mime_run_logs_its_elbo_and_emotion_accuracy_and_an_ablation_drops_the_k
     assert {"gen", "emotion", "recon", "kl"} <= set(log[0])
     evals = [r for r in log if "valid_ppl" in r]
     assert evals and set(evals[0]["emotion_acc"]) == {"top1", "top2", "top5"}
-    feats = json.loads(next(out.glob("features-train-*.jsonl")).read_text().splitlines()[0])
+    feats = trained_features(out)[0]
     assert len(feats["reply_emotion"]) == 32 and abs(sum(feats["reply_emotion"]) - 1) < 0.01
     assert json.loads((out / "final" / "generator.json").read_text())["variant"] == "mime"
 
@@ -380,7 +389,8 @@ def test_cause_gated_run_logs_its_reasoner_and_an_ablation_drops_the_cause_task(
     assert {"gen", "emotion", "cause"} <= set(log[0])
     evals = [r for r in log if "valid_ppl" in r]
     assert evals and set(evals[0]["emotion_acc"]) == {"top1", "top2", "top5"} and "cause_f1" in evals[0]
-    feats = [json.loads(l) for l in next(out.glob("features-train-*.jsonl")).read_text().splitlines()]
+    feats = trained_features(out)
+    assert len(feats) == 4  # 2 steps of 2: the generator's own keys only where a batch needs them
     words = [w for f in feats for w in f["cause_words"]]
     assert words and all(len(w) == 5 and 0.0 <= w[3] <= 1.0 for w in words)
     assert all(w[0] in f["cause_indices"] for f in feats for w in f["cause_words"])
