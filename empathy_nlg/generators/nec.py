@@ -298,8 +298,10 @@ class NecModel(C.TrainedModel):
         if s.neg_y:
             was_training = self.peft.training
             self.peft.train(False)
-            ids, _ = self.lm.generate([p.detach() for p in prefixes], prompts,
-                                      {"max_new_tokens": s.y_prime_tokens, "num_beams": 1})
+            # the trainer's bf16 autocast, with the frozen weights cast once rather than at each step
+            with self.lm._autocast(), self.lm.frozen_weights_cast():
+                ids, _ = self.lm.generate([p.detach() for p in prefixes], prompts,
+                                          {"max_new_tokens": s.y_prime_tokens, "num_beams": 1})
             self.peft.train(was_training)
             own = [self.lm.decode(i).strip() or "." for i in ids]
         for i, f in enumerate(batch):
@@ -333,9 +335,16 @@ class NecModel(C.TrainedModel):
                 # rank negatives by closeness to the gold reply (closest = best-ranked)
                 ranked = [sorted(x[:n], key=lambda t, g=f["reference"]: -token_f1(t, [g])) for x, f in zip(negs, batch)]
                 z_x = self.z(C.masked_mean(info["context_hidden"], info["context_mask"]))
-                z_pos = self.z(self.lm.text_vectors([f["reference"] for f in batch], s.max_reply_tokens))
+                golds = [f["reference"] for f in batch]
                 flat = [t for row in ranked for t in row]
-                z_neg = self.z(self.lm.text_vectors(flat, s.max_reply_tokens)).reshape(len(batch), n, -1)
+                # every distinct reply encoded once, without dropout: a B negative is another
+                # example's gold, H negatives come from a pool of 20 frequent replies
+                uniq = list(dict.fromkeys(golds + flat))
+                where = {t: i for i, t in enumerate(uniq)}
+                with self.lm.without_dropout():
+                    z_all = self.z(self.lm.text_vectors(uniq, s.max_reply_tokens))
+                z_pos = z_all[[where[t] for t in golds]]
+                z_neg = z_all[[where[t] for t in flat]].reshape(len(batch), n, -1)
                 cl, _ = C.rank_margin_loss(z_x, z_pos, z_neg, s.gamma)
                 parts["contrastive"] = cl
                 total = total + s.contrastive_weight * cl

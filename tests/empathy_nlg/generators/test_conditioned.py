@@ -149,6 +149,47 @@ def test_bf16_autocast_runs_the_forward_in_bfloat16_and_keeps_fp32_weights(tiny_
     assert lm.forward([_prefix(lm, 0)], prompts, replies)[0].dtype == torch.float32
 
 
+def test_without_dropout_turns_dropout_off_for_a_pass_and_restores_training_mode(tiny_llama):
+    lm = _lm(tiny_llama, dropout=0.5)
+    lm.model.train(True)
+    with torch.no_grad():  # a trained adapter: LoRA's B starts at zero, which hides its dropout
+        for name, p in lm.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
+    drops = [m for m in lm.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops and all(m.training for m in drops)
+    torch.manual_seed(0)
+    noisy = [lm.text_vectors(["oh no that is sad"]) for _ in range(2)]
+    assert not torch.allclose(noisy[0], noisy[1])  # dropout draws a new mask each pass
+    with lm.without_dropout():
+        assert not any(m.training for m in drops)
+        quiet = [lm.text_vectors(["oh no that is sad", "oh no that is sad"]) for _ in range(2)]
+    assert torch.equal(quiet[0], quiet[1]) and torch.equal(quiet[0][0], quiet[0][1])
+    assert all(m.training for m in drops) and lm.model.training
+
+
+def test_frozen_weights_cast_holds_the_frozen_linears_in_bf16_only_inside_and_decodes_the_same(tiny_llama):
+    lm = _lm(tiny_llama)
+    lm.model.train(False)
+    tok = lm.tokenizer
+    prompts = [C.encode_prompt(tok, C.prompt_messages([Utterance("speaker", t)], 2), 64) for t in ("i am sad", "i won")]
+    prefixes = [_prefix(lm, 2, seed=1), _prefix(lm, 2, seed=2)]
+    lm.autocast = "bf16"
+    with lm._autocast():
+        plain, _ = lm.generate(prefixes, prompts, {"max_new_tokens": 6, "num_beams": 1})
+    frozen = [m.weight for m in lm.model.modules() if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad]
+    trainable = [p for p in lm.model.parameters() if p.requires_grad]
+    with lm._autocast(), lm.frozen_weights_cast():
+        assert frozen and all(w.dtype == torch.bfloat16 for w in frozen if w is not lm.embeddings.weight)
+        assert all(p.dtype == torch.float32 for p in trainable) and lm.embeddings.weight.dtype == torch.float32
+        cast, _ = lm.generate(prefixes, prompts, {"max_new_tokens": 6, "num_beams": 1})
+    assert all(p.dtype == torch.float32 for p in lm.model.parameters())
+    assert torch.equal(cast, plain)  # autocast computed these matmuls in bf16 anyway
+    lm.autocast = None
+    with lm.frozen_weights_cast():  # without autocast it leaves everything as it is
+        assert all(p.dtype == torch.float32 for p in lm.model.parameters())
+
+
 def test_lora_on_the_top_layers_only_leaves_the_lower_layers_without_graph(tiny_llama, tmp_path):
     tok = three_layer_llama(tiny_llama, tmp_path / "three")
     lm = _lm(tmp_path / "three", top_layers=1, target_modules=["q_proj", "v_proj", "gate_proj"])

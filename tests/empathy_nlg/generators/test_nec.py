@@ -23,9 +23,9 @@ def feature(**over):
     return f
 
 
-def make_model(tiny_llama, encoder, **settings):
+def make_model(tiny_llama, encoder, lora_dropout=0.0, **settings):
     bb = C.load_base(str(tiny_llama), device="cpu", dtype="float32")
-    model = N.NecModel(N.NecSettings(**settings), bb, encoder, lora={"r": 2, "alpha": 4, "dropout": 0.0})
+    model = N.NecModel(N.NecSettings(**settings), bb, encoder, lora={"r": 2, "alpha": 4, "dropout": lora_dropout})
     feats = [feature(), feature(emotion="joyful", reference="that is great !"), feature(emotion="angry", reference="oh no")]
     model.pool_by_emotion = {"sad": ["sorry to hear that ."], "joyful": ["that is great !"], "angry": ["oh no"]}
     model.frequent = ["that is great !"]
@@ -121,6 +121,30 @@ def test_contrastive_stage_adds_the_ranking_loss_with_gradients(tiny_llama, enco
     assert model.heads.social_proj.weight.grad.abs().sum() > 0  # social prefix reaches the loss
     none, _ = make_model(tiny_llama, encoder, nll_steps=0, neg_d=False, neg_y=False, neg_b=False, neg_h=False)
     assert set(none.loss(feats, step=5)[1]) == {"gen"}
+
+
+def test_the_contrastive_loss_encodes_each_distinct_reply_once_without_dropout(tiny_llama, encoder, monkeypatch):
+    """B negatives are other examples' golds and H negatives repeat: one pass over the distinct
+    replies, in which dropout is off (the same reply, the same vector)."""
+    model, feats = make_model(tiny_llama, encoder, lora_dropout=0.3, nll_steps=0, y_prime_tokens=3)
+    model.train(True)
+    assert any(m.training for m in model.lm.model.modules() if isinstance(m, torch.nn.Dropout))
+    passes = []
+    real = model.lm.text_vectors
+
+    def spy(texts, max_tokens=32):
+        drops = [m for m in model.lm.model.modules() if isinstance(m, torch.nn.Dropout)]
+        passes.append((list(texts), any(m.training for m in drops)))
+        return real(texts, max_tokens)
+
+    monkeypatch.setattr(model.lm, "text_vectors", spy)
+    loss, parts = model.loss(feats, step=0)
+    assert "contrastive" in parts and len(passes) == 1
+    texts, dropout_on = passes[0]
+    assert not dropout_on and len(texts) == len(set(texts))
+    assert {f["reference"] for f in feats} <= set(texts)  # the golds, which are also the B negatives
+    loss.backward()
+    assert model.heads.z_proj.weight.grad.abs().sum() > 0
 
 
 def test_prompt_carries_entity_facts_only_when_enabled(tiny_llama, encoder):
