@@ -12,6 +12,14 @@ speed-up to the row above it:
 4. ``+ LoRA on the top N layers only`` (nothing trainable below: the lower layers run forward only);
 5. ``+ length-bucketed batches`` (batches drawn as the trainer draws them with ``bucket: true``).
 
+``--nec`` times NEC's contrastive step instead (``configs/train/nec_ed_epoch.yml``'s settings, the served NEC
+as the starting model, its knowledge built for the measured batches; bf16 autocast, bucketed), where
+the online y′ negatives and the reply vectors cost more than the NLL forward:
+
+6. ``NEC contrastive step`` — two dropout passes for z_y (golds, then negatives), y′ decoded in fp32;
+7. ``+ one dropout-free pass over distinct replies, y′ in bf16, frozen weights cast once``
+   (``NecModel.fast_contrastive``, what the trainer runs).
+
 Run it alone on the machine (concurrent jobs are measurement errors).
 """
 
@@ -20,6 +28,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 from typing import Any, Dict, List
 
 from empathy_nlg.hardware import cpu_has_native_bf16
@@ -33,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-layers", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--examples", type=int, default=2048, help="examples drawn from ED train")
+    parser.add_argument("--nec", action="store_true", help="time NEC's contrastive step instead, before/after its fast path")
 
 
 def _padding_share(model, batch) -> float:
@@ -57,13 +67,20 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     path = args.data or default_data_dir() / "empathetic_dialogues" / "train.jsonl"
     examples = FE.select_examples(path, args.examples, 13)
-    feats = [{"context": [[u.role, u.text] for u in ex.context], "reference": ex.reference} for ex in examples]
+    feats = [{"context": [[u.role, u.text] for u in ex.context], "reference": ex.reference, "emotion": ex.emotion}
+             for ex in examples]
     bs, n = args.batch_size, args.steps + 1
     plain = [[feats[i] for i in _batch_at(s, len(feats), bs, 13)] for s in range(n)]
     lengths = [example_length(f) for f in feats]
     bucketed = [[feats[i] for i in _batch_at(s, len(feats), bs, 13, lengths)] for s in range(n)]
-    lora_all = {"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
     native = cpu_has_native_bf16()
+    if args.nec:
+        print(f"bench-train --nec: batch {bs}, {args.steps} measured steps per row, {torch.get_num_threads()} threads")
+        nec = _nec_rows(feats, lengths, args, native, Path(path))
+        print(f"summary (NEC): {nec[0]:.2f} → {nec[1]:.2f} s per step of {bs} (×{nec[0] / nec[1]:.2f}); one epoch of "
+              f"40,252 examples ≈ {40252 / bs * nec[1] / 3600:.1f} h")
+        return 0
+    lora_all = {"r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
     rows = [
         ("fp32, LoRA on all layers, full LM head", dict(autocast=None, head=False, top=None, batches=plain)),
         ("+ bf16 autocast", dict(autocast="bf16", head=False, top=None, batches=plain)),
@@ -104,3 +121,54 @@ def run(args: argparse.Namespace) -> int:
     print(f"summary: {results[0]['seconds']:.2f} → {last:.2f} s per step of {bs}; one epoch of 40,252 examples ≈ "
           f"{40252 / bs * last / 3600:.1f} h at the last row")
     return 0
+
+
+def _nec_rows(feats, lengths, args, native: bool, train_path: Path) -> List[float]:
+    """Seconds per NEC contrastive step, before and after its fast path, on the same batches."""
+    import tempfile
+
+    import torch
+
+    from empathy_nlg.generators import conditioned as C
+    from empathy_nlg.generators.nec import RECIPE
+    from empathy_nlg.paths import PACKAGE_DIR
+    from empathy_nlg.perception.encoder import SentenceEncoder
+    from empathy_nlg.settings import TrainSettings
+    from empathy_nlg.training.generator import _batch_at
+
+    served = PACKAGE_DIR / "artifacts" / "generators" / "nec"
+    config = TrainSettings.load(PACKAGE_DIR.parent / "configs" / "train" / "nec_ed_epoch.yml", "nec")
+    settings = RECIPE.settings_from(config.settings)
+    bs, n = args.batch_size, args.steps + 1
+    batches = [[dict(feats[i]) for i in _batch_at(s, len(feats), bs, 13, lengths)] for s in range(n)]
+    backbone = C.load_base(None, device=None, dtype="float32")
+    encoder = SentenceEncoder(device=backbone.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        # the served model's fact scorer ranks the facts (feature_extra copies it from init_model)
+        add, _ = RECIPE.feature_extra(settings, config.updated(init_model=str(served), out_dir=tmp), encoder, Path(tmp))
+        flat = [f for b in batches for f in b]
+        for f in flat:  # what the feature builder gives every example
+            f.update(cause_indices=[len(f["context"]) - 1], cm=None)
+        if add is not None:
+            add(flat, False)
+        model = RECIPE.load_model(served, backbone, encoder, trainable=True)
+        model.lm.autocast = "bf16" if native else None
+        RECIPE.prepare(model, flat, config, out_dir=Path(tmp), train_path=train_path)
+    model.train(True)
+    out = []
+    for label, fast in (("NEC contrastive step", False),
+                        ("+ one dropout-free pass over distinct replies, y′ in bf16, frozen weights cast once", True)):
+        model.fast_contrastive = fast
+        opt = torch.optim.AdamW(model.trainable_parameters(), lr=1e-5)
+        times = []
+        for i, batch in enumerate(batches):
+            t0 = time.perf_counter()
+            loss, _ = model.loss(batch, step=1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if i:
+                times.append(time.perf_counter() - t0)
+        out.append(statistics.mean(times))
+        print(f"  {label:<45} {out[-1]:6.2f} s/step  (×{out[0] / out[-1]:4.2f} vs the NEC row)", flush=True)
+    return out

@@ -145,6 +145,11 @@ def test_the_contrastive_loss_encodes_each_distinct_reply_once_without_dropout(t
     assert {f["reference"] for f in feats} <= set(texts)  # the golds, which are also the B negatives
     loss.backward()
     assert model.heads.z_proj.weight.grad.abs().sum() > 0
+    passes.clear()
+    model.fast_contrastive = False  # the path before (bench-train --nec's baseline): golds, then negatives
+    assert "contrastive" in model.loss(feats, step=0)[1]
+    assert [texts for texts, _ in passes][0] == [f["reference"] for f in feats] and len(passes) == 2
+    assert all(dropout_on for _, dropout_on in passes)
 
 
 def test_prompt_carries_entity_facts_only_when_enabled(tiny_llama, encoder):
