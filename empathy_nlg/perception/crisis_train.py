@@ -79,6 +79,12 @@ OWN_TRAIN_E = DATA_DIR / "train_e.yml"
 #: set and asked more ordinary turns of the blind chat set (model card); kept, leak-checked, for the
 #: next design (a fine-tuned encoder) rather than for this head
 OWN_TRAIN_F = DATA_DIR / "train_f.yml"
+#: round G (2026-12-06, nineteenth session): 450 phrasings by a helper session that read no project file
+#: — the blind chat set heldout_q's false alarms in kind (acquisitions and plans with a time in chat
+#: register: "GOT THE TICKETS", "ok nice. i'll do it this weekend"), relief, small idioms, everyday guilt,
+#: and imminent danger without alarm words sharing their surface forms. Leak-checked; NOT in
+#: :data:`OWN_TRAIN_FILES` yet: kept for the next crisis retraining, to be measured like round F
+OWN_TRAIN_G = DATA_DIR / "train_g.yml"
 #: the first held-out set (training data since v9, :data:`RETIRED_HELDOUT`)
 OWN_HELDOUT = DATA_DIR / "heldout.yml"
 #: a second held-out set, written on 2026-12-03 after heldout.yml's misses had been read (so that
