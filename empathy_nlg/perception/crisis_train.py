@@ -315,6 +315,9 @@ CHAT_HELDOUT_P = CHAT_DEV.with_name("heldout_p.jsonl")
 #: 25 more (eighteenth session), by a helper that read no project file (30 written; 5 dropped by the
 #: leak filter: a turn within 80 % word overlap of an older set's), replayed before anything was read
 CHAT_HELDOUT_Q = CHAT_DEV.with_name("heldout_q.jsonl")
+#: a seventh blind chat set (2026-12-06, nineteenth session): 25 conversations, 166 turns, by a helper that
+#: read no project file; 5 of its 30 dropped for a turn within 80 % word overlap of an older set
+CHAT_HELDOUT_R = CHAT_DEV.with_name("heldout_r.jsonl")
 #: the ordinary conversations whose every turn calibrates the thresholds (v12): the dev scripts and
 #: every older held-out chat set, 909 turns — each had already had its flags read and decisions made
 #: with it. v11 calibrated on the 202 dev turns alone, where one turn is 0.5 %, the flag's whole
@@ -324,7 +327,7 @@ CHAT_HELDOUT_Q = CHAT_DEV.with_name("heldout_q.jsonl")
 CHAT_CALIBRATION = (CHAT_DEV, CHAT_HELDOUT, CHAT_HELDOUT_E, CHAT_HELDOUT_F, CHAT_HELDOUT_G, CHAT_HELDOUT_H, CHAT_HELDOUT_I)
 #: the chat sets no threshold was chosen on (``eval-crisis`` counts their flags with the others)
 CHAT_CLEAN = (CHAT_HELDOUT_J, CHAT_HELDOUT_K, CHAT_HELDOUT_L, CHAT_HELDOUT_M, CHAT_HELDOUT_N, CHAT_HELDOUT_O,
-              CHAT_HELDOUT_P, CHAT_HELDOUT_Q)
+              CHAT_HELDOUT_P, CHAT_HELDOUT_Q, CHAT_HELDOUT_R)
 
 
 def calibration_chat() -> List[Example]:
