@@ -235,7 +235,7 @@ class ConditionedBackbone:
 
         target = resolve_autocast(mode, self.device)
         if target is not None:
-            self.model.to({"bf16": torch.bfloat16, "fp16": torch.float16}[target])
+            self.model.to(_autocast_dtype(target))
         return str(self.embeddings.weight.dtype).replace("torch.", "")
 
     @property
@@ -454,66 +454,54 @@ class ConditionedBackbone:
         mode = resolve_autocast(self.autocast, self.device)
         if mode is None:
             return contextlib.nullcontext()
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
-        return torch.autocast(device_type=self.device.split(":")[0], dtype=dtype)
+        return torch.autocast(device_type=self.device.split(":")[0], dtype=_autocast_dtype(mode))
 
+    @contextlib.contextmanager
     def without_dropout(self):
-        """A context in which the backbone's dropout layers (LoRA's among them) are off, the rest of
+        """While active, the backbone's dropout layers (LoRA's among them) are off, the rest of
         training mode unchanged: passes whose outputs are representations rather than predictions
         (NEC's reply vectors) — the same text then gives the same vector wherever it occurs in a
         batch, so it is encoded once, and no random mask is drawn (on 2 CPU cores a dropout mask over
         a pass of 256 replies costs seconds)."""
-        import contextlib
-
         import torch
 
-        @contextlib.contextmanager
-        def off():
-            layers = [m for m in self.model.modules() if isinstance(m, torch.nn.Dropout) and m.training]
+        layers = [m for m in self.model.modules() if isinstance(m, torch.nn.Dropout) and m.training]
+        for m in layers:
+            m.train(False)
+        try:
+            yield
+        finally:
             for m in layers:
-                m.train(False)
-            try:
-                yield
-            finally:
-                for m in layers:
-                    m.train(True)
+                m.train(True)
 
-        return off()
-
+    @contextlib.contextmanager
     def frozen_weights_cast(self):
-        """A context for a no-grad pass of many small steps under autocast (the greedy decoding of
-        NEC's y′ negatives in training): the frozen linear weights are held in the autocast dtype for
-        its duration, so autocast does not cast all of them again at every decoding step (it caches
-        casts of trainable leaves only). A weight shared with the input embedding is left as it is;
-        without autocast this does nothing."""
-        import contextlib
-
+        """While active — a no-grad pass of many small steps under autocast (the greedy decoding of
+        NEC's y′ negatives in training) — the frozen linear weights are held in the autocast dtype,
+        so autocast does not cast all of them again at every decoding step (it caches casts of
+        trainable leaves only). A weight shared with the input embedding is left as it is; without
+        autocast this does nothing."""
         import torch
 
         mode = resolve_autocast(self.autocast, self.device)
-
-        @contextlib.contextmanager
-        def cast():
-            if mode is None:
-                yield
-                return
-            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
-            embedding = self.model.get_input_embeddings()
-            shared = embedding.weight if embedding is not None else None
-            saved = []
-            for m in self.model.modules():
-                w = getattr(m, "weight", None)
-                if (isinstance(m, torch.nn.Linear) and w is not None and not w.requires_grad and w is not shared
-                        and w.dtype == torch.float32):
-                    saved.append((w, w.data))
-                    w.data = w.data.to(dtype)
-            try:
-                yield
-            finally:
-                for w, data in saved:
-                    w.data = data
-
-        return cast()
+        if mode is None:
+            yield
+            return
+        dtype = _autocast_dtype(mode)
+        embedding = self.model.get_input_embeddings()
+        shared = embedding.weight if embedding is not None else None
+        saved = []
+        for m in self.model.modules():
+            w = getattr(m, "weight", None)
+            if (isinstance(m, torch.nn.Linear) and w is not None and not w.requires_grad and w is not shared
+                    and w.dtype == torch.float32):
+                saved.append((w, w.data))
+                w.data = w.data.to(dtype)
+        try:
+            yield
+        finally:
+            for w, data in saved:
+                w.data = data
 
     def _body(self, embeds, mask):
         """Last-layer hidden states of a decoder-only backbone (after its final norm), without
@@ -738,6 +726,13 @@ def _attention_bias_hook(frame, first, layer_idx: int):
         return args, {**kwargs, "attention_mask": (base + add).clamp(min=low)}
 
     return hook
+
+
+def _autocast_dtype(mode: str):
+    """The torch dtype of a resolved autocast mode (``"bf16"`` / ``"fp16"``)."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
 
 
 def resolve_autocast(mode: Optional[str], device: str) -> Optional[str]:

@@ -251,9 +251,8 @@ def train(config: TrainSettings | Mapping[str, Any], *, resume: bool = False, pr
         job.barrier()  # rank 0 builds the feature cache (and NEC's fact scorer) first
     # the step this invocation starts at, so that the extra features (knowledge) are built only for
     # the batches still to train: a run resumed late in its epoch on a fresh machine needs few
-    position = (ckpt if resume else Path(config.init_from) if config.init_from else None)
-    position = position / "state.json" if position is not None else None
-    from_step = (int(json.loads(position.read_text())["step"]) if position is not None and position.is_file()
+    state_file = ckpt / "state.json" if resume else Path(config.init_from) / "state.json" if config.init_from else None
+    from_step = (int(json.loads(state_file.read_text())["step"]) if state_file is not None and state_file.is_file()
                  else optim.start_step)
 
     def needed(feats: List[Dict[str, Any]]) -> List[int]:
