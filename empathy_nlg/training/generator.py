@@ -65,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "persona_moel: persona, experts); "
                         "repeatable; "
                         "out_dir gets a -no-PART suffix")
+    parser.add_argument("--export-last", action="store_true",
+                        help="train nothing: export the run's checkpoint (its last step) to final/ (or --export-dir) "
+                        "like a finished run's best model, e.g. when the harness prefers the end of an epoch")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -155,6 +158,46 @@ def _export_best(best_dir: Path, export_dir: Path, summary: Mapping[str, Any]) -
     (tmp / C.CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
     shutil.rmtree(export_dir, ignore_errors=True)
     tmp.rename(export_dir)
+
+
+def export_last(config: TrainSettings | Mapping[str, Any]) -> Dict[str, Any]:
+    """Export ``out_dir/checkpoint`` (the run's last step) to ``export_dir`` as a finished run exports
+    its best point: adapter as trained, heads in fp16, the checkpoint's progress as the summary in
+    ``generator.json``; optimiser and progress files are left behind. Returns the summary."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from empathy_nlg.generators import conditioned as C
+
+    config = config if isinstance(config, TrainSettings) else TrainSettings.model_validate(config)
+    settings = recipe_for(config.generator).settings_from(config.settings)
+    out_dir = Path(config.out_dir or f"runs/{settings.variant}")
+    export_dir = Path(config.export_dir or out_dir / "final")
+    ckpt = out_dir / "checkpoint"
+    if not (ckpt / "state.json").is_file():
+        raise FileNotFoundError(f"{ckpt} holds no complete checkpoint (state.json missing): nothing to export")
+    state = json.loads((ckpt / "state.json").read_text())
+    saved = C.read_trained_config(ckpt)
+    if saved.get("generator") != config.generator:
+        raise ValueError(f"{ckpt} holds a {saved.get('generator')!r} model, not a {config.generator!r} one")
+    staging = export_dir.with_name(export_dir.name + ".staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(ckpt, staging, ignore=shutil.ignore_patterns("optimizer.pt*", "state.json"))
+    heads = {k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous()
+             for k, v in load_file(str(staging / C.HEADS_FILE)).items()}
+    save_file(heads, str(staging / C.HEADS_FILE))
+    saved.pop("checkpoint", None)
+    (staging / C.CONFIG_FILE).write_text(json.dumps(saved, indent=2, ensure_ascii=False) + "\n")
+    logged = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines() if line.strip()] \
+        if (out_dir / "log.jsonl").is_file() else []
+    ppl = next((r["valid_ppl"] for r in reversed(logged) if r.get("step") == state["step"] and "valid_ppl" in r), None)
+    summary = {**state, "stopped": "exported", "exported_step": state["step"], "valid_ppl": ppl,
+               "trained_at": _utc_stamp(), "config": config.model_dump(mode="json")}
+    _export_best(staging, export_dir, summary)
+    shutil.rmtree(staging, ignore_errors=True)
+    return {**summary, "export_dir": str(export_dir), "export_mb": round(C.folder_megabytes(export_dir), 2)}
 
 
 def validation_ppl(model, feats: Sequence[Mapping[str, Any]], batch_size: int) -> Optional[float]:
@@ -350,6 +393,19 @@ def train(config: TrainSettings | Mapping[str, Any], *, resume: bool = False, pr
         if bar is not None:
             bar.write(f"step {step}: valid PPL {ppl:.3f}" + (" (best so far)" if improved else f" (best {best['valid_ppl']} at {best['step']})"))
 
+    if resume and job.main and best["step"] is not None and not (best_dir / C.CONFIG_FILE).is_file():
+        # a checkpoint carried to another machine (committed without best/): when it is itself the best
+        # point, it becomes best/ here, so that the run's export is the best model and not the last step
+        if int(best["step"]) == step:
+            model.save(best_dir, extra={"training": {**snapshot(), "valid_examples": len(valid_feats),
+                                                     "train_examples": len(train_feats)},
+                                        "trained_at": _utc_stamp()}, half=True)
+            log.info("best/ rebuilt from the checkpoint (step %d, valid PPL %s)", step, best["valid_ppl"])
+        else:
+            log.warning("the best model (step %s) is not on this machine; best/ restarts from this run's "
+                        "validation points", best["step"])
+            best.update(valid_ppl=None, step=None)
+
     try:
         with log_path.open("a", encoding="utf-8") as log_fh:
             while step < total_steps:
@@ -445,6 +501,11 @@ def run(args: argparse.Namespace) -> int:
         config = config.updated(optim={"max_steps": args.max_steps})
     if args.max_minutes:
         config = config.updated(optim={"max_minutes": args.max_minutes})
+    if args.export_last:
+        summary = export_last(config)
+        print(f"{config.generator}: step {summary['step']}/{summary['total_steps']} of {config.out_dir} exported to "
+              f"{summary['export_dir']} ({summary['export_mb']} MB)")
+        return 0
     summary = train(config, resume=args.resume, progress=not args.quiet)
     if "rank" in summary:
         return 0  # another process of a torchrun job: rank 0 reports

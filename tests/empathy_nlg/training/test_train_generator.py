@@ -404,3 +404,69 @@ def test_cause_gated_run_logs_its_reasoner_and_an_ablation_drops_the_cause_task(
     assert "cause" not in ablated[0] and "emotion" in ablated[0]
     assert json.loads((tmp_path / "c2-no-gate" / "final" / "generator.json").read_text())["variant"] == "cause_gated-no-gate"
     assert "cause_gated: 2/2 steps" in capsys.readouterr().out
+
+
+def test_a_carried_checkpoint_that_is_the_best_point_is_exported_as_best_on_a_new_machine(tmp_path, config):
+    """A checkpoint committed without best/ and resumed elsewhere: when it is itself the run's best
+    validation point, the run's export is that model (not the last step) unless a later step beats it;
+    when the best point is an earlier step that did not travel, best/ restarts from this run's points."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    cfg = config("carried", optim={"max_steps": 4, "eval_every": 1, "checkpoint_every": 2})
+    T.train({**cfg, "optim": {**cfg["optim"], "max_steps": 2}}, progress=False)  # a chunk that stopped at step 2
+    out = tmp_path / "carried"
+    shutil.rmtree(out / "best")
+    shutil.copytree(out / "checkpoint", tmp_path / "at-2")
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    # the step-2 checkpoint as the best point nothing later can beat
+    (out / "checkpoint" / "state.json").write_text(json.dumps({**state, "best_valid_ppl": 0.0, "best_step": 2}))
+    summary = T.train(cfg, resume=True, progress=False)
+    assert summary["step"] == 4 and summary["exported_step"] == 2
+    exported = json.loads((out / "final" / "generator.json").read_text())
+    assert exported["training"]["exported_step"] == 2
+    adapter = "adapter/adapter_model.safetensors"
+    at2, final = load_file(str(tmp_path / "at-2" / adapter)), load_file(str(out / "final" / adapter))
+    assert set(at2) == set(final) and all(torch.equal(at2[k].half(), final[k].half()) for k in at2)
+
+    # the best point (step 1) stayed on the machine it was trained on: the export is this run's best
+    shutil.rmtree(out)
+    T.train({**cfg, "optim": {**cfg["optim"], "max_steps": 2}}, progress=False)
+    shutil.rmtree(out / "best")
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    (out / "checkpoint" / "state.json").write_text(json.dumps({**state, "best_valid_ppl": 0.0, "best_step": 1}))
+    summary = T.train(cfg, resume=True, progress=False)
+    assert summary["exported_step"] in (3, 4) and (out / "best" / "generator.json").is_file()
+
+
+def test_export_last_writes_the_checkpoint_as_a_served_model_and_refuses_what_it_cannot_export(tmp_path, config):
+    """``train --export-last``: the run's last step (not its best validation point) becomes final/,
+    heads in fp16, adapter as trained, without optimiser or progress files; a clear error otherwise."""
+    from safetensors.torch import load_file
+
+    cfg = config("last", optim={"max_steps": 3, "eval_every": 1})
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        T.export_last(cfg)
+    T.train(cfg, progress=False)
+    out = tmp_path / "last"
+    summary = T.export_last({**cfg, "export_dir": str(tmp_path / "served")})
+    served = tmp_path / "served"
+    assert summary["exported_step"] == 3 and summary["export_dir"] == str(served)
+    logged = [json.loads(l) for l in (out / "log.jsonl").read_text().splitlines()]
+    assert summary["valid_ppl"] == next(r["valid_ppl"] for r in logged if r["step"] == 3 and "valid_ppl" in r)
+    saved = json.loads((served / "generator.json").read_text())
+    assert saved["generator"] == "imagine" and saved["training"]["exported_step"] == 3 and "checkpoint" not in saved
+    assert not (served / "optimizer.pt").exists() and not (served / "state.json").exists()
+    heads = load_file(str(served / "heads.safetensors"))
+    ckpt_heads = load_file(str(out / "checkpoint" / "heads.safetensors"))
+    assert all(v.dtype == torch.float16 and torch.equal(v, ckpt_heads[k].half()) for k, v in heads.items() if v.is_floating_point())
+    adapter = "adapter/adapter_model.safetensors"
+    a, b = load_file(str(served / adapter)), load_file(str(out / "checkpoint" / adapter))
+    assert all(torch.equal(a[k], b[k]) for k in b)
+    # the exported folder names its generator and variant like any served model
+    from empathy_nlg.generators import conditioned as C
+
+    assert C.read_trained_config(served)["variant"] == "imagine"
+    with pytest.raises(ValueError, match="not a 'nec' one"):
+        T.export_last({**cfg, "generator": "nec"})
