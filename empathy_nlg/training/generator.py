@@ -14,7 +14,8 @@ the optimiser schedule. Under ``torchrun`` the same command trains on several pr
   steps, when ``max_minutes`` is reached and on Ctrl-C (atomic: a crash never leaves half a
   checkpoint); ``--resume`` continues from it with the same data order;
 * ``log.jsonl`` — one line per logged step; ``final/`` (or ``export_dir``) — the trained model in
-  fp16, with the training summary in ``generator.json``.
+  fp16 (the best validation point when the run validates), with the training summary in
+  ``generator.json``; ``--export-last`` writes the checkpoint (the last step) there instead.
 
 The per-paper parts come from the generator module's ``RECIPE`` (features it adds, how to build,
 load and score the model). CUDA is used when present (``device: auto``).
@@ -190,9 +191,15 @@ def export_last(config: TrainSettings | Mapping[str, Any]) -> Dict[str, Any]:
     save_file(heads, str(staging / C.HEADS_FILE))
     saved.pop("checkpoint", None)
     (staging / C.CONFIG_FILE).write_text(json.dumps(saved, indent=2, ensure_ascii=False) + "\n")
-    logged = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines() if line.strip()] \
-        if (out_dir / "log.jsonl").is_file() else []
-    ppl = next((r["valid_ppl"] for r in reversed(logged) if r.get("step") == state["step"] and "valid_ppl" in r), None)
+    ppl = None  # the checkpoint step's validation PPL, when the log has it (a line cut by a kill is skipped)
+    log_path = out_dir / "log.jsonl"
+    for line in log_path.read_text().splitlines() if log_path.is_file() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("step") == state["step"] and "valid_ppl" in row:
+            ppl = row["valid_ppl"]
     summary = {**state, "stopped": "exported", "exported_step": state["step"], "valid_ppl": ppl,
                "trained_at": _utc_stamp(), "config": config.model_dump(mode="json")}
     _export_best(staging, export_dir, summary)
@@ -375,6 +382,12 @@ def train(config: TrainSettings | Mapping[str, Any], *, resume: bool = False, pr
                 "seed": seed, "total_steps": total_steps, "best_valid_ppl": best["valid_ppl"], "best_step": best["step"],
                 **({"start_step": first_step} if first_step else {})}
 
+    def save_best() -> None:
+        # stamped like an export, so a run stopped by its time budget leaves a servable, versioned best/
+        model.save(best_dir, extra={"training": {**snapshot(), "valid_examples": len(valid_feats),
+                                                 "train_examples": len(train_feats)},
+                                    "trained_at": _utc_stamp()}, half=True)
+
     def evaluate_and_keep_best(log_fh) -> None:
         """Validation perplexity now; the best model so far is exported to ``best/`` (fp16)."""
         ppl = validation_ppl(model, valid_feats, bs)
@@ -386,10 +399,7 @@ def train(config: TrainSettings | Mapping[str, Any], *, resume: bool = False, pr
         log_fh.flush()
         if improved:
             best.update(valid_ppl=round(ppl, 4), step=step)
-            # stamped like an export, so a run stopped by its time budget leaves a servable, versioned best/
-            model.save(best_dir, extra={"training": {**snapshot(), "valid_examples": len(valid_feats),
-                                                     "train_examples": len(train_feats)},
-                                        "trained_at": _utc_stamp()}, half=True)
+            save_best()
         if bar is not None:
             bar.write(f"step {step}: valid PPL {ppl:.3f}" + (" (best so far)" if improved else f" (best {best['valid_ppl']} at {best['step']})"))
 
@@ -397,9 +407,7 @@ def train(config: TrainSettings | Mapping[str, Any], *, resume: bool = False, pr
         # a checkpoint carried to another machine (committed without best/): when it is itself the best
         # point, it becomes best/ here, so that the run's export is the best model and not the last step
         if int(best["step"]) == step:
-            model.save(best_dir, extra={"training": {**snapshot(), "valid_examples": len(valid_feats),
-                                                     "train_examples": len(train_feats)},
-                                        "trained_at": _utc_stamp()}, half=True)
+            save_best()
             log.info("best/ rebuilt from the checkpoint (step %d, valid PPL %s)", step, best["valid_ppl"])
         else:
             log.warning("the best model (step %s) is not on this machine; best/ restarts from this run's "
@@ -503,8 +511,8 @@ def run(args: argparse.Namespace) -> int:
         config = config.updated(optim={"max_minutes": args.max_minutes})
     if args.export_last:
         summary = export_last(config)
-        print(f"{config.generator}: step {summary['step']}/{summary['total_steps']} of {config.out_dir} exported to "
-              f"{summary['export_dir']} ({summary['export_mb']} MB)")
+        print(f"{config.generator}: the checkpoint's step {summary['step']}/{summary['total_steps']} exported to "
+              f"{summary['export_dir']} ({summary['export_mb']} MB, valid PPL {summary['valid_ppl']})")
         return 0
     summary = train(config, resume=args.resume, progress=not args.quiet)
     if "rank" in summary:

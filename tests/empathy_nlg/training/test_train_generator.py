@@ -470,3 +470,12 @@ def test_export_last_writes_the_checkpoint_as_a_served_model_and_refuses_what_it
     assert C.read_trained_config(served)["variant"] == "imagine"
     with pytest.raises(ValueError, match="not a 'nec' one"):
         T.export_last({**cfg, "generator": "nec"})
+
+
+def test_export_last_reads_past_a_log_line_cut_by_a_kill(tmp_path, config):
+    cfg = config("cut", optim={"max_steps": 2, "eval_every": 1})
+    T.train(cfg, progress=False)
+    with (tmp_path / "cut" / "log.jsonl").open("a") as fh:
+        fh.write('{"step": 2, "valid_pp')  # what a kill mid-write leaves
+    summary = T.export_last(cfg)
+    assert summary["exported_step"] == 2 and summary["valid_ppl"] is not None
