@@ -1114,7 +1114,6 @@ def load_base(backbone_path: Optional[str], device: Optional[str], dtype: str = 
 def save_trained(folder: Path, peft_model, heads, config: Mapping[str, Any], half: bool = False) -> None:
     """Write ``adapter/`` (PEFT), ``heads.safetensors`` (the paper module) and ``generator.json``
     to ``folder`` atomically (a temporary sibling renamed into place)."""
-    import torch
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -1123,9 +1122,8 @@ def save_trained(folder: Path, peft_model, heads, config: Mapping[str, Any], hal
     tmp.mkdir(parents=True)
     peft_model.save_pretrained(str(tmp / ADAPTER_DIR))
     (tmp / ADAPTER_DIR / "README.md").unlink(missing_ok=True)  # PEFT's empty template; our card is MODEL_CARD.md
-    state = {k: (v.detach().to(torch.float16) if half and v.is_floating_point() else v.detach()).contiguous().cpu()
-             for k, v in heads.state_dict().items()}
-    save_file(state, str(tmp / HEADS_FILE))
+    state = {k: v.detach().contiguous().cpu() for k, v in heads.state_dict().items()}
+    save_file(half_floats(state) if half else state, str(tmp / HEADS_FILE))
     (tmp / CONFIG_FILE).write_text(json.dumps(dict(config), indent=2, ensure_ascii=False) + "\n")
     old = folder.with_name(folder.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -1133,6 +1131,13 @@ def save_trained(folder: Path, peft_model, heads, config: Mapping[str, Any], hal
         folder.rename(old)
     tmp.rename(folder)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def half_floats(state: Mapping[str, Any]) -> Dict[str, Any]:
+    """A state dict with its floating-point tensors in fp16 (how served heads are stored)."""
+    import torch
+
+    return {k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
 
 
 def read_trained_config(folder: Path) -> Dict[str, Any]:

@@ -33,7 +33,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from empathy_nlg.paths import default_data_dir
 from empathy_nlg.registry import Registry
@@ -161,21 +161,24 @@ def _export_best(best_dir: Path, export_dir: Path, summary: Mapping[str, Any]) -
     tmp.rename(export_dir)
 
 
+def _run_dirs(config: TrainSettings, settings) -> Tuple[Path, Path]:
+    """A run's folder and the folder its model is exported to (``final/`` inside it by default)."""
+    out_dir = Path(config.out_dir or f"runs/{settings.variant}")
+    return out_dir, Path(config.export_dir or out_dir / "final")
+
+
 def export_last(config: TrainSettings | Mapping[str, Any]) -> Dict[str, Any]:
     """Export ``out_dir/checkpoint`` (the run's last step) to ``export_dir`` as a finished run exports
     its best point: adapter as trained, heads in fp16, the checkpoint's progress as the summary in
     ``generator.json``; optimiser and progress files are left behind. Returns the summary."""
     import shutil
 
-    import torch
     from safetensors.torch import load_file, save_file
 
     from empathy_nlg.generators import conditioned as C
 
     config = config if isinstance(config, TrainSettings) else TrainSettings.model_validate(config)
-    settings = recipe_for(config.generator).settings_from(config.settings)
-    out_dir = Path(config.out_dir or f"runs/{settings.variant}")
-    export_dir = Path(config.export_dir or out_dir / "final")
+    out_dir, export_dir = _run_dirs(config, recipe_for(config.generator).settings_from(config.settings))
     ckpt = out_dir / "checkpoint"
     if not (ckpt / "state.json").is_file():
         raise FileNotFoundError(f"{ckpt} holds no complete checkpoint (state.json missing): nothing to export")
@@ -186,9 +189,7 @@ def export_last(config: TrainSettings | Mapping[str, Any]) -> Dict[str, Any]:
     staging = export_dir.with_name(export_dir.name + ".staging")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(ckpt, staging, ignore=shutil.ignore_patterns("optimizer.pt*", "state.json"))
-    heads = {k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous()
-             for k, v in load_file(str(staging / C.HEADS_FILE)).items()}
-    save_file(heads, str(staging / C.HEADS_FILE))
+    save_file(C.half_floats(load_file(str(staging / C.HEADS_FILE))), str(staging / C.HEADS_FILE))
     saved.pop("checkpoint", None)
     (staging / C.CONFIG_FILE).write_text(json.dumps(saved, indent=2, ensure_ascii=False) + "\n")
     ppl = None  # the checkpoint step's validation PPL, when the log has it (a line cut by a kill is skipped)
@@ -257,8 +258,7 @@ def train(config: TrainSettings | Mapping[str, Any], *, resume: bool = False, pr
     job = Distributed()  # one process, or this process's share of a torchrun job
     recipe = recipe_for(config.generator)
     settings = recipe.settings_from(config.settings)
-    out_dir = Path(config.out_dir or f"runs/{settings.variant}")
-    export_dir = Path(config.export_dir or out_dir / "final")
+    out_dir, export_dir = _run_dirs(config, settings)
     optim = config.optim
     seed = config.seed
     data = config.data
