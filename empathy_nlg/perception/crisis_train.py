@@ -83,7 +83,9 @@ OWN_TRAIN_F = DATA_DIR / "train_f.yml"
 #: — the blind chat set heldout_q's false alarms in kind (acquisitions and plans with a time in chat
 #: register: "GOT THE TICKETS", "ok nice. i'll do it this weekend"), relief, small idioms, everyday guilt,
 #: and imminent danger without alarm words sharing their surface forms. Leak-checked; NOT in
-#: :data:`OWN_TRAIN_FILES` yet: kept for the next crisis retraining, to be measured like round F
+#: :data:`OWN_TRAIN_FILES`: heads trained with it (twenty-first session, ``--crisis-own-extra``) ranked
+#: better but lost flag recall on five of six held-out sets and left three more imminent statements
+#: with neither flag nor check-in ("Got the rope…"; model card) — kept for an encoder trained end to end
 OWN_TRAIN_G = DATA_DIR / "train_g.yml"
 #: the first held-out set (training data since v9, :data:`RETIRED_HELDOUT`)
 OWN_HELDOUT = DATA_DIR / "heldout.yml"
