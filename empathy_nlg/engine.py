@@ -19,11 +19,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import numpy as np
-
 from empathy_nlg.batching import GenerationBatcher
 from empathy_nlg.dialogue import DialogueView, Utterance, dialogue_from_events, history_from_roles, turn_key
-from empathy_nlg.decoding.conversation import Candidate, ConversationReranker, RerankSettings, story_polarity
+from empathy_nlg.decoding.conversation import ConversationReranker, RerankSettings, choose_reply, story_polarity
 from empathy_nlg.decoding.names import names_in, with_names
 from empathy_nlg.domain import DomainResponses, UnknownResponseError
 from empathy_nlg.generators.base import GenerationRequest, Generator, create_generator
@@ -469,25 +467,9 @@ class EmpathyEngine:
 
     def _rerank(self, result, view: DialogueView, perception: Optional[Perception], earlier: Sequence[str]):
         """The conversation reranker's choice among the generator's and the exemplars' candidates."""
-        cands = [Candidate(c["text"].strip(), "generator", c.get("score")) for c in result.candidates if c.get("text", "").strip()]
-        if not cands and result.text.strip():
-            cands = [Candidate(result.text.strip(), "generator", 0.0)]
-        user_turns = list(view.user_texts) or [view.last_user_text or ""]
-        if self.exemplars is not None and user_turns[-1].strip():
-            # the message in the light of the story so far: a follow-up ("I don't know how to tell my
-            # kids") is looked up together with what it follows ("my dog died this morning")
-            recent = [t for t in user_turns[-3:] if t.strip()]
-            emb = self.perceiver.embed(recent)
-            weights = np.asarray([0.5] * (len(recent) - 1) + [1.0], dtype=np.float32)
-            query = (weights[:, None] * emb).sum(0)
-            query /= max(float(np.linalg.norm(query)), 1e-9)
-            for ex in self.exemplars.nearest(query, k=int(self.exemplar_settings["k"]),
-                                             min_score=float(self.exemplar_settings["min_score"]), exclude=earlier):
-                cands.append(Candidate(ex.reply, "exemplar", None))
-        chosen = self.reranker.choose(cands, user_turns, perception, earlier)
-        if chosen is None:
-            return result.text.strip(), "generator", None
-        return chosen.text, chosen.source, self.reranker.describe(cands, chosen)
+        return choose_reply(result, list(view.user_texts) or [view.last_user_text or ""], perception, earlier,
+                            self.reranker, self.exemplars, self.perceiver.embed if self.exemplars is not None else None,
+                            int(self.exemplar_settings["k"]), float(self.exemplar_settings["min_score"]))
 
 
 def build_conversation_decoding(settings: Mapping[str, Any], perceiver: Any, artifacts_dir: Optional[str]):

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -220,3 +220,35 @@ class ConversationReranker:
             "candidates": [{"text": c.text, "source": c.source, "total": round(c.total, 4), "vetoed": c.vetoed, **c.terms}
                            for c in sorted(candidates, key=lambda c: -c.total)],
         }
+
+
+def choose_reply(result: Any, user_turns: Sequence[str], perception: Optional[Perception], earlier: Sequence[str],
+                 reranker: Optional[ConversationReranker], exemplars: Any = None, embed: Optional[Callable] = None,
+                 k: int = 3, min_score: float = 0.55) -> Tuple[str, str, Optional[Dict[str, Any]]]:
+    """The conversation reranker's choice among a generator result's candidates and the exemplars':
+    ``(text, source, rerank details)`` — what the engine does after every generation, and what the
+    harness's ``conversation:`` labels do after theirs. ``user_turns``: the user's messages so far
+    (the last one is answered); ``earlier``: the assistant's earlier replies; ``exemplars``: an
+    :class:`~empathy_nlg.knowledge.exemplars.ExemplarIndex` (or ``None``), queried with ``embed`` for
+    the ``k`` nearest at cosine ≥ ``min_score``. Without a reranker, or when it chooses nothing,
+    the generator's own reply."""
+    if reranker is None:
+        return result.text.strip(), "generator", None
+    cands = [Candidate(c["text"].strip(), "generator", c.get("score")) for c in result.candidates if c.get("text", "").strip()]
+    if not cands and result.text.strip():
+        cands = [Candidate(result.text.strip(), "generator", 0.0)]
+    user_turns = list(user_turns) or [""]
+    if exemplars is not None and embed is not None and user_turns[-1].strip():
+        # the message in the light of the story so far: a follow-up ("I don't know how to tell my
+        # kids") is looked up together with what it follows ("my dog died this morning")
+        recent = [t for t in user_turns[-3:] if t.strip()]
+        emb = embed(recent)
+        weights = np.asarray([0.5] * (len(recent) - 1) + [1.0], dtype=np.float32)
+        query = (weights[:, None] * emb).sum(0)
+        query /= max(float(np.linalg.norm(query)), 1e-9)
+        for ex in exemplars.nearest(query, k=int(k), min_score=float(min_score), exclude=earlier):
+            cands.append(Candidate(ex.reply, "exemplar", None))
+    chosen = reranker.choose(cands, user_turns, perception, earlier)
+    if chosen is None:
+        return result.text.strip(), "generator", None
+    return chosen.text, chosen.source, reranker.describe(cands, chosen)

@@ -38,6 +38,19 @@ generator's constructor):
   is generated: a ``gold`` row made of perceived causes would be mislabelled. Records of such a
   label carry ``cause_source: "gold"`` and ``request_cause_indices``.
 
+* ``conversation: true`` (or a mapping over the engine's ``generation.conversation`` section, e.g.
+  ``{rerank: {enabled: false}}`` or ``{exemplars: {enabled: false}}``) — decode for the conversation
+  as the engine does (:mod:`empathy_nlg.decoding.conversation`): the context's listener turns are
+  the assistant's earlier replies (the request's ``earlier_replies``, which the generator's history
+  bias reads), and the conversation reranker chooses among the generator's candidates and the ED
+  train exemplars nearest to the speaker's recent messages, with the project's perception
+  (:func:`~empathy_nlg.decoding.conversation.choose_reply`). The generator's own history bias is its
+  option (``history_bias: 0`` turns it off), so each of the three mechanisms can be ablated on the
+  harness. What the engine adds beyond this — the story's polarity from stored turns, names from
+  the persona memory — needs SQL state and is left out. Records carry ``decoding`` (which decoding
+  made them, so a rerun never mixes two) and ``conversation`` (the chosen source, the generator's
+  own reply, the reranker's terms). Needs the perceiver.
+
 With gold labels in the data (``ed-cause-jsonl``) every ``metrics.json`` also scores perception's
 cause utterances against them (``cause_p`` / ``cause_r`` / ``cause_f1`` / ``cause_exact``,
 :func:`.metrics.cause_agreement`).
@@ -56,8 +69,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Tuple
 
+from empathy_nlg.decoding.conversation import choose_reply
 from empathy_nlg.datasets import (
     ED_FORMATS,
     GenerationExample,
@@ -82,9 +96,11 @@ PREDICTIONS = "predictions.jsonl"
 METRICS = "metrics.json"
 Key = Tuple[str, int]
 #: options of a label's config section that the harness acts on (never passed to the generator)
-HARNESS_OPTIONS = ("causes",)
+HARNESS_OPTIONS = ("causes", "conversation")
 #: where the request's cause utterances come from (``causes:``)
 CAUSE_SOURCES = ("perception", "gold")
+#: the decoding of a record made without ``conversation:`` (the generator's reply as it is)
+TURN_DECODING = "turn"
 
 
 class PerceiverLike(Protocol):
@@ -96,6 +112,31 @@ class CMScorerLike(Protocol):
 
 
 # ----------------------------------------------------------------------------------- arguments
+@dataclass
+class ConversationDecoding:
+    """What a ``conversation:`` label does after its generator (module doc): the reranker and the
+    exemplar index of :func:`empathy_nlg.engine.build_conversation_decoding` (either may be ``None``),
+    the encoder that queries the exemplars, and ``key``, the decoding its records are marked with."""
+
+    reranker: Any
+    exemplars: Any = None
+    embed: Optional[Callable] = None
+    k: int = 3
+    min_score: float = 0.55
+    key: str = "conversation"
+    max_earlier: int = 20  # as the engine's earlier_replies
+
+    @staticmethod
+    def earlier(ex: GenerationExample) -> List[str]:
+        """The context's listener turns: the replies the assistant already gave in this conversation."""
+        return [u.text for u in ex.context if u.role == "listener" and u.text.strip()]
+
+    def choose(self, ex: GenerationExample, perception: Optional[Perception], result) -> Tuple[str, str, Optional[Dict[str, Any]]]:
+        users = [u.text for u in ex.context if u.role == "speaker"]
+        return choose_reply(result, users, perception, self.earlier(ex)[-self.max_earlier:], self.reranker,
+                            self.exemplars, self.embed, self.k, self.min_score)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="ED-format file to evaluate on")
     parser.add_argument(
@@ -320,11 +361,13 @@ def _generate_missing(
     batch_size: int,
     progress: bool,
     cause_source: str = "perception",
+    conversation: Optional[ConversationDecoding] = None,
 ) -> Tuple[int, float]:
     uses_perception = bool(getattr(gen, "needs_perception", True)) and perceptions.perceiver is not None
     version = getattr(gen, "version", None)
+    decoding = conversation.key if conversation is not None else TURN_DECODING
     todo = [ex for ex in examples
-            if _stale(existing.get((ex.conv_id, ex.turn_index)), ex, uses_perception, version, cause_source)]
+            if _stale(existing.get((ex.conv_id, ex.turn_index)), ex, uses_perception, version, cause_source, decoding)]
     if not todo:
         return 0, 0.0
     can_score = type(gen).score is not Generator.score
@@ -333,7 +376,9 @@ def _generate_missing(
         for batch in _batches(todo, batch_size):
             percs = perceptions.get(batch)
             requests = [GenerationRequest(context=list(ex.context),
-                                          perception=gold_cause_perception(p, ex) if cause_source == "gold" and p is not None else p)
+                                          perception=gold_cause_perception(p, ex) if cause_source == "gold" and p is not None else p,
+                                          earlier_replies=(conversation.earlier(ex)[-conversation.max_earlier:]
+                                                           if conversation is not None else []))
                         for ex, p in zip(batch, percs)]
             results = gen.generate(requests)
             if len(results) != len(batch):
@@ -341,6 +386,11 @@ def _generate_missing(
             for ex, p, req, res in zip(batch, percs, requests, results):
                 score = _score_one(gen, req, ex.reference) if can_score else None
                 rec = _record(ex, p, res, score, req, cause_source)
+                if conversation is not None:
+                    text, source, rerank = conversation.choose(ex, req.perception, res)
+                    rec["reply"] = text
+                    rec["decoding"] = conversation.key
+                    rec["conversation"] = {"source": source, "generator_reply": res.text, "rerank": _jsonable(rerank)}
                 existing[(ex.conv_id, ex.turn_index)] = rec
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
             fh.flush()
@@ -349,17 +399,19 @@ def _generate_missing(
 
 
 def _stale(rec: Optional[Dict[str, Any]], ex: GenerationExample, uses_perception: bool = False,
-           version: Optional[str] = None, cause_source: str = "perception") -> bool:
+           version: Optional[str] = None, cause_source: str = "perception", decoding: str = "turn") -> bool:
     """A stored record is reusable only for the same example (same reference text), from the same
     model (its ``version``, when the generator has one: a label whose model was replaced — a newly
     served NEC — regenerates rather than mixing two models' replies), with the same cause source
-    (``causes:``), and — for a generator that conditions on perception — only if it was generated
-    with perception."""
+    (``causes:``) and decoding (``conversation:``), and — for a generator that conditions on
+    perception — only if it was generated with perception."""
     if rec is None or rec.get("reference") != ex.reference:
         return True
     if version is not None and rec.get("version") != version:
         return True
     if rec.get("cause_source", "perception") != cause_source:
+        return True
+    if rec.get("decoding", TURN_DECODING) != decoding:
         return True
     return uses_perception and rec.get("perceived_emotion") is None
 
@@ -506,14 +558,20 @@ def evaluate(
     meta: Optional[Dict[str, Any]] = None,
     write_report: bool = True,
     causes: Optional[Mapping[str, str]] = None,
+    conversation: Optional[Mapping[str, ConversationDecoding]] = None,
 ) -> Dict[str, GeneratorRun]:
     """Generate (or reuse), score and write the outputs for each generator; returns the runs.
     ``causes``: per generator name, where its requests' cause utterances come from
-    (``perception``, the default, or ``gold``; see the module docstring)."""
+    (``perception``, the default, or ``gold``; see the module docstring); ``conversation``: per
+    generator name, the conversation decoding applied after it (absent: the reply as generated)."""
     if batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {batch_size}")
     sources = {name: str((causes or {}).get(name) or "perception") for name in generators}
     _check_cause_sources(sources, examples, perceiver)
+    decodings = dict(conversation or {})
+    if decodings and perceiver is None:
+        raise ValueError(f"generator {sorted(decodings)[0]!r} has conversation:, which chooses the reply with "
+                         "perception: it needs the perceiver (drop --no-perception)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     perceptions = _PerceptionCache(perceiver)
@@ -526,14 +584,15 @@ def evaluate(
         pred_path = gdir / PREDICTIONS
         existing = read_predictions(pred_path)
         uses_perception = bool(getattr(gen, "needs_perception", True)) and perceiver is not None
+        decoding = decodings[name].key if name in decodings else TURN_DECODING
         reusable = sum(not _stale(existing.get((ex.conv_id, ex.turn_index)), ex, uses_perception, getattr(gen, "version", None),
-                                  sources[name])
+                                  sources[name], decoding)
                        for ex in examples)
         if reusable:
             log.info("%s: reusing %d of %d predictions from %s", name, reusable, len(examples), pred_path)
         seed_everything(seed)
         generated, seconds = _generate_missing(name, gen, examples, existing, pred_path, perceptions, batch_size, progress,
-                                               sources[name])
+                                               sources[name], decodings.get(name))
         records = [existing[(ex.conv_id, ex.turn_index)] for ex in examples]
         _fill_perception(records, examples, perceptions, batch_size)
         _label_cm(records, cm_scorer, ref_cache, batch_size)
@@ -544,6 +603,7 @@ def evaluate(
         m["generator"] = name
         m["generator_version"] = getattr(gen, "version", None)
         m["cause_source"] = sources[name]
+        m["decoding"] = decoding
         m["reused_predictions"] = len(examples) - generated
         m["generated_predictions"] = generated
         m["seconds_per_generated"] = round(seconds / generated, 3) if generated else None
@@ -628,7 +688,43 @@ def harness_options(names: Sequence[str], config: Mapping[str, Any]) -> Dict[str
         causes = section.get("causes", "perception")
         if causes not in CAUSE_SOURCES:
             raise ValueError(f"generator {name!r}: causes must be one of {', '.join(CAUSE_SOURCES)}, got {causes!r}")
-        out[name] = {"causes": causes}
+        conv = section.get("conversation", False)
+        if conv is True:
+            conv = {}
+        elif conv is False or conv is None:
+            conv = None
+        elif not isinstance(conv, dict):
+            raise ValueError(f"generator {name!r}: conversation must be true, false or a mapping over the engine's "
+                             f"generation.conversation settings, got {conv!r}")
+        out[name] = {"causes": causes, "conversation": conv}
+    return out
+
+
+def conversation_decodings(options: Mapping[str, Optional[Mapping[str, Any]]], perceiver: Any,
+                           config: Mapping[str, Any]) -> Dict[str, ConversationDecoding]:
+    """Per label with ``conversation:``, its :class:`ConversationDecoding`: the engine's default
+    ``generation.conversation`` settings with the label's mapping over them (checked by the engine's
+    schema), built as the engine builds them, on the harness's perceiver and its artefacts."""
+    from empathy_nlg.engine import build_conversation_decoding
+    from empathy_nlg.settings import EngineSettings
+
+    out: Dict[str, ConversationDecoding] = {}
+    for name, override in options.items():
+        if override is None:
+            continue
+        if perceiver is None:
+            raise ValueError(f"generator {name!r} has conversation:, which chooses the reply with perception: "
+                             "it needs the perceiver (drop --no-perception)")
+        try:
+            settings = EngineSettings.load(overrides={"generation": {"conversation": dict(override)}}).as_dict()
+        except Exception as exc:  # noqa: BLE001 - the schema's message names the bad key
+            raise ValueError(f"generator {name!r}: bad conversation settings: {exc}") from None
+        artifacts = (config.get("perceiver") or {}).get("artifacts_dir")
+        reranker, exemplars = build_conversation_decoding(settings, perceiver, artifacts)
+        ex = settings["generation"]["conversation"]["exemplars"]
+        key = "conversation" if not override else "conversation:" + json.dumps(override, sort_keys=True)
+        out[name] = ConversationDecoding(reranker, exemplars, perceiver.embed if exemplars is not None else None,
+                                         int(ex["k"]), float(ex["min_score"]), key)
     return out
 
 
@@ -718,6 +814,7 @@ def run(args: argparse.Namespace) -> int:
             log.info("%s: fitted on %d training replies from %s", name, len(replies), train_path)
 
     perceiver = None if args.no_perception else load_perceiver(config)
+    decodings = conversation_decodings({n: o["conversation"] for n, o in options.items()}, perceiver, config)
     cm_scorer = None if args.no_cm_scorer else load_cm_scorer(config)
     meta = {
         "path": str(args.data),
@@ -733,7 +830,7 @@ def run(args: argparse.Namespace) -> int:
     runs = evaluate(
         examples, generators, args.out,
         perceiver=perceiver, cm_scorer=cm_scorer, batch_size=args.batch_size, seed=args.seed,
-        progress=not args.no_progress, meta=meta, causes=causes,
+        progress=not args.no_progress, meta=meta, causes=causes, conversation=decodings,
     )
     print(f"\nevaluated {len(examples)} examples of {args.data} ({args.format}), seed {args.seed}")
     print(summary_table({n: r.metrics for n, r in runs.items()}))

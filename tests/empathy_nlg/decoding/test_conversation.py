@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from empathy_nlg.decoding.conversation import Candidate, ConversationReranker, RerankSettings
+from empathy_nlg.decoding.conversation import Candidate, ConversationReranker, RerankSettings, choose_reply
 from tests.empathy_nlg.conftest import make_perception
 
 CHEER = ("congrat", "awesome", "great")
@@ -123,6 +123,40 @@ def test_engine_reranks_against_earlier_replies(domain_file, sqlite_url):
     assert gen.requests[-1].earlier_replies == ["I'm so sorry to hear that."]
     rerank = second["custom"]["generation"]["rerank"]
     assert rerank["chosen"] == second["text"] and any(c["vetoed"] for c in rerank["candidates"])
+
+
+def test_choose_reply_adds_exemplars_for_the_recent_story_and_keeps_the_generator_without_a_reranker():
+    from types import SimpleNamespace
+
+    from empathy_nlg.generators.base import GenerationResult
+
+    result = GenerationResult(text="I'm so sorry to hear that.", generator="g", version="t",
+                              candidates=[{"text": "I'm so sorry to hear that.", "score": 0.0}])
+    asked = {}
+
+    class Index:
+        def nearest(self, query, k, min_score, exclude):
+            asked.update(query=query, k=k, min_score=min_score, exclude=list(exclude))
+            return [SimpleNamespace(reply="That must be so hard. How old was he?")]
+
+    embedded = []
+
+    def embed(texts):
+        embedded.append(list(texts))
+        return np.asarray([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]][: len(texts)], dtype=np.float32)
+
+    turns = ["hi", "My dog died this morning", "I keep expecting him at the door"]
+    earlier = ["I'm so sorry to hear that."]
+    text, source, details = choose_reply(result, turns, make_perception(), earlier, reranker(), Index(), embed, k=2, min_score=0.4)
+    # the story's last three messages, the latest weighted 1 and the two before 0.5, normalised
+    assert embedded == [turns] and asked["k"] == 2 and asked["min_score"] == 0.4 and asked["exclude"] == earlier
+    assert np.allclose(asked["query"], np.asarray([0.5, 1.5]) / np.linalg.norm([0.5, 1.5]))
+    # the generator's only candidate repeats an earlier reply: the exemplar answers
+    assert (text, source) == ("That must be so hard. How old was he?", "exemplar") and details["chosen"] == text
+    # no reranker: the generator's reply as it is, no exemplar looked up
+    embedded.clear()
+    assert choose_reply(result, turns, None, earlier, None, Index(), embed) == ("I'm so sorry to hear that.", "generator", None)
+    assert embedded == []
 
 
 def test_echoes_of_the_user_are_vetoed():

@@ -108,10 +108,10 @@ def _test_generators_registered():
     """Register the fake generators for this module only (the registry is process-global)."""
     from empathy_nlg.generators import base
 
-    for cls in (RandomEcho, PerceivingEcho):
+    for cls in (RandomEcho, PerceivingEcho, CandidateEcho):
         register_generator(cls.name)(cls)
     yield
-    for cls in (RandomEcho, PerceivingEcho):
+    for cls in (RandomEcho, PerceivingEcho, CandidateEcho):
         base.GENERATORS.unregister(cls.name)
 
 
@@ -462,8 +462,8 @@ def test_causes_is_a_harness_option_not_a_generator_argument(tmp_path):
                           "freq-bad": {"generator": "frequent", "reply": "hi", "causes": "silver"}}}
     gens = harness.build_generators(["freq-gold"], cfg)  # `causes` does not reach the constructor
     assert gens["freq-gold"].generate([harness.GenerationRequest(context=[Utterance("speaker", "x")])])[0].text == "hi"
-    assert harness.harness_options(["freq-gold", "frequent"], cfg) == {"freq-gold": {"causes": "gold"},
-                                                                      "frequent": {"causes": "perception"}}
+    assert harness.harness_options(["freq-gold", "frequent"], cfg) == {"freq-gold": {"causes": "gold", "conversation": None},
+                                                                      "frequent": {"causes": "perception", "conversation": None}}
     with pytest.raises(ValueError, match="'freq-bad': causes must be one of"):
         harness.harness_options(["freq-bad"], cfg)
 
@@ -482,3 +482,118 @@ def test_the_eval_config_has_the_gold_cause_and_hard_serving_labels():
     for label in ("cause_gated-gold", "cause_gated-hard-serve", "cause_gated-hard-gold", "cause_gated-hard"):
         assert g[label]["generator"] == "cause_gated" and "model_dir" not in g[label]  # the committed model
     assert g["cause_gated-hard-trained"]["model_dir"] == "training_runs/cause_gated-hard/final"
+
+
+# ----------------------------------------------------------------------------------- conversation decoding
+class CandidateEcho(RandomEcho):
+    """Proposes two candidates per request and records the requests (what the history bias would read)."""
+
+    name = "test-candidate-echo"
+    needs_perception = True
+
+    def __init__(self):
+        self.requests = []
+
+    def generate(self, requests):
+        self.requests.extend(requests)
+        out = []
+        for r in requests:
+            first = r.context[-1].text.split()[0]
+            cands = [{"text": "Oh no, is he better now?", "score": 0.0}, {"text": f"{first}, tell me more?", "score": -1.0}]
+            out.append(GenerationResult(text=cands[0]["text"], generator=self.name, version=self.version, candidates=cands))
+        return out
+
+
+class NoRepeatReranker:
+    """Takes the first candidate that is not an earlier reply, and remembers what it was shown."""
+
+    def __init__(self):
+        self.seen = []
+
+    def choose(self, candidates, user_turns, perception, earlier):
+        self.seen.append((list(user_turns), list(earlier), [c.text for c in candidates], perception))
+        return next((c for c in candidates if c.text not in earlier), None)
+
+    def describe(self, candidates, chosen):
+        return {"chosen": chosen.text, "n": len(candidates)}
+
+
+def test_conversation_label_decodes_with_the_contexts_listener_turns_as_earlier_replies(files, tmp_path):
+    data, _ = files
+    ex = _examples(data)
+    plain, conv = CandidateEcho(), CandidateEcho()
+    rr = NoRepeatReranker()
+    dec = harness.ConversationDecoding(rr, key="conversation")
+    runs = harness.evaluate(ex, {"plain": plain, "conv": conv}, tmp_path / "o", perceiver=FakePerceiver(), progress=False,
+                            write_report=False, conversation={"conv": dec})
+    # the requests carry the assistant's earlier replies (the context's listener turns) only with conversation:
+    assert [r.earlier_replies for r in plain.requests] == [[]] * len(ex)
+    assert [r.earlier_replies for r in conv.requests] == [[u.text for u in e.context if u.role == "listener"] for e in ex]
+    # the reranker saw the speaker's turns, those replies and the generator's candidates, with perception
+    assert [s[0] for s in rr.seen] == [[u.text for u in e.context if u.role == "speaker"] for e in ex]
+    assert all(s[2] == ["Oh no, is he better now?", s[2][1]] and s[3].emotion == "sad" for s in rr.seen)
+    plain_replies = [r["reply"] for r in runs["plain"].records]
+    conv_recs = runs["conv"].records
+    assert plain_replies == ["Oh no, is he better now?"] * len(ex)
+    # c1's third turn already said "Oh no, is he better now?": the conversation label answers otherwise
+    i = next(k for k, e in enumerate(ex) if "Oh no, is he better now?" in [u.text for u in e.context])
+    assert conv_recs[i]["reply"] == "Not, tell me more?" and conv_recs[i]["conversation"]["generator_reply"] == "Oh no, is he better now?"
+    assert conv_recs[i]["conversation"]["source"] == "generator" and conv_recs[i]["conversation"]["rerank"]["n"] == 2
+    assert {r["decoding"] for r in conv_recs} == {"conversation"} and all("decoding" not in r for r in runs["plain"].records)
+    assert runs["conv"].metrics["decoding"] == "conversation" and runs["plain"].metrics["decoding"] == "turn"
+    # a rerun with the same decoding reuses every record; another decoding regenerates them all
+    again = harness.evaluate(ex, {"conv": CandidateEcho()}, tmp_path / "o", perceiver=FakePerceiver(), progress=False,
+                             write_report=False, conversation={"conv": dec})
+    assert again["conv"].generated == 0
+    other = harness.ConversationDecoding(NoRepeatReranker(), key='conversation:{"rerank": {"enabled": false}}')
+    changed = harness.evaluate(ex, {"conv": CandidateEcho()}, tmp_path / "o", perceiver=FakePerceiver(), progress=False,
+                               write_report=False, conversation={"conv": other})
+    assert changed["conv"].generated == len(ex)
+    # nor does a plain run reuse conversation records (or the reverse)
+    assert harness.evaluate(ex, {"conv": CandidateEcho()}, tmp_path / "o", perceiver=FakePerceiver(), progress=False,
+                            write_report=False)["conv"].generated == len(ex)
+
+
+def test_conversation_option_is_checked_and_needs_perception(files, tmp_path):
+    cfg = {"generators": {"a": {"generator": "frequent", "reply": "hi", "conversation": True},
+                          "b": {"generator": "frequent", "reply": "hi", "conversation": {"rerank": {"enabled": False}}},
+                          "c": {"generator": "frequent", "reply": "hi", "conversation": "yes"},
+                          "d": {"generator": "frequent", "reply": "hi", "conversation": {"exemplars": {"k": "three"}}}}}
+    opts = harness.harness_options(["a", "b", "frequent"], cfg)
+    assert [opts[n]["conversation"] for n in ("a", "b", "frequent")] == [{}, {"rerank": {"enabled": False}}, None]
+    assert harness.build_generators(["a"], cfg)["a"].generate([harness.GenerationRequest(context=[Utterance("speaker", "x")])])[0].text == "hi"
+    with pytest.raises(ValueError, match="'c': conversation must be true, false or a mapping"):
+        harness.harness_options(["c"], cfg)
+    with pytest.raises(ValueError, match="'a' has conversation:.*needs the perceiver"):
+        harness.conversation_decodings({"a": {}}, None, cfg)
+    with pytest.raises(ValueError, match="'d': bad conversation settings"):
+        harness.conversation_decodings({"d": {"exemplars": {"k": "three"}}}, FakePerceiver(), cfg)
+    with pytest.raises(ValueError, match="needs the perceiver"):
+        harness.evaluate(_examples(files[0]), {"a": CandidateEcho()}, tmp_path / "o", progress=False, write_report=False,
+                         conversation={"a": harness.ConversationDecoding(NoRepeatReranker())})
+
+
+def test_conversation_labels_with_the_real_reranker(files, tmp_path):
+    """The labels of configs/eval/generators.yml build the engine's reranker on the real perceiver;
+    a conversation label's reply is one of the generator's candidates or an exemplar."""
+    reason = _real_components_available()
+    if reason:
+        pytest.skip(reason)
+    from empathy_nlg.settings import read_config_file
+
+    root = Path(__file__).resolve().parents[3]
+    cfg = read_config_file(str(root / "configs" / "eval" / "generators.yml"))
+    labels = ["nec-conv", "nec-conv-no-history", "nec-conv-no-rerank", "nec-conv-no-exemplars"]
+    opts = harness.harness_options(labels, cfg)
+    assert cfg["generators"]["nec-conv-no-history"]["history_bias"] == 0
+    perceiver = harness.load_perceiver({})
+    decs = harness.conversation_decodings({n: opts[n]["conversation"] for n in labels}, perceiver, {})
+    assert decs["nec-conv"].reranker is not None and decs["nec-conv-no-rerank"].reranker is None
+    assert decs["nec-conv-no-exemplars"].exemplars is None and decs["nec-conv-no-exemplars"].reranker is not None
+    assert len({d.key for d in decs.values()}) == 3  # no-history differs in the generator, not the decoding
+    gen = CandidateEcho()
+    runs = harness.evaluate(_examples(files[0]), {"conv": gen}, tmp_path / "o", perceiver=perceiver, progress=False,
+                            write_report=False, conversation={"conv": decs["nec-conv-no-exemplars"]})
+    for rec in runs["conv"].records:
+        assert rec["reply"] in {c["text"] for c in rec["conversation"]["rerank"]["candidates"]}
+        assert rec["conversation"]["source"] == "generator"
