@@ -101,6 +101,8 @@ HARNESS_OPTIONS = ("causes", "conversation")
 CAUSE_SOURCES = ("perception", "gold")
 #: the decoding of a record made without ``conversation:`` (the generator's reply as it is)
 TURN_DECODING = "turn"
+_NEEDS_PERCEIVER = ("generator {name!r} has conversation:, which chooses the reply with perception: "
+                    "it needs the perceiver (drop --no-perception)")
 
 
 class PerceiverLike(Protocol):
@@ -399,7 +401,7 @@ def _generate_missing(
 
 
 def _stale(rec: Optional[Dict[str, Any]], ex: GenerationExample, uses_perception: bool = False,
-           version: Optional[str] = None, cause_source: str = "perception", decoding: str = "turn") -> bool:
+           version: Optional[str] = None, cause_source: str = "perception", decoding: str = TURN_DECODING) -> bool:
     """A stored record is reusable only for the same example (same reference text), from the same
     model (its ``version``, when the generator has one: a label whose model was replaced — a newly
     served NEC — regenerates rather than mixing two models' replies), with the same cause source
@@ -570,8 +572,7 @@ def evaluate(
     _check_cause_sources(sources, examples, perceiver)
     decodings = dict(conversation or {})
     if decodings and perceiver is None:
-        raise ValueError(f"generator {sorted(decodings)[0]!r} has conversation:, which chooses the reply with "
-                         "perception: it needs the perceiver (drop --no-perception)")
+        raise ValueError(_NEEDS_PERCEIVER.format(name=sorted(decodings)[0]))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     perceptions = _PerceptionCache(perceiver)
@@ -713,8 +714,7 @@ def conversation_decodings(options: Mapping[str, Optional[Mapping[str, Any]]], p
         if override is None:
             continue
         if perceiver is None:
-            raise ValueError(f"generator {name!r} has conversation:, which chooses the reply with perception: "
-                             "it needs the perceiver (drop --no-perception)")
+            raise ValueError(_NEEDS_PERCEIVER.format(name=name))
         try:
             settings = EngineSettings.load(overrides={"generation": {"conversation": dict(override)}}).as_dict()
         except Exception as exc:  # noqa: BLE001 - the schema's message names the bad key
