@@ -128,14 +128,15 @@ class ConversationDecoding:
     key: str = "conversation"
     max_earlier: int = 20  # as the engine's earlier_replies
 
-    @staticmethod
-    def earlier(ex: GenerationExample) -> List[str]:
-        """The context's listener turns: the replies the assistant already gave in this conversation."""
-        return [u.text for u in ex.context if u.role == "listener" and u.text.strip()]
+    def earlier(self, ex: GenerationExample) -> List[str]:
+        """The context's listener turns (the last ``max_earlier``): the replies the assistant already
+        gave in this conversation, what the request's ``earlier_replies`` carries."""
+        return [u.text for u in ex.context if u.role == "listener" and u.text.strip()][-self.max_earlier:]
 
-    def choose(self, ex: GenerationExample, perception: Optional[Perception], result) -> Tuple[str, str, Optional[Dict[str, Any]]]:
-        users = [u.text for u in ex.context if u.role == "speaker"]
-        return choose_reply(result, users, perception, self.earlier(ex)[-self.max_earlier:], self.reranker,
+    def choose(self, request: GenerationRequest, result) -> Tuple[str, str, Optional[Dict[str, Any]]]:
+        """The reply to ``request`` (built with :meth:`earlier`) among ``result``'s candidates and the exemplars."""
+        users = [u.text for u in request.context if u.role == "speaker"]
+        return choose_reply(result, users, request.perception, request.earlier_replies, self.reranker,
                             self.exemplars, self.embed, self.k, self.min_score)
 
 
@@ -379,8 +380,7 @@ def _generate_missing(
             percs = perceptions.get(batch)
             requests = [GenerationRequest(context=list(ex.context),
                                           perception=gold_cause_perception(p, ex) if cause_source == "gold" and p is not None else p,
-                                          earlier_replies=(conversation.earlier(ex)[-conversation.max_earlier:]
-                                                           if conversation is not None else []))
+                                          earlier_replies=conversation.earlier(ex) if conversation is not None else [])
                         for ex, p in zip(batch, percs)]
             results = gen.generate(requests)
             if len(results) != len(batch):
@@ -389,7 +389,7 @@ def _generate_missing(
                 score = _score_one(gen, req, ex.reference) if can_score else None
                 rec = _record(ex, p, res, score, req, cause_source)
                 if conversation is not None:
-                    text, source, rerank = conversation.choose(ex, req.perception, res)
+                    text, source, rerank = conversation.choose(req, res)
                     rec["reply"] = text
                     rec["decoding"] = conversation.key
                     rec["conversation"] = {"source": source, "generator_reply": res.text, "rerank": _jsonable(rerank)}
