@@ -198,6 +198,9 @@ DEFINITIONS: Mapping[str, str] = {
     "(floor: min(100, 500/N) % even when no reply repeats, so compare on the same N)",
     "emotion_acc": "% of examples whose perceived emotion (perceiver on the context) equals the "
     "conversation's gold emotion (32 ED labels); null without a perceiver",
+    "generator_emotion_acc": "% of examples whose emotion in the generator's own details (cause_gated: "
+    "the emotion its prefix used — perception's, or with --no-perception its own reasoner's, the "
+    "paper's Accuracy column) equals the gold emotion; null when a reply's details name no emotion",
     "ppl": "exp(sum NLL / sum tokens) of the reference replies given the context under the "
     "generator's own scorer (token level, tokenizer in ppl_tokenizer); null if the generator "
     "cannot score",

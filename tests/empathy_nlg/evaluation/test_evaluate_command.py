@@ -482,6 +482,16 @@ def test_the_eval_config_has_the_gold_cause_and_hard_serving_labels():
     for label in ("cause_gated-gold", "cause_gated-hard-serve", "cause_gated-hard-gold", "cause_gated-hard"):
         assert g[label]["generator"] == "cause_gated" and "model_dir" not in g[label]  # the committed model
     assert g["cause_gated-hard-trained"]["model_dir"] == "training_runs/cause_gated-hard/final"
+    # the matched-budget runs: each label serves its own run's final model, the gold rows with gold causes
+    runs = {"cause_gated-400": "cause_gated-400", "cause_gated-400-gold": "cause_gated-400",
+            "cause_gated-400-hard-serve": "cause_gated-400", "cause_gated-hard-400": "cause_gated-hard-400",
+            "cause_gated-hard-400-gold": "cause_gated-hard-400", "cause_gated-no-gate-400": "cause_gated-no-gate-400",
+            "cause_gated-no-emotion-400": "cause_gated-no-emotion-400"}
+    opts = harness.harness_options(list(runs), cfg)
+    for label, run in runs.items():
+        assert g[label]["model_dir"] == f"training_runs/{run}/final", label
+        assert opts[label]["causes"] == ("gold" if label.endswith("-gold") else "perception"), label
+    assert g["cause_gated-400-hard-serve"]["gating"] == "hard" and "gating" not in g["cause_gated-hard-400"]
 
 
 # ----------------------------------------------------------------------------------- conversation decoding
@@ -597,3 +607,20 @@ def test_conversation_labels_with_the_real_reranker(files, tmp_path):
     for rec in runs["conv"].records:
         assert rec["reply"] in {c["text"] for c in rec["conversation"]["rerank"]["candidates"]}
         assert rec["conversation"]["source"] == "generator"
+
+
+def test_generator_emotion_acc_reads_the_emotion_in_the_generators_details():
+    def rec(reply, gold, perceived, own):
+        return {"reply": reply, "reference": "ok then", "gold_emotion": gold, "perceived_emotion": perceived,
+                "details": {} if own is None else {"emotion": own}}
+
+    records = [rec("a b", "sad", "sad", "angry"), rec("c d", "joyful", "sad", "joyful"),
+               rec("e f", "afraid", "afraid", "afraid"), rec("g h", "proud", "sad", "sad")]
+    m = harness.compute_metrics(records, 1.0)
+    assert m["emotion_acc"] == pytest.approx(50.0)            # perception: sad, afraid right
+    assert m["generator_emotion_acc"] == pytest.approx(50.0)  # the generator's own: joyful, afraid right
+    records[0] = rec("a b", "sad", "sad", "sad")
+    assert harness.compute_metrics(records, 1.0)["generator_emotion_acc"] == pytest.approx(75.0)
+    # a reply whose details name no emotion (another generator, or the emotion ablated): no figure
+    records[1] = rec("c d", "joyful", "sad", None)
+    assert harness.compute_metrics(records, 1.0)["generator_emotion_acc"] is None
