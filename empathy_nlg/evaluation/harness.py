@@ -504,10 +504,11 @@ def compute_metrics(records: Sequence[Dict[str, Any]], seconds: float) -> Dict[s
         out.update(M.reply_metrics(replies, refs))
     else:
         out.update({k: None for k in ("bleu1", "bleu2", "bleu3", "bleu4", "dist1", "dist2", "sent_std", "top5_share", "avg_len")})
+    gold = [r["gold_emotion"] for r in records]
     perceived = [r.get("perceived_emotion") for r in records]
-    out["emotion_acc"] = M.accuracy(perceived, [r["gold_emotion"] for r in records]) if records else None
+    out["emotion_acc"] = M.accuracy(perceived, gold) if records else None
     own = [(r.get("details") or {}).get("emotion") for r in records]
-    out["generator_emotion_acc"] = M.accuracy(own, [r["gold_emotion"] for r in records]) if records else None
+    out["generator_emotion_acc"] = M.accuracy(own, gold) if records else None
     out.update(cause_agreement_metrics(records))
     scores = [r.get("score") for r in records]
     if records and all(s is not None for s in scores):
