@@ -60,7 +60,8 @@ def _parse_pairs(values: Sequence[str], what: str) -> Dict[str, int]:
 
 
 def read_curve(run: Path | str, label: Optional[str] = None, batch: Optional[int] = None, offset: int = 0) -> Curve:
-    """The points of one run. ``batch`` None: from ``summary.json`` (examples / step), else 1."""
+    """The points of one run. ``batch`` None: from ``summary.json`` (examples / (step − start_step)),
+    else 1."""
     run = Path(run)
     path = _log_path(run)
     folder = path.parent
@@ -70,8 +71,11 @@ def read_curve(run: Path | str, label: Optional[str] = None, batch: Optional[int
         batch = 1
         if summary.is_file():
             s = json.loads(summary.read_text(encoding="utf-8"))
-            if s.get("step") and s.get("examples"):
-                batch = max(1, round(int(s["examples"]) / int(s["step"])))
+            # a run that began at start_step (a continuation of the same data order) saw its
+            # examples in step - start_step steps; its step numbers already count from the order's start
+            steps = int(s.get("step") or 0) - int(s.get("start_step") or 0)
+            if steps > 0 and s.get("examples"):
+                batch = max(1, round(int(s["examples"]) / steps))
     curve = Curve(label=label, batch=int(batch), offset=int(offset))
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():

@@ -30,6 +30,18 @@ def test_read_curve_takes_the_batch_from_the_summary_and_the_nll_from_gen(tmp_pa
     assert c.best == (20, 16.5) and c.examples(20) == 1280
 
 
+def test_a_continuation_from_start_step_takes_its_batch_from_its_own_steps(tmp_path):
+    """A run with optim.start_step 500 (steps 501–628 of batches of 64) logs 8,192 examples at step 628:
+    its batch is 64, not 8192 / 628, and its steps already sit on the epoch's x axis."""
+    run = tmp_path / "epoch"
+    run.mkdir()
+    (run / "log.jsonl").write_text("\n".join([json.dumps({"step": 501, "gen": 2.9}),
+                                              json.dumps({"step": 600, "valid_ppl": 17.2, "best": True})]) + "\n")
+    (run / "summary.json").write_text(json.dumps({"step": 628, "start_step": 500, "examples": 8192}))
+    c = read_curve(run)
+    assert c.batch == 64 and c.examples(600) == 38400
+
+
 def test_cli_plots_two_runs_with_an_offset_and_prints_the_best(tmp_path, capsys):
     cpu = _run(tmp_path / "cpu", 10, 16, {5: 18.0, 10: 17.5})
     gpu = _run(tmp_path / "gpu", 8, 64, {4: 17.2, 8: 17.4}, summary=False)
