@@ -482,6 +482,10 @@ def test_the_eval_config_has_the_gold_cause_and_hard_serving_labels():
     for label in ("cause_gated-gold", "cause_gated-hard-serve", "cause_gated-hard-gold", "cause_gated-hard"):
         assert g[label]["generator"] == "cause_gated" and "model_dir" not in g[label]  # the committed model
     assert g["cause_gated-hard-trained"]["model_dir"] == "training_runs/cause_gated-hard/final"
+    # the epoch continuation serves its run's best checkpoint, with perception's or the gold causes
+    opts = harness.harness_options(["cause_gated-epoch-run", "cause_gated-epoch-run-gold"], cfg)
+    for label, causes in (("cause_gated-epoch-run", "perception"), ("cause_gated-epoch-run-gold", "gold")):
+        assert g[label]["model_dir"] == "training_runs/cause_gated-epoch/best" and opts[label]["causes"] == causes
     # the matched-budget runs: each label serves its own run's final model, the gold rows with gold causes
     runs = {"cause_gated-400": "cause_gated-400", "cause_gated-400-gold": "cause_gated-400",
             "cause_gated-400-hard-serve": "cause_gated-400", "cause_gated-hard-400": "cause_gated-hard-400",
