@@ -277,6 +277,17 @@ class TrainData(_Section):
     valid: Optional[str] = None
     max_train_examples: Optional[int] = None
     max_valid_examples: Optional[int] = 200
+    #: a run on the examples with a mined persona (``persona_moel``'s features) plus as many of the
+    #: others, drawn with the seed, as make the persona examples this share of the run's data
+    #: (``None``: every example as it comes)
+    persona_share: Optional[float] = Field(default=None, gt=0.0, le=1.0)
+    #: with ``persona_share``: add a copy of each persona example with its fact moved out of the last
+    #: turn, and repeat the examples whose reply uses a fact word this many times
+    persona_move_facts: bool = True
+    persona_use_repeat: int = Field(default=1, ge=1)
+    #: with ``persona_share``: this many examples (drawn with the seed) also get a copy whose last
+    #: turn's first sentence is moved into the persona (``features.moved_first_sentence``)
+    persona_move_first: int = Field(default=0, ge=0)
 
 
 class TrainOptim(_Section):

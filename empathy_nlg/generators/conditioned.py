@@ -70,9 +70,21 @@ def prompt_text(tokenizer, messages: List[Dict[str, str]]) -> str:
     return "\n".join(lines) + "\nlistener:"
 
 
-def encode_prompt(tokenizer, messages: List[Dict[str, str]], max_tokens: int) -> List[int]:
-    """Token ids of the chat prompt (generation prompt appended); the oldest tokens are cut first."""
+def encode_prompt(tokenizer, messages: List[Dict[str, str]], max_tokens: int, keep_system: bool = False) -> List[int]:
+    """Token ids of the chat prompt (generation prompt appended); the oldest tokens are cut first.
+
+    ``keep_system``: a prompt that is too long loses its oldest *dialogue* tokens and keeps the whole
+    system message (what a generator put there — a remembered persona — must survive a long turn),
+    as long as the system message leaves at least a quarter of ``max_tokens`` to the dialogue; a
+    plain checkpoint without a chat template has no system message to keep."""
     ids = tokenizer(prompt_text(tokenizer, messages), add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_tokens:
+        return ids
+    if keep_system and messages and messages[0]["role"] == "system" and getattr(tokenizer, "chat_template", None):
+        head_text = tokenizer.apply_chat_template(messages[:1], add_generation_prompt=False, tokenize=False)
+        head = tokenizer(head_text, add_special_tokens=False)["input_ids"]
+        if ids[: len(head)] == head and len(head) <= max_tokens - max(1, max_tokens // 4):
+            return head + ids[len(head):][-(max_tokens - len(head)):]
     return ids[-max_tokens:]
 
 

@@ -61,6 +61,15 @@ made to our backbone:
    learned "no persona" vector. *Adaptation*: PEC's CoBERT co-attends persona and context for
    response *selection*; here ``p`` enters the conditioning twice — as the listeners' input
    (``x = [q ; p]``: each listener reacts to who is speaking) and as a prefix position of its own.
+   **In words too** (``persona_in_prompt``; off in the served v1, tried and measured in the model
+   card): a pooled vector does not make a 135M decoder *say* "nurse" or "Biscuit" (v1 used a
+   remembered fact in 0 of 32 relevant probe turns), so the same sentences can also be written into
+   the prompt's system message
+   (:func:`persona_system_text`, kept whole when a long turn cuts the prompt) — PEC's co-attention of
+   persona and context becomes the decoder's own attention over both. A model trained with it learns
+   when to use them from the ED replies that do — few; ``data.persona_share`` selects them and moves
+   the fact out of the user's turn into the persona, as a fact from an earlier session reaches the
+   prompt at serving (:func:`empathy_nlg.training.features.persona_selection`).
    Persona sentences: at serving ``request.persona`` (the engine's persona memory in SQL), split
    into sentences, the newest ``max_persona_sentences`` kept (the generator's
    ``persona_from_context`` option mines the context when the request has none: the evaluation
@@ -161,6 +170,16 @@ def persona_sentences(persona: Optional[str], limit: int) -> List[str]:
     return [p for p in parts if p][-limit:]
 
 
+#: how the persona sentences are put in words in the prompt's system message (``persona_in_prompt``)
+PERSONA_LEAD = "What they told you about themselves before:"
+
+
+def persona_system_text(sentences: Sequence[str]) -> str:
+    """The persona sentences as one line for the prompt's system message ("" without any)."""
+    said = [" ".join(str(x).split()).rstrip(".!") for x in sentences if str(x).strip()]
+    return f"{PERSONA_LEAD} {'. '.join(said)}." if said else ""
+
+
 @dataclass
 class PersonaMoelSettings(C.TrainedSettings):
     """Architecture and ablation switches (saved with the trained model)."""
@@ -184,6 +203,9 @@ class PersonaMoelSettings(C.TrainedSettings):
     oracle_schedule: float = 10000.0
     #: the newest persona sentences encoded (the engine's persona.max_facts is 5)
     max_persona_sentences: int = 5
+    #: the persona sentences also in words, in the prompt's system message (:func:`persona_system_text`);
+    #: the system message survives a prompt cut (``encode_prompt(keep_system=True)``)
+    persona_in_prompt: bool = False
     #: the turns and MiniLM tokens the context encoder reads
     encoder_turns: int = 4
     max_context_tokens: int = 48
@@ -362,9 +384,17 @@ class PersonaMoelModel(C.TrainedModel):
                     start += len(sentences)
         return pooled.to(self.device), has.to(self.device)
 
-    def prompts(self, contexts: Sequence[Sequence[Utterance]]) -> List[List[int]]:
+    def prompts(self, contexts: Sequence[Sequence[Utterance]],
+                personas: Optional[Sequence[Sequence[str]]] = None) -> List[List[int]]:
+        """The chat prompts; with ``persona_in_prompt`` (and the persona not ablated) each row's persona
+        sentences are in its system message, which a cut keeps."""
         s = self.settings
-        return [C.encode_prompt(self.lm.tokenizer, C.prompt_messages(c, s.context_turns), s.max_prompt_tokens) for c in contexts]
+        words = bool(s.persona and s.persona_in_prompt)
+        personas = personas if personas is not None else [[] for _ in contexts]
+        return [C.encode_prompt(self.lm.tokenizer,
+                                C.prompt_messages(c, s.context_turns, persona_system_text(p) if words else ""),
+                                s.max_prompt_tokens, keep_system=words)
+                for c, p in zip(contexts, personas)]
 
     def conditioning(self, contexts: Sequence[Sequence[Utterance]], personas: Sequence[Sequence[str]],
                      weights=None) -> MoelOutput:
@@ -411,7 +441,7 @@ class PersonaMoelModel(C.TrainedModel):
         weights, share = self.training_weights(logits, gold, step)
         out = self.heads.condition(q, logits, pooled, has, weights)
         replies = [C.encode_reply(self.lm.tokenizer, f["reference"], s.max_reply_tokens, self.lm.is_seq2seq) for f in batch]
-        lm_logits, targets, _ = self.lm.forward(out.prefixes, self.prompts(contexts), replies)
+        lm_logits, targets, _ = self.lm.forward(out.prefixes, self.prompts(contexts, personas), replies)
         parts = {"gen": C.token_nll(lm_logits, targets), "emotion": F.cross_entropy(logits, gold)}
         total = w.get("gen", 1.0) * parts["gen"] + w.get("emotion", 1.0) * parts["emotion"]
         logged = {k: float(v.detach()) for k, v in parts.items()}
@@ -426,7 +456,7 @@ class PersonaMoelModel(C.TrainedModel):
         out = self.conditioning(contexts, personas)
         replies = [C.encode_reply(self.lm.tokenizer, f["reference"], self.settings.max_reply_tokens, self.lm.is_seq2seq)
                    for f in batch]
-        return self.lm.reply_nll(out.prefixes, self.prompts(contexts), replies)
+        return self.lm.reply_nll(out.prefixes, self.prompts(contexts, personas), replies)
 
     def emotion_accuracy(self, feats: Sequence[Mapping[str, Any]], ks: Sequence[int] = (1, 2, 5),
                          batch_size: int = 32) -> Dict[str, float]:
@@ -525,10 +555,11 @@ class PersonaMoelGenerator(TrainedGenerator):
                 "weights_source": sources[i] if s.experts else "ignored",
                 "persona_sentences": list(personas[i]),
                 "persona_source": persona_sources[i],
+                "persona_in_prompt": bool(s.persona and s.persona_in_prompt and personas[i]),
                 "emotion_tracker": [{"emotion": EMOTIONS[k], "p": round(float(own[i, k]), 3)} for k in top],
                 "variant": s.variant,
             })
-        return Inputs(prefixes=out.prefixes, prompts=model.prompts(contexts), details=details)
+        return Inputs(prefixes=out.prefixes, prompts=model.prompts(contexts, personas), details=details)
 
 
 # ----------------------------------------------------------------------------------- training
@@ -553,7 +584,7 @@ class PersonaMoelRecipe(C.TrainingRecipe):
         """Logs how many training examples have a mined persona (also when the features were cached)."""
         mined = [f for f in train_feats if "persona" in f]  # the examples this run trains (features.needed)
         with_persona = sum(1 for f in mined if f["persona"])
-        log.info("persona_moel: %d of %d training examples (%.1f %%) have at least one mined persona sentence%s%s",
+        log.info("persona_moel: %d of %d training examples (%.1f %%) have at least one persona sentence%s%s",
                  with_persona, len(mined), 100.0 * with_persona / max(1, len(mined)),
                  f" (the {len(mined)} this run still trains, of {len(train_feats)})" if len(mined) < len(train_feats) else "",
                  "" if model.settings.persona else " (persona ablated: not used)")

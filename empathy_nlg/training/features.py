@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import random
+import re
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
@@ -132,6 +133,114 @@ def mine_persona(feats: List[Dict[str, Any]], extractor: Any = None, progress: b
     log.info("persona mining: %d of %d examples (%.1f %%) have at least one persona sentence (%d sentences)",
              with_persona, len(feats), 100.0 * with_persona / max(1, len(feats)), sentences)
     return counts
+
+
+_SENTENCES = re.compile(r"(?<=[.!?])\s+")
+_WORD = re.compile(r"[a-z']+")
+#: words too common to say that a reply uses a persona fact (the content-word test of the selection)
+_COMMON = frozenset(
+    "i me my mine myself you your we our it its the a an and or but to of in on at for with is am are was were be "
+    "been have has had do did not no so just that this they he she him her his them there here what about really "
+    "very too also like get got go went one will would can could love".split())
+
+
+def content_words(text: str) -> set:
+    """Lower-cased words of three letters or more that are not in :data:`_COMMON`."""
+    return {w for w in _WORD.findall(text.lower()) if len(w) > 2 and w not in _COMMON}
+
+
+def moved_fact(feature: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """A copy of ``feature`` whose last (speaker) turn lost the sentence that stated one of its mined
+    persona facts, that fact staying in ``persona`` — a fact the speaker told *before*, as the
+    engine's persona memory gives one from an earlier session. ``None`` when no persona sentence of
+    the last turn can be moved (no match, or fewer than three words would be left)."""
+    ctx = feature.get("context") or []
+    if not feature.get("persona") or not ctx or ctx[-1][0] != "speaker":
+        return None
+    sentences = _SENTENCES.split(ctx[-1][1].strip())
+    for fact in feature["persona"]:
+        key = content_words(fact)
+        hit = {i for i, x in enumerate(sentences) if key and len(key & content_words(x)) >= max(1, int(0.8 * len(key)))}
+        rest = " ".join(x for i, x in enumerate(sentences) if i not in hit).strip()
+        if hit and len(rest.split()) >= 3:
+            out = dict(feature)
+            out["context"] = [list(u) for u in ctx[:-1]] + [["speaker", rest]]
+            out["moved_fact"] = fact
+            return out
+    return None
+
+
+def moved_first_sentence(feature: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
+    """A copy of ``feature`` whose last (speaker) turn lost its first sentence, which joins the end of
+    ``persona`` — something the speaker told *before*: not always a lasting fact ("My dog died
+    yesterday"), but far more of ED's replies pick such a sentence up than pick up a mined persona
+    fact, so these copies teach the decoder to read the persona line at all. ``None`` when the turn
+    has one sentence, the first has fewer than four words, or fewer than three words would be left."""
+    ctx = feature.get("context") or []
+    if not ctx or ctx[-1][0] != "speaker":
+        return None
+    sentences = [x for x in _SENTENCES.split(ctx[-1][1].strip()) if x]
+    if len(sentences) < 2 or len(sentences[0].split()) < 4:
+        return None
+    rest = " ".join(sentences[1:]).strip()
+    if len(rest.split()) < 3:
+        return None
+    out = dict(feature)
+    out["context"] = [list(u) for u in ctx[:-1]] + [["speaker", rest]]
+    first = sentences[0].rstrip(".!?").strip()
+    out["persona"] = [p for p in feature.get("persona") or [] if p != first][-(MAX_MINED_PERSONA - 1):] + [first]
+    out["moved_fact"] = first
+    return out
+
+
+def uses_persona(feature: Mapping[str, Any], prompt_turns: int = 2) -> bool:
+    """Whether the reply says a content word of a persona fact that the prompt's last ``prompt_turns``
+    turns do not (the reply brings the remembered fact back)."""
+    facts = set().union(*(content_words(x) for x in feature.get("persona") or [""]))
+    shown = content_words(" ".join(t for _, t in (feature.get("context") or [])[-prompt_turns:]))
+    return bool((facts - shown) & content_words(feature.get("reference") or ""))
+
+
+def persona_selection(feats: Sequence[Dict[str, Any]], share: float, seed: int, move_facts: bool = True,
+                      use_repeat: int = 1, move_first: int = 0) -> List[Dict[str, Any]]:
+    """A training set for the persona in words: the examples with a mined persona
+    (:func:`mine_persona`), with ``move_facts`` one :func:`moved_fact` copy of each that has one,
+    ``move_first`` :func:`moved_first_sentence` copies of examples drawn with ``seed``, every example
+    whose reply :func:`uses_persona` ``use_repeat`` times, and as many of the examples without a
+    persona, drawn with ``seed``, as make the persona examples ``share`` of the result (the trainer
+    orders them with its own seed). A clear error when no feature carries a mined persona."""
+    if not 0.0 < share <= 1.0:
+        raise ValueError(f"data.persona_share must lie in (0, 1], got {share}")
+    if int(use_repeat) < 1:
+        raise ValueError(f"data.persona_use_repeat must be at least 1, got {use_repeat}")
+    if not any("persona" in f for f in feats):
+        raise ValueError("data.persona_share needs features with mined persona sentences (persona_moel's)")
+    with_persona = [f for f in feats if f.get("persona")]
+    if not with_persona:
+        raise ValueError("data.persona_share: no training example has a mined persona sentence")
+    if int(move_first) < 0:
+        raise ValueError(f"data.persona_move_first must be at least 0, got {move_first}")
+    moved = [m for m in (moved_fact(f) for f in with_persona) if m is not None] if move_facts else []
+    rng = random.Random(seed)
+    if move_first:
+        movable = [m for m in (moved_first_sentence(f) for f in feats) if m is not None]
+        firsts = rng.sample(movable, min(int(move_first), len(movable)))
+        log.info("persona_move_first: %d of the %d examples whose last turn has a first sentence to move",
+                 len(firsts), len(movable))
+        moved += firsts
+    chosen: List[Dict[str, Any]] = []
+    using = 0
+    for f in with_persona + moved:
+        used = uses_persona(f)
+        using += used
+        chosen.extend([f] * (int(use_repeat) if used else 1))
+    others = [f for f in feats if not f.get("persona")]
+    want = min(len(others), round(len(chosen) * (1.0 - share) / share))
+    drawn = rng.sample(others, want)
+    log.info("persona_share %.2f: %d examples with a mined persona + %d with a sentence moved out of the last turn "
+             "(%d of them reply with a fact word the prompt lacks, each %d×) + %d of the %d without = %d",
+             share, len(with_persona), len(moved), using, int(use_repeat), want, len(others), len(chosen) + want)
+    return chosen + drawn
 
 
 def fingerprint(values: Mapping[str, Any]) -> str:

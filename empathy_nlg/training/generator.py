@@ -310,8 +310,13 @@ def train(config: TrainSettings | Mapping[str, Any], *, resume: bool = False, pr
         return [i for s in range(from_step, optim.max_steps)
                 for i in _batch_at(s, len(feats), optim.batch_size * job.world, seed, lengths)]
 
+    # a persona_share run chooses its examples by their mined persona: every example needs its extra
     train_feats = FE.build_features(train_path, data.max_train_examples, seed, causes, feat_dir, "train",
-                                    extra=extra, extra_key=extra_key, progress=progress, cm=cm, needed=needed)
+                                    extra=extra, extra_key=extra_key, progress=progress, cm=cm,
+                                    needed=None if data.persona_share else needed)
+    if data.persona_share:
+        train_feats = FE.persona_selection(train_feats, data.persona_share, seed, data.persona_move_facts,
+                                           data.persona_use_repeat, data.persona_move_first)
     valid_feats = FE.build_features(valid_path, data.max_valid_examples, seed, causes, feat_dir, "valid",
                                     extra=extra, extra_key=extra_key, progress=progress, cm=cm)
     if job.main:

@@ -222,6 +222,43 @@ def test_ablating_the_experts_leaves_one_shared_listener(tiny_llama, encoder):
     assert float(model.heads.shared.up_b.grad.norm()) > 0
 
 
+def test_persona_in_prompt_writes_the_facts_into_the_system_message_and_a_cut_keeps_them(tiny_llama, encoder):
+    torch.manual_seed(0)
+    told = ["i am happy", "my day was good"]  # words of the tiny vocabulary: they survive decoding
+    assert M.persona_system_text(told) == f"{M.PERSONA_LEAD} i am happy. my day was good."
+    assert M.persona_system_text([]) == "" and M.persona_system_text(["  ", ""]) == ""
+    words = make_model(tiny_llama, encoder, persona_in_prompt=True, max_prompt_tokens=64)
+    vector_only = make_model(tiny_llama, encoder, max_prompt_tokens=64)
+    tok = words.lm.tokenizer
+    [with_facts], [without] = words.prompts(ctx(), [told]), words.prompts(ctx(), [[]])
+    assert "i am happy . my day was good ." in tok.decode(with_facts)
+    assert without == vector_only.prompts(ctx(), [told])[0]  # no facts, or the option off: v1's prompt
+    assert len(with_facts) > len(without)
+    # the facts change what the decoder reads: the gold reply's NLL differs with and without them
+    words.train(False)
+    reply = [C.encode_reply(tok, "sorry to hear that .", 16, False)]
+    with torch.no_grad():
+        out = words.conditioning(ctx(), [told], weights=weights_of(1.0))
+        nll = [float(C.token_nll(*words.lm.forward(out.prefixes, words.prompts(ctx(), [p]), reply)[:2]))
+               for p in (told, [])]
+    assert nll[0] != pytest.approx(nll[1], abs=1e-6)
+    # a long turn cuts the oldest dialogue tokens and keeps the whole system message
+    long_ctx = [[Utterance("speaker", "i am sad today , " * 12)]]
+    full = C.encode_prompt(tok, C.prompt_messages(long_ctx[0], 2, M.persona_system_text(told)), 10_000)
+    head = tok(tok.apply_chat_template(C.prompt_messages(long_ctx[0], 2, M.persona_system_text(told))[:1],
+                                       add_generation_prompt=False, tokenize=False), add_special_tokens=False)["input_ids"]
+    [cut] = words.prompts(long_ctx, [told])
+    assert len(full) > 64 and len(cut) == 64
+    assert cut[: len(head)] == head and cut[len(head):] == full[-(64 - len(head)):]
+    assert vector_only.prompts(long_ctx, [told])[0][: len(head)] != head  # v1 cuts from the start
+    # a system message that would leave the dialogue less than a quarter of the budget is cut as before
+    tight = C.encode_prompt(tok, C.prompt_messages(long_ctx[0], 2, M.persona_system_text(told * 6)), 40, keep_system=True)
+    assert tight == C.encode_prompt(tok, C.prompt_messages(long_ctx[0], 2, M.persona_system_text(told * 6)), 10_000)[-40:]
+    # the persona ablated: no facts in words either
+    ablated = make_model(tiny_llama, encoder, persona=False, persona_in_prompt=True, max_prompt_tokens=64)
+    assert ablated.prompts(ctx(), [told]) == vector_only.prompts(ctx(), [told])
+
+
 # ----------------------------------------------------------------------------------- serving
 def test_generator_reports_listener_weights_and_persona_sentences(tmp_path, tiny_llama, encoder):
     torch.manual_seed(0)
@@ -237,6 +274,7 @@ def test_generator_reports_listener_weights_and_persona_sentences(tmp_path, tiny
         GenerationRequest(context=context)])
     d = with_all.details
     assert d["persona_sentences"] == PERSONA and d["persona_source"] == "request"
+    assert d["persona_in_prompt"] is False  # a v1 model: the persona enters as a vector only
     assert d["weights_source"] == "perception" and d["variant"] == "persona_moel"
     weights = d["listener_weights"]
     assert list(weights)[0] == "joyful" and len(weights) <= 5 and sum(weights.values()) == pytest.approx(1.0, abs=1e-3)
@@ -340,3 +378,29 @@ def test_tiny_training_run_mines_persona_logs_it_and_ablates(tmp_path, tiny_llam
     assert "persona_moel: 4/4 steps" in capsys.readouterr().out
     with pytest.raises(ValueError, match="persona_moel parts are persona, experts"):
         T.run(parser.parse_args(["--generator", "persona_moel", "--config", str(path), "--ablate", "cm", "--quiet"]))
+
+
+def test_a_persona_share_run_mines_every_example_selects_and_trains_the_persona_in_words(tmp_path, tiny_llama, caplog):
+    from empathy_nlg.training import generator as T
+
+    data = K.write_ed(tmp_path / "ed.jsonl", CONVERSATIONS)
+    cfg = {
+        "generator": "persona_moel", "out_dir": str(tmp_path / "run"), "seed": 3, "device": "cpu",
+        "backbone_path": str(tiny_llama),
+        "data": {"train": str(data), "valid": str(data), "max_valid_examples": 4, "persona_share": 0.75},
+        "causes": "speaker",
+        "settings": {"max_prompt_tokens": 64, "heads_dim": 32, "encoder_ff": 64, "listener_rank": 4, "listener_prefix": 2,
+                     "persona_in_prompt": True},
+        "lora": {"r": 2, "alpha": 4, "dropout": 0.0},
+        "optim": {"batch_size": 2, "max_steps": 2, "warmup_steps": 1, "checkpoint_every": 2, "eval_every": 2},
+    }
+    with caplog.at_level(logging.INFO):
+        assert T.train(cfg, progress=False)["stopped"] == "done"
+    # every example mined (not only the first steps'): 6 with a persona, p1's turn 3 has no fact left to move
+    # in its last turn, so the 6 persona rows + 2 of the 2 without make 8 (share 0.75)
+    assert "persona_share 0.75: 6 examples with a mined persona" in caplog.text
+    assert "6 of 8 training examples (75.0 %)" in caplog.text
+    saved = json.loads((tmp_path / "run" / "final" / "generator.json").read_text())
+    assert saved["settings"]["persona_in_prompt"] is True and saved["settings"]["max_prompt_tokens"] == 64
+    with pytest.raises(ValueError, match="persona_share"):
+        T.train({**cfg, "out_dir": str(tmp_path / "bad"), "data": {**cfg["data"], "persona_share": 0}}, progress=False)
