@@ -23,6 +23,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "db": ("empathy_nlg.state.cli", "database migrations (upgrade, current)"),
     "train-perception": ("empathy_nlg.perception.train", "train the perception models (emotion, cause, cm, reply polarity, crisis)"),
     "eval-perception": ("empathy_nlg.evaluation.perception_eval", "evaluate perception on a data file"),
+    "eval-persona": ("empathy_nlg.evaluation.persona_eval", "persona extractor: lasting facts found / false facts on labelled messages"),
     "eval-crisis": ("empathy_nlg.perception.crisis_train", "crisis detector recall / false positives per category"),
     "bench-perceive": ("empathy_nlg.perception.bench", "measure /perceive latency (p50/p95)"),
     "train": ("empathy_nlg.training.generator", "train a generator's adapters (finetuned, imagine, nec, mime, cause_gated, persona_moel)"),

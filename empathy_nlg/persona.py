@@ -10,7 +10,13 @@ patterns — no list of sentences:
   ("I'm vegan", "I'm retired") or a place ("I'm from Leeds");
 * a first-person possessive subject (``my``/``our`` X) of the copula with a noun/number attribute
   ("my son is 5", "my name is Sam"), of call/name ("my dog is called Max") or of work/live/study
-  ("my sister lives in Spain").
+  ("my sister lives in Spain");
+* outside those verbs (2026-12-07): a habit or role in the present simple with a thing or a place
+  to it ("I drive a bus for the city", "I look after my dad", "I keep bees", "my grandson stays with
+  us every weekend"), except verbs of thought, feeling or a passing act (:data:`NOT_HABIT_VERBS`:
+  "I need …", "I keep replaying it") and clauses dated as one event ("… next week", "in 3 weeks",
+  "on Thursday", "5 times"); a course in the progressive ("I'm training to be a midwife", "I'm
+  learning to drive", "I'm doing a PhD"); a move in the past ("I moved here from Poland").
 
 A clause the parser hangs on the next one across a comma is still a main clause ("I'm a
 firefighter, been on the job for years"); a name read as a complement still names ("my husband's
@@ -94,6 +100,31 @@ today tonight now currently yesterday tomorrow morning afternoon evening moment
 _MODALS = frozenset({"would", "could", "might", "should", "will", "may", "can", "must", "'d", "'ll", "shall", "wo", "ca"})
 _HYPOTHETICAL_MARKS = frozenset({"if", "unless", "when", "whenever", "once", "until", "though", "although", "as", "because"})
 _DROP_CHILD_DEPS = frozenset({"punct", "cc", "intj", "discourse", "advcl", "mark", "parataxis", "dep", "meta", "preconj"})
+#: verbs that in the present simple tell a thought, a feeling, a request or a passing act, never a
+#: habit or a role ("I think …", "I need help", "I keep replaying it"): the habit pattern skips them
+NOT_HABIT_VERBS = frozenset("""
+think know feel guess suppose hope wish want need mean see hear say tell ask bet reckon believe understand
+agree remember forget wonder doubt admit realise realize promise swear apologise apologize thank miss worry
+try get go come find hate mind care deserve regret blame trust fear expect imagine assume appreciate
+notice love like let give take put make seem sound appear wait sit stand hold start stop begin
+finish leave call text message email pray cry laugh do hurt ache kill witness
+""".split())
+#: words that make a present-simple clause one event to come or just gone, not a habit
+ONE_TIME_WORDS = frozenset("""
+soon next last later monday tuesday wednesday thursday friday saturday sunday
+""".split())
+#: time nouns that "this"/"next"/"last", "in 3 …" or a count turn into one occasion
+_TIME_NOUNS = frozenset("minute minutes hour hours day days week weeks weekend month months year years times time".split())
+_ORDINAL_DATE = re.compile(r"^\d{1,2}(st|nd|rd|th)$")
+#: what follows "every"/"each" or stands alone to make a present-simple clause a habit
+HABIT_ADVERBS = frozenset("usually always often regularly normally weekly daily monthly sometimes".split())
+#: progressive verbs of a lasting course ("I'm training to be a midwife", "I'm learning to drive")
+_COURSE_PROGRESSIVES = frozenset({"training", "learning", "studying"})
+#: what one is doing or taking as a course of study ("I'm doing a PhD in history")
+COURSE_OBJECTS = frozenset("""
+phd degree masters master's doctorate diploma apprenticeship course courses residency internship
+training qualification mba gcses gcse a-levels levels nvq btec
+""".split())
 _PRONOUN_OBJECTS = frozenset({"it", "this", "that", "you", "them", "him", "her", "those", "these", "one", "everything", "something", "nothing"})
 
 
@@ -225,14 +256,16 @@ class PersonaExtractor:
         if verb is subject:
             return None
         word = _lower(subject)
-        first_person = word in FIRST_PERSON_SUBJECTS
+        # "I", "we", or a pair with the speaker in it ("my husband and I run a bakery": we)
+        first_person = word in FIRST_PERSON_SUBJECTS or any(
+            c.dep_ == "conj" and _lower(c) in FIRST_PERSON_SUBJECTS for c in subject.children)
         possessive = any(c.dep_ == "poss" and _lower(c) in FIRST_PERSON_POSSESSIVES for c in subject.children) or any(
             c.dep_ == "poss" and any(g.dep_ == "poss" and _lower(g) in FIRST_PERSON_POSSESSIVES for g in c.children)
             for c in subject.children
         )
         if not (first_person or possessive):
             return None
-        if not self._lasting(verb, subject, possessive):
+        if not self._lasting(verb, subject, possessive and not first_person):
             return None
         return self._render(verb, subject)
 
@@ -258,8 +291,10 @@ class PersonaExtractor:
         if verb.tag_ == "VBD" and relation == "have" and form != "got":
             return False  # "I had a dog": past
         if form in LASTING_ADJECTIVES and verb.tag_ == "VBN":
-            # "I'm retired", "we are married" (parsed as a passive): present tense only
-            return any(a.dep_ == "auxpass" and a.tag_ in ("VBP", "VBZ") for a in auxes)
+            # "I'm retired", "we are married" (parsed as a passive): present tense or the present
+            # perfect ("I've been married for thirty years"), not the past ("I was married")
+            return any(a.dep_ == "auxpass" and a.tag_ in ("VBP", "VBZ") for a in auxes) or (
+                any(_lower(a) == "been" for a in auxes) and have_aux)
         if relation is not None and not is_be:
             if possessive and relation not in _POSSESSIVE_RELATIONS:
                 return False
@@ -291,7 +326,7 @@ class PersonaExtractor:
                 return verb.tag_ in ("VBP", "VBZ") or (verb.tag_ == "VBD" and form in _PASTIME_VERBS)
             return True
         if not is_be:
-            return False
+            return self._habit_or_course(verb, form, children, possessive)
         # the copula: present tense only ("I was a nurse" is past; "I've been a nurse for years" is fine)
         if verb.tag_ == "VBD":
             return False
@@ -310,6 +345,64 @@ class PersonaExtractor:
             if child.dep_ == "prep" and _lower(child) == "from" and not possessive:
                 return True
         return False
+
+    def _habit_or_course(self, verb: Any, form: str, children: Sequence[Any], possessive: bool) -> bool:
+        """A clause outside the relation verbs that still tells something lasting:
+
+        * a habit or role in the present simple with a thing or a place to it ("I drive a bus", "I
+          look after my dad", "I keep bees", "my grandson stays with us every weekend"); a verb of
+          thought, feeling or a passing act (:data:`NOT_HABIT_VERBS`) never, and an object or place
+          that is only a pronoun counts only with a habit word ("every weekend", "usually");
+        * a course told in the progressive ("I'm training to be a midwife", "I'm learning to drive",
+          "I'm doing a PhD in history");
+        * a move told in the past ("I moved here from Poland", "we moved to Leeds last year")."""
+        if verb.pos_ != "VERB":
+            return False
+        if verb.tag_ == "VBD" or (verb.tag_ == "VBN" and form == "moved"):
+            if form != "moved" or any(c.dep_ == "dobj" for c in children):
+                return False
+            preps = [c for c in children if c.dep_ == "prep"]
+            preps += [g for c in children if c.dep_ == "advmod" for g in c.children if g.dep_ == "prep"]  # "here from"
+            return any(_lower(c) in ("from", "to") and self._place(c) for c in preps)
+        if verb.tag_ == "VBG":
+            if form in _COURSE_PROGRESSIVES and any(c.dep_ == "xcomp" and c.tag_ == "VB" for c in children):
+                return True
+            return form in ("doing", "taking", "studying") and any(
+                c.dep_ == "dobj" and _lower(c) in COURSE_OBJECTS for c in children)
+        forms = {form, form[:-1], form[:-2]} if form.endswith("s") else {form}  # "needs", "goes" → need, go
+        if verb.tag_ not in (("VBZ",) if possessive else ("VBP",)) or forms & NOT_HABIT_VERBS:
+            return False
+        if any(self._one_time(t) for t in verb.subtree):
+            return False  # "I fly into Colorado Thursday", "we move to Osaka in 3 weeks": one event
+        if any(c.dep_ in ("xcomp", "ccomp") or (c.dep_ == "advmod" and _lower(c) == "forward") for c in children):
+            return False  # "I keep replaying it", "I look forward to it": what follows is the point, not a habit
+        habit = any(_lower(t) in HABIT_ADVERBS or (_lower(t) in ("every", "each") and t.dep_ == "det")
+                    for t in verb.subtree)
+        things = [c for c in children if c.dep_ == "dobj"]
+        things += [g for c in children if c.dep_ == "prep" for g in c.children if g.dep_ == "pobj"]
+        if any(self._persona_object(t) for t in things):
+            return True
+        return habit and bool(things)
+
+    @staticmethod
+    def _one_time(token: Any) -> bool:
+        """Whether ``token`` dates its clause as one event: "soon", "Thursday", "the 19th", "this
+        week", "in 3 weeks", "5 times" (not "every week", "on Thursdays")."""
+        word = _lower(token)
+        if word in ONE_TIME_WORDS or _ORDINAL_DATE.match(word):
+            return True
+        if word not in _TIME_NOUNS:
+            return False
+        kids = list(token.children)
+        if any(c.dep_ == "det" and _lower(c) in ("this", "that", "next", "last") for c in kids):
+            return True
+        return any(c.dep_ == "nummod" or c.like_num for c in kids) and (
+            word == "times" or (token.head.dep_ == "prep" and _lower(token.head) in ("in", "within")))
+
+    @staticmethod
+    def _place(prep: Any) -> bool:
+        """Whether the preposition's object is a place ("from Poland", "to the coast", not "to me")."""
+        return any(g.dep_ == "pobj" and g.pos_ in ("PROPN", "NOUN") for g in prep.children)
 
     @staticmethod
     def _hypothetical(verb: Any) -> bool:
@@ -357,8 +450,9 @@ class PersonaExtractor:
             for child in tok.children:
                 if tok is verb and child.dep_ in _DROP_CHILD_DEPS:
                     continue
-                if child.dep_ == "conj" and any(g.dep_ in SUBJECT_DEPS for g in child.children):
-                    continue  # another clause ("… and I work as a nurse") is its own fact
+                if child.dep_ == "conj" and (any(g.dep_ in SUBJECT_DEPS for g in child.children)
+                                             or (tok is verb and child.pos_ in ("VERB", "AUX"))):
+                    continue  # another clause ("… and I work as a nurse", "… and don't know anyone")
                 if child.dep_ in ("punct", "cc") and tok is verb:
                     continue
                 visit(child)

@@ -11,6 +11,8 @@ import re
 from typing import Iterable, List, Optional, Sequence, Set
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+#: a sentence ends at ``.``, ``!`` or ``?`` followed by white space
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 #: function words, pronouns, auxiliaries and listener fillers: never count as "content".
 STOPWORDS = frozenset("""
@@ -53,6 +55,12 @@ def normalise_reply(text: str) -> str:
 def words(text: str) -> List[str]:
     """Lower-cased word tokens (letters/digits, with an inner apostrophe kept)."""
     return _WORD.findall((text or "").lower().replace("’", "'"))
+
+
+def split_sentences(text: str) -> List[str]:
+    """The sentences of ``text``, cut after ``.``, ``!`` or ``?`` followed by white space (an
+    abbreviation such as "Dr. Li" is cut too). Pieces keep their punctuation and are not stripped."""
+    return _SENTENCE_END.split(text)
 
 
 def stem(word: str) -> str:

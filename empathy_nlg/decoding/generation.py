@@ -13,8 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Dict, Mapping
 
 from empathy_nlg.settings import settings_from_mapping
-
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+from empathy_nlg.text import split_sentences
 
 
 @dataclass
@@ -48,7 +47,7 @@ def clean_reply(text: str) -> str:
     text = " ".join(text.replace("<|im_end|>", " ").split())
     if not text:
         return ""
-    sentences = _SENTENCE_END.split(text)
+    sentences = split_sentences(text)
     if len(sentences) > 1 and not re.search(r"[.!?]['\")]?$", sentences[-1]):
         sentences = sentences[:-1]
     return " ".join(sentences).strip()

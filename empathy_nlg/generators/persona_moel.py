@@ -96,7 +96,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -111,6 +110,7 @@ from empathy_nlg.generators.trained import Inputs, TrainedGenerator
 from empathy_nlg.paths import ARTIFACTS_DIR
 from empathy_nlg.settings import TrainSettings
 from empathy_nlg.taxonomy import EMOTIONS, NEGATIVE_EMOTIONS, POSITIVE_EMOTIONS
+from empathy_nlg.text import split_sentences
 
 log = logging.getLogger(__name__)
 
@@ -156,9 +156,6 @@ def oracle_probability(step: int, schedule: float) -> float:
     return ORACLE_FLOOR + (1.0 - ORACLE_FLOOR) * math.exp(-float(step) / float(schedule))
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-
-
 def persona_sentences(persona: Optional[str], limit: int) -> List[str]:
     """The sentences of the engine's persona text (facts joined as sentences, newest last, by
     :func:`empathy_nlg.persona.persona_text`), final punctuation dropped (as the extractor writes
@@ -166,7 +163,7 @@ def persona_sentences(persona: Optional[str], limit: int) -> List[str]:
     both halves are still encoded."""
     if not persona or not str(persona).strip() or limit <= 0:
         return []
-    parts = [p.strip().rstrip(".!").strip() for p in _SENTENCE_END.split(" ".join(str(persona).split()))]
+    parts = [p.strip().rstrip(".!").strip() for p in split_sentences(" ".join(str(persona).split()))]
     return [p for p in parts if p][-limit:]
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from empathy_nlg.datasets import GenerationExample, generation_examples, read_ed_cause_jsonl, read_ed_jsonl, seeker_post
+from empathy_nlg.text import split_sentences
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,6 @@ def mine_persona(feats: List[Dict[str, Any]], extractor: Any = None, progress: b
     return counts
 
 
-_SENTENCES = re.compile(r"(?<=[.!?])\s+")
 _WORD = re.compile(r"[a-z']+")
 #: words too common to say that a reply uses a persona fact (the content-word test of the selection)
 _COMMON = frozenset(
@@ -149,6 +149,18 @@ def content_words(text: str) -> set:
     return {w for w in _WORD.findall(text.lower()) if len(w) > 2 and w not in _COMMON}
 
 
+def _with_last_turn(feature: Mapping[str, Any], rest: str, moved: str,
+                    persona: Optional[List[str]] = None) -> Dict[str, Any]:
+    """A copy of ``feature`` whose last (speaker) turn is ``rest``; ``moved`` (what left that turn)
+    is recorded as ``moved_fact``, and ``persona`` replaces the feature's own when given."""
+    out = dict(feature)
+    out["context"] = [list(u) for u in feature["context"][:-1]] + [["speaker", rest]]
+    out["moved_fact"] = moved
+    if persona is not None:
+        out["persona"] = persona
+    return out
+
+
 def moved_fact(feature: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     """A copy of ``feature`` whose last (speaker) turn lost the sentence that stated one of its mined
     persona facts, that fact staying in ``persona`` — a fact the speaker told *before*, as the
@@ -157,16 +169,13 @@ def moved_fact(feature: Mapping[str, Any]) -> Optional[Dict[str, Any]]:
     ctx = feature.get("context") or []
     if not feature.get("persona") or not ctx or ctx[-1][0] != "speaker":
         return None
-    sentences = _SENTENCES.split(ctx[-1][1].strip())
+    sentences = split_sentences(ctx[-1][1].strip())
     for fact in feature["persona"]:
         key = content_words(fact)
         hit = {i for i, x in enumerate(sentences) if key and len(key & content_words(x)) >= max(1, int(0.8 * len(key)))}
         rest = " ".join(x for i, x in enumerate(sentences) if i not in hit).strip()
         if hit and len(rest.split()) >= 3:
-            out = dict(feature)
-            out["context"] = [list(u) for u in ctx[:-1]] + [["speaker", rest]]
-            out["moved_fact"] = fact
-            return out
+            return _with_last_turn(feature, rest, fact)
     return None
 
 
@@ -179,18 +188,15 @@ def moved_first_sentence(feature: Mapping[str, Any]) -> Optional[Dict[str, Any]]
     ctx = feature.get("context") or []
     if not ctx or ctx[-1][0] != "speaker":
         return None
-    sentences = [x for x in _SENTENCES.split(ctx[-1][1].strip()) if x]
+    sentences = [x for x in split_sentences(ctx[-1][1].strip()) if x]
     if len(sentences) < 2 or len(sentences[0].split()) < 4:
         return None
     rest = " ".join(sentences[1:]).strip()
     if len(rest.split()) < 3:
         return None
-    out = dict(feature)
-    out["context"] = [list(u) for u in ctx[:-1]] + [["speaker", rest]]
     first = sentences[0].rstrip(".!?").strip()
-    out["persona"] = [p for p in feature.get("persona") or [] if p != first][-(MAX_MINED_PERSONA - 1):] + [first]
-    out["moved_fact"] = first
-    return out
+    persona = [p for p in feature.get("persona") or [] if p != first][-(MAX_MINED_PERSONA - 1):] + [first]
+    return _with_last_turn(feature, rest, first, persona)
 
 
 def uses_persona(feature: Mapping[str, Any], prompt_turns: int = 2) -> bool:

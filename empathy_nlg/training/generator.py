@@ -13,7 +13,8 @@ the optimiser schedule. Under ``torchrun`` the same command trains on several pr
 * ``checkpoint/`` — adapters + heads + optimiser + progress, written every ``checkpoint_every``
   steps, when ``max_minutes`` is reached and on Ctrl-C (atomic: a crash never leaves half a
   checkpoint); ``--resume`` continues from it with the same data order;
-* ``log.jsonl`` — one line per logged step; ``final/`` (or ``export_dir``) — the trained model in
+* ``log.jsonl`` — one line per logged step (a new run in a folder that has one from an earlier run
+  moves that one to ``log.previous.jsonl``); ``final/`` (or ``export_dir``) — the trained model in
   fp16 (the best validation point when the run validates), with the training summary in
   ``generator.json``; ``--export-last`` writes the checkpoint (the last step) there instead.
 
@@ -278,6 +279,10 @@ def train(config: TrainSettings | Mapping[str, Any], *, resume: bool = False, pr
     if optim.start_step >= optim.max_steps:
         raise ValueError(f"optim.start_step ({optim.start_step}) must be below optim.max_steps ({optim.max_steps})")
     out_dir.mkdir(parents=True, exist_ok=True)
+    if not resume and job.main and (out_dir / "log.jsonl").is_file():
+        # a new run in a folder an earlier run (its checkpoint gone) logged to: its log would mix two runs
+        (out_dir / "log.jsonl").replace(out_dir / "log.previous.jsonl")
+        log.info("%s/log.jsonl holds an earlier run's log: moved to log.previous.jsonl", out_dir)
     random.seed(seed)
     torch.manual_seed(seed)
 

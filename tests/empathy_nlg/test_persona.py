@@ -52,6 +52,19 @@ POSITIVE = {
     "I'm a carpenter, I've built houses since I left school.": ["I'm a carpenter"],
     "I knit jumpers for the whole family.": ["I knit jumpers for the whole family"],
     "I swim every morning before work": ["I swim every morning before work"],
+    # habits and roles outside the relation verbs, courses in the progressive, moves in the past
+    "I drive a bus for the city.": ["I drive a bus for the city"],
+    "I look after my dad, he has dementia.": ["I look after my dad"],
+    "I keep bees in my back garden.": ["I keep bees in my back garden"],
+    "my grandson Leo stays with us every weekend.": ["My grandson Leo stays with us every weekend"],
+    "I'm training to be a midwife.": ["I'm training to be a midwife"],
+    "I'm learning to drive.": ["I'm learning to drive"],
+    "I'm doing a PhD in history.": ["I'm doing a PhD in history"],
+    "I moved here from Poland two years ago.": ["I moved here from Poland two years ago"],
+    "I moved to a new state and don't know anyone.": ["I moved to a new state"],
+    # the speaker in a pair of subjects; a lasting state in the present perfect
+    "My husband and I run a small bakery in town.": ["My husband and I run a small bakery in town"],
+    "I've been married for thirty years.": ["I've been married for thirty years"],
 }
 
 NEGATIVE = [
@@ -74,6 +87,11 @@ NEGATIVE = [
     # no first-person subject / object pronouns
     "My head hurts", "I love you", "I like it", "I think so", "You have two kids", "She works as a nurse",
     "forget what I told you", "delete everything you know about me", "",
+    # a thought, a passing act or one event in the present simple is no habit
+    "I keep replaying it in my head", "I need a new phone", "my car needs a new tyre", "I look forward to the weekend",
+    "I fly into Colorado Thursday", "We move to Osaka in 3 weeks", "my son starts school next week",
+    "I write to the landlord 5 times", "So I walk in and my dog jumps on me", "I'm doing the dishes",
+    "I moved the sofa", "I'm learning a lot", "I was married once", "My husband and his brother run a bakery",
 ]
 
 

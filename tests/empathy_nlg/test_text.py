@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from empathy_nlg.text import EMOJI_WORDS, emoji_gloss
+from empathy_nlg.text import EMOJI_WORDS, emoji_gloss, split_sentences
 
 
 def test_emoji_feelings_are_appended_once_each_and_offsets_survive():
@@ -20,3 +20,10 @@ def test_text_without_known_emoji_is_unchanged():
 def test_variation_selectors_and_the_table():
     assert emoji_gloss("❤️") == "❤️ (love)"  # the heart is matched without its variation selector
     assert all(words and words == words.strip() for words in EMOJI_WORDS.values())
+
+
+def test_split_sentences_cuts_after_end_punctuation_and_white_space_only():
+    assert split_sentences("I'm a nurse. My dog is Max!  Why?") == ["I'm a nurse.", "My dog is Max!", "Why?"]
+    assert split_sentences("3.5 hours, e.g.like this") == ["3.5 hours, e.g.like this"]  # no space: no cut
+    assert split_sentences("Dr. Li is here") == ["Dr.", "Li is here"]  # abbreviations are cut too (documented)
+    assert split_sentences("") == [""]

@@ -326,20 +326,30 @@ CONVERSATIONS = [
 ]
 
 
-def test_tiny_training_run_mines_persona_logs_it_and_ablates(tmp_path, tiny_llama, caplog, capsys):
-    from empathy_nlg.training import generator as T
-
+def tiny_train_config(tmp_path, tiny_llama, **over):
+    """A training config for the tiny model on :data:`CONVERSATIONS`; each section of ``over``
+    (``data``, ``settings``, ``lora``, ``optim``) updates the default one."""
     data = K.write_ed(tmp_path / "ed.jsonl", CONVERSATIONS)
     cfg = {
         "generator": "persona_moel", "out_dir": str(tmp_path / "run"), "seed": 3, "device": "cpu",
         "backbone_path": str(tiny_llama),
-        "data": {"train": str(data), "valid": str(data), "max_train_examples": 8, "max_valid_examples": 4},
+        "data": {"train": str(data), "valid": str(data), "max_valid_examples": 4},
         "causes": "speaker",
-        "settings": {"max_prompt_tokens": 48, "heads_dim": 32, "encoder_ff": 64, "listener_rank": 4, "listener_prefix": 2,
-                     "oracle_schedule": 2},
-        "lora": {"r": 2, "alpha": 4, "dropout": 0.1},
-        "optim": {"batch_size": 2, "max_steps": 4, "warmup_steps": 1, "checkpoint_every": 2, "eval_every": 2},
+        "settings": {"heads_dim": 32, "encoder_ff": 64, "listener_rank": 4, "listener_prefix": 2},
+        "lora": {"r": 2, "alpha": 4},
+        "optim": {"batch_size": 2, "warmup_steps": 1, "checkpoint_every": 2, "eval_every": 2},
     }
+    for section, values in over.items():
+        cfg[section] = {**cfg[section], **values}
+    return cfg
+
+
+def test_tiny_training_run_mines_persona_logs_it_and_ablates(tmp_path, tiny_llama, caplog, capsys):
+    from empathy_nlg.training import generator as T
+
+    cfg = tiny_train_config(tmp_path, tiny_llama, data={"max_train_examples": 8},
+                            settings={"max_prompt_tokens": 48, "oracle_schedule": 2}, lora={"dropout": 0.1},
+                            optim={"max_steps": 4})
     with caplog.at_level(logging.INFO):
         summary = T.train(cfg, progress=False)
     assert summary["stopped"] == "done"
@@ -383,17 +393,9 @@ def test_tiny_training_run_mines_persona_logs_it_and_ablates(tmp_path, tiny_llam
 def test_a_persona_share_run_mines_every_example_selects_and_trains_the_persona_in_words(tmp_path, tiny_llama, caplog):
     from empathy_nlg.training import generator as T
 
-    data = K.write_ed(tmp_path / "ed.jsonl", CONVERSATIONS)
-    cfg = {
-        "generator": "persona_moel", "out_dir": str(tmp_path / "run"), "seed": 3, "device": "cpu",
-        "backbone_path": str(tiny_llama),
-        "data": {"train": str(data), "valid": str(data), "max_valid_examples": 4, "persona_share": 0.75},
-        "causes": "speaker",
-        "settings": {"max_prompt_tokens": 64, "heads_dim": 32, "encoder_ff": 64, "listener_rank": 4, "listener_prefix": 2,
-                     "persona_in_prompt": True},
-        "lora": {"r": 2, "alpha": 4, "dropout": 0.0},
-        "optim": {"batch_size": 2, "max_steps": 2, "warmup_steps": 1, "checkpoint_every": 2, "eval_every": 2},
-    }
+    cfg = tiny_train_config(tmp_path, tiny_llama, data={"persona_share": 0.75},
+                            settings={"max_prompt_tokens": 64, "persona_in_prompt": True}, lora={"dropout": 0.0},
+                            optim={"max_steps": 2})
     with caplog.at_level(logging.INFO):
         assert T.train(cfg, progress=False)["stopped"] == "done"
     # every example mined (not only the first steps'): 6 with a persona, p1's turn 3 has no fact left to move

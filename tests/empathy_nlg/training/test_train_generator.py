@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 
 import pytest
 
@@ -111,6 +112,12 @@ def test_tiny_run_trains_logs_checkpoints_and_exports(tmp_path, config):
     assert set(extras[0]["keys"]["knowledge"]) == {"affect", "behaviour", "physical", "events"}
     with pytest.raises(ValueError, match="--resume"):
         T.train(config(), progress=False)  # a checkpoint exists: never silently overwritten
+    # the checkpoint gone, a new run in the folder starts its own log and keeps the earlier one aside
+    first_log = (out / "log.jsonl").read_text()
+    shutil.rmtree(out / "checkpoint")
+    assert T.train(config(), progress=False)["stopped"] == "done"
+    assert (out / "log.previous.jsonl").read_text() == first_log
+    assert [json.loads(l)["step"] for l in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
 
 
 def test_interrupted_run_resumes_to_the_same_model(tmp_path, config, monkeypatch):
@@ -410,8 +417,6 @@ def test_a_carried_checkpoint_that_is_the_best_point_is_exported_as_best_on_a_ne
     """A checkpoint committed without best/ and resumed elsewhere: when it is itself the run's best
     validation point, the run's export is that model (not the last step) unless a later step beats it;
     when the best point is an earlier step that did not travel, best/ restarts from this run's points."""
-    import shutil
-
     from safetensors.torch import load_file
 
     cfg = config("carried", optim={"max_steps": 4, "eval_every": 1, "checkpoint_every": 2})
