@@ -223,15 +223,28 @@ def predict_head(model, X: np.ndarray, loss: str, batch_size: int = 4096) -> np.
     return np.concatenate(outs, axis=0)
 
 
-def save_head(model, config: dict, out_dir: Path, name: str) -> None:
-    """Write ``name.safetensors`` (weights) and ``name.json`` (everything needed to rebuild it)."""
+def save_head(model, config: dict, out_dir: Path, name: str, half: bool = False) -> None:
+    """Write ``name.safetensors`` (weights) and ``name.json`` (everything needed to rebuild it).
+    ``half``: store the weights in fp16 (half the bytes; :func:`load_head` reads them back into fp32
+    — round the model with :func:`round_to_half` first so that what was measured is what is stored)."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().contiguous().cpu()
+             for k, v in model.state_dict().items()}
     save_file(state, str(out_dir / f"{name}.safetensors"))
     (out_dir / f"{name}.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def round_to_half(model) -> None:
+    """Round a head's fp32 weights to the values fp16 can hold (in place, still fp32)."""
+    import torch
+
+    with torch.no_grad():
+        for t in model.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(t.half().float())
 
 
 def load_head(art_dir: Path, name: str):

@@ -26,6 +26,13 @@ Method (safety first: recall before precision)
    also uses, so never a flag alone. A cue plus a concerned classifier (≥ its check-in threshold) is
    a crisis; a cue with the classifier above ``cue_gate`` asks the scripted check-in. Reason
    ``cue:<name>``.
+5. **A learned imminent-danger cue** (``crisis_imminent_mpnet``, v16 on): a second head on the same
+   larger-encoder features, trained only on plan / means, timing and farewell statements against
+   every ordinary message (:func:`empathy_nlg.perception.crisis_train.train_imminent`). It reads
+   the implicit statements no word list holds ("rent's due and I won't be here to pay it") and
+   counts as one more cue (``cue:imminent-head``, with ``imminent:<p>``) when its probability
+   reaches its own threshold, chosen on dev to keep ordinary chat quiet. It runs only when the
+   larger encoder runs.
 
 Only the **latest** user message is judged (its context informs the classifier, and the patterns
 and cues read the last :data:`WINDOW_TURNS` messages together only for a match that reaches into
@@ -223,6 +230,9 @@ HEAD = "crisis_head"
 LARGE_HEAD = "crisis_head_mpnet"
 #: the larger encoder's LoRA adapter, next to a ``crisis_head_mpnet`` trained end to end
 LARGE_ADAPTER_DIR = "crisis_encoder_mpnet"
+#: the learned imminent-danger cue on the larger encoder's features (method, point 5)
+IMMINENT_HEAD = "crisis_imminent_mpnet"
+IMMINENT_CUE = "imminent-head"
 CONTEXT_ONLY = "context-only"
 
 
@@ -259,7 +269,8 @@ class CrisisDetector:
     normalised sentence embeddings (the perceiver's cached encoder).
     """
 
-    def __init__(self, head=None, embed=None, own_encoder: bool = False, large=None, large_head=None) -> None:
+    def __init__(self, head=None, embed=None, own_encoder: bool = False, large=None, large_head=None,
+                 imminent_head=None) -> None:
         self.model, self.config = head if head is not None else (None, {})
         self.embed = embed
         #: ``embed`` is the detector's own fine-tuned encoder: embeddings of the shared encoder that a
@@ -271,6 +282,15 @@ class CrisisDetector:
         if large is not None and large_head is not None and self.model is not None:
             self.large = large
             self.large_model, self.large_config = large_head
+        #: the learned imminent-danger cue (``crisis_imminent_mpnet``): only with the larger encoder
+        self.imminent_model, self.imminent_config = (imminent_head if imminent_head is not None and self.large is not None
+                                                     else (None, {}))
+        self.imminent_threshold = float(self.imminent_config.get("threshold", 1.0))
+        #: whether the learned cue, like a word cue, makes a message the classifier is concerned about
+        #: a crisis (the resources at once) or only asks the check-in
+        self.imminent_escalates = bool(self.imminent_config.get("escalates", False))
+        #: False switches the learned cue off (A/B evaluations: ``eval-crisis --no-imminent``)
+        self.use_imminent = self.imminent_model is not None
         active = self.large_config if self.large is not None else self.config
         self.threshold = float(active.get("threshold", 0.5))
         self.concern_threshold = float(active.get("concern_threshold", self.threshold))
@@ -287,6 +307,8 @@ class CrisisDetector:
             self.version = "patterns-only"
         elif self.large is not None:
             self.version = f"{RULES_VERSION}+{self.large_config.get('version', 'large')}"
+            if self.imminent_model is not None:
+                self.version += f"+{self.imminent_config.get('version', 'imminent')}"
         else:
             self.version = f"{RULES_VERSION}+{self.config.get('version', 'no-classifier')}"
         #: messages the gate let through to the larger encoder / kept from it (for bench and eval)
@@ -346,7 +368,17 @@ class CrisisDetector:
                     logger.warning("%s was trained on %s, not %s: the crisis classifier falls back to its MiniLM head",
                                    LARGE_HEAD, trained_on, large.path.name)
                     return cls(head, embed)
-                return cls(head, embed, large=large, large_head=large_head)
+                try:
+                    imminent = load_head(art_dir, IMMINENT_HEAD)
+                except FileNotFoundError:
+                    imminent = None  # an older artefact set: the word cues alone
+                if imminent is not None and (imminent[1].get("encoder_name") not in (None, large.path.name)
+                                             or adapter is not None):
+                    # it reads the frozen encoder's features: not those of another encoder or of an adapter
+                    logger.warning("%s was trained on the frozen %s, not on %s: not used", IMMINENT_HEAD,
+                                   imminent[1].get("encoder_name"), large.name)
+                    imminent = None
+                return cls(head, embed, large=large, large_head=large_head, imminent_head=imminent)
         return cls(head, embed)
 
     def probability(self, texts: Sequence[str], message_embedding: Optional[np.ndarray] = None) -> Optional[float]:
@@ -365,8 +397,10 @@ class CrisisDetector:
         ctx = self.embed(previous) if previous else None
         return float(predict_head(self.model, features(m, ctx)[None, :], "bce")[0, 0])
 
-    def large_probability(self, texts: Sequence[str]) -> Optional[float]:
-        """P(crisis) by the larger encoder's head (None without it); embeddings LRU-cached per text."""
+    def large_probability(self, texts: Sequence[str], imminent: Optional[Dict[str, float]] = None) -> Optional[float]:
+        """P(crisis) by the larger encoder's head (None without it); embeddings LRU-cached per text.
+        ``imminent`` (a dict) receives ``p``, the learned imminent-danger cue's probability on the
+        same features, when that head is in use."""
         if self.large is None or not texts:
             return None
         from empathy_nlg.perception.common import predict_head
@@ -375,7 +409,10 @@ class CrisisDetector:
         previous = [t for t in texts[:-1] if t.strip()][-CONTEXT_TURNS:]
         emb = self.large.encode(pieces + previous)  # one batch: the message's chunks and the uncached context
         m, ctx = emb[: len(pieces)], (emb[len(pieces):] if previous else None)
-        return float(predict_head(self.large_model, features(m, ctx)[None, :], "bce")[0, 0])
+        x = features(m, ctx)[None, :]
+        if imminent is not None and self.use_imminent:
+            imminent["p"] = float(predict_head(self.imminent_model, x, "bce")[0, 0])
+        return float(predict_head(self.large_model, x, "bce")[0, 0])
 
     def context_opens_gate(self, texts: Sequence[str]) -> bool:
         """True when one of the user's previous :data:`CONTEXT_TURNS` messages, judged by the MiniLM head
@@ -391,16 +428,17 @@ class CrisisDetector:
         return False
 
     def classify(self, texts: Sequence[str], message_embedding: Optional[np.ndarray] = None,
-                 force_large: bool = False) -> Optional[float]:
+                 force_large: bool = False, imminent: Optional[Dict[str, float]] = None) -> Optional[float]:
         """The deciding classifier's probability: the larger encoder's head (or, with ``combine: mean``,
         the mean of both heads) when it is loaded and the gate opens (MiniLM head ≥ ``gate``, or ``force_large``: a pattern or cue in the recent messages);
-        gated out, 0.0 (the MiniLM head is sure enough it is ordinary talk); otherwise the MiniLM head's."""
+        gated out, 0.0 (the MiniLM head is sure enough it is ordinary talk); otherwise the MiniLM head's.
+        ``imminent``: see :meth:`large_probability` (left empty when the larger encoder does not run)."""
         p_small = self.probability(texts, message_embedding)
         if self.large is None or p_small is None:
             return p_small
         if force_large or p_small >= self.gate or self.context_opens_gate(texts):
             self.gate_stats["large"] += 1
-            p_large = self.large_probability(texts)
+            p_large = self.large_probability(texts, imminent)
             # ``combine: mean`` (v8): the two heads' average ranks better on dev than either alone
             return 0.5 * (p_small + p_large) if self.combine == "mean" else p_large
         self.gate_stats["gated_out"] += 1
@@ -470,7 +508,8 @@ class CrisisDetector:
         # the larger encoder runs whenever a pattern or a cue matches anywhere in the recent messages
         lexical = bool(reasons) or (self.large is not None and (bool(on_window(cue_matches))
                                                                   or on_window(pattern_matches)[0] > 0))
-        p = self.classify(list(texts), emb, force_large=lexical)
+        imminent: Dict[str, float] = {}
+        p = self.classify(list(texts), emb, force_large=lexical, imminent=imminent)
         concern = False
         if p is not None:
             if p >= self.threshold:
@@ -520,11 +559,15 @@ class CrisisDetector:
             if len(recent) > 1:
                 before = set(cue_matches(earlier)) | set(cues)
                 cues += [c for c in on_window(cue_matches) if c not in before]
+            if imminent.get("p", 0.0) >= self.imminent_threshold:
+                # the learned cue: a plan, timing or farewell said in words no cue lists
+                cues.append(IMMINENT_CUE)
+                reasons.append(f"imminent:{imminent['p']:.2f}")
         if cues:
             reasons.extend(f"cue:{c}" for c in cues)
             if p is None or p >= self.cue_gate:
                 concern = True
-            if p is not None and p >= self.concern_threshold:
+            if p is not None and p >= self.concern_threshold and (self.imminent_escalates or cues != [IMMINENT_CUE]):
                 # a plan / means / timing / farewell cue in a message the classifier is already
                 # concerned about: imminent danger, the resources now (not a question first)
                 score = max(score, 0.5 + 0.5 * (p - self.concern_threshold) / max(1 - self.concern_threshold, 1e-6))

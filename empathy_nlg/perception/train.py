@@ -23,7 +23,7 @@ from empathy_nlg.perception.common import DEFAULT_ARTIFACTS_DIR
 log = logging.getLogger(__name__)
 #: ``all`` trains the heads on the frozen encoders; ``emotion_tuned`` (an encoder fine-tuned in
 #: resumable chunks, hours on a CPU) only when asked for by name
-TASKS = ("emotion", "cause", "cm", "reply_polarity", "crisis", "emotion_tuned", "all")
+TASKS = ("emotion", "cause", "cm", "reply_polarity", "crisis", "crisis_imminent", "emotion_tuned", "all")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,6 +73,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tuned-base", default=None,
                         help="emotion_tuned: the base encoder folder (default: the prepared all-mpnet-base-v2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _large_encoder(args: argparse.Namespace):
+    """``(encoder, embedding cache)`` of the crisis classifier's larger frozen encoder (``--large-encoder``,
+    default the prepared all-mpnet-base-v2; ``--crisis-dtype``); exits with a clear message when it is
+    not prepared."""
+    from empathy_nlg.perception.common import EmbeddingCache
+    from empathy_nlg.perception.crisis_mpnet import ENCODER_NAME, CachedEncoder, encoders_dir, is_prepared
+    from empathy_nlg.perception.crisis_train import default_crisis_dtype
+
+    large_path = Path(args.large_encoder) if args.large_encoder else encoders_dir() / ENCODER_NAME
+    if not is_prepared(large_path):
+        raise SystemExit(f"no prepared encoder in {large_path}: run `empathy-nlg prepare-encoder` first "
+                         "(or --crisis-encoder frozen for the MiniLM head alone)")
+    large = CachedEncoder(large_path, quantize=False, cache_size=16, dtype=args.crisis_dtype or default_crisis_dtype())
+    return large, EmbeddingCache(large, args.cache_dir)  # its own file per dtype (the name says -bf16)
 
 
 def _finetune_large(args: argparse.Namespace, data_dir: Path, out: Path, init: Path, progress: bool) -> Dict[str, object]:
@@ -249,19 +265,15 @@ def run(args: argparse.Namespace) -> int:
                                              own_extra=own_extra)
             shutil.rmtree(out / ADAPTER_DIR, ignore_errors=True)  # a stale adapter must not outlive its head
             if args.crisis_encoder in ("mpnet", "mpnet-tuned"):
-                from empathy_nlg.perception.crisis_mpnet import ENCODER_NAME, CachedEncoder, encoders_dir, is_prepared
-                from empathy_nlg.perception.crisis_train import default_crisis_dtype, train_large
+                from empathy_nlg.perception.crisis_train import IMMINENT_OWN_EXTRA, train_imminent, train_large
 
-                large_path = Path(args.large_encoder) if args.large_encoder else encoders_dir() / ENCODER_NAME
-                if not is_prepared(large_path):
-                    raise SystemExit(f"no prepared encoder in {large_path}: run `empathy-nlg prepare-encoder` first "
-                                     "(or --crisis-encoder frozen for the MiniLM head alone)")
-                large = CachedEncoder(large_path, quantize=False, cache_size=16,
-                                      dtype=args.crisis_dtype or default_crisis_dtype())
-                large_cache = EmbeddingCache(large, args.cache_dir)  # its own file per dtype (the name says -bf16)
-                summary["crisis"]["mpnet"] = train_large(data_dir, cache, large_cache, out, large_path.name,
+                large, large_cache = _large_encoder(args)
+                summary["crisis"]["mpnet"] = train_large(data_dir, cache, large_cache, out, large.path.name,
                                                          seed=args.seed, progress=progress, encoder_dtype=large.base.dtype,
                                                          own_extra=own_extra)
+                summary["crisis"]["imminent"] = train_imminent(
+                    data_dir, large_cache, out, large.path.name, encoder_dtype=large.base.dtype, seed=args.seed,
+                    progress=progress, own_extra=list(dict.fromkeys([*IMMINENT_OWN_EXTRA, *own_extra])))
                 from empathy_nlg.perception.crisis import LARGE_ADAPTER_DIR
 
                 shutil.rmtree(out / LARGE_ADAPTER_DIR, ignore_errors=True)  # nor the larger encoder's
@@ -271,6 +283,16 @@ def run(args: argparse.Namespace) -> int:
                             shutil.copy2(out / name, Path(tmp) / name)
                         summary["crisis"]["tuned"] = _finetune_large(args, data_dir, out, Path(tmp), progress)
         timings["crisis"] = time.time() - t0
+
+    if "crisis_imminent" in tasks:
+        from empathy_nlg.perception.crisis_train import IMMINENT_OWN_EXTRA, train_imminent
+
+        t0 = time.time()
+        large, large_cache = _large_encoder(args)
+        summary["crisis_imminent"] = train_imminent(
+            data_dir, large_cache, out, large.path.name, encoder_dtype=large.base.dtype, seed=args.seed,
+            progress=progress, own_extra=list(dict.fromkeys([*IMMINENT_OWN_EXTRA, *args.crisis_own_extra])))
+        timings["crisis_imminent"] = time.time() - t0
 
     settings_path = out / "perceiver.json"
     settings = json.loads(settings_path.read_text()) if settings_path.is_file() else {}

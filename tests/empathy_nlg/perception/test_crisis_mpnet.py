@@ -12,7 +12,7 @@ import pytest
 
 from empathy_nlg.perception import crisis_mpnet as M
 from empathy_nlg.perception.common import DEFAULT_ARTIFACTS_DIR
-from empathy_nlg.perception.crisis import HEAD, LARGE_HEAD, RULES_VERSION, CrisisDetector
+from empathy_nlg.perception.crisis import HEAD, IMMINENT_HEAD, LARGE_HEAD, RULES_VERSION, CrisisDetector
 
 
 def _split_zip(tmp_path, files, n_parts=3, top="all-mpnet-base-v2"):
@@ -167,6 +167,71 @@ def test_a_pattern_or_cue_opens_the_gate_whatever_the_minilm_head_says():
     assert det.detect(["I want to end my life"]).crisis  # a pattern: flagged whatever the classifiers say
 
 
+class _ImminentHead(_Head):
+    """The learned cue's stand-in: P = 0.95 where the larger encoder's dim 1 is set ("keys"), else 0.05."""
+
+    def __call__(self, x):
+        p = (0.05 + 0.9 * (x[:, 1] > 0).float()).clamp(1e-4, 1 - 1e-4)
+        return self.torch.log(p / (1 - p)).unsqueeze(-1)
+
+
+class _LargeKeys(_Large):
+    def encode(self, texts):
+        out = super().encode(texts)
+        out[:, 1] = [1.0 if "keys" in t else 0.0 for t in texts]
+        return out
+
+
+def _with_imminent(threshold=0.5):
+    large = _LargeKeys()
+    det = CrisisDetector((_Head(), {"threshold": 0.95, "concern_threshold": 0.5}), _small, large=large,
+                         large_head=(_Head(), {"threshold": 0.8, "concern_threshold": 0.5, "gate_threshold": 0.1,
+                                               "cue_gate": 0.01, "version": "fake-large-v1"}),
+                         imminent_head=(_ImminentHead(), {"threshold": threshold, "version": "fake-imminent-v1"}))
+    return det, large
+
+
+def test_the_learned_imminent_cue_asks_where_no_word_cue_matches():
+    det, _ = _with_imminent()
+    assert det.version == f"{RULES_VERSION}+fake-large-v1+fake-imminent-v1"
+    text = "left the spare keys with a neighbour, tonight it gets sorted"  # MiniLM 0.3 opens the gate; large 0.02
+    r = det.detect([text])
+    assert r.concern and not r.crisis and "cue:imminent-head" in r.reasons and "imminent:0.95" in r.reasons
+    det.cue_gate = 0.03  # like every cue: nothing asked where the classifier is sure it is ordinary talk
+    assert not det.detect([text]).concern
+    det.cue_gate = 0.01
+    det.use_imminent = False  # switched off (eval-crisis --no-imminent): the detector as before it
+    r = det.detect([text])
+    assert not r.concern and not any("imminent" in x for x in r.reasons)
+
+
+def test_the_learned_cue_stays_quiet_under_its_threshold_and_without_the_larger_encoder():
+    det, _ = _with_imminent(threshold=0.99)
+    assert not det.detect(["left the spare keys with a neighbour, tonight it gets sorted"]).concern
+    det, large = _with_imminent()
+    r = det.detect(["lost my keys again, what a lovely walk home though"])  # MiniLM 0.01: gated out
+    assert large.seen == [] and not r.concern and "cue:imminent-head" not in r.reasons
+    # the MiniLM head alone (no larger encoder) never carries the learned cue
+    alone = CrisisDetector((_Head(), {"threshold": 0.95, "concern_threshold": 0.5}), _small,
+                           imminent_head=(_ImminentHead(), {"threshold": 0.5}))
+    assert alone.imminent_model is None and not alone.use_imminent
+
+
+@pytest.mark.parametrize("escalates", [False, True])
+def test_the_learned_cue_asks_and_flags_only_when_told_to(escalates):
+    large = _LargeKeys()
+    det = CrisisDetector((_Head(), {"threshold": 0.95, "concern_threshold": 0.5}), _small, large=large,
+                         large_head=(_Head(), {"threshold": 0.95, "concern_threshold": 0.5, "gate_threshold": 0.1}),
+                         imminent_head=(_ImminentHead(), {"threshold": 0.5, "escalates": escalates}))
+    # the larger head 0.9: concerned, under the flag (0.95); the learned cue fires on "keys"
+    r = det.detect(["the rope and the keys are ready"])
+    assert "cue:imminent-head" in r.reasons
+    # served (escalates false): a question, never the resources on the learned cue alone; a word cue
+    # with the same concerned classifier is a crisis either way
+    assert r.crisis is escalates and r.concern is not escalates
+    assert det.detect(["the rope is ready, I wrote letters to my kids"]).crisis
+
+
 def test_an_earlier_concerning_message_keeps_the_gate_open():
     det, large = _gated()  # the MiniLM head's own check-in threshold (0.5) is the context gate
     assert det.context_gate == 0.5
@@ -217,7 +282,12 @@ def test_production_detector_uses_the_real_larger_encoder(production):
     import json
 
     cfg = json.loads((DEFAULT_ARTIFACTS_DIR / f"{LARGE_HEAD}.json").read_text())
-    assert production.large is not None and production.version == f"{RULES_VERSION}+{cfg['version']}"
+    imminent = json.loads((DEFAULT_ARTIFACTS_DIR / f"{IMMINENT_HEAD}.json").read_text())
+    assert production.large is not None
+    assert production.version == f"{RULES_VERSION}+{cfg['version']}+{imminent['version']}"
+    # the learned imminent-danger cue is served with its dev-chosen threshold, asking (never flagging) alone
+    assert production.use_imminent and production.imminent_threshold == imminent["threshold"]
+    assert imminent["encoder_name"] == cfg["encoder_name"] and not production.imminent_escalates
     assert not production.large.quantized  # int8 ruins these embeddings (crisis_mpnet module doc)
     from empathy_nlg.hardware import cpu_has_native_bf16
 

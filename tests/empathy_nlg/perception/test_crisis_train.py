@@ -29,13 +29,14 @@ def test_threshold_for_fpr_reaches_the_fine_grid_near_one():
 def test_the_older_heldout_sets_are_training_data_and_heldout_e_to_k_are_not():
     assert set(CT.RETIRED_HELDOUT) <= set(CT.OWN_TRAIN_FILES)
     assert {CT.OWN_TRAIN_C, CT.OWN_TRAIN_D, CT.OWN_TRAIN_E} <= set(CT.OWN_TRAIN_FILES)
-    held = {CT.OWN_HELDOUT_E, CT.OWN_HELDOUT_F, CT.OWN_HELDOUT_G, CT.OWN_HELDOUT_H, CT.OWN_HELDOUT_J, CT.OWN_HELDOUT_K}
+    held = {CT.OWN_HELDOUT_E, CT.OWN_HELDOUT_F, CT.OWN_HELDOUT_G, CT.OWN_HELDOUT_H, CT.OWN_HELDOUT_J, CT.OWN_HELDOUT_K,
+            CT.OWN_HELDOUT_S, CT.OWN_HELDOUT_T}
     assert held == set(CT.OWN_HELDOUT_SETS) and not held & set(CT.OWN_TRAIN_FILES)
     assert not set(CT.CHAT_CLEAN) & set(CT.CHAT_CALIBRATION) and all(p.is_file() for p in CT.CHAT_CLEAN)
 
 
 @pytest.mark.parametrize("heldout", ["OWN_HELDOUT_E", "OWN_HELDOUT_F", "OWN_HELDOUT_G", "OWN_HELDOUT_H", "OWN_HELDOUT_J",
-                                     "OWN_HELDOUT_K"])
+                                     "OWN_HELDOUT_K", "OWN_HELDOUT_S", "OWN_HELDOUT_T"])
 def test_own_phrasings_files_are_complete_and_disjoint(heldout):
     # train_f and train_g: written, not yet in the default training files (--crisis-own-extra trains with them)
     train = [e for f in (*CT.OWN_TRAIN_FILES, CT.OWN_TRAIN_F, CT.OWN_TRAIN_G) for e in CT.read_own(f)]
@@ -170,3 +171,68 @@ def test_fill_cache_encodes_only_what_the_disk_cache_lacks(tmp_path):
     assert CT.warm_from_disk(again, ["the pills are in my bag", "ok", "a new one", "."], tmp_path) == 4
     again.encode(["the pills are in my bag", "a new one"])
     assert again.calls == 0
+
+
+def test_imminent_examples_keep_plan_timing_farewell_against_ordinary_messages():
+    exs = [CT.Example("rope", 1, "plan_means", "own"), CT.Example("ok now", 1, "context:timing", "own", ("tonight",)),
+           CT.Example("I want to die", 1, "ideation", "own"), CT.Example("cut again", 1, "self_harm", "own"),
+           CT.Example("again", 1, "context:continued_crisis", "own", ("rope",)), CT.Example("post", 1, "cssrs:behavior", "cssrs"),
+           CT.Example("support", 0, "cssrs:supportive", "cssrs"), CT.Example("my feet are killing me", 0, "figurative", "own"),
+           CT.Example("we got a puppy", 0, "ed:joyful", "ed")]
+    kept = CT.imminent_examples(exs)
+    assert [e.text for e in kept] == ["rope", "ok now", "my feet are killing me", "we got a puppy"]
+
+
+def _hash_encoder(dim=16):
+    import hashlib
+
+    def encode(texts):
+        rows = []
+        for t in texts:
+            h = hashlib.sha1(t.encode("utf-8")).digest()
+            v = np.frombuffer(h[:dim], dtype=np.uint8).astype(np.float32) / 255.0
+            rows.append(v / np.linalg.norm(v))
+        return np.asarray(rows, np.float32).reshape(len(texts), dim)
+
+    class _Enc:
+        pass
+
+    enc = _Enc()
+    enc.encode = encode
+    return enc
+
+
+def test_train_imminent_writes_a_head_the_detector_uses_as_a_cue(tmp_path):
+    from empathy_nlg.perception.common import load_head
+    from empathy_nlg.perception.crisis import IMMINENT_HEAD
+
+    ed = tmp_path / "empathetic_dialogues"
+    ed.mkdir()
+    for split, n in (("train", 60), ("valid", 40)):
+        rows = [{"conv_id": f"{split}:{i}", "emotion": "joyful", "situation": "s",
+                 "turns": [{"role": "speaker", "text": f"we went to the park number {i} today"},
+                           {"role": "listener", "text": "nice!"}, {"role": "speaker", "text": f"it was sunny {i}"}]}
+                for i in range(n)]
+        (ed / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "art"
+    out.mkdir()
+    m = CT.train_imminent(tmp_path, _hash_encoder(), out, "fake-encoder", seed=13, progress=False, ed_train=30)
+    model, cfg = load_head(out, IMMINENT_HEAD)
+    assert cfg["version"] == CT.IMMINENT_VERSION and cfg["encoder_name"] == "fake-encoder"
+    import torch
+    from safetensors.torch import load_file
+
+    # stored in fp16 (half the bytes), read back into fp32
+    assert {t.dtype for t in load_file(str(out / f"{IMMINENT_HEAD}.safetensors")).values()} == {torch.float16}
+    assert all(p.dtype == torch.float32 for p in model.parameters()) and cfg["stored_dtype"] == "float16"
+    assert cfg["threshold"] == m["threshold"] and 0.0 < m["threshold"] < 1.0 and cfg["in_dim"] == 3 * 16
+    own_imminent = [e for f in (*CT.OWN_TRAIN_FILES, *CT.IMMINENT_OWN_EXTRA) for e in CT.read_own(f)
+                    if e.category in CT.IMMINENT]
+    # every own plan / timing / farewell statement is a positive of train or dev; nothing else is
+    assert m["train_positives"] + m["dev_own"]["n_pos"] == len(own_imminent)
+    # the ED messages it learned from: the first ed_train of the split's seeded ones (30), dev all of valid's (40)
+    assert m["dev_ed"]["n_neg"] == 40 and m["train_examples"] - m["train_positives"] > 30
+    # the chat calibration turns, each in its context, keep at most max_fpr (1 %) at the threshold
+    assert m["dev_chat_turns"]["fpr"] <= 100 * CT.IMMINENT_MAX_FPR
+    with pytest.raises(FileNotFoundError, match="ED messages"):
+        CT.train_imminent(tmp_path / "nowhere", _hash_encoder(), out, "fake-encoder", progress=False)
