@@ -289,7 +289,8 @@ class EmpathyEngine:
             # Safety: around a crisis the reply is scripted, never generated, whatever Rasa asked for.
             message = self.safety.render(decision, slots, channel, [r["text"] for r in stored_replies])
             generator_name = {"crisis": "crisis-override", "affirmed": "crisis-override", "checkin": "crisis-checkin",
-                              "followup": "crisis-followup", "cleared": CLEARED_GENERATOR}[decision.state]
+                              "clarify": "crisis-clarify", "followup": "crisis-followup",
+                              "cleared": CLEARED_GENERATOR}[decision.state]
             version = "scripted"
             details = {"safety": {"state": decision.state, "reason": decision.reason, "responses": decision.responses}}
         elif generate:

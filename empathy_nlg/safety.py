@@ -31,6 +31,10 @@ holds for the conversation:
               the detector's cue gate: the NLU intent is a keyword-trained signal like a cue).
 ``affirmed``  the previous reply was that question and the person says yes → the resources, and
               the turn is stored as a crisis turn.
+``clarify``   the previous reply was that question and the answer is neither yes nor no ("ok",
+              "idk", "hmm", "not sure") → the question once more, shorter and plainer, instead of a
+              generated reply to a non-answer (a listener model answered "ok" with "I hope you have a
+              good life"). Asked once: after it, anything but a yes hands back to the listener.
 ``None``      an ordinary turn.
 
 Every scripted text lives in the Rasa domain (``utter_crisis_*``), so it is reviewed in one place
@@ -60,7 +64,11 @@ FOLLOWUPS = {
 CLEARED = "utter_crisis_all_clear"
 #: the generator name a cleared turn's reply is stored under (the follow-up window ends at it)
 CLEARED_GENERATOR = "crisis-cleared"
-SCRIPTED_RESPONSES = (CHECKIN, GOODBYE, URGENT, CLEARED, *FOLLOWUPS.values())
+#: the check-in asked once more, plainly, after an answer that is neither yes nor no
+CHECKIN_UNCLEAR = "utter_crisis_checkin_unclear"
+#: the generator names the two questions' replies are stored under (a "yes" to either is a crisis turn)
+ASKED_GENERATORS = ("crisis-checkin", "crisis-clarify")
+SCRIPTED_RESPONSES = (CHECKIN, CHECKIN_UNCLEAR, GOODBYE, URGENT, CLEARED, *FOLLOWUPS.values())
 #: template responses that a follow-up replaces while the conversation is in the crisis state
 REPLACED_TEMPLATES = ("utter_you_are_welcome", "utter_out_of_scope", "utter_default", "utter_greet")
 
@@ -75,6 +83,10 @@ _YES = re.compile(r"^\s*(?:yes|yeah|yea|yep|ya|y|kind of|kinda|sort of|sometimes
 ASKS_FOR_RESOURCES = re.compile(r"\?|\b(?:help|numbers?|again|give me|send me|what'?s the|hotline|helpline|"
                                 r"who (?:can|do|should) i|where (?:can|do|should) i|resources?)\b", re.I)
 _NO = re.compile(r"\b(?:no|not|nope|nah|never|i'?m fine|i am fine|i'?m ok(?:ay)?|i'?m good|i'?m alright)\b", re.I)
+#: an answer to the check-in that is neither yes nor no: the whole message is a bare acknowledgement,
+#: a shrug or a "don't know" (checked before :data:`_NO`, which "not sure" would match)
+_UNCLEAR = re.compile(r"^\W*(?:ok(?:ay)?|k+|kk|o+k+|hm+|mm+|idk|i\s+(?:don'?t|do\s+not|dont)\s+know|dunno|not\s+sure|"
+                      r"i'?m\s+not\s+sure|whatever|sure|fine|alright|i\s+guess|maybe\s+not|\.+|\?+)\W*$", re.I)
 
 
 #: a plain "I am not in danger / you misread me": about oneself (I'm fine, not suicidal), about what was
@@ -111,9 +123,26 @@ def followup_kind(text: str) -> str:
     return "checkin"
 
 
+def checkin_reason(perception, just_asked: bool = False) -> Optional[str]:
+    """Why a turn the crisis detector is concerned about (below the flag) gets the scripted safety
+    question, or None: it sounds negative (unless the question was just asked), or a plan / timing /
+    farewell cue matched (a word cue or the learned one) — good news is not met with a safety
+    question, whatever the classifier thinks, but a plan, a chosen time or a farewell is asked about
+    however calm or glad it sounds ("I finally feel at peace now that I've decided when"): relief
+    after deciding is a warning sign, and the word cues match 0.03 % of ordinary ED messages.
+    ``eval-crisis --served`` counts check-ins with this rule."""
+    if perception is None or not getattr(perception, "crisis_concern", False):
+        return None
+    if perception.polarity == "negative" and not just_asked:
+        return "classifier concern below the crisis threshold"
+    if any(str(r).startswith("cue:") for r in perception.crisis_reasons or []):
+        return "a plan, timing or farewell cue, however it sounds"
+    return None
+
+
 @dataclass
 class SafetyDecision:
-    state: Optional[str]  # crisis | followup | checkin | affirmed | None
+    state: Optional[str]  # crisis | followup | checkin | clarify | affirmed | cleared | None
     responses: List[str]  # domain responses whose texts make the reply (empty: no override)
     reason: str = ""
 
@@ -145,7 +174,7 @@ class SafetyPolicy:
         reasons = list(perception.crisis_reasons or []) if perception is not None else []
         context_only = crisis and CONTEXT_ONLY in reasons
         if (context_only and cleared_at is not None and not in_followup and len(after) < WINDOW_TURNS - 1
-                and not any(r.get("generator") == "crisis-checkin" and r.get("turn_index", -1) > cleared_at
+                and not any(r.get("generator") in ASKED_GENERATORS and r.get("turn_index", -1) > cleared_at
                             for r in earlier_replies)):
             # flagged only by a context the person has cleared (the detector's window still holds the
             # crisis turn before the all-clear), and nothing since raised a question
@@ -164,9 +193,12 @@ class SafetyPolicy:
         if crisis:
             return SafetyDecision("crisis", list(CRISIS_RESPONSES) if generated else [], "flagged")
         last_reply = earlier_replies[-1] if earlier_replies else None
-        if (last_reply is not None and last_reply.get("generator") == "crisis-checkin" and _YES.search(user_text or "")
-                and not _NO.search(user_text or "")):
+        asked = last_reply is not None and last_reply.get("generator") in ASKED_GENERATORS
+        if asked and _YES.search(user_text or "") and not _NO.search(user_text or ""):
             return SafetyDecision("affirmed", list(CRISIS_RESPONSES), "answered yes to the check-in")
+        if (not in_followup and generated and last_reply is not None and last_reply.get("generator") == "crisis-checkin"
+                and _UNCLEAR.search(user_text or "")):
+            return SafetyDecision("clarify", [CHECKIN_UNCLEAR], "neither yes nor no to the check-in: asked once more")
         if in_followup:
             if still_in_danger and (generated or response_name in REPLACED_TEMPLATES or response_name == "utter_crisis_resources"):
                 return SafetyDecision("followup", [URGENT], "flagged again in the context of the crisis (urgent)")
@@ -183,19 +215,13 @@ class SafetyPolicy:
             return SafetyDecision("followup", [], "template kept")
         # the question was the last reply and the person did not say yes: carry on listening rather than
         # ask the same thing again (the check-in says "if not, just say so and we'll carry on")
-        just_asked = last_reply is not None and last_reply.get("generator") == "crisis-checkin"
+        just_asked = asked
         nlu_worried = nlu_disagrees and (perception is None or float(perception.crisis_score) >= self.nlu_floor)
         if generated and nlu_worried and not just_asked:
             return SafetyDecision("checkin", [CHECKIN], "the NLU heard a crisis the detector did not flag: ask")
-        if generated and perception is not None and getattr(perception, "crisis_concern", False):
-            if perception.polarity == "negative" and not just_asked:
-                return SafetyDecision("checkin", [CHECKIN], "classifier concern below the crisis threshold")
-            if any(str(r).startswith("cue:") for r in perception.crisis_reasons or []):
-                # good news is not met with a safety question, whatever the classifier thinks — but a
-                # plan, a chosen time or a farewell is asked about however calm or glad it sounds
-                # ("I finally feel at peace now that I've decided when"): relief after deciding is a
-                # warning sign, and the cues match 0.03 % of ordinary ED messages
-                return SafetyDecision("checkin", [CHECKIN], "a plan, timing or farewell cue, however it sounds")
+        reason = checkin_reason(perception, just_asked) if generated else None
+        if reason:
+            return SafetyDecision("checkin", [CHECKIN], reason)
         return SafetyDecision(None, [])
 
     def render(self, decision: SafetyDecision, slots: Mapping[str, Any], channel: Optional[str],

@@ -77,7 +77,8 @@ OWN_TRAIN_E = DATA_DIR / "train_e.yml"
 #: alone and as the last message of ordinary chats, and imminent danger without alarm words. NOT in
 #: :data:`OWN_TRAIN_FILES` yet: heads trained with it (v13) lowered the flag's recall on every held-out
 #: set and asked more ordinary turns of the blind chat set (model card); kept, leak-checked, for the
-#: next design (a fine-tuned encoder) rather than for this head
+#: next design (a fine-tuned encoder) rather than for this head. The learned imminent-danger cue trains
+#: on it (:data:`IMMINENT_OWN_EXTRA`, v16)
 OWN_TRAIN_F = DATA_DIR / "train_f.yml"
 #: round G (2026-12-06, nineteenth session): 450 phrasings by a helper session that read no project file
 #: — the blind chat set heldout_q's false alarms in kind (acquisitions and plans with a time in chat
@@ -85,7 +86,8 @@ OWN_TRAIN_F = DATA_DIR / "train_f.yml"
 #: and imminent danger without alarm words sharing their surface forms. Leak-checked; NOT in
 #: :data:`OWN_TRAIN_FILES`: heads trained with it (twenty-first session, ``--crisis-own-extra``) ranked
 #: better but lost flag recall on five of six held-out sets and left three more imminent statements
-#: with neither flag nor check-in ("Got the rope…"; model card) — kept for an encoder trained end to end
+#: with neither flag nor check-in ("Got the rope…"; model card) — kept for an encoder trained end to end.
+#: The learned imminent-danger cue trains on it (:data:`IMMINENT_OWN_EXTRA`, v16)
 OWN_TRAIN_G = DATA_DIR / "train_g.yml"
 #: the first held-out set (training data since v9, :data:`RETIRED_HELDOUT`)
 OWN_HELDOUT = DATA_DIR / "heldout.yml"
@@ -896,11 +898,31 @@ def finetune_crisis(data_dir: Path, out_dir: Path, seed: int = 13, own_weight: f
 
 
 # ------------------------------------------------------------------------------ evaluation
-def evaluate_detector(detector: CrisisDetector, examples: Sequence[Example]) -> Dict[str, object]:
-    """Per category and overall recall / false-positive rate, with the misses and false alarms."""
+def served_judge(perceiver):
+    """A ``judge`` for :func:`evaluate_detector` that reads a message as the served engine does: the
+    whole :class:`~empathy_nlg.perception.perceiver.Perceiver` on the user's messages (the scripts
+    hold no assistant turns), its crisis reading, and a concern counted as the check-in only when the
+    safety policy would ask it (:func:`empathy_nlg.safety.checkin_reason`: a negative feeling or a cue)."""
+    from empathy_nlg.dialogue import Utterance
+    from empathy_nlg.perception.crisis import CrisisResult
+    from empathy_nlg.safety import checkin_reason
+
+    def judge(texts: Sequence[str]) -> CrisisResult:
+        q = perceiver.perceive([Utterance("speaker", t) for t in texts])
+        return CrisisResult(crisis=bool(q.crisis), score=float(q.crisis_score), reasons=list(q.crisis_reasons or []),
+                            concern=bool(not q.crisis and checkin_reason(q)))
+
+    return judge
+
+
+def evaluate_detector(detector: CrisisDetector, examples: Sequence[Example], judge=None) -> Dict[str, object]:
+    """Per category and overall recall / false-positive rate, with the misses and false alarms.
+    ``judge`` (texts → :class:`CrisisResult`; default ``detector.detect``): how a message is read, e.g.
+    :func:`served_judge`."""
+    judge = judge or detector.detect
     rows = []
     for ex in examples:
-        r = detector.detect(list(ex.context) + [ex.text])
+        r = judge(list(ex.context) + [ex.text])
         rows.append((ex, r))
     by_cat: Dict[str, List] = {}
     for ex, r in rows:
@@ -922,7 +944,7 @@ def evaluate_detector(detector: CrisisDetector, examples: Sequence[Example]) -> 
     # neither the flag nor the check-in may have met the safety path at an earlier turn (the
     # conversation is then in the follow-up state when the last message comes)
     def reaches_safety(texts: Sequence[str]) -> bool:
-        judged = detector.detect(list(texts))
+        judged = judge(list(texts))
         return judged.crisis or judged.concern
 
     earlier = {}
@@ -972,6 +994,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "embedding cache instead of encoding them again (default: perception/ in "
                              "$EMPATHY_NLG_CACHE, ~/.cache/empathy-nlg; read only; same weights and dtype only)")
     parser.add_argument("--no-cache", action="store_true", help="encode every text, whatever the cache holds")
+    parser.add_argument("--served", action="store_true",
+                        help="read every message as the served engine does: the whole Perceiver (emotion included, "
+                             "with the engine's default perception settings), a concern counted as the check-in only "
+                             "where the safety policy asks it (a negative feeling or a cue) — what a person gets")
     parser.add_argument("--no-imminent", action="store_true",
                         help="switch the learned imminent-danger cue (crisis_imminent_mpnet) off: the detector as "
                              "it was before it (an A/B on the same cached embeddings)")
@@ -1017,11 +1043,22 @@ def run(args: argparse.Namespace) -> int:
 
     set_threads(2)
     data_dir = Path(args.data_dir) if args.data_dir else default_data_dir()
-    encoder = SentenceEncoder()
     large = args.crisis_encoder if args.crisis_encoder is not None else default_crisis_encoder()
-    detector = (CrisisDetector(None, encoder.encode) if args.patterns_only
-                else CrisisDetector.load(args.artifacts or DEFAULT_ARTIFACTS_DIR, encoder.encode, crisis_encoder=large,
-                                         crisis_dtype=args.crisis_dtype or default_crisis_dtype()))
+    judge = None
+    if getattr(args, "served", False) and not args.patterns_only:
+        from empathy_nlg.perception.perceiver import Perceiver
+        from empathy_nlg.settings import load_settings
+
+        p = load_settings()["perception"]
+        perceiver = Perceiver.load(artifacts_dir=args.artifacts or p.get("artifacts"), crisis_encoder=large,
+                                   crisis_dtype=args.crisis_dtype or default_crisis_dtype(),
+                                   emotion_tuned_weight=float(p.get("emotion_tuned_weight") or 0.0))
+        detector, judge = perceiver.crisis, served_judge(perceiver)
+    else:
+        encoder = SentenceEncoder()
+        detector = (CrisisDetector(None, encoder.encode) if args.patterns_only
+                    else CrisisDetector.load(args.artifacts or DEFAULT_ARTIFACTS_DIR, encoder.encode,
+                                             crisis_encoder=large, crisis_dtype=args.crisis_dtype or default_crisis_dtype()))
     if getattr(args, "no_imminent", False):
         detector.use_imminent = False
         detector.version = detector.version.replace(f"+{detector.imminent_config.get('version', 'imminent')}", "")
@@ -1050,7 +1087,7 @@ def run(args: argparse.Namespace) -> int:
           f"{', gate ' + str(detector.gate) if detector.large is not None else ''})")
     for name, examples in sets.items():
         before = dict(detector.gate_stats)
-        res = evaluate_detector(detector, examples)
+        res = evaluate_detector(detector, examples, judge)
         res["larger_encoder_ran"] = detector.gate_stats["large"] - before["large"]
         results[name] = res
         o, c = res["overall"], res["overall_with_checkin"]

@@ -142,6 +142,29 @@ def test_templates_asked_for_during_the_followup_are_replaced(engine):
     assert out["text"] in engine.domain.texts("utter_crisis_followup_checkin")
 
 
+def test_an_answer_that_is_neither_yes_nor_no_gets_the_question_once_more(engine):
+    out = talk(engine, ["honestly sometimes I wonder if it's worth going on", "ok", "idk"], sender="u")
+    assert out[0]["custom"]["generator"] == "crisis-checkin"
+    assert out[1]["custom"]["generator"] == "crisis-clarify"
+    assert out[1]["text"] in engine.domain.texts("utter_crisis_checkin_unclear")
+    assert out[1]["custom"]["safety"] == "clarify"
+    assert out[2]["custom"]["generator"] == "echo"  # asked twice is enough: the listener carries on
+    assert [t["crisis"] for t in engine.repository.conversation("u")["turns"]] == [False] * 3
+
+
+def test_a_yes_to_the_question_asked_again_is_a_crisis(engine):
+    out = talk(engine, ["honestly sometimes I wonder if it's worth going on", "not sure", "yeah"], sender="y")
+    assert [o["custom"]["generator"] for o in out] == ["crisis-checkin", "crisis-clarify", "crisis-override"]
+    assert [t["crisis"] for t in engine.repository.conversation("y")["turns"]] == [False, False, True]
+
+
+@pytest.mark.parametrize("answer", ["no", "nope, just tired of this job", "ok I'll think about it, thanks",
+                                    "ok but what about work tomorrow"])
+def test_a_no_or_a_real_answer_to_the_question_goes_back_to_the_listener(engine, answer):
+    out = talk(engine, ["honestly sometimes I wonder if it's worth going on", answer], sender="a")
+    assert [o["custom"]["generator"] for o in out] == ["crisis-checkin", "echo"]
+
+
 def test_concern_asks_and_a_yes_is_a_crisis_stored_as_one(engine):
     out = talk(engine, ["work is hard", "honestly sometimes I wonder if it's worth going on", "yeah"], sender="c")
     assert out[0]["custom"]["generator"] == "echo"

@@ -236,3 +236,30 @@ def test_train_imminent_writes_a_head_the_detector_uses_as_a_cue(tmp_path):
     assert m["dev_chat_turns"]["fpr"] <= 100 * CT.IMMINENT_MAX_FPR
     with pytest.raises(FileNotFoundError, match="ED messages"):
         CT.train_imminent(tmp_path / "nowhere", _hash_encoder(), out, "fake-encoder", progress=False)
+
+
+def test_served_judge_counts_a_concern_as_the_check_in_only_where_the_safety_policy_asks():
+    from types import SimpleNamespace
+
+    class _Perceiver:
+        def perceive(self, dialogue):
+            text = dialogue[-1].text
+            assert all(u.role == "speaker" for u in dialogue) and len(dialogue) == 1 + ("after" in text)
+            return SimpleNamespace(crisis="flag" in text, crisis_score=0.6 if "flag" in text else 0.3,
+                                   crisis_concern="flag" not in text and "calm" in text or "sad" in text,
+                                   polarity="negative" if "sad" in text else "positive",
+                                   crisis_reasons=["cue:imminent-head"] if "plan" in text else [])
+
+    judge = CT.served_judge(_Perceiver())
+    assert judge(["calm, glad it is decided"]).concern is False   # concerned, sounds glad, no cue: not asked
+    assert judge(["calm, the plan is set"]).concern is True       # a cue: asked however it sounds
+    assert judge(["sad and calm"]).concern is True                # a negative feeling: asked
+    r = judge(["flag this"])
+    assert r.crisis and not r.concern and r.score == 0.6
+    examples = [CT.Example("calm, the plan is set", 1, "plan_means", "own"),
+                CT.Example("calm, glad it is decided", 1, "timing", "own"),
+                CT.Example("all good after", 0, "short_flat", "own", ("before",))]
+    res = CT.evaluate_detector(CrisisDetector(), examples, judge)
+    assert res["per_category"]["plan_means"]["with_checkin"]["recall"] == 100.0
+    assert res["per_category"]["timing"]["with_checkin"]["recall"] == 0.0
+    assert [m["text"] for m in res["misses"] if not m["checkin"]] == ["calm, glad it is decided"]
