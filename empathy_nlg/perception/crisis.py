@@ -304,18 +304,23 @@ class CrisisDetector:
         #: an earlier message at or above the MiniLM head's own check-in threshold opens the gate too
         self.context_gate = float(self.large_config.get("context_gate_threshold", self.config.get("concern_threshold", 1.0)))
         if self.model is None:
-            self.version = "patterns-only"
+            self._version = "patterns-only"
         elif self.large is not None:
-            self.version = f"{RULES_VERSION}+{self.large_config.get('version', 'large')}"
-            if self.imminent_model is not None:
-                self.version += f"+{self.imminent_config.get('version', 'imminent')}"
+            self._version = f"{RULES_VERSION}+{self.large_config.get('version', 'large')}"
         else:
-            self.version = f"{RULES_VERSION}+{self.config.get('version', 'no-classifier')}"
+            self._version = f"{RULES_VERSION}+{self.config.get('version', 'no-classifier')}"
         #: messages the gate let through to the larger encoder / kept from it (for bench and eval)
         self.gate_stats = {"large": 0, "gated_out": 0}
         #: v13: a concern that only the context raises asks nothing unless the context holds danger
         #: (False: v12's behaviour, for ablations)
         self.concern_needs_danger_in_context = True
+
+    @property
+    def version(self) -> str:
+        """Rules and heads that decide, the learned cue's version included while it is in use."""
+        if self.use_imminent:
+            return f"{self._version}+{self.imminent_config.get('version', 'imminent')}"
+        return self._version
 
     @classmethod
     def load(cls, art_dir, embed=None, encoder_path=None, device=None, crisis_encoder=None,

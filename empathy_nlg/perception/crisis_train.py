@@ -1061,7 +1061,6 @@ def run(args: argparse.Namespace) -> int:
                                              crisis_encoder=large, crisis_dtype=args.crisis_dtype or default_crisis_dtype()))
     if getattr(args, "no_imminent", False):
         detector.use_imminent = False
-        detector.version = detector.version.replace(f"+{detector.imminent_config.get('version', 'imminent')}", "")
     own_files = args.own if isinstance(args.own, (list, tuple)) else [args.own]
     sets: Dict[str, List[Example]] = {"own phrasings (" + Path(f).name + ")": read_own(f) for f in own_files}
     for f in args.chat or []:

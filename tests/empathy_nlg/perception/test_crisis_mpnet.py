@@ -201,6 +201,7 @@ def test_the_learned_imminent_cue_asks_where_no_word_cue_matches():
     assert not det.detect([text]).concern
     det.cue_gate = 0.01
     det.use_imminent = False  # switched off (eval-crisis --no-imminent): the detector as before it
+    assert det.version == f"{RULES_VERSION}+fake-large-v1"
     r = det.detect([text])
     assert not r.concern and not any("imminent" in x for x in r.reasons)
 
