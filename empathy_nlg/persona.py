@@ -41,6 +41,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, List, Optional, Sequence
 
+from empathy_nlg.text import WEEKDAYS
+
 log = logging.getLogger(__name__)
 
 #: a stored fact (and the client-provided persona) is at most this long
@@ -110,9 +112,7 @@ notice love like let give take put make seem sound appear wait sit stand hold st
 finish leave call text message email pray cry laugh do hurt ache kill witness
 """.split())
 #: words that make a present-simple clause one event to come or just gone, not a habit
-ONE_TIME_WORDS = frozenset("""
-soon next last later monday tuesday wednesday thursday friday saturday sunday
-""".split())
+ONE_TIME_WORDS = frozenset(("soon", "next", "last", "later", *WEEKDAYS))
 #: time nouns that "this"/"next"/"last", "in 3 …" or a count turn into one occasion
 _TIME_NOUNS = frozenset("minute minutes hour hours day days week weeks weekend month months year years times time".split())
 _ORDINAL_DATE = re.compile(r"^\d{1,2}(st|nd|rd|th)$")

@@ -14,6 +14,11 @@ _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
 #: a sentence ends at ``.``, ``!`` or ``?`` followed by white space
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
+#: the days of the week and the months, lower-cased (time words, never names or lasting facts)
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+          "november", "december")
+
 #: function words, pronouns, auxiliaries and listener fillers: never count as "content".
 STOPWORDS = frozenset("""
 a an the and or but if so to of in on at for with from by as is are was were be been being am
@@ -72,10 +77,12 @@ def stem(word: str) -> str:
     return word
 
 
-def content_words(text: str, stopwords: Iterable[str] = STOPWORDS) -> Set[str]:
-    """Stemmed content words of ``text``: no stopwords, at least 3 characters."""
+def content_words(text: str, stopwords: Iterable[str] = STOPWORDS, stemmed: bool = True) -> Set[str]:
+    """Content words of ``text``, stemmed unless ``stemmed`` is False: no stopwords, no numbers, at
+    least 3 characters."""
     stop = stopwords if isinstance(stopwords, (set, frozenset)) else set(stopwords)
-    return {stem(w) for w in words(text) if len(w) >= 3 and w not in stop and not w.isdigit()}
+    found = (w for w in words(text) if len(w) >= 3 and w not in stop and not w.isdigit())
+    return {stem(w) for w in found} if stemmed else set(found)
 
 
 def jaccard(a: str, b: str) -> float:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from typing import Dict, Iterable, Optional, Tuple
 
-from empathy_nlg.text import STOPWORDS
+from empathy_nlg.text import MONTHS, STOPWORDS, WEEKDAYS
 
 #: relations a reply may call by the name the user gave: people close to them and animals
 RELATIONS = frozenset("""
@@ -64,9 +64,8 @@ _PATTERNS = [
 #: capitalised words that are not names where a name would stand
 _NOT_NAMES = frozenset("""
 i im i'm and but so or because then today tonight yesterday tomorrow just and also who which that this
-monday tuesday wednesday thursday friday saturday sunday january february march april may june july august
-september october november december christmas easter lol omg haha
-""".split())
+christmas easter lol omg haha
+""".split()) | frozenset(WEEKDAYS) | frozenset(MONTHS)
 
 
 def _is_name(word: str) -> bool:

@@ -25,11 +25,11 @@ import hashlib
 import json
 import logging
 import random
-import re
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from empathy_nlg.datasets import GenerationExample, generation_examples, read_ed_cause_jsonl, read_ed_jsonl, seeker_post
+from empathy_nlg.text import content_words as _content_words
 from empathy_nlg.text import split_sentences
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,6 @@ def mine_persona(feats: List[Dict[str, Any]], extractor: Any = None, progress: b
     return counts
 
 
-_WORD = re.compile(r"[a-z']+")
 #: words too common to say that a reply uses a persona fact (the content-word test of the selection)
 _COMMON = frozenset(
     "i me my mine myself you your we our it its the a an and or but to of in on at for with is am are was were be "
@@ -145,8 +144,8 @@ _COMMON = frozenset(
 
 
 def content_words(text: str) -> set:
-    """Lower-cased words of three letters or more that are not in :data:`_COMMON`."""
-    return {w for w in _WORD.findall(text.lower()) if len(w) > 2 and w not in _COMMON}
+    """Content words of ``text`` (:func:`empathy_nlg.text.content_words`, unstemmed) not in :data:`_COMMON`."""
+    return _content_words(text, _COMMON, stemmed=False)
 
 
 def _with_last_turn(feature: Mapping[str, Any], rest: str, moved: str,
