@@ -32,7 +32,8 @@ Method (safety first: recall before precision)
    the implicit statements no word list holds ("rent's due and I won't be here to pay it") and
    counts as one more cue (``cue:imminent-head``, with ``imminent:<p>``) when its probability
    reaches its own threshold, chosen on dev to keep ordinary chat quiet. It runs only when the
-   larger encoder runs.
+   larger encoder runs. An earlier message it caught is danger in the context
+   (:meth:`CrisisDetector.context_holds_danger`).
 
 Only the **latest** user message is judged (its context informs the classifier, and the patterns
 and cues read the last :data:`WINDOW_TURNS` messages together only for a match that reaches into
@@ -451,15 +452,17 @@ class CrisisDetector:
 
     def context_holds_danger(self, texts: Sequence[str]) -> bool:
         """True when one of the user's previous :data:`CONTEXT_TURNS` messages, judged in its own
-        context, reached the check-in threshold or matched a pattern or a cue: "she's asleep now"
+        context, reached the check-in threshold or matched a pattern or a cue (the learned one
+        included): "she's asleep now"
         after "I've counted out the pills" (the context holds a plan), not "bus till payday then"
         after "someone nicked my bike" (nothing in it is danger)."""
         for upto in _earlier(texts):
             if any(not r.startswith("negated:") for r in pattern_matches(upto[-1])[1]) or cue_matches(upto[-1]):
                 return True
-            q = self.classify(upto, force_large=True)
-            if q is not None and q >= self.concern_threshold:
-                return True
+            imminent: Dict[str, float] = {}
+            q = self.classify(upto, force_large=True, imminent=imminent)
+            if (q is not None and q >= self.concern_threshold) or imminent.get("p", 0.0) >= self.imminent_threshold:
+                return True  # the learned cue counts as a cue here too
         return False
 
     def message_alone(self, texts: Sequence[str], emb: Optional[np.ndarray], reasons: Sequence[str]) -> Optional[float]:

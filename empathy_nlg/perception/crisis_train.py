@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -641,6 +642,8 @@ def train_large(data_dir: Path, small_cache, large_cache, out_dir: Path, encoder
 
 # ------------------------------------------------------------------------------ the learned imminent-danger cue
 IMMINENT_VERSION = "mpnet-imminent-mlp-v16"
+#: trained with ordinary openers too (:func:`with_ordinary_openers`; tried 2026-12-07, not served)
+IMMINENT_OPENERS_VERSION = "mpnet-imminent-mlp-v17-openers"
 #: ordinary chat turns and everyday messages that may reach the learned cue (each a scripted check-in)
 IMMINENT_MAX_FPR = 0.01
 #: the seeded ED train messages the learned cue reads as ordinary (of the split's 8,000)
@@ -661,10 +664,33 @@ def imminent_examples(examples: Sequence[Example]) -> List[Example]:
     return [ex for ex in examples if ex.source != "cssrs" and (ex.label == 0 or ex.category in IMMINENT)]
 
 
+def ordinary_openers(examples: Sequence[Example]) -> List[str]:
+    """The ordinary messages of ``examples`` said without context (own everyday phrasings, ED
+    messages): what a conversation may open with before anything else is said."""
+    return [ex.text for ex in examples if ex.label == 0 and not ex.context and ex.source in ("own", "ed")]
+
+
+def with_ordinary_openers(examples: Sequence[Example], openers: Sequence[str], seed: int) -> List[Example]:
+    """A copy of every positive of ``examples`` and of as many seeded negatives, each with a seeded
+    message of ``openers`` said first (the oldest of its context). v16 trained almost no plan after
+    small talk and read one as ordinary: "got a charcoal bbq and some duct tape. car's in the garage"
+    scored 0.91 alone and 0.00 after "hey, rough week honestly" — and most conversations open with
+    something ordinary. The negative copies keep an opener from becoming a sign of danger itself."""
+    import random
+
+    if not openers:
+        return []
+    rng = random.Random(seed)
+    positives = [ex for ex in examples if ex.label == 1]
+    negatives = [ex for ex in examples if ex.label == 0]
+    chosen = positives + rng.sample(negatives, min(len(positives), len(negatives)))
+    return [dataclasses.replace(ex, context=(rng.choice(openers), *ex.context)) for ex in chosen]
+
+
 def train_imminent(data_dir: Path, large_cache, out_dir: Path, encoder_name: str, encoder_dtype: str = "float32",
                    seed: int = 13, own_weight: float = 3.0, target_recall: float = 0.9,
                    max_fpr: float = IMMINENT_MAX_FPR, progress: bool = True, ed_train: int = IMMINENT_ED_TRAIN,
-                   own_extra: Sequence[Path] = IMMINENT_OWN_EXTRA) -> Dict[str, object]:
+                   own_extra: Sequence[Path] = IMMINENT_OWN_EXTRA, openers: bool = False) -> Dict[str, object]:
     """``crisis_imminent_mpnet``: the learned imminent-danger cue (:mod:`empathy_nlg.perception.crisis`,
     method point 5) on the larger frozen encoder's crisis features (``large_cache`` embeds), trained on
     :func:`imminent_examples` of the crisis heads' own split (same seed, so its dev is theirs). Its
@@ -673,7 +699,10 @@ def train_imminent(data_dir: Path, large_cache, out_dir: Path, encoder_name: str
     turns (:data:`CHAT_CALIBRATION`, each in its context) reach it. ``ed_train``: how many of the
     split's seeded ED train messages it learns from (the own hard negatives carry the hard cases).
     ``own_extra``: own-phrasing files beyond :data:`OWN_TRAIN_FILES` (default :data:`IMMINENT_OWN_EXTRA`).
-    Returns the dev metrics."""
+    ``openers``: train on :func:`with_ordinary_openers` copies as well (openers from the training
+    messages; version :data:`IMMINENT_OPENERS_VERSION`). The dev metrics include
+    ``dev_own_after_opener``: the own dev statements after an opener from the dev messages, at the
+    same threshold. Returns the dev metrics."""
     from sklearn.metrics import roc_auc_score
 
     from empathy_nlg.perception.common import predict_head, round_to_half, save_head
@@ -682,6 +711,8 @@ def train_imminent(data_dir: Path, large_cache, out_dir: Path, encoder_name: str
     train, dev = split_data(data_dir, seed, use_cssrs=False, own_extra=own_extra)
     ed = [ex for ex in train if ex.source == "ed"][:ed_train]
     train, dev = imminent_examples([ex for ex in train if ex.source != "ed"] + ed), imminent_examples(dev)
+    opened = with_ordinary_openers(train, ordinary_openers(train), seed) if openers else []
+    train = train + opened
     if not any(ex.label for ex in dev) or not any(ex.source == "ed" for ex in dev):
         raise FileNotFoundError(f"no ED messages under {data_dir / 'empathetic_dialogues'} (set --data-dir)")
     model, config, best_auc, best_epoch, X_dev, y_dev = fit_examples(train, dev, large_cache, own_weight, seed, progress,
@@ -695,15 +726,22 @@ def train_imminent(data_dir: Path, large_cache, out_dir: Path, encoder_name: str
     threshold = max(threshold_for_recall(p_dev[own], y_dev[own], target_recall),
                     threshold_for_fpr(p_dev[src == "ed"], max_fpr), threshold_for_fpr(p_chat, max_fpr))
     pred = p_dev >= threshold
+    own_dev = [ex for ex in dev if ex.source == "own" and ex.label == 1]
+    dev_opened = with_ordinary_openers(own_dev, ordinary_openers(dev), seed + 1)
+    p_opened = predict_head(model, featurise(dev_opened, large_cache.encode), "bce")[:, 0] if dev_opened else np.zeros(0)
     metrics = {"threshold": threshold, "dev_auc": round(100 * float(roc_auc_score(y_dev, p_dev)), 2),
-               "best_epoch": best_epoch, "train_examples": len(train), "train_positives": sum(ex.label for ex in train),
+               "best_epoch": best_epoch, "train_examples": len(train), "train_with_opener": len(opened),
+               "train_positives": sum(ex.label for ex in train),
                "dev_examples": len(dev),
                "dev_own": rates(pred[own], y_dev[own]),
+               "dev_own_after_opener": rates(p_opened >= threshold, np.ones(len(p_opened))),
                "dev_ed": rates(pred[src == "ed"], y_dev[src == "ed"]),
                "dev_xstest": rates(pred[src == "xstest"], y_dev[src == "xstest"]),
                "dev_chat_turns": rates(p_chat >= threshold, np.zeros(len(p_chat)))}
-    save_head(model, {**config, "threshold": threshold, "version": IMMINENT_VERSION, "seed": seed,
+    save_head(model, {**config, "threshold": threshold, "seed": seed,
+                      "version": IMMINENT_OPENERS_VERSION if openers else IMMINENT_VERSION,
                       "own_weight": own_weight, "target_recall": target_recall, "max_fpr": max_fpr,
+                      "ordinary_openers": openers,
                       "encoder_name": encoder_name, "encoder_dtype": encoder_dtype,
                       **({"own_extra": [Path(f).name for f in own_extra]} if own_extra else {}),
                       "stored_dtype": "float16", "dev": metrics}, out_dir, IMMINENT_HEAD, half=True)
@@ -969,6 +1007,11 @@ def evaluate_detector(detector: CrisisDetector, examples: Sequence[Example], jud
 IMMINENT = ("plan_means", "timing", "farewell", "context:plan_means", "context:timing", "context:farewell")
 
 
+def with_opener(examples: Sequence[Example], opener: str) -> List[Example]:
+    """``examples`` each with ``opener`` said first (the oldest message of its context)."""
+    return [dataclasses.replace(ex, context=(opener, *ex.context)) for ex in examples]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--own", type=Path, nargs="+", default=list(OWN_HELDOUT_SETS),
                         help="own phrasings YAML file(s) (default: the held-out sets heldout_e.yml … heldout_k.yml, heldout_s.yml, heldout_t.yml; "
@@ -1001,6 +1044,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-imminent", action="store_true",
                         help="switch the learned imminent-danger cue (crisis_imminent_mpnet) off: the detector as "
                              "it was before it (an A/B on the same cached embeddings)")
+    parser.add_argument("--opener", default=None,
+                        help="put this ordinary message before every message of the own phrasings and C-SSRS sets "
+                             "(as the user's first turn): how the detector reads them after small talk, as in "
+                             "most conversations")
     parser.add_argument("--fill-cache", action="store_true",
                         help="first encode every text of the evaluation sets with the larger encoder into the embedding "
                              "cache (also those the gate would skip), so that the next evaluation of a retrained head "
@@ -1072,6 +1119,11 @@ def run(args: argparse.Namespace) -> int:
         _, dev = split_data(data_dir, args.seed)
         sets["C-SSRS dev users (seeded 20 %)"] = [ex for ex in dev if ex.source == "cssrs"]
         sets["XSTest safe prompts (held-out half)"] = [ex for ex in dev if ex.source == "xstest"]
+    opener = getattr(args, "opener", None)
+    if opener:
+        sets = {(f"{name} after {opener!r}" if not name.startswith("conversation scripts") else name):
+                (examples if name.startswith("conversation scripts") else with_opener(examples, opener))
+                for name, examples in sets.items()}
     results = {}
     if detector.large is not None:
         print(f"larger encoder {detector.large.name}")

@@ -62,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mpnet/frozen: own-phrasing files to train the crisis heads with besides "
                              "crisis_train.OWN_TRAIN_FILES (a round measured before it joins them, e.g. "
                              "empathy_nlg/perception/crisis_data/train_g.yml; its seeded 20 %% goes to dev)")
+    parser.add_argument("--imminent-openers", action="store_true",
+                        help="train the learned imminent-danger cue on copies of its examples that open with an "
+                             "ordinary message too (crisis_train.with_ordinary_openers; tried as v17, not served)")
     parser.add_argument("--crisis-epochs", type=int, default=3, help="fine-tuning epochs of the tuned crisis encoder")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="stop a fine-tuning after this long: the crisis encoder's (the best epoch so far is "
@@ -273,7 +276,8 @@ def run(args: argparse.Namespace) -> int:
                                                          own_extra=own_extra)
                 summary["crisis"]["imminent"] = train_imminent(
                     data_dir, large_cache, out, large.path.name, encoder_dtype=large.base.dtype, seed=args.seed,
-                    progress=progress, own_extra=list(dict.fromkeys([*IMMINENT_OWN_EXTRA, *own_extra])))
+                    progress=progress, own_extra=list(dict.fromkeys([*IMMINENT_OWN_EXTRA, *own_extra])),
+                    openers=args.imminent_openers)
                 from empathy_nlg.perception.crisis import LARGE_ADAPTER_DIR
 
                 shutil.rmtree(out / LARGE_ADAPTER_DIR, ignore_errors=True)  # nor the larger encoder's
@@ -291,7 +295,8 @@ def run(args: argparse.Namespace) -> int:
         large, large_cache = _large_encoder(args)
         summary["crisis_imminent"] = train_imminent(
             data_dir, large_cache, out, large.path.name, encoder_dtype=large.base.dtype, seed=args.seed,
-            progress=progress, own_extra=list(dict.fromkeys([*IMMINENT_OWN_EXTRA, *args.crisis_own_extra])))
+            progress=progress, own_extra=list(dict.fromkeys([*IMMINENT_OWN_EXTRA, *args.crisis_own_extra])),
+            openers=args.imminent_openers)
         timings["crisis_imminent"] = time.time() - t0
 
     settings_path = out / "perceiver.json"

@@ -233,6 +233,15 @@ def test_the_learned_cue_asks_and_flags_only_when_told_to(escalates):
     assert det.detect(["the rope is ready, I wrote letters to my kids"]).crisis
 
 
+def test_a_message_the_learned_cue_caught_is_danger_in_the_context():
+    det, _ = _with_imminent()
+    plan = "left the spare keys with a neighbour, tonight it gets sorted"  # no word cue, no pattern
+    assert det.context_holds_danger([plan, "anyway, never mind"])
+    assert not det.context_holds_danger(["what a lovely walk", "anyway, never mind"])
+    det.use_imminent = False
+    assert not det.context_holds_danger([plan, "anyway, never mind"])
+
+
 def test_an_earlier_concerning_message_keeps_the_gate_open():
     det, large = _gated()  # the MiniLM head's own check-in threshold (0.5) is the context gate
     assert det.context_gate == 0.5

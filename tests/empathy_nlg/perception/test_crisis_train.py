@@ -134,6 +134,29 @@ def test_evaluate_detector_says_whether_an_earlier_turn_of_a_missed_conversation
     assert reached == {ctx: 1, ("my exam is friday", "I'm ready"): None}
 
 
+def test_eval_opener_puts_an_ordinary_first_turn_before_every_message():
+    examples = [CT.Example("got the bbq and the tape", 1, "plan_means", "own"),
+                CT.Example("it's loaded", 1, "context:plan_means", "own", ("holding my dad's pistol",))]
+    got = CT.with_opener(examples, "hey, long week")
+    assert [e.context for e in got] == [("hey, long week",), ("hey, long week", "holding my dad's pistol")]
+    assert [(e.text, e.label, e.category) for e in got] == [(e.text, e.label, e.category) for e in examples]
+    assert examples[0].context == ()  # the originals untouched
+
+
+def test_ordinary_openers_copy_every_positive_and_as_many_negatives():
+    exs = [CT.Example(f"plan {i}", 1, "plan_means", "own") for i in range(3)] + \
+          [CT.Example(f"it's loaded {i}", 1, "context:plan_means", "own", ("holding the pistol",)) for i in range(2)] + \
+          [CT.Example(f"nice day {i}", 0, "everyday", "own") for i in range(6)] + \
+          [CT.Example("ok", 0, "followup_safe", "own", ("I want to die",)), CT.Example("so tired", 0, "everyday", "cssrs")]
+    openers = CT.ordinary_openers(exs)
+    assert openers == [f"nice day {i}" for i in range(6)]  # ordinary, said without context, own or ED only
+    got = CT.with_ordinary_openers(exs, openers, seed=1)
+    assert sum(e.label for e in got) == 5 and len(got) == 10
+    assert all(e.context[0] in openers for e in got)
+    assert {e.context[1:] for e in got if e.text.startswith("it's loaded")} == {("holding the pistol",)}
+    assert got == CT.with_ordinary_openers(exs, openers, seed=1) and CT.with_ordinary_openers(exs, [], 1) == []
+
+
 def test_eval_reads_what_training_embedded_from_the_disk_cache(tmp_path):
     """eval-crisis's warm start: embeddings that training wrote (in a batch) are read back for the
     same texts, equal to a fresh one-at-a-time encoding to float rounding; texts not in the cache
@@ -219,6 +242,7 @@ def test_train_imminent_writes_a_head_the_detector_uses_as_a_cue(tmp_path):
     m = CT.train_imminent(tmp_path, _hash_encoder(), out, "fake-encoder", seed=13, progress=False, ed_train=30)
     model, cfg = load_head(out, IMMINENT_HEAD)
     assert cfg["version"] == CT.IMMINENT_VERSION and cfg["encoder_name"] == "fake-encoder"
+    assert cfg["ordinary_openers"] is False and m["train_with_opener"] == 0
     import torch
     from safetensors.torch import load_file
 
@@ -230,10 +254,18 @@ def test_train_imminent_writes_a_head_the_detector_uses_as_a_cue(tmp_path):
                     if e.category in CT.IMMINENT]
     # every own plan / timing / farewell statement is a positive of train or dev; nothing else is
     assert m["train_positives"] + m["dev_own"]["n_pos"] == len(own_imminent)
+    # the same statements after an ordinary opener are measured on dev (v16 read most of them as ordinary)
+    assert m["dev_own_after_opener"]["n_pos"] == m["dev_own"]["n_pos"]
     # the ED messages it learned from: the first ed_train of the split's seeded ones (30), dev all of valid's (40)
     assert m["dev_ed"]["n_neg"] == 40 and m["train_examples"] - m["train_positives"] > 30
     # the chat calibration turns, each in its context, keep at most max_fpr (1 %) at the threshold
     assert m["dev_chat_turns"]["fpr"] <= 100 * CT.IMMINENT_MAX_FPR
+    # --imminent-openers: each positive once more after an ordinary opener, and as many negatives
+    o = CT.train_imminent(tmp_path, _hash_encoder(), out, "fake-encoder", seed=13, progress=False, ed_train=30,
+                          openers=True)
+    assert load_head(out, IMMINENT_HEAD)[1]["version"] == CT.IMMINENT_OPENERS_VERSION
+    assert o["train_positives"] == 2 * m["train_positives"] and o["train_with_opener"] == o["train_positives"]
+    assert o["train_examples"] == m["train_examples"] + o["train_with_opener"]
     with pytest.raises(FileNotFoundError, match="ED messages"):
         CT.train_imminent(tmp_path / "nowhere", _hash_encoder(), out, "fake-encoder", progress=False)
 
