@@ -430,27 +430,63 @@ def rates(pred: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
             "fpr": float(100 * pred[neg].mean()) if neg.any() else float("nan")}
 
 
+def ordinary_openers(examples: Sequence[Example]) -> List[str]:
+    """The ordinary messages of ``examples`` said without context (own everyday phrasings, ED
+    messages): what a conversation may open with before anything else is said."""
+    return [ex.text for ex in examples if ex.label == 0 and not ex.context and ex.source in ("own", "ed")]
+
+
+def with_ordinary_openers(examples: Sequence[Example], openers: Sequence[str], seed: int) -> List[Example]:
+    """A copy of every positive of ``examples`` and of as many seeded negatives, each with a seeded
+    message of ``openers`` said first (the oldest of its context). The crisis data has almost no
+    crisis statement after small talk, and the heads read one as ordinary: the learned cue (v16) gave
+    "got a charcoal bbq and some duct tape. car's in the garage" 0.91 alone and 0.00 after "hey, rough
+    week honestly" — and most conversations open with something ordinary (``eval-crisis --opener``).
+    The negative copies keep an opener from becoming a sign of danger itself."""
+    import random
+
+    if not openers:
+        return []
+    rng = random.Random(seed)
+    positives = [ex for ex in examples if ex.label == 1]
+    negatives = [ex for ex in examples if ex.label == 0]
+    chosen = positives + rng.sample(negatives, min(len(positives), len(negatives)))
+    return [dataclasses.replace(ex, context=(rng.choice(openers), *ex.context)) for ex in chosen]
+
+
 def train_crisis(data_dir: Path, encoder, out_dir: Path, seed: int = 13, own_weight: float = 3.0, use_cssrs: bool = True,
                  target_recall: float = 0.9, max_fpr: float = 0.01, max_checkin_fpr: float = 0.04,
                  progress: bool = True, head_name: str = HEAD, version: str = VERSION,
-                 extra_config: Optional[Dict[str, object]] = None, own_extra: Sequence[Path] = ()) -> Dict[str, object]:
+                 extra_config: Optional[Dict[str, object]] = None, own_extra: Sequence[Path] = (),
+                 openers: bool = False) -> Dict[str, object]:
     """Fit the head, choose its threshold on dev, write ``head_name`` (default ``crisis_head``) to
     ``out_dir``; dev metrics. ``encoder`` embeds texts (the shared MiniLM's cache, or the larger
-    encoder's for ``crisis_head_mpnet``); ``extra_config`` joins the head's JSON."""
+    encoder's for ``crisis_head_mpnet``); ``extra_config`` joins the head's JSON. ``openers``: train on
+    :func:`with_ordinary_openers` copies of the split's chat-register examples as well (not the C-SSRS
+    posts; the version gains ``-openers``); the dev metrics' ``dev_own_after_opener`` is the own dev
+    crisis statements after an ordinary dev message, at the check-in threshold, either way."""
     from empathy_nlg.perception.common import predict_head, save_head
 
     train, dev = split_data(data_dir, seed, use_cssrs=use_cssrs, own_extra=own_extra)
     if not any(ex.source == "cssrs" for ex in dev):
         raise FileNotFoundError(f"no C-SSRS posts under {data_dir / 'crisis'} (set --data-dir)")
+    opened = (with_ordinary_openers([ex for ex in train if ex.source != "cssrs"], ordinary_openers(train), seed)
+              if openers else [])
+    train = train + opened
     model, config, best_auc, best_epoch, X_dev, y_dev = fit_examples(train, dev, encoder, own_weight, seed, progress,
                                                                      "crisis head")
     p_dev = predict_head(model, X_dev, "bce")[:, 0]
     chat = calibration_chat()
     p_chat = predict_head(model, featurise(chat, encoder.encode), "bce")[:, 0] if chat else np.zeros(0)
     threshold, concern, metrics = calibrate(p_dev, dev, p_chat, target_recall, max_fpr, max_checkin_fpr)
+    dev_opened = with_ordinary_openers([ex for ex in dev if ex.source == "own" and ex.label == 1],
+                                       ordinary_openers(dev), seed + 1)
+    p_opened = predict_head(model, featurise(dev_opened, encoder.encode), "bce")[:, 0] if dev_opened else np.zeros(0)
     metrics.update({"dev_auc": round(100 * best_auc, 2), "best_epoch": best_epoch,
-                    "train_examples": len(train), "dev_examples": len(dev)})
-    save_head(model, {**config, "threshold": threshold, "concern_threshold": concern, "version": version, "seed": seed,
+                    "train_examples": len(train), "train_with_opener": len(opened), "dev_examples": len(dev),
+                    "dev_own_after_opener": rates(p_opened >= concern, np.ones(len(p_opened)))})
+    save_head(model, {**config, "threshold": threshold, "concern_threshold": concern, "seed": seed,
+                      "version": f"{version}-openers" if openers else version, "ordinary_openers": openers,
                       "own_weight": own_weight, "use_cssrs": use_cssrs, **(extra_config or {}),
                       **({"own_extra": [Path(f).name for f in own_extra]} if own_extra else {}),
                       "target_recall": target_recall, "dev": metrics}, out_dir, head_name)
@@ -664,29 +700,6 @@ def imminent_examples(examples: Sequence[Example]) -> List[Example]:
     return [ex for ex in examples if ex.source != "cssrs" and (ex.label == 0 or ex.category in IMMINENT)]
 
 
-def ordinary_openers(examples: Sequence[Example]) -> List[str]:
-    """The ordinary messages of ``examples`` said without context (own everyday phrasings, ED
-    messages): what a conversation may open with before anything else is said."""
-    return [ex.text for ex in examples if ex.label == 0 and not ex.context and ex.source in ("own", "ed")]
-
-
-def with_ordinary_openers(examples: Sequence[Example], openers: Sequence[str], seed: int) -> List[Example]:
-    """A copy of every positive of ``examples`` and of as many seeded negatives, each with a seeded
-    message of ``openers`` said first (the oldest of its context). v16 trained almost no plan after
-    small talk and read one as ordinary: "got a charcoal bbq and some duct tape. car's in the garage"
-    scored 0.91 alone and 0.00 after "hey, rough week honestly" — and most conversations open with
-    something ordinary. The negative copies keep an opener from becoming a sign of danger itself."""
-    import random
-
-    if not openers:
-        return []
-    rng = random.Random(seed)
-    positives = [ex for ex in examples if ex.label == 1]
-    negatives = [ex for ex in examples if ex.label == 0]
-    chosen = positives + rng.sample(negatives, min(len(positives), len(negatives)))
-    return [dataclasses.replace(ex, context=(rng.choice(openers), *ex.context)) for ex in chosen]
-
-
 def train_imminent(data_dir: Path, large_cache, out_dir: Path, encoder_name: str, encoder_dtype: str = "float32",
                    seed: int = 13, own_weight: float = 3.0, target_recall: float = 0.9,
                    max_fpr: float = IMMINENT_MAX_FPR, progress: bool = True, ed_train: int = IMMINENT_ED_TRAIN,
@@ -726,8 +739,8 @@ def train_imminent(data_dir: Path, large_cache, out_dir: Path, encoder_name: str
     threshold = max(threshold_for_recall(p_dev[own], y_dev[own], target_recall),
                     threshold_for_fpr(p_dev[src == "ed"], max_fpr), threshold_for_fpr(p_chat, max_fpr))
     pred = p_dev >= threshold
-    own_dev = [ex for ex in dev if ex.source == "own" and ex.label == 1]
-    dev_opened = with_ordinary_openers(own_dev, ordinary_openers(dev), seed + 1)
+    dev_opened = with_ordinary_openers([ex for ex in dev if ex.source == "own" and ex.label == 1],
+                                       ordinary_openers(dev), seed + 1)
     p_opened = predict_head(model, featurise(dev_opened, large_cache.encode), "bce")[:, 0] if dev_opened else np.zeros(0)
     metrics = {"threshold": threshold, "dev_auc": round(100 * float(roc_auc_score(y_dev, p_dev)), 2),
                "best_epoch": best_epoch, "train_examples": len(train), "train_with_opener": len(opened),

@@ -62,6 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mpnet/frozen: own-phrasing files to train the crisis heads with besides "
                              "crisis_train.OWN_TRAIN_FILES (a round measured before it joins them, e.g. "
                              "empathy_nlg/perception/crisis_data/train_g.yml; its seeded 20 %% goes to dev)")
+    parser.add_argument("--crisis-openers", action="store_true",
+                        help="mpnet/frozen: train the crisis heads on copies of their chat-register examples that "
+                             "open with an ordinary message too (crisis_train.with_ordinary_openers; the served heads "
+                             "read most crisis statements after small talk as ordinary: eval-crisis --opener)")
     parser.add_argument("--imminent-openers", action="store_true",
                         help="train the learned imminent-danger cue on copies of its examples that open with an "
                              "ordinary message too (crisis_train.with_ordinary_openers; tried as v17, not served)")
@@ -240,6 +244,9 @@ def run(args: argparse.Namespace) -> int:
         if own_extra and (args.crisis_encoder in ("tuned", "mpnet-tuned") or args.crisis_init is not None):
             raise SystemExit("--crisis-own-extra trains the frozen-encoder heads (--crisis-encoder mpnet or frozen, "
                              "without --crisis-init)")
+        if args.crisis_openers and (args.crisis_encoder in ("tuned", "mpnet-tuned") or args.crisis_init is not None):
+            raise SystemExit("--crisis-openers trains the frozen-encoder heads (--crisis-encoder mpnet or frozen, "
+                             "without --crisis-init)")
         missing = [str(f) for f in own_extra if not Path(f).is_file()]
         if missing:
             raise SystemExit(f"--crisis-own-extra: no such file: {', '.join(missing)}")
@@ -265,7 +272,7 @@ def run(args: argparse.Namespace) -> int:
                 summary["crisis"] = _finetune_large(args, data_dir, out, Path(tmp), progress)
         else:
             summary["crisis"] = train_crisis(data_dir, cache, out, seed=args.seed, progress=progress,
-                                             own_extra=own_extra)
+                                             own_extra=own_extra, openers=args.crisis_openers)
             shutil.rmtree(out / ADAPTER_DIR, ignore_errors=True)  # a stale adapter must not outlive its head
             if args.crisis_encoder in ("mpnet", "mpnet-tuned"):
                 from empathy_nlg.perception.crisis_train import IMMINENT_OWN_EXTRA, train_imminent, train_large
@@ -273,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
                 large, large_cache = _large_encoder(args)
                 summary["crisis"]["mpnet"] = train_large(data_dir, cache, large_cache, out, large.path.name,
                                                          seed=args.seed, progress=progress, encoder_dtype=large.base.dtype,
-                                                         own_extra=own_extra)
+                                                         own_extra=own_extra, openers=args.crisis_openers)
                 summary["crisis"]["imminent"] = train_imminent(
                     data_dir, large_cache, out, large.path.name, encoder_dtype=large.base.dtype, seed=args.seed,
                     progress=progress, own_extra=list(dict.fromkeys([*IMMINENT_OWN_EXTRA, *own_extra])),

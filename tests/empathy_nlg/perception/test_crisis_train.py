@@ -157,6 +157,35 @@ def test_ordinary_openers_copy_every_positive_and_as_many_negatives():
     assert got == CT.with_ordinary_openers(exs, openers, seed=1) and CT.with_ordinary_openers(exs, [], 1) == []
 
 
+def test_train_crisis_with_openers_adds_opener_copies_of_the_chat_register_examples(tmp_path):
+    from empathy_nlg.perception.common import load_head
+    from empathy_nlg.perception.crisis import HEAD
+
+    (tmp_path / "crisis").mkdir()
+    posts = [{"user": f"u{u}", "label": "ideation" if u % 2 == 0 else "supportive",
+              "text": f"tonight is the night {u}" if u % 2 == 0 else f"hang in there {u}"} for u in range(40)]
+    (tmp_path / "crisis" / "cssrs_reddit_posts.jsonl").write_text("\n".join(json.dumps(r) for r in posts) + "\n")
+    ed = tmp_path / "empathetic_dialogues"
+    ed.mkdir()
+    for split in ("train", "valid"):
+        rows = [{"conv_id": f"{split}:{i}", "emotion": "joyful", "situation": "s",
+                 "turns": [{"role": "speaker", "text": f"we went to the park number {i} today"},
+                           {"role": "listener", "text": "nice!"}]} for i in range(30)]
+        (ed / f"{split}.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    plain = CT.train_crisis(tmp_path, _hash_encoder(), tmp_path / "a", progress=False)
+    opened = CT.train_crisis(tmp_path, _hash_encoder(), tmp_path / "b", progress=False, openers=True)
+    train, _ = CT.split_data(tmp_path, 13)
+    chat_register = [ex for ex in train if ex.source != "cssrs"]
+    # every chat-register positive once more after an ordinary opener, and as many negatives as there
+    # are up to that count; no C-SSRS post
+    pos = sum(ex.label for ex in chat_register)
+    assert plain["train_with_opener"] == 0 and opened["train_with_opener"] == pos + min(pos, len(chat_register) - pos)
+    assert opened["train_examples"] == plain["train_examples"] + opened["train_with_opener"]
+    assert load_head(tmp_path / "b", HEAD)[1]["version"] == CT.VERSION + "-openers"
+    assert load_head(tmp_path / "a", HEAD)[1]["version"] == CT.VERSION
+    assert plain["dev_own_after_opener"]["n_pos"] == opened["dev_own_after_opener"]["n_pos"] > 0
+
+
 def test_eval_reads_what_training_embedded_from_the_disk_cache(tmp_path):
     """eval-crisis's warm start: embeddings that training wrote (in a batch) are read back for the
     same texts, equal to a fresh one-at-a-time encoding to float rounding; texts not in the cache
