@@ -90,6 +90,11 @@ OWN_TRAIN_F = DATA_DIR / "train_f.yml"
 #: with neither flag nor check-in ("Got the rope…"; model card) — kept for an encoder trained end to end.
 #: The learned imminent-danger cue trains on it (:data:`IMMINENT_OWN_EXTRA`, v16)
 OWN_TRAIN_G = DATA_DIR / "train_g.yml"
+#: round H (2026-12-07, twenty-seventh session), by a helper session that read no project file: crisis
+#: statements after ordinary small talk, and ordinary conversations whose last message only sounds like
+#: a plan or a goodbye (the after-small-talk gap, ``eval-crisis --opener``); written, not yet trained on
+#: (``train-perception --crisis-own-extra`` trains with it)
+OWN_TRAIN_H = DATA_DIR / "train_h.yml"
 #: the first held-out set (training data since v9, :data:`RETIRED_HELDOUT`)
 OWN_HELDOUT = DATA_DIR / "heldout.yml"
 #: a second held-out set, written on 2026-12-03 after heldout.yml's misses had been read (so that
@@ -131,9 +136,13 @@ OWN_HELDOUT_S = DATA_DIR / "heldout_s.yml"
 #: a twelfth, written the same session by another helper session that read no project file, after
 #: that choice: the clean measure of the cue as served (v16)
 OWN_HELDOUT_T = DATA_DIR / "heldout_t.yml"
+#: a thirteenth, written on 2026-12-07 (twenty-seventh session) by a helper session that read no project
+#: file, beside round H (neither saw the other): crisis statements after ordinary small talk and ordinary
+#: conversations whose last message only sounds like one — the shape real conversations have
+OWN_HELDOUT_U = DATA_DIR / "heldout_u.yml"
 #: the held-out sets ``eval-crisis`` reads by default
 OWN_HELDOUT_SETS = (OWN_HELDOUT_E, OWN_HELDOUT_F, OWN_HELDOUT_G, OWN_HELDOUT_H, OWN_HELDOUT_J, OWN_HELDOUT_K,
-                    OWN_HELDOUT_S, OWN_HELDOUT_T)
+                    OWN_HELDOUT_S, OWN_HELDOUT_T, OWN_HELDOUT_U)
 #: the four older held-out sets, retired into training with v9 (2026-12-04): each had had its misses
 #: read and rules or training files written with them in mind, so they no longer measured unseen
 #: phrasings; as training data they add 593 chat-register phrasings. heldout_e.yml is the held-out set.
@@ -1027,7 +1036,7 @@ def with_opener(examples: Sequence[Example], opener: str) -> List[Example]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--own", type=Path, nargs="+", default=list(OWN_HELDOUT_SETS),
-                        help="own phrasings YAML file(s) (default: the held-out sets heldout_e.yml … heldout_k.yml, heldout_s.yml, heldout_t.yml; "
+                        help="own phrasings YAML file(s) (default: the held-out sets heldout_e.yml … heldout_k.yml, heldout_s.yml, heldout_t.yml, heldout_u.yml; "
                              "the older held-out sets are training data since v9)")
     parser.add_argument("--chat", type=Path, nargs="*", default=[*CHAT_CALIBRATION, *CHAT_CLEAN],
                         help="conversation-script files whose every user turn must stay unflagged (counts of flags and check-ins)")
