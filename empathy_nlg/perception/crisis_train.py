@@ -473,7 +473,8 @@ def train_crisis(data_dir: Path, encoder, out_dir: Path, seed: int = 13, own_wei
     encoder's for ``crisis_head_mpnet``); ``extra_config`` joins the head's JSON. ``openers``: train on
     :func:`with_ordinary_openers` copies of the split's chat-register examples as well (not the C-SSRS
     posts; the version gains ``-openers``); the dev metrics' ``dev_own_after_opener`` is the own dev
-    crisis statements after an ordinary dev message, at the check-in threshold, either way."""
+    crisis statements after an ordinary dev message, at the check-in threshold, either way. The
+    version names the ``own_extra`` files too (``mpnet-crisis-mlp-v12+train_h``)."""
     from empathy_nlg.perception.common import predict_head, save_head
 
     train, dev = split_data(data_dir, seed, use_cssrs=use_cssrs, own_extra=own_extra)
@@ -495,7 +496,8 @@ def train_crisis(data_dir: Path, encoder, out_dir: Path, seed: int = 13, own_wei
                     "train_examples": len(train), "train_with_opener": len(opened), "dev_examples": len(dev),
                     "dev_own_after_opener": rates(p_opened >= concern, np.ones(len(p_opened)))})
     save_head(model, {**config, "threshold": threshold, "concern_threshold": concern, "seed": seed,
-                      "version": f"{version}-openers" if openers else version, "ordinary_openers": openers,
+                      "version": version + "".join(f"+{Path(f).stem}" for f in own_extra) + ("-openers" if openers else ""),
+                      "ordinary_openers": openers,
                       "own_weight": own_weight, "use_cssrs": use_cssrs, **(extra_config or {}),
                       **({"own_extra": [Path(f).name for f in own_extra]} if own_extra else {}),
                       "target_recall": target_recall, "dev": metrics}, out_dir, head_name)

@@ -183,6 +183,8 @@ def test_train_crisis_with_openers_adds_opener_copies_of_the_chat_register_examp
     assert opened["train_examples"] == plain["train_examples"] + opened["train_with_opener"]
     assert load_head(tmp_path / "b", HEAD)[1]["version"] == CT.VERSION + "-openers"
     assert load_head(tmp_path / "a", HEAD)[1]["version"] == CT.VERSION
+    CT.train_crisis(tmp_path, _hash_encoder(), tmp_path / "c", progress=False, own_extra=[CT.OWN_TRAIN_H])
+    assert load_head(tmp_path / "c", HEAD)[1]["version"] == CT.VERSION + "+train_h"  # an extra round is named
     assert plain["dev_own_after_opener"]["n_pos"] == opened["dev_own_after_opener"]["n_pos"] > 0
 
 
