@@ -92,8 +92,8 @@ OWN_TRAIN_F = DATA_DIR / "train_f.yml"
 OWN_TRAIN_G = DATA_DIR / "train_g.yml"
 #: round H (2026-12-07, twenty-seventh session), by a helper session that read no project file: crisis
 #: statements after ordinary small talk, and ordinary conversations whose last message only sounds like
-#: a plan or a goodbye (the after-small-talk gap, ``eval-crisis --opener``); written, not yet trained on
-#: (``train-perception --crisis-own-extra`` trains with it)
+#: a plan or a goodbye (the after-small-talk gap, ``eval-crisis --opener``). The served heads
+#: (v12+train_h) are trained with it through ``train-perception --crisis-own-extra``; the learned cue is not
 OWN_TRAIN_H = DATA_DIR / "train_h.yml"
 #: the first held-out set (training data since v9, :data:`RETIRED_HELDOUT`)
 OWN_HELDOUT = DATA_DIR / "heldout.yml"
