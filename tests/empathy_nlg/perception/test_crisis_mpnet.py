@@ -342,15 +342,17 @@ def test_real_detector_never_crashes_on_odd_input(production, text):
 @needs_real
 def test_bf16_weights_keep_the_embeddings_and_the_decisions():
     """The served bf16 encoder (on a CPU with native bf16) against fp32: embeddings within cosine
-    0.999 and the same flag / check-in on clear cases of both kinds (measured on the held-out sets:
-    2 of ~1,600 decisions moved, both at a threshold; perception model card)."""
+    0.999, classifier probabilities within 0.01, and the same flag / check-in on clear cases of both
+    kinds (measured on the held-out sets: 2 of ~1,600 decisions moved, both at a threshold;
+    perception model card); a message at a threshold reaches the safety path in both."""
     from empathy_nlg.hardware import cpu_has_native_bf16
     from empathy_nlg.perception.encoder import SentenceEncoder
 
     if not cpu_has_native_bf16():
         pytest.skip("this CPU emulates bf16 (about 100x slower): auto keeps fp32 here")
-    texts = ["I bought a rope this afternoon and tonight is the night", "my feet are killing me after that hike",
-             "I'm sitting here with my dad's gun in my hand", "we finally adopted a kitten, she's tiny"]
+    rope = "I bought a rope this afternoon and tonight is the night"
+    texts = ["nobody would miss me if I was gone, I just want to die", "my feet are killing me after that hike",
+             "I'm sitting here with my dad's gun in my hand", "we finally adopted a kitten, she's tiny", rope]
     fp32, bf16 = M.load_encoder(M.ENCODER_NAME, dtype="float32"), M.load_encoder(M.ENCODER_NAME, dtype="bfloat16")
     assert bf16.base.dtype == "bfloat16" and str(next(bf16.base.model.parameters()).dtype) == "torch.bfloat16"
     a, b = fp32.encode(texts), bf16.encode(texts)
@@ -360,4 +362,11 @@ def test_bf16_weights_keep_the_embeddings_and_the_decisions():
                  for d in ("float32", "bfloat16")]
     for text in texts:
         r32, r16 = (d.detect([text]) for d in detectors)
+        p32, p16 = (d.classify([text], force_large=True) for d in detectors)
+        assert abs(p32 - p16) < 0.01, text  # the classifier reads both the same
+        if text == rope:
+            # the served heads (v12+train_h) score it ≈ 0.995, at the flag threshold itself: fp32 flags
+            # it, bf16 asks the check-in (perception card) — either way it reaches the safety path
+            assert (r32.crisis or r32.concern) and (r16.crisis or r16.concern)
+            continue
         assert (r32.crisis, r32.concern) == (r16.crisis, r16.concern) and abs(r32.score - r16.score) < 0.05, text
