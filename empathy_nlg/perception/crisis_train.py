@@ -463,6 +463,17 @@ def with_ordinary_openers(examples: Sequence[Example], openers: Sequence[str], s
     return [dataclasses.replace(ex, context=(rng.choice(openers), *ex.context)) for ex in chosen]
 
 
+def after_opener_rates(model, dev: Sequence[Example], embed, seed: int, threshold: float) -> Dict[str, float]:
+    """:func:`rates` of ``model`` at ``threshold`` on the own dev crisis statements of ``dev``, each
+    after a seeded ordinary dev message (:func:`with_ordinary_openers`, seed ``seed + 1``)."""
+    from empathy_nlg.perception.common import predict_head
+
+    opened = with_ordinary_openers([ex for ex in dev if ex.source == "own" and ex.label == 1], ordinary_openers(dev),
+                                   seed + 1)
+    p = predict_head(model, featurise(opened, embed), "bce")[:, 0] if opened else np.zeros(0)
+    return rates(p >= threshold, np.ones(len(p)))
+
+
 def train_crisis(data_dir: Path, encoder, out_dir: Path, seed: int = 13, own_weight: float = 3.0, use_cssrs: bool = True,
                  target_recall: float = 0.9, max_fpr: float = 0.01, max_checkin_fpr: float = 0.04,
                  progress: bool = True, head_name: str = HEAD, version: str = VERSION,
@@ -489,12 +500,9 @@ def train_crisis(data_dir: Path, encoder, out_dir: Path, seed: int = 13, own_wei
     chat = calibration_chat()
     p_chat = predict_head(model, featurise(chat, encoder.encode), "bce")[:, 0] if chat else np.zeros(0)
     threshold, concern, metrics = calibrate(p_dev, dev, p_chat, target_recall, max_fpr, max_checkin_fpr)
-    dev_opened = with_ordinary_openers([ex for ex in dev if ex.source == "own" and ex.label == 1],
-                                       ordinary_openers(dev), seed + 1)
-    p_opened = predict_head(model, featurise(dev_opened, encoder.encode), "bce")[:, 0] if dev_opened else np.zeros(0)
     metrics.update({"dev_auc": round(100 * best_auc, 2), "best_epoch": best_epoch,
                     "train_examples": len(train), "train_with_opener": len(opened), "dev_examples": len(dev),
-                    "dev_own_after_opener": rates(p_opened >= concern, np.ones(len(p_opened)))})
+                    "dev_own_after_opener": after_opener_rates(model, dev, encoder.encode, seed, concern)})
     save_head(model, {**config, "threshold": threshold, "concern_threshold": concern, "seed": seed,
                       "version": version + "".join(f"+{Path(f).stem}" for f in own_extra) + ("-openers" if openers else ""),
                       "ordinary_openers": openers,
@@ -750,15 +758,12 @@ def train_imminent(data_dir: Path, large_cache, out_dir: Path, encoder_name: str
     threshold = max(threshold_for_recall(p_dev[own], y_dev[own], target_recall),
                     threshold_for_fpr(p_dev[src == "ed"], max_fpr), threshold_for_fpr(p_chat, max_fpr))
     pred = p_dev >= threshold
-    dev_opened = with_ordinary_openers([ex for ex in dev if ex.source == "own" and ex.label == 1],
-                                       ordinary_openers(dev), seed + 1)
-    p_opened = predict_head(model, featurise(dev_opened, large_cache.encode), "bce")[:, 0] if dev_opened else np.zeros(0)
     metrics = {"threshold": threshold, "dev_auc": round(100 * float(roc_auc_score(y_dev, p_dev)), 2),
                "best_epoch": best_epoch, "train_examples": len(train), "train_with_opener": len(opened),
                "train_positives": sum(ex.label for ex in train),
                "dev_examples": len(dev),
                "dev_own": rates(pred[own], y_dev[own]),
-               "dev_own_after_opener": rates(p_opened >= threshold, np.ones(len(p_opened))),
+               "dev_own_after_opener": after_opener_rates(model, dev, large_cache.encode, seed, threshold),
                "dev_ed": rates(pred[src == "ed"], y_dev[src == "ed"]),
                "dev_xstest": rates(pred[src == "xstest"], y_dev[src == "xstest"]),
                "dev_chat_turns": rates(p_chat >= threshold, np.zeros(len(p_chat)))}
