@@ -24,7 +24,8 @@ holds for the conversation:
               (``context-only``, while the crisis turn is still in the detector's window) no longer
               counts; a message flagged on its own starts over.
 ``checkin``   the classifier is concerned but below the crisis threshold, and perception hears a
-              negative feeling or a plan / timing / farewell cue matched → a scripted, direct safety question (asking directly is recommended practice and does not plant ideas).
+              negative feeling, or a plan / timing / farewell cue matched, or the classifier is sure
+              (``STRONG_CONCERN``) however upbeat the conversation sounds → a scripted, direct safety question (asking directly is recommended practice and does not plant ideas).
               Also when Rasa's NLU read a crisis that the detector did not flag (two detectors
               disagree: ask rather than paste the resources), unless the last reply asked already
               or the detector is sure the message is ordinary (crisis score under ``nlu_floor``,
@@ -123,20 +124,38 @@ def followup_kind(text: str) -> str:
     return "checkin"
 
 
-def checkin_reason(perception, just_asked: bool = False) -> Optional[str]:
+#: a classifier concern at least this sure (the ``concern:P`` reason, P rounded to two places) asks
+#: the safety question however the conversation sounds. People rarely open with the crisis: after good
+#: news ("exams done!! going out tonight" / "one good night and that's it. when i get home i'm taking
+#: everything in the bathroom cabinet") perception hears the upbeat context (joyful, proud), and on the
+#: blind heldout_v 11 of 24 imminent statements left with neither flag nor question had the classifier
+#: concerned at 0.83–1.00 but a positive polarity and no word cue (perception HISTORY.md, 2026-12-07).
+STRONG_CONCERN = 0.8
+
+
+def concern_level(perception) -> float:
+    """The classifier's concern about this turn (0 when it is not concerned): the ``concern:P`` reason."""
+    levels = [float(str(r).split(":", 1)[1]) for r in getattr(perception, "crisis_reasons", None) or []
+              if str(r).startswith("concern:")]
+    return max(levels, default=0.0)
+
+
+def checkin_reason(perception, just_asked: bool = False, strong_concern: float = STRONG_CONCERN) -> Optional[str]:
     """Why a turn the crisis detector is concerned about (below the flag) gets the scripted safety
     question, or None: it sounds negative (unless the question was just asked), or a plan / timing /
-    farewell cue matched (a word cue or the learned one) — good news is not met with a safety
-    question, whatever the classifier thinks, but a plan, a chosen time or a farewell is asked about
-    however calm or glad it sounds ("I finally feel at peace now that I've decided when"): relief
-    after deciding is a warning sign, and the word cues match 0.03 % of ordinary ED messages.
-    ``eval-crisis --served`` counts check-ins with this rule."""
+    farewell cue matched (a word cue or the learned one), or the classifier is very sure
+    (:data:`STRONG_CONCERN`) — a mild concern about good news is not met with a safety question, but
+    a plan, a chosen time or a farewell is asked about however calm or glad it sounds ("I finally feel
+    at peace now that I've decided when"): relief after deciding is a warning sign, and the word cues
+    match 0.03 % of ordinary ED messages. ``eval-crisis --served`` counts check-ins with this rule."""
     if perception is None or not getattr(perception, "crisis_concern", False):
         return None
     if perception.polarity == "negative" and not just_asked:
         return "classifier concern below the crisis threshold"
     if any(str(r).startswith("cue:") for r in perception.crisis_reasons or []):
         return "a plan, timing or farewell cue, however it sounds"
+    if concern_level(perception) >= strong_concern and not just_asked:
+        return "a sure classifier concern, however it sounds"
     return None
 
 

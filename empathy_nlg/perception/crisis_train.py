@@ -93,8 +93,13 @@ OWN_TRAIN_G = DATA_DIR / "train_g.yml"
 #: round H (2026-12-07, twenty-seventh session), by a helper session that read no project file: crisis
 #: statements after ordinary small talk, and ordinary conversations whose last message only sounds like
 #: a plan or a goodbye (the after-small-talk gap, ``eval-crisis --opener``). The served heads
-#: (v12+train_h) are trained with it through ``train-perception --crisis-own-extra``; the learned cue is not
+#: (v12+train_h+train_i) are trained with it through ``train-perception --crisis-own-extra``; the learned cue is not
 OWN_TRAIN_H = DATA_DIR / "train_h.yml"
+#: round I (2026-12-07, twenty-eighth session), by a helper session that read no project file: imminent
+#: danger said through means, arrangements, timing and goodbyes, almost never with an alarm word, after
+#: one to three ordinary (half of them upbeat) messages; the same surfaces made harmless by the context.
+#: The served heads (v12+train_h+train_i) are trained with it (``--crisis-own-extra``); the learned cue is not
+OWN_TRAIN_I = DATA_DIR / "train_i.yml"
 #: the first held-out set (training data since v9, :data:`RETIRED_HELDOUT`)
 OWN_HELDOUT = DATA_DIR / "heldout.yml"
 #: a second held-out set, written on 2026-12-03 after heldout.yml's misses had been read (so that
@@ -140,9 +145,18 @@ OWN_HELDOUT_T = DATA_DIR / "heldout_t.yml"
 #: file, beside round H (neither saw the other): crisis statements after ordinary small talk and ordinary
 #: conversations whose last message only sounds like one — the shape real conversations have
 OWN_HELDOUT_U = DATA_DIR / "heldout_u.yml"
+#: a fourteenth, written on 2026-12-07 (twenty-eighth session) by a helper session that read no project
+#: file, from a brief of its own, beside round I (neither saw the other) and measured on the served
+#: detector before round I was trained: conversations that start normally, then imminent danger said
+#: mostly without an alarm word (no past_attempt category and no single-message items)
+OWN_HELDOUT_V = DATA_DIR / "heldout_v.yml"
+#: a fifteenth, written the same session by a third helper session that read no project file, after
+#: the heads v12+train_h+train_i and the safety policy's sure-concern question had been chosen on V:
+#: the clean measure of both (same shape as V)
+OWN_HELDOUT_W = DATA_DIR / "heldout_w.yml"
 #: the held-out sets ``eval-crisis`` reads by default
 OWN_HELDOUT_SETS = (OWN_HELDOUT_E, OWN_HELDOUT_F, OWN_HELDOUT_G, OWN_HELDOUT_H, OWN_HELDOUT_J, OWN_HELDOUT_K,
-                    OWN_HELDOUT_S, OWN_HELDOUT_T, OWN_HELDOUT_U)
+                    OWN_HELDOUT_S, OWN_HELDOUT_T, OWN_HELDOUT_U, OWN_HELDOUT_V, OWN_HELDOUT_W)
 #: the four older held-out sets, retired into training with v9 (2026-12-04): each had had its misses
 #: read and rules or training files written with them in mind, so they no longer measured unseen
 #: phrasings; as training data they add 593 chat-register phrasings. heldout_e.yml is the held-out set.
@@ -969,7 +983,7 @@ def served_judge(perceiver):
     """A ``judge`` for :func:`evaluate_detector` that reads a message as the served engine does: the
     whole :class:`~empathy_nlg.perception.perceiver.Perceiver` on the user's messages (the scripts
     hold no assistant turns), its crisis reading, and a concern counted as the check-in only when the
-    safety policy would ask it (:func:`empathy_nlg.safety.checkin_reason`: a negative feeling or a cue)."""
+    safety policy would ask it (:func:`empathy_nlg.safety.checkin_reason`: a negative feeling, a cue or a sure classifier)."""
     from empathy_nlg.dialogue import Utterance
     from empathy_nlg.perception.crisis import CrisisResult
     from empathy_nlg.safety import checkin_reason
@@ -1043,7 +1057,7 @@ def with_opener(examples: Sequence[Example], opener: str) -> List[Example]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--own", type=Path, nargs="+", default=list(OWN_HELDOUT_SETS),
-                        help="own phrasings YAML file(s) (default: the held-out sets heldout_e.yml … heldout_k.yml, heldout_s.yml, heldout_t.yml, heldout_u.yml; "
+                        help="own phrasings YAML file(s) (default: the held-out sets heldout_e.yml … heldout_k.yml, heldout_s.yml … heldout_w.yml; "
                              "the older held-out sets are training data since v9)")
     parser.add_argument("--chat", type=Path, nargs="*", default=[*CHAT_CALIBRATION, *CHAT_CLEAN],
                         help="conversation-script files whose every user turn must stay unflagged (counts of flags and check-ins)")
@@ -1069,7 +1083,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--served", action="store_true",
                         help="read every message as the served engine does: the whole Perceiver (emotion included, "
                              "with the engine's default perception settings), a concern counted as the check-in only "
-                             "where the safety policy asks it (a negative feeling or a cue) — what a person gets")
+                             "where the safety policy asks it (a negative feeling, a cue or a sure classifier) — what a person gets")
     parser.add_argument("--no-imminent", action="store_true",
                         help="switch the learned imminent-danger cue (crisis_imminent_mpnet) off: the detector as "
                              "it was before it (an A/B on the same cached embeddings)")

@@ -284,6 +284,11 @@ def test_rasas_crisis_route_marks_the_turn_and_resources_are_not_pasted_twice(en
 @pytest.mark.parametrize("polarity,reasons,state", [
     ("negative", ["concern:0.70"], "checkin"),
     ("positive", ["concern:0.70"], None),  # good news with a nervous classifier: no safety question
+    ("positive", ["concern:0.79"], None),
+    # a sure classifier after good news ("exams done!! going out tonight" / "one good night and that's it.
+    # when i get home i'm taking everything in the bathroom cabinet"): asked however it sounds
+    ("positive", ["concern:0.80"], "checkin"),
+    ("positive", ["concern:1.00", "imminent:0.40"], "checkin"),
     ("positive", ["concern:0.70", "cue:timing"], "checkin"),  # "I feel at peace now that I've decided when"
     ("positive", ["cue:farewell"], "checkin"),
 ])
@@ -298,6 +303,18 @@ def test_the_checkin_follows_the_feeling_unless_a_plan_timing_or_farewell_cue_ma
     assert decision.responses == (["utter_crisis_checkin"] if state else [])
     perception.crisis_concern = False  # no concern: never a question, cue or not
     assert SafetyPolicy(domain).decide("utter_empathize", True, perception, [], [], "x").state is None
+
+
+def test_a_sure_concern_is_not_asked_twice_in_a_row(domain_file):
+    from empathy_nlg.safety import STRONG_CONCERN, checkin_reason, concern_level
+
+    perception = make_perception("proud")
+    perception.crisis_concern, perception.crisis_reasons = True, ["context-concern-dropped:0.40", "concern:0.97"]
+    assert concern_level(perception) == 0.97 and STRONG_CONCERN <= 0.97
+    assert checkin_reason(perception) and checkin_reason(perception, just_asked=True) is None
+    assert checkin_reason(perception, strong_concern=0.98) is None
+    perception.crisis_reasons = ["cue:farewell"]  # a cue still asks right after the question
+    assert concern_level(perception) == 0.0 and checkin_reason(perception, just_asked=True)
 
 
 @pytest.mark.parametrize("score,floor,state", [

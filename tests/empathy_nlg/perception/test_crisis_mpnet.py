@@ -365,7 +365,7 @@ def test_bf16_weights_keep_the_embeddings_and_the_decisions():
         p32, p16 = (d.classify([text], force_large=True) for d in detectors)
         assert abs(p32 - p16) < 0.01, text  # the classifier reads both the same
         if text == rope:
-            # the served heads (v12+train_h) score it ≈ 0.995, at the flag threshold itself: fp32 flags
+            # the heads v12+train_h scored it ≈ 0.995, at the flag threshold itself: fp32 flags
             # it, bf16 asks the check-in (perception card) — either way it reaches the safety path
             assert (r32.crisis or r32.concern) and (r16.crisis or r16.concern)
             continue
