@@ -93,12 +93,13 @@ OWN_TRAIN_G = DATA_DIR / "train_g.yml"
 #: round H (2026-12-07, twenty-seventh session), by a helper session that read no project file: crisis
 #: statements after ordinary small talk, and ordinary conversations whose last message only sounds like
 #: a plan or a goodbye (the after-small-talk gap, ``eval-crisis --opener``). The served heads
-#: (v12+train_h+train_i) are trained with it through ``train-perception --crisis-own-extra``; the learned cue is not
+#: (v12+train_h+train_i) are trained with it through ``train-perception --crisis-own-extra``, the learned cue
+#: since v18 (:data:`IMMINENT_OWN_EXTRA`)
 OWN_TRAIN_H = DATA_DIR / "train_h.yml"
 #: round I (2026-12-07, twenty-eighth session), by a helper session that read no project file: imminent
 #: danger said through means, arrangements, timing and goodbyes, almost never with an alarm word, after
 #: one to three ordinary (half of them upbeat) messages; the same surfaces made harmless by the context.
-#: The served heads (v12+train_h+train_i) are trained with it (``--crisis-own-extra``); the learned cue is not
+#: The served heads (v12+train_h+train_i) are trained with it (``--crisis-own-extra``), the learned cue since v18
 OWN_TRAIN_I = DATA_DIR / "train_i.yml"
 #: the first held-out set (training data since v9, :data:`RETIRED_HELDOUT`)
 OWN_HELDOUT = DATA_DIR / "heldout.yml"
@@ -710,7 +711,9 @@ def train_large(data_dir: Path, small_cache, large_cache, out_dir: Path, encoder
 
 
 # ------------------------------------------------------------------------------ the learned imminent-danger cue
-IMMINENT_VERSION = "mpnet-imminent-mlp-v16"
+#: v18 (2026-12-07, twenty-eighth session): v16's design and threshold rule with rounds H and I added
+#: to :data:`IMMINENT_OWN_EXTRA` (v16: rounds F and G)
+IMMINENT_VERSION = "mpnet-imminent-mlp-v18"
 #: trained with ordinary openers too (:func:`with_ordinary_openers`; tried 2026-12-07, not served)
 IMMINENT_OPENERS_VERSION = "mpnet-imminent-mlp-v17-openers"
 #: ordinary chat turns and everyday messages that may reach the learned cue (each a scripted check-in)
@@ -721,8 +724,10 @@ IMMINENT_ED_TRAIN = 4000
 #: its dev): rounds F and G, written for the chat register. They cost the main heads flag recall
 #: (model card), but this head only asks the check-in, and with them it ranked its dev better (AUC
 #: 97.36 → 97.59) and left fewer imminent statements with neither flag nor check-in on the held-out
-#: sets e–k and S (30 → 22 and 8 → 6, against 27 and 7 without them)
-IMMINENT_OWN_EXTRA = (OWN_TRAIN_F, OWN_TRAIN_G)
+#: sets e–k and S (30 → 22 and 8 → 6, against 27 and 7 without them). Since v18 also rounds H and I
+#: (small talk before the statement): after an ordinary opener imminent statements with neither flag
+#: nor question 80 → 62 over e–u, as written 39 → 37, ordinary chat turns asked 67 → 76 of 2,212
+IMMINENT_OWN_EXTRA = (OWN_TRAIN_F, OWN_TRAIN_G, OWN_TRAIN_H, OWN_TRAIN_I)
 
 
 def imminent_examples(examples: Sequence[Example]) -> List[Example]:
