@@ -27,7 +27,8 @@ from empathy_nlg.domain import DomainResponses, UnknownResponseError
 from empathy_nlg.generators.base import GenerationRequest, Generator, create_generator
 from empathy_nlg.perception.types import Perception
 from empathy_nlg.persona import MAX_FACT_CHARS, PersonaExtractor, clean_text, extract_safely, fact_key, persona_text
-from empathy_nlg.safety import CLEARED_GENERATOR, CRISIS_RESPONSES, SCRIPTED_RESPONSES, SafetyDecision, SafetyPolicy
+from empathy_nlg.safety import (CLEARED_GENERATOR, CRISIS_RESPONSES, SCRIPTED_RESPONSES, STRONG_CONCERN, SafetyDecision,
+                                SafetyPolicy)
 from empathy_nlg.state.repository import PersonaRecord, ReplyRecord, StateRepository, TurnRecord, positive_shares
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,8 @@ class EmpathyEngine:
         # message is ordinary (its cue gate; 0 for a perceiver without a classifier: always asks)
         detector = getattr(perceiver, "crisis", None)
         self.safety = SafetyPolicy(domain, followup_turns=int(safety.get("followup_turns", 3)),
-                                   nlu_floor=float(getattr(detector, "lexical_floor", 0.0) or 0.0))
+                                   nlu_floor=float(getattr(detector, "lexical_floor", 0.0) or 0.0),
+                                   strong_concern=float(safety.get("strong_concern", STRONG_CONCERN)))
         scripted = [r for r in SCRIPTED_RESPONSES if r not in domain]
         if scripted:
             log.warning("the domain lacks the scripted safety responses %s: those steps fall back to the crisis "

@@ -125,7 +125,7 @@ def followup_kind(text: str) -> str:
 
 
 #: a classifier concern at least this sure (the ``concern:P`` reason, P rounded to two places) asks
-#: the safety question however the conversation sounds. People rarely open with the crisis: after good
+#: the safety question however the conversation sounds (the default of ``safety.strong_concern``). People rarely open with the crisis: after good
 #: news ("exams done!! going out tonight" / "one good night and that's it. when i get home i'm taking
 #: everything in the bathroom cabinet") perception hears the upbeat context (joyful, proud), and on the
 #: blind heldout_v 11 of 24 imminent statements left with neither flag nor question had the classifier
@@ -167,9 +167,12 @@ class SafetyDecision:
 
 
 class SafetyPolicy:
-    def __init__(self, domain, followup_turns: int = 3, nlu_floor: float = 0.0) -> None:
+    def __init__(self, domain, followup_turns: int = 3, nlu_floor: float = 0.0,
+                 strong_concern: float = STRONG_CONCERN) -> None:
         self.domain = domain
         self.followup_turns = int(followup_turns)
+        #: ``safety.strong_concern``: a classifier concern this sure asks however the conversation sounds
+        self.strong_concern = float(strong_concern)
         #: crisis score under which the NLU's crisis reading asks nothing (the detector's cue gate on
         #: its score's scale, :attr:`CrisisDetector.lexical_floor`). Measured through /model/parse on
         #: 1,558 single messages (held-out phrasings e…j and the chat sets e…j), the NLU asked about 10
@@ -238,7 +241,7 @@ class SafetyPolicy:
         nlu_worried = nlu_disagrees and (perception is None or float(perception.crisis_score) >= self.nlu_floor)
         if generated and nlu_worried and not just_asked:
             return SafetyDecision("checkin", [CHECKIN], "the NLU heard a crisis the detector did not flag: ask")
-        reason = checkin_reason(perception, just_asked) if generated else None
+        reason = checkin_reason(perception, just_asked, self.strong_concern) if generated else None
         if reason:
             return SafetyDecision("checkin", [CHECKIN], reason)
         return SafetyDecision(None, [])

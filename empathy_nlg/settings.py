@@ -199,6 +199,7 @@ class PerceptionSettings(_Section):
 
 class SafetySettings(_Section):
     followup_turns: int = 3
+    strong_concern: float = 0.8
     responses: Optional[str] = None
 
 

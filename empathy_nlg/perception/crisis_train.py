@@ -984,19 +984,22 @@ def finetune_crisis(data_dir: Path, out_dir: Path, seed: int = 13, own_weight: f
 
 
 # ------------------------------------------------------------------------------ evaluation
-def served_judge(perceiver):
+def served_judge(perceiver, strong_concern: Optional[float] = None):
     """A ``judge`` for :func:`evaluate_detector` that reads a message as the served engine does: the
     whole :class:`~empathy_nlg.perception.perceiver.Perceiver` on the user's messages (the scripts
     hold no assistant turns), its crisis reading, and a concern counted as the check-in only when the
-    safety policy would ask it (:func:`empathy_nlg.safety.checkin_reason`: a negative feeling, a cue or a sure classifier)."""
+    safety policy would ask it (:func:`empathy_nlg.safety.checkin_reason`: a negative feeling, a cue or a sure
+    classifier, ``strong_concern``: default the policy's own)."""
     from empathy_nlg.dialogue import Utterance
     from empathy_nlg.perception.crisis import CrisisResult
-    from empathy_nlg.safety import checkin_reason
+    from empathy_nlg.safety import STRONG_CONCERN, checkin_reason
+
+    level = STRONG_CONCERN if strong_concern is None else float(strong_concern)
 
     def judge(texts: Sequence[str]) -> CrisisResult:
         q = perceiver.perceive([Utterance("speaker", t) for t in texts])
         return CrisisResult(crisis=bool(q.crisis), score=float(q.crisis_score), reasons=list(q.crisis_reasons or []),
-                            concern=bool(not q.crisis and checkin_reason(q)))
+                            concern=bool(not q.crisis and checkin_reason(q, strong_concern=level)))
 
     return judge
 
@@ -1144,11 +1147,12 @@ def run(args: argparse.Namespace) -> int:
         from empathy_nlg.perception.perceiver import Perceiver
         from empathy_nlg.settings import load_settings
 
-        p = load_settings()["perception"]
+        settings = load_settings()
+        p = settings["perception"]
         perceiver = Perceiver.load(artifacts_dir=args.artifacts or p.get("artifacts"), crisis_encoder=large,
                                    crisis_dtype=args.crisis_dtype or default_crisis_dtype(),
                                    emotion_tuned_weight=float(p.get("emotion_tuned_weight") or 0.0))
-        detector, judge = perceiver.crisis, served_judge(perceiver)
+        detector, judge = perceiver.crisis, served_judge(perceiver, (settings.get("safety") or {}).get("strong_concern"))
     else:
         encoder = SentenceEncoder()
         detector = (CrisisDetector(None, encoder.encode) if args.patterns_only

@@ -292,7 +292,7 @@ def test_rasas_crisis_route_marks_the_turn_and_resources_are_not_pasted_twice(en
     ("positive", ["concern:0.70", "cue:timing"], "checkin"),  # "I feel at peace now that I've decided when"
     ("positive", ["cue:farewell"], "checkin"),
 ])
-def test_the_checkin_follows_the_feeling_unless_a_plan_timing_or_farewell_cue_matched(domain_file, polarity, reasons, state):
+def test_the_checkin_follows_the_feeling_unless_a_cue_matched_or_the_classifier_is_sure(domain_file, polarity, reasons, state):
     domain = DomainResponses.load(domain_file)
     domain.update(DomainResponses.load(ROOT / "safety_responses.yml"))
     perception = make_perception("content" if polarity == "positive" else "sad")
@@ -305,7 +305,7 @@ def test_the_checkin_follows_the_feeling_unless_a_plan_timing_or_farewell_cue_ma
     assert SafetyPolicy(domain).decide("utter_empathize", True, perception, [], [], "x").state is None
 
 
-def test_a_sure_concern_is_not_asked_twice_in_a_row(domain_file):
+def test_a_sure_concern_is_not_asked_twice_in_a_row():
     from empathy_nlg.safety import STRONG_CONCERN, checkin_reason, concern_level
 
     perception = make_perception("proud")
@@ -315,6 +315,29 @@ def test_a_sure_concern_is_not_asked_twice_in_a_row(domain_file):
     assert checkin_reason(perception, strong_concern=0.98) is None
     perception.crisis_reasons = ["cue:farewell"]  # a cue still asks right after the question
     assert concern_level(perception) == 0.0 and checkin_reason(perception, just_asked=True)
+
+
+def test_the_engine_reads_the_sure_concern_level_from_its_settings(domain_file, sqlite_url):
+    """``safety.strong_concern`` (validated config) reaches the policy: a sure concern about an upbeat
+    message asks at the default, and nothing at a level above 1 (the rule off)."""
+    from empathy_nlg.settings import ConfigError
+
+    repo = StateRepository(sqlite_url)
+    repo.migrate()
+    domain = DomainResponses.load(domain_file)
+    domain.update(DomainResponses.load(ROOT / "safety_responses.yml"))
+    for level, asked in ((None, True), (1.01, False)):
+        overrides = {"state": {"database_url": sqlite_url}, "domain": str(domain_file)}
+        if level is not None:
+            overrides["safety"] = {"strong_concern": level}
+        engine = EmpathyEngine(load_settings(overrides=overrides), perceiver=KeywordPerceiver(), generator=EchoGenerator(),
+                               repository=repo, domain=domain)
+        perception = make_perception("joyful")
+        perception.crisis_concern, perception.crisis_reasons = True, ["concern:1.00"]
+        decision = engine.safety.decide("utter_empathize", True, perception, [], [], "one good night and that's it")
+        assert (decision.state == "checkin") is asked, level
+    with pytest.raises(ConfigError, match="strong_concern"):
+        load_settings(overrides={"safety": {"strong_concern": 2}})
 
 
 @pytest.mark.parametrize("score,floor,state", [
