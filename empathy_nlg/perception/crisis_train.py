@@ -155,9 +155,13 @@ OWN_HELDOUT_V = DATA_DIR / "heldout_v.yml"
 #: the heads v12+train_h+train_i and the safety policy's sure-concern question had been chosen on V:
 #: the clean measure of both (same shape as V)
 OWN_HELDOUT_W = DATA_DIR / "heldout_w.yml"
+#: a sixteenth, written on 2026-12-07 (twenty-ninth session) by a helper session that read no project
+#: file, from a brief of its own, before anything of that session touched the detector: two earlier
+#: messages (cheerful or building up), rarer means said obliquely, slang self-harm, hard harmless twins
+OWN_HELDOUT_X = DATA_DIR / "heldout_x.yml"
 #: the held-out sets ``eval-crisis`` reads by default
 OWN_HELDOUT_SETS = (OWN_HELDOUT_E, OWN_HELDOUT_F, OWN_HELDOUT_G, OWN_HELDOUT_H, OWN_HELDOUT_J, OWN_HELDOUT_K,
-                    OWN_HELDOUT_S, OWN_HELDOUT_T, OWN_HELDOUT_U, OWN_HELDOUT_V, OWN_HELDOUT_W)
+                    OWN_HELDOUT_S, OWN_HELDOUT_T, OWN_HELDOUT_U, OWN_HELDOUT_V, OWN_HELDOUT_W, OWN_HELDOUT_X)
 #: the four older held-out sets, retired into training with v9 (2026-12-04): each had had its misses
 #: read and rules or training files written with them in mind, so they no longer measured unseen
 #: phrasings; as training data they add 593 chat-register phrasings. heldout_e.yml is the held-out set.
@@ -1065,7 +1069,7 @@ def with_opener(examples: Sequence[Example], opener: str) -> List[Example]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--own", type=Path, nargs="+", default=list(OWN_HELDOUT_SETS),
-                        help="own phrasings YAML file(s) (default: the held-out sets heldout_e.yml … heldout_k.yml, heldout_s.yml … heldout_w.yml; "
+                        help="own phrasings YAML file(s) (default: the held-out sets heldout_e.yml … heldout_k.yml, heldout_s.yml … heldout_x.yml; "
                              "the older held-out sets are training data since v9)")
     parser.add_argument("--chat", type=Path, nargs="*", default=[*CHAT_CALIBRATION, *CHAT_CLEAN],
                         help="conversation-script files whose every user turn must stay unflagged (counts of flags and check-ins)")
