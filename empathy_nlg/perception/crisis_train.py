@@ -101,6 +101,10 @@ OWN_TRAIN_H = DATA_DIR / "train_h.yml"
 #: one to three ordinary (half of them upbeat) messages; the same surfaces made harmless by the context.
 #: The served heads (v12+train_h+train_i) are trained with it (``--crisis-own-extra``), the learned cue since v18
 OWN_TRAIN_I = DATA_DIR / "train_i.yml"
+#: round J (2026-12-07, twenty-ninth session), by a helper session that read no project file, from a
+#: brief naming the kinds of statement that blind set X's misses were (dates after a practical task,
+#: means kept on a pretext, affairs settled as goodbyes): written, not trained with yet
+OWN_TRAIN_J = DATA_DIR / "train_j.yml"
 #: the first held-out set (training data since v9, :data:`RETIRED_HELDOUT`)
 OWN_HELDOUT = DATA_DIR / "heldout.yml"
 #: a second held-out set, written on 2026-12-03 after heldout.yml's misses had been read (so that

@@ -40,8 +40,9 @@ def test_the_older_heldout_sets_are_training_data_and_heldout_e_to_k_are_not():
                                      "OWN_HELDOUT_K", "OWN_HELDOUT_S", "OWN_HELDOUT_T", "OWN_HELDOUT_U",
                                      "OWN_HELDOUT_V", "OWN_HELDOUT_W", "OWN_HELDOUT_X"])
 def test_own_phrasings_files_are_complete_and_disjoint(heldout):
-    # train_f … train_i: written, not in the default training files (--crisis-own-extra trains with them)
-    train = [e for f in (*CT.OWN_TRAIN_FILES, CT.OWN_TRAIN_F, CT.OWN_TRAIN_G, CT.OWN_TRAIN_H, CT.OWN_TRAIN_I)
+    # train_f … train_j: written, not in the default training files (--crisis-own-extra trains with them)
+    train = [e for f in (*CT.OWN_TRAIN_FILES, CT.OWN_TRAIN_F, CT.OWN_TRAIN_G, CT.OWN_TRAIN_H, CT.OWN_TRAIN_I,
+                         CT.OWN_TRAIN_J)
              for e in CT.read_own(f)]
     held = CT.read_own(getattr(CT, heldout))
     cats = {e.category for e in held if e.label == 1}
