@@ -58,6 +58,10 @@ import numpy as np
 EVAL_SET = Path(__file__).resolve().parent / "crisis_eval.yml"
 
 _SELF = r"(?:my\s*self|myself)"
+#: what may follow "wake up" in ``never_wake``: not a time, a person woken or a manner ("until 10",
+#: "the baby", "late", "with a hangover", "in the night")
+_WAKE_END = (r"(?!\s+(?:up\s+)?(?:until|till|til|before|after|at|for|late|early|so|with|from|when|during|the|my|her|his|him|"
+             r"them|anyone|everyone|every|each|once|twice|in\s+(?:time|the\s+night|the\s+middle))\b)")
 PATTERNS: Dict[str, str] = {
     "suicide_word": r"\bsuicid(?:e|al)\b(?!\s+(?:prevention|awareness|hotline))",
     "kill_self": r"\bkill(?:ing|ed)?\s+" + _SELF + r"\b",
@@ -71,7 +75,17 @@ PATTERNS: Dict[str, str] = {
     "stop_living": r"\b(?:stop|tired\s+of|done\s+with)\s+(?:living|life)\b",
     "no_reason_live": r"\b(?:no|any)\s+(?:reason|point)\s+(?:for\s+me\s+)?(?:to|in)\s+(?:keep\s+)?(?:living|live|go(?:ing)?\s+on)\b",
     "not_worth_living": r"\b(?:life\s+is(?:n'?t|\s+not)|not)\s+worth\s+living\b",
-    "never_wake": r"\b(?:never|not|don'?t|wouldn'?t)\s+wake\s+up\b",
+    # v14: only a wish not to wake, a sleep that should not end, or not waking as a purpose — v13's
+    # bare "not/don't wake up" sent "the baby did not wake up once last night!" and "I don't wake up
+    # until 10" to the resources; a time, a person or a manner after it is ordinary (_WAKE_END)
+    "never_wake": (r"\b(?:hop|wish|pray|want)\w*\s+(?:(?:every|each)\s+night\s+)?(?:that\s+)?(?:i\s+)?(?:(?:just|could|would|will)\s+)*"
+                   r"(?:never|not|don'?t|do\s+not|won'?t|wouldn'?t|didn'?t)\s+(?:to\s+)?wake\s+up\b" + _WAKE_END + "|"
+                   r"\b(?:sleep|asleep)\b[^.!?]{0,20}?\band\s+(?:just\s+)?(?:never|not|don'?t)\s+wake(?:\s+up)?\b" + _WAKE_END + "|"
+                   r"\b(?:to\s+(?:just\s+)?(?:not|never)|(?:so|enough|make\s+sure|making\s+sure|sure)\s+(?:that\s+)?i\s+(?:just\s+)?"
+                   r"(?:don'?t|do\s+not|won'?t|never))\s+wake\s+up\b" + _WAKE_END + "|"
+                   r"\b(?:never|not)\s+wake\s+up\s+(?:again|ever)\b" + _WAKE_END + "|"
+                   r"\b(?:mind|care|relief|easier|better)\s+if\s+i\s+(?:just\s+)?(?:didn'?t|never|did\s+not|wouldn'?t)\s+wake\s+up\b|"
+                   r"\bif\s+i\s+(?:just\s+)?(?:didn'?t|never)\s+wake\s+up\b[^.!?]{0,30}?\b(?:relief|better|easier|mind|care)\b"),
     "better_off_without": r"\bbetter\s+off\s+(?:without\s+me|if\s+i\s+(?:was|were|wasn'?t|weren'?t)\s+(?:gone|dead|here|around))\b",
     "self_harm": r"\bself[\s-]?harm(?:ing)?\b",
     "hurt_self": r"\b(?:hurt(?:ing)?|cut(?:ting)?|burn(?:ed|t|ing)?|harm(?:ing)?)\s+myself\b",
@@ -166,8 +180,9 @@ ORDINARY_DEPARTURE = re.compile(
 #: the patterns and cues, named in the detector's version (v10: five more cue families; v11: the
 #: ``final_act`` cue steps aside for an ordinary move, :data:`ORDINARY_DEPARTURE`; v12: a last day
 #: told in the past or "after N years" is not the ``last_day`` pattern; v13: a check-in concern the
-#: context alone raises needs danger in that context, :meth:`CrisisDetector.concern_from_context_alone`)
-RULES_VERSION = "patterns-v13"
+#: context alone raises needs danger in that context, :meth:`CrisisDetector.concern_from_context_alone`;
+#: v14: ``never_wake`` only for a wish not to wake or not waking as a purpose, not "the baby did not wake up")
+RULES_VERSION = "patterns-v14"
 #: classifier probability below which a cue alone asks nothing (``cue_gate`` in the head's config)
 CUE_GATE = 0.05
 

@@ -26,7 +26,24 @@ def test_hard_negatives_not_flagged(text):
     assert not r.crisis and r.reasons == []
 
 
-def test_negation_is_reported_but_not_flagged():
+@pytest.mark.parametrize("text", [
+    "I go to sleep and not wake. thank you for everything", "lately i keep praying i won't wake up",
+    "how many would it take to just not wake up", "i want to take enough that i don't wake up",
+    "it would honestly be a relief if i just didn't wake up tomorrow",
+])
+def test_a_wish_not_to_wake_or_not_waking_as_a_purpose_is_flagged(text):
+    r = CrisisDetector().detect([text])
+    assert r.crisis and "never_wake" in r.reasons
+
+
+@pytest.mark.parametrize("text", [
+    # rules v13 sent each of these to the resources ("not/don't wake up" anywhere)
+    "the baby did not wake up once last night!", "lazy weekend, I don't wake up until 10",
+    "so tired I could sleep and not wake up till monday", "I set three alarms so I don't wake up late",
+    "I hope I don't wake up the baby", "were you scared you wouldn't wake up?",
+])
+def test_ordinary_not_waking_is_not_never_wake(text):
+    assert "never_wake" not in CrisisDetector().detect([text]).reasons
     r = CrisisDetector().detect(["I would never hurt myself, I'm just angry"])
     assert not r.crisis and r.reasons == ["negated:hurt_self"]
 
