@@ -44,6 +44,9 @@ def test_a_wish_not_to_wake_or_not_waking_as_a_purpose_is_flagged(text):
 ])
 def test_ordinary_not_waking_is_not_never_wake(text):
     assert "never_wake" not in CrisisDetector().detect([text]).reasons
+
+
+def test_negation_is_reported_but_not_flagged():
     r = CrisisDetector().detect(["I would never hurt myself, I'm just angry"])
     assert not r.crisis and r.reasons == ["negated:hurt_self"]
 
