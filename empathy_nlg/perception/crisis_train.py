@@ -93,20 +93,26 @@ OWN_TRAIN_G = DATA_DIR / "train_g.yml"
 #: round H (2026-12-07, twenty-seventh session), by a helper session that read no project file: crisis
 #: statements after ordinary small talk, and ordinary conversations whose last message only sounds like
 #: a plan or a goodbye (the after-small-talk gap, ``eval-crisis --opener``). The served heads
-#: (v12+train_h+train_i+train_j) are trained with it through ``train-perception --crisis-own-extra``, the learned cue
+#: (v12+train_h+train_i+train_j+train_k) are trained with it through ``train-perception --crisis-own-extra``, the learned cue
 #: since v18 (:data:`IMMINENT_OWN_EXTRA`)
 OWN_TRAIN_H = DATA_DIR / "train_h.yml"
 #: round I (2026-12-07, twenty-eighth session), by a helper session that read no project file: imminent
 #: danger said through means, arrangements, timing and goodbyes, almost never with an alarm word, after
 #: one to three ordinary (half of them upbeat) messages; the same surfaces made harmless by the context.
-#: The served heads (v12+train_h+train_i+train_j) are trained with it (``--crisis-own-extra``), the learned cue since v18
+#: The served heads (v12+train_h+train_i+train_j+train_k) are trained with it (``--crisis-own-extra``), the learned cue since v18
 OWN_TRAIN_I = DATA_DIR / "train_i.yml"
 #: round J (2026-12-07, twenty-ninth session), by a helper session that read no project file, from a
 #: brief naming the kinds of statement that blind set X's misses were (dates after a practical task,
-#: means kept on a pretext, affairs settled as goodbyes). The served heads (v12+train_h+train_i+train_j,
+#: means kept on a pretext, affairs settled as goodbyes). The served heads (v12+train_h+train_i+train_j+train_k,
 #: thirtieth session) are trained with it (``--crisis-own-extra``); the learned cue is not: v18 with it
 #: left more imminent statements with neither flag nor question on the held-out sets (model card)
 OWN_TRAIN_J = DATA_DIR / "train_j.yml"
+#: round K (2026-12-07, thirtieth session), by a helper session that read no project file, beside blind
+#: set Z: ordinary conversations whose short last message names a date, a time, a booking or a plan (the
+#: heads trained with round J send some of them to the resources), ordinary affairs settled, and the same
+#: surfaces after earlier messages that show danger. The served heads (v12+train_h+train_i+train_j+train_k)
+#: are trained with it (``--crisis-own-extra``): on the blind Z ordinary date turns flagged 16 → 0 %
+OWN_TRAIN_K = DATA_DIR / "train_k.yml"
 #: the first held-out set (training data since v9, :data:`RETIRED_HELDOUT`)
 OWN_HELDOUT = DATA_DIR / "heldout.yml"
 #: a second held-out set, written on 2026-12-03 after heldout.yml's misses had been read (so that
@@ -170,10 +176,14 @@ OWN_HELDOUT_X = DATA_DIR / "heldout_x.yml"
 #: is a development set since): the clean measure of the detector trained with round J; same shape as X,
 #: with past attempts and wider voices (farmers, nurses, migrants, teens, the elderly)
 OWN_HELDOUT_Y = DATA_DIR / "heldout_y.yml"
+#: an eighteenth, written the same session by a helper session that read no project file, from a brief of
+#: its own, beside round K (neither saw the other), measured on the served detector before round K was
+#: trained; with 25 ordinary conversations whose last message names a date or a plan (``ordinary_plans``)
+OWN_HELDOUT_Z = DATA_DIR / "heldout_z.yml"
 #: the held-out sets ``eval-crisis`` reads by default
 OWN_HELDOUT_SETS = (OWN_HELDOUT_E, OWN_HELDOUT_F, OWN_HELDOUT_G, OWN_HELDOUT_H, OWN_HELDOUT_J, OWN_HELDOUT_K,
                     OWN_HELDOUT_S, OWN_HELDOUT_T, OWN_HELDOUT_U, OWN_HELDOUT_V, OWN_HELDOUT_W, OWN_HELDOUT_X,
-                    OWN_HELDOUT_Y)
+                    OWN_HELDOUT_Y, OWN_HELDOUT_Z)
 #: the four older held-out sets, retired into training with v9 (2026-12-04): each had had its misses
 #: read and rules or training files written with them in mind, so they no longer measured unseen
 #: phrasings; as training data they add 593 chat-register phrasings. heldout_e.yml is the held-out set.
@@ -1081,7 +1091,7 @@ def with_opener(examples: Sequence[Example], opener: str) -> List[Example]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--own", type=Path, nargs="+", default=list(OWN_HELDOUT_SETS),
-                        help="own phrasings YAML file(s) (default: the held-out sets heldout_e.yml … heldout_k.yml, heldout_s.yml … heldout_y.yml; "
+                        help="own phrasings YAML file(s) (default: the held-out sets heldout_e.yml … heldout_k.yml, heldout_s.yml … heldout_z.yml; "
                              "the older held-out sets are training data since v9)")
     parser.add_argument("--chat", type=Path, nargs="*", default=[*CHAT_CALIBRATION, *CHAT_CLEAN],
                         help="conversation-script files whose every user turn must stay unflagged (counts of flags and check-ins)")
