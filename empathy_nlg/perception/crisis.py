@@ -78,12 +78,12 @@ PATTERNS: Dict[str, str] = {
     # v14: only a wish not to wake, a sleep that should not end, or not waking as a purpose — v13's
     # bare "not/don't wake up" sent "the baby did not wake up once last night!" and "I don't wake up
     # until 10" to the resources; a time, a person or a manner after it is ordinary (_WAKE_END)
-    "never_wake": (r"\b(?:hop|wish|pray|want)\w*\s+(?:(?:every|each)\s+night\s+)?(?:that\s+)?(?:i\s+)?(?:(?:just|could|would|will)\s+)*"
-                   r"(?:never|not|don'?t|do\s+not|won'?t|wouldn'?t|didn'?t)\s+(?:to\s+)?wake\s+up\b" + _WAKE_END + "|"
-                   r"\b(?:sleep|asleep)\b[^.!?]{0,20}?\band\s+(?:just\s+)?(?:never|not|don'?t)\s+wake(?:\s+up)?\b" + _WAKE_END + "|"
+    "never_wake": (r"(?:\b(?:hop|wish|pray|want)\w*\s+(?:(?:every|each)\s+night\s+)?(?:that\s+)?(?:i\s+)?(?:(?:just|could|would|will)\s+)*"
+                   r"(?:never|not|don'?t|do\s+not|won'?t|wouldn'?t|didn'?t)\s+(?:to\s+)?wake\s+up\b|"
+                   r"\b(?:sleep|asleep)\b[^.!?]{0,20}?\band\s+(?:just\s+)?(?:never|not|don'?t)\s+wake(?:\s+up)?\b|"
                    r"\b(?:to\s+(?:just\s+)?(?:not|never)|(?:so|enough|make\s+sure|making\s+sure|sure)\s+(?:that\s+)?i\s+(?:just\s+)?"
-                   r"(?:don'?t|do\s+not|won'?t|never))\s+wake\s+up\b" + _WAKE_END + "|"
-                   r"\b(?:never|not)\s+wake\s+up\s+(?:again|ever)\b" + _WAKE_END + "|"
+                   r"(?:don'?t|do\s+not|won'?t|never))\s+wake\s+up\b|"
+                   r"\b(?:never|not)\s+wake\s+up\s+(?:again|ever)\b)" + _WAKE_END + "|"
                    r"\b(?:mind|care|relief|easier|better)\s+if\s+i\s+(?:just\s+)?(?:didn'?t|never|did\s+not|wouldn'?t)\s+wake\s+up\b|"
                    r"\bif\s+i\s+(?:just\s+)?(?:didn'?t|never)\s+wake\s+up\b[^.!?]{0,30}?\b(?:relief|better|easier|mind|care)\b"),
     "better_off_without": r"\bbetter\s+off\s+(?:without\s+me|if\s+i\s+(?:was|were|wasn'?t|weren'?t)\s+(?:gone|dead|here|around))\b",

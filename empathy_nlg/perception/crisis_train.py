@@ -92,26 +92,26 @@ OWN_TRAIN_F = DATA_DIR / "train_f.yml"
 OWN_TRAIN_G = DATA_DIR / "train_g.yml"
 #: round H (2026-12-07, twenty-seventh session), by a helper session that read no project file: crisis
 #: statements after ordinary small talk, and ordinary conversations whose last message only sounds like
-#: a plan or a goodbye (the after-small-talk gap, ``eval-crisis --opener``). The served heads
-#: (v12+train_h+train_i+train_j+train_k) are trained with it through ``train-perception --crisis-own-extra``, the learned cue
-#: since v18 (:data:`IMMINENT_OWN_EXTRA`)
+#: a plan or a goodbye (the after-small-talk gap, ``eval-crisis --opener``). The served heads are trained
+#: with it through ``train-perception --crisis-own-extra`` (the perception model card's rebuild command), the
+#: learned cue since v18 (:data:`IMMINENT_OWN_EXTRA`)
 OWN_TRAIN_H = DATA_DIR / "train_h.yml"
 #: round I (2026-12-07, twenty-eighth session), by a helper session that read no project file: imminent
 #: danger said through means, arrangements, timing and goodbyes, almost never with an alarm word, after
 #: one to three ordinary (half of them upbeat) messages; the same surfaces made harmless by the context.
-#: The served heads (v12+train_h+train_i+train_j+train_k) are trained with it (``--crisis-own-extra``), the learned cue since v18
+#: The served heads are trained with it (``--crisis-own-extra``), the learned cue since v18
 OWN_TRAIN_I = DATA_DIR / "train_i.yml"
 #: round J (2026-12-07, twenty-ninth session), by a helper session that read no project file, from a
 #: brief naming the kinds of statement that blind set X's misses were (dates after a practical task,
-#: means kept on a pretext, affairs settled as goodbyes). The served heads (v12+train_h+train_i+train_j+train_k,
-#: thirtieth session) are trained with it (``--crisis-own-extra``); the learned cue is not: v18 with it
+#: means kept on a pretext, affairs settled as goodbyes). The served heads are trained with it since the
+#: thirtieth session (``--crisis-own-extra``); the learned cue is not: v18 with it
 #: left more imminent statements with neither flag nor question on the held-out sets (model card)
 OWN_TRAIN_J = DATA_DIR / "train_j.yml"
 #: round K (2026-12-07, thirtieth session), by a helper session that read no project file, beside blind
 #: set Z: ordinary conversations whose short last message names a date, a time, a booking or a plan (the
 #: heads trained with round J send some of them to the resources), ordinary affairs settled, and the same
-#: surfaces after earlier messages that show danger. The served heads (v12+train_h+train_i+train_j+train_k)
-#: are trained with it (``--crisis-own-extra``): on the blind Z ordinary date turns flagged 16 → 0 %
+#: surfaces after earlier messages that show danger. The served heads are trained with it
+#: (``--crisis-own-extra``): on the blind Z ordinary date turns flagged 16 → 0 %
 OWN_TRAIN_K = DATA_DIR / "train_k.yml"
 #: the first held-out set (training data since v9, :data:`RETIRED_HELDOUT`)
 OWN_HELDOUT = DATA_DIR / "heldout.yml"
