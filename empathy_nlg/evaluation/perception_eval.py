@@ -202,19 +202,34 @@ def eval_cause(args, encoder, art: Path) -> Dict[str, float]:
 
 
 def eval_cm(args, encoder, art: Path) -> Dict[str, float]:
+    """One EPITOME file: the fine-tuned cross-encoder (``cm_tuned``, the headline where it is in the
+    artefacts and its base encoder is prepared) and the frozen heads the reranker uses, side by side."""
     from empathy_nlg import datasets as D
     from empathy_nlg.perception.cm import load_response_classifiers
+    from empathy_nlg.perception.cm_tuned import load_tuned
     from empathy_nlg.perception.common import binary_f1s
-    from empathy_nlg.taxonomy import cm_from_filename
+    from empathy_nlg.taxonomy import CM_CODES, cm_from_filename
 
     code = cm_from_filename(Path(args.data).name)
     examples = D.read_epitome_csv(args.data)
-    clf = load_response_classifiers(art, encoder=_ProgressEncoder(encoder, not args.quiet))
-    pred = clf.predict([e.seeker_post for e in examples], [e.response_post for e in examples])[code]
+    if not examples:
+        raise ValueError(f"{args.data}: no rows, nothing to evaluate")
+    seekers, responses = [e.seeker_post for e in examples], [e.response_post for e in examples]
     y = np.asarray([int(e.has_mechanism) for e in examples])
-    f1 = binary_f1s(y, pred)
-    return {"n": int(len(y)), f"{code.lower()}_f1": f1["macro_f1"], f"{code.lower()}_pos_f1": f1["pos_f1"],
-            f"{code.lower()}_accuracy": float((pred == y).mean() * 100)}
+
+    def scores(pred) -> Dict[str, float]:
+        f1 = binary_f1s(y, pred)
+        return {"n": int(len(y)), f"{code.lower()}_f1": f1["macro_f1"], f"{code.lower()}_pos_f1": f1["pos_f1"],
+                f"{code.lower()}_accuracy": float((pred == y).mean() * 100)}
+
+    frozen = load_response_classifiers(art, encoder=_ProgressEncoder(encoder, not args.quiet))
+    side = {"frozen heads (MiniLM pair MLP)": scores(frozen.predict(seekers, responses)[code])}
+    tuned = load_tuned(art, device=args.device)
+    if tuned is None:
+        return {**side["frozen heads (MiniLM pair MLP)"], "model": "frozen"}
+    side["fine-tuned cross-encoder (MPNet + LoRA)"] = scores(
+        tuned.proba(seekers, responses, progress=not args.quiet)[:, list(CM_CODES).index(code)] >= tuned.thresholds[code])
+    return {**side["fine-tuned cross-encoder (MPNet + LoRA)"], "model": "cm_tuned", "side_by_side": side}
 
 
 class _ProgressCache:
@@ -256,7 +271,8 @@ def _report(task: str, args, metrics: Dict[str, float], versions: Dict[str, str]
     side = metrics.get("side_by_side")
     if isinstance(side, dict) and side:
         keys = [k for k in next(iter(side.values())) if k != "n"]
-        lines += ["", "Side by side on the same examples (the frozen head, the fine-tuned model, their blends):", "",
+        what = "the frozen head, the fine-tuned model, their blends" if task == "emotion" else "the frozen heads, the fine-tuned model"
+        lines += ["", f"Side by side on the same examples ({what}):", "",
                   "| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
         for name, m in side.items():
             lines.append(f"| {name} | " + " | ".join(f"{m[k]:.2f}" for k in keys) + " |")
@@ -283,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         metrics = eval_cm(args, encoder, art)
     versions = {"encoder": encoder.name}
-    for name in ("emotion_head", "emotion_tuned_head", "cause_pair_head", "cm_response_er"):
+    for name in ("emotion_head", "emotion_tuned_head", "cause_pair_head", "cm_response_er", "cm_tuned_head"):
         cfg = art / f"{name}.json"
         if cfg.is_file():
             versions[name] = json.loads(cfg.read_text()).get("version", "?")

@@ -110,11 +110,21 @@ class TunedEncoder:
         merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
         return cls(merged, tokenizer, path, adapter_dir=adapter_dir)
 
-    def save(self, art_dir: Path | str) -> Path:
-        """Write the adapter (only the LoRA weights) to ``art_dir/<adapter_dir>``."""
+    def save(self, art_dir: Path | str, half: bool = False) -> Path:
+        """Write the adapter (only the LoRA weights) to ``art_dir/<adapter_dir>``, replacing what was
+        there. ``half``: store the weights as fp16 (half the bytes of every committed version; LoRA
+        weights are small numbers, well inside fp16's range; loading casts them to the model's dtype)."""
+        import shutil
+
         out = Path(art_dir) / self.adapter_dir
+        shutil.rmtree(out, ignore_errors=True)
         self.model.save_pretrained(str(out))
         (out / "README.md").unlink(missing_ok=True)  # PEFT's empty template; the model card says it all
+        if half:
+            from safetensors.torch import load_file, save_file
+
+            weights = out / "adapter_model.safetensors"
+            save_file({k: v.half() for k, v in load_file(str(weights)).items()}, str(weights))
         return out
 
     # -- encoding ---------------------------------------------------------------------------
@@ -129,6 +139,21 @@ class TunedEncoder:
 
         gloss = emoji_gloss if self.gloss_emoji else str
         batch = self.tokenizer([gloss(t) if t.strip() else "." for t in texts], padding=True, truncation=True,
+                               max_length=self.max_length, return_tensors="pt")
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            hidden = self.model(**batch).last_hidden_state
+        return pool(hidden.float(), batch["attention_mask"])
+
+    def forward_pairs(self, firsts: Sequence[str], seconds: Sequence[str]):
+        """Pooled embeddings of text pairs read together (a cross-encoder: the tokenizer's pair format,
+        the longer text of a pair truncated first to ``max_length`` tokens), as :meth:`forward`."""
+        import torch
+
+        if len(firsts) != len(seconds):
+            raise ValueError(f"{len(firsts)} first texts for {len(seconds)} second texts")
+        clean = lambda texts: [t if t.strip() else "." for t in texts]  # noqa: E731
+        batch = self.tokenizer(clean(firsts), clean(seconds), padding=True, truncation="longest_first",
                                max_length=self.max_length, return_tensors="pt")
         batch = {k: v.to(self.device) for k, v in batch.items()}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):

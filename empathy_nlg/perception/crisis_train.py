@@ -113,6 +113,11 @@ OWN_TRAIN_J = DATA_DIR / "train_j.yml"
 #: surfaces after earlier messages that show danger. The served heads are trained with it
 #: (``--crisis-own-extra``): on the blind Z ordinary date turns flagged 16 → 0 %
 OWN_TRAIN_K = DATA_DIR / "train_k.yml"
+#: round L (2026-12-07, thirty-first session), by a helper session that read no project file, from a brief
+#: naming the kinds of statement blind set Z's misses were (a practical question hiding a plan, a means
+#: named obliquely and prepared, "then I can go" once care or money is arranged, farewells through things
+#: prepared for a future the person won't be in), with the same surfaces made harmless; beside blind set AA
+OWN_TRAIN_L = DATA_DIR / "train_l.yml"
 #: the first held-out set (training data since v9, :data:`RETIRED_HELDOUT`)
 OWN_HELDOUT = DATA_DIR / "heldout.yml"
 #: a second held-out set, written on 2026-12-03 after heldout.yml's misses had been read (so that
@@ -180,10 +185,18 @@ OWN_HELDOUT_Y = DATA_DIR / "heldout_y.yml"
 #: its own, beside round K (neither saw the other), measured on the served detector before round K was
 #: trained; with 25 ordinary conversations whose last message names a date or a plan (``ordinary_plans``)
 OWN_HELDOUT_Z = DATA_DIR / "heldout_z.yml"
+#: a nineteenth, written on 2026-12-07 (thirty-first session) by a helper session that read no project
+#: file, from a brief of its own, beside round L (neither saw the other), measured on the served detector
+#: before round L was trained: Z's shape, in more registers (non-native English, typos, formal elders)
+OWN_HELDOUT_AA = DATA_DIR / "heldout_aa.yml"
+#: a twentieth, written the same session by another helper session that read no project file, while the
+#: heads with round L trained, measured on the detector before and after them: AA's shape, with plans said
+#: plainly as well as obliquely
+OWN_HELDOUT_AB = DATA_DIR / "heldout_ab.yml"
 #: the held-out sets ``eval-crisis`` reads by default
 OWN_HELDOUT_SETS = (OWN_HELDOUT_E, OWN_HELDOUT_F, OWN_HELDOUT_G, OWN_HELDOUT_H, OWN_HELDOUT_J, OWN_HELDOUT_K,
                     OWN_HELDOUT_S, OWN_HELDOUT_T, OWN_HELDOUT_U, OWN_HELDOUT_V, OWN_HELDOUT_W, OWN_HELDOUT_X,
-                    OWN_HELDOUT_Y, OWN_HELDOUT_Z)
+                    OWN_HELDOUT_Y, OWN_HELDOUT_Z, OWN_HELDOUT_AA, OWN_HELDOUT_AB)
 #: the four older held-out sets, retired into training with v9 (2026-12-04): each had had its misses
 #: read and rules or training files written with them in mind, so they no longer measured unseen
 #: phrasings; as training data they add 593 chat-register phrasings. heldout_e.yml is the held-out set.
@@ -1091,7 +1104,7 @@ def with_opener(examples: Sequence[Example], opener: str) -> List[Example]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--own", type=Path, nargs="+", default=list(OWN_HELDOUT_SETS),
-                        help="own phrasings YAML file(s) (default: the held-out sets heldout_e.yml … heldout_k.yml, heldout_s.yml … heldout_z.yml; "
+                        help="own phrasings YAML file(s) (default: the held-out sets heldout_e.yml … heldout_k.yml, heldout_s.yml … heldout_ab.yml; "
                              "the older held-out sets are training data since v9)")
     parser.add_argument("--chat", type=Path, nargs="*", default=[*CHAT_CALIBRATION, *CHAT_CLEAN],
                         help="conversation-script files whose every user turn must stay unflagged (counts of flags and check-ins)")

@@ -136,16 +136,10 @@ class TunedEmotion:
         return cls(enc, head, {**config, "autocast": autocast})
 
     def save(self, out_dir: Path | str, extra: Optional[dict] = None) -> None:
-        from safetensors.torch import load_file, save_file
-
         from empathy_nlg.perception.common import save_head
 
         out_dir = Path(out_dir)
-        shutil.rmtree(out_dir / ADAPTER_DIR, ignore_errors=True)
-        weights = self.encoder.save(out_dir) / "adapter_model.safetensors"
-        # stored as fp16 (half the bytes of every committed chunk; LoRA weights are small numbers,
-        # well inside fp16's range): loading casts them back to the model's dtype
-        save_file({k: v.half() for k, v in load_file(str(weights)).items()}, str(weights))
+        self.encoder.save(out_dir, half=True)  # fp16: half the bytes of every committed chunk
         config = {k: v for k, v in self.config.items() if k != "autocast"}
         save_head(self.head, {**config, **(extra or {})}, out_dir, HEAD)
 

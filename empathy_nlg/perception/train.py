@@ -22,8 +22,8 @@ from empathy_nlg.perception.common import DEFAULT_ARTIFACTS_DIR
 
 log = logging.getLogger(__name__)
 #: ``all`` trains the heads on the frozen encoders; ``emotion_tuned`` (an encoder fine-tuned in
-#: resumable chunks, hours on a CPU) only when asked for by name
-TASKS = ("emotion", "cause", "cm", "reply_polarity", "crisis", "crisis_imminent", "emotion_tuned", "all")
+#: resumable chunks, hours on a CPU) and ``cm_tuned`` (the EPITOME cross-encoder) only when asked for by name
+TASKS = ("emotion", "cause", "cm", "reply_polarity", "crisis", "crisis_imminent", "emotion_tuned", "cm_tuned", "all")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,15 +70,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train the learned imminent-danger cue on copies of its examples that open with an "
                              "ordinary message too (crisis_train.with_ordinary_openers; tried as v17, not served)")
     parser.add_argument("--crisis-epochs", type=int, default=3, help="fine-tuning epochs of the tuned crisis encoder")
+    parser.add_argument("--cm-epochs", type=int, default=3, help="cm_tuned: epochs over the EPITOME training pairs")
     parser.add_argument("--max-minutes", type=float, default=None,
-                        help="stop a fine-tuning after this long: the crisis encoder's (the best epoch so far is "
-                             "saved) or the emotion encoder's (the chunk is saved; --resume goes on from it)")
+                        help="stop a fine-tuning after this long: the crisis encoder's or the CM cross-encoder's (the "
+                             "best epoch so far is saved) or the emotion encoder's (the chunk is saved; --resume goes on from it)")
     parser.add_argument("--resume", action="store_true",
                         help="emotion_tuned: go on from --run-dir's latest chunk (else from the served artefact)")
     parser.add_argument("--run-dir", type=Path, default=Path("training_runs/emotion_tuned/checkpoint"),
                         help="emotion_tuned: where every chunk's adapter, head and position are kept")
     parser.add_argument("--tuned-base", default=None,
-                        help="emotion_tuned: the base encoder folder (default: the prepared all-mpnet-base-v2)")
+                        help="emotion_tuned, cm_tuned: the base encoder folder (default: the prepared all-mpnet-base-v2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -112,6 +113,17 @@ def _finetune_large(args: argparse.Namespace, data_dir: Path, out: Path, init: P
                            max_minutes=args.max_minutes, progress=progress, encoder_path=large_path,
                            head_name=LARGE_HEAD, version=LARGE_TUNED_VERSION, max_length=128, max_fpr=0.005,
                            lr=3e-4, head_lr=3e-4, ed_per_epoch=args.crisis_ed_per_epoch)
+
+
+def _tuned_base(args: argparse.Namespace) -> Path:
+    """The base encoder of a fine-tuned perception model (``--tuned-base``, default the prepared
+    all-mpnet-base-v2); exits with a clear message when it is not prepared."""
+    from empathy_nlg.perception.crisis_mpnet import ENCODER_NAME, encoders_dir, is_prepared
+
+    base = Path(args.tuned_base) if args.tuned_base else encoders_dir() / ENCODER_NAME
+    if not is_prepared(base):
+        raise SystemExit(f"no prepared encoder in {base}: run `empathy-nlg prepare-encoder` first (or --tuned-base)")
+    return base
 
 
 def _paths(data_dir: Path) -> Dict[str, Path]:
@@ -185,13 +197,10 @@ def run(args: argparse.Namespace) -> int:
         timings["emotion"] = time.time() - t0
 
     if "emotion_tuned" in tasks:
-        from empathy_nlg.perception.crisis_mpnet import ENCODER_NAME, encoders_dir, is_prepared
         from empathy_nlg.perception.emotion import EmotionClassifier, eval_set
         from empathy_nlg.perception.emotion_tuned import default_weight, train_emotion_tuned
 
-        base = Path(args.tuned_base) if args.tuned_base else encoders_dir() / ENCODER_NAME
-        if not is_prepared(base):
-            raise SystemExit(f"no prepared encoder in {base}: run `empathy-nlg prepare-encoder` first (or --tuned-base)")
+        base = _tuned_base(args)
         t0 = time.time()
         dev_convs = D.read_ed_jsonl(p["ed_valid"])
         # what is served is the blend with the frozen head: a chunk replaces the artefact when its blend is better
@@ -224,6 +233,17 @@ def run(args: argparse.Namespace) -> int:
         metrics.update(train_context_predictor(ed_train, ed_valid, cache, out, seed=args.seed, progress=progress, encoder=encoder))
         summary["cm"] = metrics
         timings["cm"] = time.time() - t0
+
+    if "cm_tuned" in tasks:
+        from empathy_nlg.perception.cm import load_response_classifiers
+        from empathy_nlg.perception.cm_tuned import train_cm_tuned
+
+        t0 = time.time()
+        files = {c: D.read_epitome_csv(p["epitome_dir"] / f"{CM_FILE_STEMS[c]}-train.csv") for c in CM_CODES}
+        frozen = load_response_classifiers(out, encoder) if (out / "cm_response_er.json").is_file() else None
+        summary["cm_tuned"] = train_cm_tuned(files, out, _tuned_base(args), seed=args.seed, epochs=args.cm_epochs,
+                                             max_minutes=args.max_minutes, frozen=frozen, progress=progress)
+        timings["cm_tuned"] = time.time() - t0
 
     if "reply_polarity" in tasks:
         from empathy_nlg.perception.reply_polarity import train_reply_polarity

@@ -173,3 +173,40 @@ def test_chat_scripts_measure_polarity_per_turn_and_a_tuned_model_side_by_side(t
     ed_metrics = json.loads((tmp_path / "ed" / "metrics.json").read_text())
     assert ed_metrics["served_tuned_weight"] == 0.5
     assert ed_metrics["side_by_side"]["blend 0.5"] == {k: v for k, v in ed_metrics.items() if k not in ("side_by_side", "served_tuned_weight")}
+
+
+def test_cm_puts_the_fine_tuned_cross_encoder_beside_the_frozen_heads(tmp_path):
+    import shutil
+
+    from empathy_nlg.datasets import EpitomeExample
+    from empathy_nlg.perception.cm_tuned import ADAPTER_DIR, HEAD, train_cm_tuned
+    from empathy_nlg.perception.common import DEFAULT_ARTIFACTS_DIR
+    from empathy_nlg.perception.encoder import default_encoder_path
+
+    data = tmp_path / "emotional-reactions-test.csv"
+    _epitome(data)
+    plain = tmp_path / "plain"
+    shutil.copytree(DEFAULT_ARTIFACTS_DIR, plain, ignore=shutil.ignore_patterns(ADAPTER_DIR, f"{HEAD}.*"))
+    assert main(["eval-perception", "--task", "cm", "--data", str(data), "--format", "epitome-csv", "--out",
+                 str(tmp_path / "o1"), "--artifacts", str(plain), "--quiet"]) == 0
+    frozen = json.loads((tmp_path / "o1" / "metrics.json").read_text())
+    assert frozen["model"] == "frozen" and "side_by_side" not in frozen
+
+    # a real (MiniLM-based, two-epoch) cross-encoder beside the committed frozen heads
+    posts = ["I lost my job today.", "I can't sleep at night.", "my dog died", "I failed the exam"]
+    files = {c: [EpitomeExample(p, r, lvl if c == "ER" else 0, []) for p in posts
+                 for r, lvl in (("I'm so sorry, that must feel awful.", 2), ("Have you tried tea?", 0))]
+             for c in ("ER", "IP", "EX")}
+    train_cm_tuned(files, plain, default_encoder_path(), epochs=1, batch_size=4, dev_fraction=0.3, progress=False)
+    head = json.loads((plain / f"{HEAD}.json").read_text())
+    head["base_encoder"] = str(default_encoder_path())  # a test base is no prepared encoder name
+    (plain / f"{HEAD}.json").write_text(json.dumps(head))
+    assert main(["eval-perception", "--task", "cm", "--data", str(data), "--format", "epitome-csv", "--out",
+                 str(tmp_path / "o2"), "--artifacts", str(plain), "--quiet"]) == 0
+    both = json.loads((tmp_path / "o2" / "metrics.json").read_text())
+    assert both["model"] == "cm_tuned"
+    side = both["side_by_side"]
+    assert list(side) == ["frozen heads (MiniLM pair MLP)", "fine-tuned cross-encoder (MPNet + LoRA)"]
+    assert side["frozen heads (MiniLM pair MLP)"] == {k: v for k, v in frozen.items() if k != "model"}
+    assert side["fine-tuned cross-encoder (MPNet + LoRA)"] == {k: v for k, v in both.items() if k not in ("model", "side_by_side")}
+    assert "| fine-tuned cross-encoder (MPNet + LoRA) |" in (tmp_path / "o2" / "report.md").read_text()

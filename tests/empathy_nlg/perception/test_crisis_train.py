@@ -31,7 +31,8 @@ def test_the_older_heldout_sets_are_training_data_and_heldout_e_to_k_are_not():
     assert {CT.OWN_TRAIN_C, CT.OWN_TRAIN_D, CT.OWN_TRAIN_E} <= set(CT.OWN_TRAIN_FILES)
     held = {CT.OWN_HELDOUT_E, CT.OWN_HELDOUT_F, CT.OWN_HELDOUT_G, CT.OWN_HELDOUT_H, CT.OWN_HELDOUT_J, CT.OWN_HELDOUT_K,
             CT.OWN_HELDOUT_S, CT.OWN_HELDOUT_T, CT.OWN_HELDOUT_U, CT.OWN_HELDOUT_V, CT.OWN_HELDOUT_W,
-            CT.OWN_HELDOUT_X, CT.OWN_HELDOUT_Y, CT.OWN_HELDOUT_Z}
+            CT.OWN_HELDOUT_X, CT.OWN_HELDOUT_Y, CT.OWN_HELDOUT_Z, CT.OWN_HELDOUT_AA,
+            CT.OWN_HELDOUT_AB}
     assert held == set(CT.OWN_HELDOUT_SETS) and not held & set(CT.OWN_TRAIN_FILES)
     assert not set(CT.CHAT_CLEAN) & set(CT.CHAT_CALIBRATION) and all(p.is_file() for p in CT.CHAT_CLEAN)
 
@@ -39,16 +40,17 @@ def test_the_older_heldout_sets_are_training_data_and_heldout_e_to_k_are_not():
 @pytest.mark.parametrize("heldout", ["OWN_HELDOUT_E", "OWN_HELDOUT_F", "OWN_HELDOUT_G", "OWN_HELDOUT_H", "OWN_HELDOUT_J",
                                      "OWN_HELDOUT_K", "OWN_HELDOUT_S", "OWN_HELDOUT_T", "OWN_HELDOUT_U",
                                      "OWN_HELDOUT_V", "OWN_HELDOUT_W", "OWN_HELDOUT_X", "OWN_HELDOUT_Y",
-                                     "OWN_HELDOUT_Z"])
+                                     "OWN_HELDOUT_Z", "OWN_HELDOUT_AA", "OWN_HELDOUT_AB"])
 def test_own_phrasings_files_are_complete_and_disjoint(heldout):
-    # train_f … train_k: written, not in the default training files (--crisis-own-extra trains with them)
+    # train_f … train_l: written, not in the default training files (--crisis-own-extra trains with them)
     train = [e for f in (*CT.OWN_TRAIN_FILES, CT.OWN_TRAIN_F, CT.OWN_TRAIN_G, CT.OWN_TRAIN_H, CT.OWN_TRAIN_I,
-                         CT.OWN_TRAIN_J, CT.OWN_TRAIN_K)
+                         CT.OWN_TRAIN_J, CT.OWN_TRAIN_K, CT.OWN_TRAIN_L)
              for e in CT.read_own(f)]
     held = CT.read_own(getattr(CT, heldout))
     cats = {e.category for e in held if e.label == 1}
     needed = {"ideation", "plan_means", "timing", "farewell", "self_harm", "past_attempt"}
-    if heldout in ("OWN_HELDOUT_V", "OWN_HELDOUT_W", "OWN_HELDOUT_X", "OWN_HELDOUT_Y", "OWN_HELDOUT_Z"):  # conversations only
+    if heldout in ("OWN_HELDOUT_V", "OWN_HELDOUT_W", "OWN_HELDOUT_X", "OWN_HELDOUT_Y", "OWN_HELDOUT_Z",
+                   "OWN_HELDOUT_AA", "OWN_HELDOUT_AB"):  # conversations only
         cats = {c.removeprefix("context:") for c in cats}
     if heldout in ("OWN_HELDOUT_V", "OWN_HELDOUT_W", "OWN_HELDOUT_X"):  # their briefs asked for no past attempts
         needed = needed - {"past_attempt"}
