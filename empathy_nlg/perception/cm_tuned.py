@@ -214,7 +214,7 @@ def load_tuned(art_dir: Path | str, encoder_path: Optional[Path | str] = None, d
 
 
 def train_cm_tuned(files: Dict[str, Sequence[EpitomeExample]], out_dir: Path, encoder_path: Optional[Path | str],
-                   seed: int = 13, dev_fraction: float = 0.15, epochs: int = 3, max_minutes: Optional[float] = None,
+                   seed: int = 13, dev_fraction: float = 0.15, epochs: int = 2, max_minutes: Optional[float] = None,
                    batch_size: int = 16, lr: float = 3e-4, head_lr: float = 3e-3, r: int = 8, max_length: int = 160,
                    frozen=None, progress: bool = True) -> Dict[str, object]:
     """Train the cross-encoder (see the module doc) and write the best epoch to ``out_dir``.

@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train the learned imminent-danger cue on copies of its examples that open with an "
                              "ordinary message too (crisis_train.with_ordinary_openers; tried as v17, not served)")
     parser.add_argument("--crisis-epochs", type=int, default=3, help="fine-tuning epochs of the tuned crisis encoder")
-    parser.add_argument("--cm-epochs", type=int, default=3, help="cm_tuned: epochs over the EPITOME training pairs")
+    parser.add_argument("--cm-epochs", type=int, default=2, help="cm_tuned: epochs over the EPITOME training pairs (the served one: 2)")
     parser.add_argument("--max-minutes", type=float, default=None,
                         help="stop a fine-tuning after this long: the crisis encoder's or the CM cross-encoder's (the "
                              "best epoch so far is saved) or the emotion encoder's (the chunk is saved; --resume goes on from it)")
