@@ -120,15 +120,11 @@ class TunedResponseCM:
     @classmethod
     def fresh(cls, encoder_path: Optional[Path | str], r: int = 8, max_length: int = 160, scale: float = 20.0,
               device: Optional[str] = None) -> "TunedResponseCM":
-        from empathy_nlg.perception.common import build_mlp
-        from empathy_nlg.perception.crisis_encoder import TunedEncoder
+        from empathy_nlg.perception.crisis_encoder import fresh_linear_model
 
-        enc = TunedEncoder.trainable(encoder_path, device=device, r=r, adapter_dir=ADAPTER_DIR)
-        enc.max_length = max_length
-        config = {"in_dim": enc.dim, "out_dim": len(CM_CODES), "hidden": 0, "dropout": 0.0, "scale": scale,
-                  "codes": list(CM_CODES), "version": VERSION, "lora_r": r, "max_length": max_length,
-                  "base_encoder": enc.path.name, "labels": "level>0 (weak+strong) = yes"}
-        return cls(enc, build_mlp(enc.dim, len(CM_CODES)), config)
+        enc, head, config = fresh_linear_model(encoder_path, ADAPTER_DIR, len(CM_CODES), VERSION, r=r,
+                                               max_length=max_length, scale=scale, device=device)
+        return cls(enc, head, {**config, "codes": list(CM_CODES), "labels": "level>0 (weak+strong) = yes"})
 
     @classmethod
     def load(cls, art_dir: Path | str, encoder_path: Optional[Path | str], device: Optional[str] = None) -> "TunedResponseCM":

@@ -38,6 +38,21 @@ def pool(hidden, mask):
     return torch.nn.functional.normalize(pooled, p=2, dim=1)
 
 
+def fresh_linear_model(encoder_path: Optional[Path | str], adapter_dir: str, out_dim: int, version: str, r: int = 8,
+                       max_length: int = 128, scale: float = 20.0, device: Optional[str] = None):
+    """``(encoder, head, config)`` of a model trained end to end from scratch: a fresh LoRA adapter on
+    the base encoder (:meth:`TunedEncoder.trainable`) and a linear head on its pooled output ×
+    ``scale`` (the fine-tuned emotion model and the CM cross-encoder); ``config`` holds the fields
+    both save with their head."""
+    from empathy_nlg.perception.common import build_mlp
+
+    enc = TunedEncoder.trainable(encoder_path, device=device, r=r, adapter_dir=adapter_dir)
+    enc.max_length = max_length
+    config = {"in_dim": enc.dim, "out_dim": out_dim, "hidden": 0, "dropout": 0.0, "scale": scale, "version": version,
+              "lora_r": r, "max_length": max_length, "base_encoder": enc.path.name}
+    return enc, build_mlp(enc.dim, out_dim), config
+
+
 class TunedEncoder:
     """MiniLM with the crisis LoRA adapter: trainable (``peft`` model) or merged for serving.
 

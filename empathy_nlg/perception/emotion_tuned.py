@@ -101,15 +101,11 @@ class TunedEmotion:
     @classmethod
     def fresh(cls, encoder_path: Optional[Path | str], r: int = 8, max_length: int = 64, scale: float = 20.0,
               device: Optional[str] = None) -> "TunedEmotion":
-        from empathy_nlg.perception.common import build_mlp
-        from empathy_nlg.perception.crisis_encoder import TunedEncoder
+        from empathy_nlg.perception.crisis_encoder import fresh_linear_model
 
-        enc = TunedEncoder.trainable(encoder_path, device=device, r=r, adapter_dir=ADAPTER_DIR)
-        enc.max_length = max_length
-        config = {"in_dim": enc.dim, "out_dim": len(EMOTIONS), "hidden": 0, "dropout": 0.0, "scale": scale,
-                  "labels": list(EMOTIONS), "version": VERSION, "lora_r": r, "max_length": max_length,
-                  "base_encoder": enc.path.name}
-        return cls(enc, build_mlp(enc.dim, len(EMOTIONS)), config)
+        enc, head, config = fresh_linear_model(encoder_path, ADAPTER_DIR, len(EMOTIONS), VERSION, r=r,
+                                               max_length=max_length, scale=scale, device=device)
+        return cls(enc, head, {**config, "labels": list(EMOTIONS)})
 
     @classmethod
     def load(cls, art_dir: Path | str, encoder_path: Optional[Path | str], device: Optional[str] = None,
